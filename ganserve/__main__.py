@@ -1,0 +1,5 @@
+import sys
+
+from ganserve.cli import main
+
+sys.exit(main())
