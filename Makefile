@@ -1,0 +1,65 @@
+# ganserve — every target creates .venv and installs what it needs.
+#   make run    serve the bundled models on localhost:50051 (metrics on :8000)
+#   make test   lint, types, stub drift, the whole test suite
+#   make bench  closed-loop benchmark against the real server (figures printed)
+#   make models re-train, export and evaluate the bundled models from DATA_DIR
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build; it lies on disk here. GPU users: install the torch build you need first.
+TORCH_VERSION ?= 2.13.0
+DATA_DIR ?= ../shared/data
+MODELS ?= mnist-mlp mnist-dcgan mnist-cdcgan fashion-cdcgan
+PORT ?= 50051
+METRICS_PORT ?= 8000
+
+.PHONY: run test lint typecheck bench models protos docker clean help
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# Serving needs no torch: the [server] extra is ONNX Runtime + gRPC + Prometheus.
+$(VENV)/.server: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[server]'
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	@if command -v npm >/dev/null 2>&1 && [ -f clients/node/package-lock.json ]; then \
+		npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node.js client test will be skipped"; fi
+	touch $@ $(VENV)/.server
+
+run: $(VENV)/.server
+	$(BIN)/ganserve serve --model-dir models --host 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT)
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy ganserve server clients training
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/bench.py --model-dir models --model mnist-dcgan
+
+models: $(VENV)/.dev
+	for m in $(MODELS); do $(BIN)/ganserve build-model $$m --data-dir $(DATA_DIR) --models-dir models || exit 1; done
+
+protos: $(VENV)/.dev
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/ganserve/v1/generator.proto
+
+docker:
+	docker build -t ganserve:latest .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
