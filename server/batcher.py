@@ -1,0 +1,357 @@
+"""Dynamic batching per model version: one queue, one worker thread, a Future per request.
+
+``submit`` (on the event loop) appends a request to a bounded queue and awaits
+its asyncio Future. A single worker thread takes requests off the queue, merges
+them into one batch of at most ``max_batch_size`` images, runs inference (ONNX
+Runtime releases the GIL, so the loop keeps serving meanwhile) and hands every
+result of the batch back with one ``loop.call_soon_threadsafe``.
+
+When to run a batch (adaptive, closed-loop aware):
+
+* An idle model never waits: if the requests answered by the previous batch
+  came from a single request, a new arrival runs at once, so the latency at
+  concurrency 1 stays one inference.
+* Under load the worker expects the ``k`` clients it just answered to come back;
+  it waits for up to ``k`` queued requests (or a full batch), but never longer
+  than ``max_queue_delay_ms`` after the oldest queued request arrived.
+
+A request larger than ``max_batch_size`` is split; its pieces may share
+batches with other requests and are reassembled in order. Expired (deadline)
+or cancelled requests are dropped before compute. An inference error reaches
+every waiter of that batch and the worker goes on. ``max_queue_size`` counts
+requests (not images): a bound on waiting clients that never rejects a single
+large request outright; memory is bounded by it times the service's
+max images per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import (
+    Cancelled,
+    DeadlineExceeded,
+    GanServeError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["Batcher", "BatchingConfig", "InferFn"]
+
+log = logging.getLogger(__name__)
+
+InferFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Knobs of the dynamic batcher. ``enabled=False``: every request runs alone."""
+
+    enabled: bool = True
+    max_batch_size: int = 64
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 1024  # requests
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+
+
+class _Request:
+    """One submitted request; ``taken`` images of it are already in batches."""
+
+    __slots__ = (
+        "deadline", "enqueued", "failed", "filled", "future", "is_cancelled",
+        "n", "out", "taken", "y", "z",
+    )  # fmt: skip
+
+    def __init__(self, z, y, future, deadline, is_cancelled) -> None:  # type: ignore[no-untyped-def]
+        self.z: np.ndarray = z
+        self.y: np.ndarray | None = y
+        self.n: int = z.shape[0]
+        self.future: asyncio.Future[np.ndarray] = future
+        self.deadline: float | None = deadline
+        self.is_cancelled: Callable[[], bool] | None = is_cancelled
+        self.enqueued = time.monotonic()
+        self.taken = 0  # images handed to batches so far
+        self.filled = 0  # images computed so far (split requests)
+        self.out: np.ndarray | None = None  # reassembly buffer (split requests)
+        self.failed = False
+
+
+# (request, first image, end image) of one piece of a batch
+_Piece = tuple[_Request, int, int]
+# (future, result, error): what the loop thread resolves
+_Delivery = tuple["asyncio.Future[np.ndarray]", "np.ndarray | None", "BaseException | None"]
+
+
+class Batcher:
+    """The batch queue and worker of one model version."""
+
+    def __init__(self, infer: InferFn, config: BatchingConfig, metrics: Metrics, model: str):
+        self._infer = infer
+        self._config = config
+        self._model = model
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._exited: asyncio.Future[None] | None = None
+        self._accepting = False
+        self._stopping = False
+        self._queued_images = 0
+        # Label children bound once: per-batch metric updates stay cheap.
+        self._m_wait = metrics.queue_wait_seconds.labels(model)
+        self._m_infer = metrics.inference_seconds.labels(model)
+        self._m_batch = metrics.batch_size.labels(model)
+        self._m_images = metrics.images_total.labels(model)
+        self._m_depth = metrics.queue_depth.labels(model)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting (including the rest of a partly batched one)."""
+        return len(self._queue)
+
+    async def start(self) -> None:
+        """Start the worker thread; requests are accepted from now on."""
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._exited = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._work, name=f"batcher-{self._model}", daemon=True
+        )
+        self._accepting = True
+        self._thread.start()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new requests; finish queued ones (``drain``) or fail them (Unavailable)."""
+        self._accepting = False
+        if self._thread is None or self._exited is None:
+            return
+        dropped: list[_Request] = []
+        with self._cond:
+            if not drain:
+                dropped = list(self._queue)
+                self._queue.clear()
+                self._queued_images = 0
+            self._stopping = True
+            self._cond.notify_all()
+        gone = Unavailable(f"model '{self._model}' is shutting down")
+        self._deliver([(r.future, None, gone) for r in dropped])
+        await asyncio.shield(self._exited)
+        self._m_depth.set(0)
+
+    async def submit(
+        self,
+        z: np.ndarray,
+        y: np.ndarray | None,
+        deadline: float | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Generate for z (N, D) [and y (N, C)]: (N, C, H, W) float32.
+
+        ``deadline`` is in ``time.monotonic()`` seconds. ``is_cancelled`` is
+        polled from the worker thread before compute (cheap and thread-safe,
+        please); cancelling the awaiting task is detected as well.
+        """
+        if not self._accepting:
+            raise Unavailable(f"model '{self._model}' is not accepting requests (stopped)")
+        if z.ndim != 2 or z.shape[0] < 1:
+            raise InvalidArgument(f"latents must be a non-empty (N, D) array, got {z.shape}")
+        if len(self._queue) >= self._config.max_queue_size:
+            raise ResourceExhausted(
+                f"model '{self._model}' queue is full ({self._config.max_queue_size} requests); "
+                "retry later or lower the concurrency"
+            )
+        assert self._loop is not None
+        req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
+        with self._cond:
+            self._queue.append(req)
+            self._queued_images += req.n
+            self._cond.notify()
+        return await req.future
+
+    # ------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        expect = 1  # requests answered by the last batch: closed-loop clients return
+        try:
+            while True:
+                pieces, dropped, waits = self._next_batch(expect)
+                if dropped:
+                    self._post(dropped)
+                if pieces is None:
+                    return
+                if pieces:
+                    for w in waits:
+                        self._m_wait.observe(w)
+                    expect = self._run(pieces)
+        except Exception:  # a bug here must not leave waiters hanging silently
+            log.exception("batcher worker of model %s crashed", self._model)
+            self._fail_all(Internal(f"batcher of model '{self._model}' crashed"))
+        finally:
+            self._accepting = False
+            self._post_exit()
+
+    def _next_batch(self, expect: int) -> tuple[list[_Piece] | None, list[_Delivery], list[float]]:
+        """Block for work; returns (pieces or None to exit, dropped requests, queue waits)."""
+        cfg = self._config
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None, [], []
+                self._cond.wait()
+            self._m_depth.set(len(self._queue))
+            target = min(expect, cfg.max_batch_size)
+            if cfg.enabled and target > 1 and not self._stopping:
+                until = self._queue[0].enqueued + cfg.max_queue_delay_ms / 1000.0
+                while (
+                    len(self._queue) < target
+                    and self._queued_images < cfg.max_batch_size
+                    and not self._stopping
+                ):
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            return self._take()
+
+    def _take(self) -> tuple[list[_Piece], list[_Delivery], list[float]]:
+        """Pop up to max_batch_size images off the queue (lock held)."""
+        limit = self._config.max_batch_size
+        now = time.monotonic()
+        pieces: list[_Piece] = []
+        dropped: list[_Delivery] = []
+        waits: list[float] = []
+        total = 0
+        q = self._queue
+        while q and total < limit:
+            req = q[0]
+            error = self._dead(req, now)
+            if error is not None or req.failed:
+                q.popleft()
+                self._queued_images -= req.n - req.taken
+                if error is not None:
+                    dropped.append((req.future, None, error))
+                continue
+            if req.taken == 0:
+                waits.append(now - req.enqueued)
+            k = min(req.n - req.taken, limit - total)
+            pieces.append((req, req.taken, req.taken + k))
+            req.taken += k
+            total += k
+            self._queued_images -= k
+            if req.taken == req.n:
+                q.popleft()
+            if not self._config.enabled:
+                break  # batching off: one request (or one piece of it) per inference
+        return pieces, dropped, waits
+
+    @staticmethod
+    def _dead(req: _Request, now: float) -> GanServeError | None:
+        if req.future.done():  # the awaiting task was cancelled
+            return Cancelled("request cancelled")
+        if req.deadline is not None and now >= req.deadline:
+            return DeadlineExceeded("deadline passed while the request was queued")
+        if req.is_cancelled is not None and req.is_cancelled():
+            return Cancelled("client cancelled the request")
+        return None
+
+    def _run(self, pieces: list[_Piece]) -> int:
+        """Infer one batch and post the results; returns requests completed."""
+        first, a0, b0 = pieces[0]
+        if len(pieces) == 1 and a0 == 0 and b0 == first.n:
+            z, y = first.z, first.y  # the common unsplit single request: no copy
+        else:
+            z = np.concatenate([r.z[a:b] for r, a, b in pieces])  # (B, D)
+            y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
+        start = time.perf_counter()
+        try:
+            out = self._infer(z, y)  # (B, C, H, W)
+            error: BaseException | None = None
+        except Exception as exc:
+            log.warning("inference failed for model %s: %s", self._model, exc)
+            out, error = None, Internal(f"inference failed for model '{self._model}': {exc}")
+        batch = z.shape[0]
+        self._m_infer.observe(time.perf_counter() - start)
+        self._m_batch.observe(batch)
+        deliveries: list[_Delivery] = []
+        completed = 0
+        offset = 0
+        for req, a, b in pieces:
+            k = b - a
+            if out is None:
+                if not req.failed:
+                    req.failed = True
+                    deliveries.append((req.future, None, error))
+            elif a == 0 and b == req.n:
+                deliveries.append((req.future, out[offset : offset + k], None))  # a view
+                completed += 1
+            elif not req.failed:
+                if req.out is None:
+                    req.out = np.empty((req.n, *out.shape[1:]), dtype=out.dtype)
+                req.out[a:b] = out[offset : offset + k]
+                req.filled += k
+                if req.filled == req.n:
+                    deliveries.append((req.future, req.out, None))
+                    completed += 1
+            offset += k
+        if out is not None:
+            self._m_images.inc(batch)
+        self._post(deliveries)
+        return max(completed, 1)
+
+    def _post(self, deliveries: list[_Delivery]) -> None:
+        """Hand results to the loop thread: one wake-up per batch."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody waiting any more
+            self._loop.call_soon_threadsafe(self._deliver, deliveries)
+
+    def _post_exit(self) -> None:
+        exited = self._exited
+        if exited is not None and self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(_resolve, exited)
+
+    def _fail_all(self, error: GanServeError) -> None:
+        with self._cond:
+            dropped = [(r.future, None, error) for r in self._queue]
+            self._queue.clear()
+            self._queued_images = 0
+        self._post(dropped)
+
+    @staticmethod
+    def _deliver(deliveries: list[_Delivery]) -> None:
+        """Resolve futures (loop thread); waiters that gave up are skipped."""
+        for future, result, error in deliveries:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -1,0 +1,301 @@
+"""The model repository: ``root/<name>/<version>/model.onnx``, loaded, warmed, reloadable.
+
+Each version gets an ONNX Runtime session (:class:`OrtRunner`) and a
+:class:`Batcher`. Loading and warm-up run in a thread so the event loop keeps
+serving; a version takes traffic only once warm. A broken file is logged,
+counted and shown as FAILED while every other version keeps serving. The
+model spec (what the service validates against) comes from the graph's
+inputs/outputs and the ``ganserve.*`` metadata (see docs/CONTRIBUTING-HELPERS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .batcher import Batcher, BatchingConfig
+from .errors import NotFound, Unavailable
+from .metrics import Metrics
+from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
+from .spec import ModelSpec, ModelSpecError, read_spec
+
+__all__ = [
+    "LoadedModel",
+    "ModelRepository",
+    "ModelSpec",
+    "ModelSpecError",
+    "ModelStatus",
+    "read_spec",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+
+class LoadedModel:
+    """A READY model version: its spec, session and batcher."""
+
+    def __init__(self, spec: ModelSpec, runner: OrtRunner, batcher: Batcher):
+        self.spec = spec
+        self.runner = runner
+        self.batcher = batcher
+        self.device = runner.device
+
+    async def generate(self, z, y, deadline=None, is_cancelled=None) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """z (N, D) float32 [, y (N, C)] -> (N, C, H, W) float32, through the batcher."""
+        return await self.batcher.submit(z, y, deadline, is_cancelled)
+
+    async def close(self) -> None:
+        await self.batcher.stop(drain=True)
+        self.runner.close()
+
+
+@dataclass
+class ModelStatus:
+    """What ListModels/GetModel report about one model version."""
+
+    name: str
+    version: str
+    versions: list[str]
+    state: str  # "LOADING" | "READY" | "FAILED"
+    message: str
+    spec: ModelSpec | None
+    device: str
+
+
+@dataclass
+class _Version:
+    """Book-keeping of one version directory."""
+
+    path: Path
+    state: str = "LOADING"
+    message: str = ""
+    fingerprint: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the loaded file
+    digest: str = ""  # sha256 of the loaded (or last failed) file
+    model: LoadedModel | None = None
+    spec: ModelSpec | None = None
+
+
+@dataclass
+class _Scan:
+    """One file found on disk."""
+
+    name: str
+    version: str
+    path: Path
+    fingerprint: tuple[int, int] = field(default=(0, 0))
+
+
+def _version_key(version: str) -> int:
+    return int(version)
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelRepository:
+    """All model versions under ``root``; see the module docstring."""
+
+    def __init__(
+        self, root: Path, runtime: RuntimeConfig, batching: BatchingConfig, metrics: Metrics
+    ):
+        self.root = Path(root)
+        self._runtime = runtime
+        self._batching = batching
+        self._metrics = metrics
+        self._models: dict[str, dict[str, _Version]] = {}
+        self._lock = asyncio.Lock()
+        self._started = False
+
+    # ----------------------------------------------------------------- loading
+
+    def _scan(self) -> list[_Scan]:
+        """Every ``<name>/<version>/model.onnx`` with a positive integer version."""
+        if not self.root.is_dir():
+            log.warning("model repository %s is not a directory", self.root)
+            return []
+        found = []
+        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for vdir in model_dir.iterdir():
+                if not (vdir.is_dir() and vdir.name.isdigit() and int(vdir.name) > 0):
+                    continue
+                path = vdir / MODEL_FILE
+                if path.is_file():
+                    st = path.stat()
+                    found.append(
+                        _Scan(model_dir.name, vdir.name, path, (st.st_mtime_ns, st.st_size))
+                    )
+        return found
+
+    def _load(self, scan: _Scan) -> tuple[ModelSpec, OrtRunner]:
+        """Read, check and warm one file (runs in a worker thread)."""
+        spec = read_spec(scan.path, scan.name, scan.version)
+        try:
+            runner = OrtRunner(scan.path, spec, self._runtime)
+            runner.warmup(warmup_sizes(self._runtime, self._batching.max_batch_size))
+        except ModelSpecError:
+            raise
+        except Exception as exc:  # ORT's own errors: unsupported op, bad graph, ...
+            raise ModelSpecError(f"{scan.path}: ONNX Runtime could not run it: {exc}") from exc
+        return spec, runner
+
+    async def _load_version(self, scan: _Scan) -> tuple[LoadedModel | None, str]:
+        """Load + warm in a thread, start its batcher; (model, "") or (None, why)."""
+        try:
+            spec, runner = await asyncio.to_thread(self._load, scan)
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ModelSpecError) else f"{scan.path}: {exc!r}"
+            log.error("failed to load model %s version %s: %s", scan.name, scan.version, message)
+            self._metrics.model_load_failures_total.labels(scan.name).inc()
+            return None, message
+        batcher = Batcher(runner.run, self._batching, self._metrics, scan.name)
+        await batcher.start()
+        log.info(
+            "loaded model %s version %s (%s, latent %d, %d classes) on %s",
+            spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes, runner.device,
+        )  # fmt: skip
+        return LoadedModel(spec, runner, batcher), ""
+
+    def _set_state(self, name: str, version: str, entry: _Version, state: str, msg: str) -> None:
+        entry.state, entry.message = state, msg
+        self._metrics.set_model_state(name, version, state)
+
+    async def start(self) -> None:
+        """Load and warm every model found; broken ones become FAILED."""
+        await self.reload()
+        self._started = True
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Rescan: load new/changed versions (warm before traffic), retire removed ones.
+
+        Returns ``{"loaded": [...], "failed": [...], "removed": [...],
+        "unchanged": [...]}`` with ``"name/version"`` entries.
+        """
+        async with self._lock:
+            report: dict[str, list[str]] = {
+                "loaded": [],
+                "failed": [],
+                "removed": [],
+                "unchanged": [],
+            }
+            scans = await asyncio.to_thread(self._scan)
+            seen = {(s.name, s.version) for s in scans}
+            retired: list[LoadedModel] = []
+            # Removed versions first: they stop taking traffic at once.
+            for name, versions in list(self._models.items()):
+                for version in [v for v in versions if (name, v) not in seen]:
+                    entry = versions.pop(version)
+                    if entry.model is not None:
+                        retired.append(entry.model)
+                    self._metrics.set_model_state(name, version, None)
+                    report["removed"].append(f"{name}/{version}")
+                if not versions:
+                    del self._models[name]
+            pending = []
+            for scan in scans:
+                entry = self._models.get(scan.name, {}).get(scan.version)
+                if entry is not None and entry.fingerprint == scan.fingerprint:
+                    report["unchanged"].append(f"{scan.name}/{scan.version}")
+                    continue
+                digest = await asyncio.to_thread(_digest, scan.path)
+                if entry is not None and entry.digest == digest:
+                    entry.fingerprint = scan.fingerprint  # touched, same bytes
+                    report["unchanged"].append(f"{scan.name}/{scan.version}")
+                    continue
+                if entry is None:
+                    entry = _Version(scan.path)
+                    self._models.setdefault(scan.name, {})[scan.version] = entry
+                    self._set_state(scan.name, scan.version, entry, "LOADING", "")
+                pending.append((scan, entry, digest))
+            # Load concurrently: each load is a thread, warm-up included.
+            results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
+            for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
+                key = f"{scan.name}/{scan.version}"
+                entry.fingerprint, entry.digest = scan.fingerprint, digest
+                if model is None:
+                    report["failed"].append(key)
+                    if entry.model is not None:  # a changed file broke: keep the old session
+                        entry.message = f"reload failed, serving the previous file: {message}"
+                    else:
+                        self._set_state(scan.name, scan.version, entry, "FAILED", message)
+                    continue
+                if entry.model is not None:
+                    retired.append(entry.model)
+                entry.model, entry.spec = model, model.spec  # the swap: warm before traffic
+                self._set_state(scan.name, scan.version, entry, "READY", "")
+                report["loaded"].append(key)
+            for old in retired:
+                await old.close()  # drained: in-flight requests finish
+            if self._started:
+                self._metrics.reloads_total.labels("failed" if report["failed"] else "ok").inc()
+            return report
+
+    async def close(self) -> None:
+        """Stop every batcher (draining queued requests) and drop the sessions."""
+        async with self._lock:
+            models = [e.model for vs in self._models.values() for e in vs.values() if e.model]
+            for entry in (e for vs in self._models.values() for e in vs.values()):
+                entry.model = None
+            self._started = False
+        for model in models:
+            await model.close()
+
+    # ----------------------------------------------------------------- lookups
+
+    def _versions(self, name: str) -> dict[str, _Version]:
+        versions = self._models.get(name)
+        if not versions:
+            available = ", ".join(sorted(self._models)) or "none"
+            raise NotFound(f"model '{name}' not found; available: {available}")
+        return versions
+
+    def _pick(self, name: str, version: str) -> tuple[str, _Version]:
+        """The named version, or the latest READY one (else the latest) for ""."""
+        versions = self._versions(name)
+        if version:
+            if version not in versions:
+                available = ", ".join(sorted(versions, key=_version_key))
+                raise NotFound(f"model '{name}' has no version '{version}'; available: {available}")
+            return version, versions[version]
+        ordered = sorted(versions, key=_version_key, reverse=True)
+        ready = [v for v in ordered if versions[v].model is not None]
+        chosen = ready[0] if ready else ordered[0]
+        return chosen, versions[chosen]
+
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        """The serving model; NotFound if unknown, Unavailable if not ready."""
+        chosen, entry = self._pick(name, version)
+        if entry.model is None:
+            detail = f": {entry.message}" if entry.message else ""
+            raise Unavailable(f"model '{name}' version {chosen} is {entry.state}{detail}")
+        return entry.model
+
+    def status(self, name: str, version: str = "") -> ModelStatus:
+        """Status of one version ("" = the one ``get`` would serve); NotFound if unknown."""
+        chosen, entry = self._pick(name, version)
+        versions = sorted(self._models[name], key=_version_key)
+        state = "READY" if entry.model is not None else entry.state
+        device = entry.model.device if entry.model is not None else ""
+        return ModelStatus(name, chosen, versions, state, entry.message, entry.spec, device)
+
+    def statuses(self) -> list[ModelStatus]:
+        """One status per model (the version ``get(name)`` serves), sorted by name."""
+        return [self.status(name) for name in sorted(self._models)]
+
+    @property
+    def ready(self) -> bool:
+        """start() has finished and at least one version is READY."""
+        return self._started and any(
+            e.model is not None for vs in self._models.values() for e in vs.values()
+        )

@@ -1,0 +1,198 @@
+"""ONNX Runtime sessions: execution-provider choice, thread settings, warm-up.
+
+One :class:`OrtRunner` per model version. ``run`` is thread-safe (ONNX Runtime
+sessions are) and releases the GIL while computing, so the batcher calls it
+from its worker thread while the event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import Unavailable
+
+if TYPE_CHECKING:
+    from .repository import ModelSpec
+
+__all__ = [
+    "DEVICES",
+    "OrtRunner",
+    "RuntimeConfig",
+    "cuda_usable",
+    "resolve_providers",
+    "warmup_sizes",
+]
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cuda", "cpu")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+# HEURISTIC, not ORT's default EXHAUSTIVE cuDNN search: exhaustive search runs
+# again for every new batch size, so a batch size the warm-up missed would
+# stall its first request for a long time.
+_CUDA_OPTIONS = {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How sessions are created.
+
+    ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core.
+    ``allow_spinning`` off: ORT's spinning pool threads would burn every core
+    even while idle, taking CPU from the gRPC event loop on a small machine.
+    ``warmup_batch_sizes`` None: powers of two up to the max batch size.
+    """
+
+    device: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    warmup_batch_sizes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be >= 0 (0 = ONNX Runtime default)")
+        if self.warmup_batch_sizes is not None and any(b < 1 for b in self.warmup_batch_sizes):
+            raise ValueError(f"warm-up batch sizes must be >= 1, got {self.warmup_batch_sizes}")
+
+
+def warmup_sizes(config: RuntimeConfig, max_batch_size: int) -> tuple[int, ...]:
+    """Batch sizes to warm up: the configured ones, or 1, 2, 4, ... and ``max_batch_size``."""
+    if config.warmup_batch_sizes is not None:
+        return tuple(config.warmup_batch_sizes)
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_usable() -> bool:
+    """True if ORT has its CUDA provider and the driver sees at least one GPU.
+
+    ``onnxruntime-gpu`` lists the CUDA provider even on machines without a GPU;
+    asking the driver first avoids creating a session that then fails noisily.
+    """
+    if _CUDA not in ort.get_available_providers():
+        return False
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return (
+        cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    )
+
+
+def resolve_providers(device: str) -> list[Any]:
+    """ONNX Runtime providers for ``device`` ("auto" | "cuda" | "cpu").
+
+    "auto" picks CUDA where usable and otherwise CPU, logging one line saying so;
+    "cuda" without a usable GPU raises :class:`Unavailable`.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return [_CPU]
+    if cuda_usable():
+        return [(_CUDA, dict(_CUDA_OPTIONS)), _CPU]
+    if device == "cuda":
+        raise Unavailable(
+            "device 'cuda' requested but no usable CUDA GPU was found "
+            f"(ONNX Runtime providers: {', '.join(ort.get_available_providers())}); "
+            "use --device cpu or auto"
+        )
+    _log_cpu_fallback()
+    return [_CPU]
+
+
+@functools.lru_cache(maxsize=1)
+def _log_cpu_fallback() -> None:
+    log.info("device auto: no usable CUDA GPU, running ONNX Runtime on CPU")
+
+
+def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = config.intra_op_threads
+    opts.inter_op_num_threads = config.inter_op_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    spin = "1" if config.allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    opts.log_severity_level = 3  # errors only: provider chatter is not for users
+    return opts
+
+
+class OrtRunner:
+    """One ONNX Runtime session of one model version."""
+
+    def __init__(self, path: Path, spec: ModelSpec, config: RuntimeConfig):
+        self.path = Path(path)
+        self.spec = spec
+        providers = resolve_providers(config.device)
+        self._session = ort.InferenceSession(
+            str(self.path), sess_options=_session_options(config), providers=providers
+        )
+        active = self._session.get_providers()
+        self.device = "cuda" if active and active[0] == _CUDA else "cpu"
+        if self.device == "cpu" and providers[0] != _CPU:
+            # The GPU passed the driver check but ORT still fell back (e.g. no
+            # cuDNN): say so once, or fail if CUDA was demanded.
+            if config.device == "cuda":
+                raise Unavailable(f"{self.path}: ONNX Runtime could not start its CUDA provider")
+            log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
+        self._conditional = spec.num_classes > 0
+        self._output = self._session.get_outputs()[0].name
+
+    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Generate: z (N, D) float32, y (N, C) float32 or None -> (N, C, H, W) float32."""
+        feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if self._conditional:
+            if y is None:
+                raise ValueError("conditional model needs class vectors y")
+            feeds["y"] = np.ascontiguousarray(y, dtype=np.float32)
+        if self.device == "cuda":
+            return self._run_bound(feeds)
+        return self._session.run([self._output], feeds)[0]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        # IO binding: inputs copied to the GPU once at bind time, the output
+        # allocated by ORT directly in CPU memory (no extra device buffer copy
+        # managed from Python). One binding per call keeps run() thread-safe.
+        binding = self._session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output, "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def warmup(self, batch_sizes: Iterable[int]) -> None:
+        """Run every batch size once so no real request pays first-run costs."""
+        for n in batch_sizes:
+            z = np.zeros((n, self.spec.latent_dim), dtype=np.float32)  # (n, D)
+            y = (
+                np.zeros((n, self.spec.num_classes), dtype=np.float32)
+                if self._conditional
+                else None
+            )
+            self.run(z, y)
+
+    def close(self) -> None:
+        """Drop the session (ORT frees it when the last reference goes)."""
+        self._session = None  # type: ignore[assignment]

@@ -1,0 +1,129 @@
+"""Tiny ONNX generators for tests, following the ganserve model conventions.
+
+``make_tiny_generator`` builds ``z (N, D) [concat y (N, C)] -> MatMul (fixed
+random weights) -> Tanh -> Reshape (N, 1, 28, 28)`` with onnx.helper: a few
+kilobytes, milliseconds to run, deterministic (weights from a seed), with the
+``ganserve.*`` metadata the real exports carry. Parameters bend it into the
+wrong shapes the server must reject. Import from tests as ``from tiny_onnx import ...``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["OPSET", "make_tiny_generator", "model_path", "write_broken_file"]
+
+OPSET = 17
+IR_VERSION = 8  # old enough for every ONNX Runtime the server supports
+
+
+def model_path(root: Path, name: str = "tiny", version: str = "1") -> Path:
+    """``root/<name>/<version>/model.onnx``, the repository layout."""
+    return Path(root) / name / str(version) / "model.onnx"
+
+
+def _metadata(
+    name: str, version: str, latent_dim: int, num_classes: int, image_shape: tuple[int, ...]
+) -> dict[str, str]:
+    return {
+        "ganserve.name": name,
+        "ganserve.version": str(version),
+        "ganserve.architecture": "mlp",
+        "ganserve.dataset": "synthetic",
+        "ganserve.kind": "conditional" if num_classes else "unconditional",
+        "ganserve.latent_dim": str(latent_dim),
+        "ganserve.num_classes": str(num_classes),
+        "ganserve.class_names": json.dumps([f"class{i}" for i in range(num_classes)]),
+        "ganserve.image_shape": json.dumps(list(image_shape)),
+        "ganserve.value_range": json.dumps([-1, 1]),
+        "ganserve.training_config": json.dumps({"train_seconds": 0.0}),
+        "ganserve.quality": json.dumps({"fid": 123.0}),
+        "ganserve.created": "2024-01-01T00:00:00Z",
+    }
+
+
+def make_tiny_generator(
+    path: Path,
+    latent_dim: int = 8,
+    num_classes: int = 0,
+    name: str = "tiny",
+    version: str = "1",
+    metadata_overrides: dict[str, str | None] | None = None,
+    broken: bool = False,
+    *,
+    seed: int = 0,
+    z_name: str = "z",
+    z_rank: int = 2,
+    image_shape: tuple[int, ...] = (1, 28, 28),
+    declared_classes: int | None = None,
+) -> Path:
+    """Write a tiny generator to ``path`` (parents created); returns ``path``.
+
+    ``metadata_overrides``: keys to set (value str) or delete (value None).
+    ``broken``: write bytes that are not ONNX at all. Misfits for rejection
+    tests: ``z_name`` (e.g. "latent": no input z), ``z_rank`` (3: wrong rank),
+    ``image_shape`` (the output per-image shape), ``declared_classes`` (width of
+    input y differs from what the weights use: metadata mismatch).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if broken:
+        return write_broken_file(path)
+    pixels = int(np.prod(image_shape))
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((latent_dim + num_classes, pixels)).astype(np.float32)
+    weight /= np.sqrt(latent_dim + num_classes)  # keep tanh out of saturation
+    z_shape: list[int | str] = ["N", latent_dim] + [1] * (z_rank - 2)
+    inputs = [helper.make_tensor_value_info(z_name, TensorProto.FLOAT, z_shape)]
+    nodes = []
+    features = z_name
+    if z_rank != 2:
+        nodes.append(helper.make_node("Flatten", [z_name], ["z_flat"], axis=1))
+        features = "z_flat"
+    if num_classes:
+        y_width = declared_classes if declared_classes is not None else num_classes
+        inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", y_width]))
+        nodes.append(helper.make_node("Concat", [features, "y"], ["zy"], axis=1))
+        features = "zy"
+    out_shape = np.array([-1, *image_shape], dtype=np.int64)
+    nodes += [
+        helper.make_node("MatMul", [features, "weight"], ["flat"]),  # (N, C*H*W)
+        helper.make_node("Tanh", ["flat"], ["flat_tanh"]),  # in [-1, 1]
+        helper.make_node("Reshape", ["flat_tanh", "out_shape"], ["image"]),  # (N, C, H, W)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"{name}-generator",
+        inputs,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *image_shape])],
+        initializer=[
+            numpy_helper.from_array(weight, "weight"),
+            numpy_helper.from_array(out_shape, "out_shape"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ganserve-tests"
+    )
+    model.ir_version = IR_VERSION
+    meta = _metadata(name, version, latent_dim, num_classes, image_shape)
+    for key, value in (metadata_overrides or {}).items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_broken_file(path: Path) -> Path:
+    """A ``model.onnx`` that is not ONNX: what a truncated upload looks like."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"this is not an onnx model\x00\x01\x02")
+    return path
