@@ -1,0 +1,288 @@
+"""One typed server configuration, read from flags and ``GANSERVE_*`` environment variables.
+
+Precedence: command-line flag > environment variable > default. Every flag ``--foo-bar``
+has the environment variable ``GANSERVE_FOO_BAR``. Nothing is read at import time:
+``ServerConfig.from_sources(args, environ)`` does it once, at start-up, and
+``validate()`` turns every bad value into a ``ConfigError`` with a message that says
+what to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real imports are deferred: runtime.py pulls in onnxruntime, and
+    # `ganserve --help` (which imports this module) must stay fast and torch/ORT-free.
+    from .batcher import BatchingConfig
+    from .runtime import RuntimeConfig
+
+__all__ = ["ConfigError", "ServerConfig", "add_arguments", "default_model_dir"]
+
+MIB = 1024 * 1024
+# A float32 28x28 grayscale image; used to check that max_images_per_request fits a message.
+_MNIST_FLOAT32_IMAGE_BYTES = 1 * 28 * 28 * 4
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DEVICES = ("auto", "cuda", "cpu")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the flag and env variable."""
+
+
+def default_model_dir() -> Path:
+    """The repository's bundled ``models/`` folder (next to ``server/``)."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+def _runtime_config(**values: Any) -> RuntimeConfig:
+    from .runtime import RuntimeConfig
+
+    return RuntimeConfig(**values)
+
+
+def _batching_config(**values: Any) -> BatchingConfig:
+    from .batcher import BatchingConfig
+
+    return BatchingConfig(**values)
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``ganserve serve`` can be told; composed with the core's configs."""
+
+    host: str = "127.0.0.1"  # plaintext on localhost by default; the container uses 0.0.0.0
+    port: int = 50051  # 0: pick a free port (see ready_file)
+    metrics_port: int = 8000  # 0: free port, -1: no metrics HTTP server
+    model_dir: Path = field(default_factory=default_model_dir)
+    runtime: RuntimeConfig = field(default_factory=_runtime_config)
+    batching: BatchingConfig = field(default_factory=_batching_config)
+    max_images_per_request: int = 4096  # Sample count, Interpolate steps, Arithmetic seeds
+    max_images_per_stream: int = 1_000_000  # SampleStream count
+    stream_chunk_default: int = 256  # SampleStream chunk_size = 0
+    stream_chunk_max: int = 4096
+    max_message_bytes: int = 64 * MIB  # send and receive limit; ListModels reports it
+    grace_period_s: float = 10.0  # in-flight RPCs get this long after SIGTERM
+    reload_interval_s: float = 0.0  # 0: reload on SIGHUP only
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: mutual TLS, client certificates required
+    auth_token: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+    ready_file: Path | None = None  # JSON {"port", "metrics_port", "pid"} once serving
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """Resolve every option (flag > env > default) and validate the result."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for opt in _OPTIONS:
+            raw = getattr(args, opt.dest, None) if args is not None else None
+            source = opt.flag
+            if raw is None and opt.env in environ:
+                raw, source = environ[opt.env], opt.env
+            if raw is None:
+                continue
+            try:
+                values[opt.dest] = opt.parse(raw) if isinstance(raw, str) else raw
+            except ValueError as exc:
+                raise ConfigError(f"{source}: cannot parse {raw!r}: {exc}") from None
+        token_file = values.pop("auth_token_file", None)
+        if token_file is not None:
+            if "auth_token" in values:
+                raise ConfigError("give either --auth-token or --auth-token-file, not both")
+            try:
+                values["auth_token"] = Path(token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"--auth-token-file: cannot read {token_file}: {exc}") from None
+        # The core's configs are frozen and check themselves: build them whole.
+        sections: dict[str, dict[str, Any]] = {"runtime": {}, "batching": {}}
+        for dest in [d for d in values if "." in d]:
+            section, _, name = dest.partition(".")
+            sections[section][name] = values.pop(dest)
+        try:
+            values["runtime"] = _runtime_config(**sections["runtime"])
+            values["batching"] = _batching_config(**sections["batching"])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for the first invalid value."""
+        _check(0 <= self.port <= 65535, "--port must be in [0, 65535]")
+        _check(-1 <= self.metrics_port <= 65535, "--metrics-port must be in [-1, 65535]")
+        _check(self.model_dir.is_dir(), f"--model-dir {self.model_dir} is not a directory")
+        _check(self.runtime.device in _DEVICES, f"--device must be one of {', '.join(_DEVICES)}")
+        _check(self.runtime.intra_op_threads >= 0, "--intra-op-threads must be >= 0")
+        _check(self.runtime.inter_op_threads >= 0, "--inter-op-threads must be >= 0")
+        sizes = self.runtime.warmup_batch_sizes or []
+        _check(all(s >= 1 for s in sizes), "--warmup-batch-sizes must all be >= 1")
+        _check(self.batching.max_batch_size >= 1, "--max-batch-size must be >= 1")
+        _check(self.batching.max_queue_delay_ms >= 0, "--max-queue-delay-ms must be >= 0")
+        _check(self.batching.max_queue_size >= 1, "--max-queue-size must be >= 1")
+        _check(self.max_images_per_request >= 1, "--max-images-per-request must be >= 1")
+        _check(self.max_images_per_stream >= 1, "--max-images-per-stream must be >= 1")
+        _check(self.stream_chunk_max >= 1, "--stream-chunk-max must be >= 1")
+        _check(
+            1 <= self.stream_chunk_default <= self.stream_chunk_max,
+            "--stream-chunk-default must be in [1, --stream-chunk-max]",
+        )
+        _check(self.max_message_bytes >= 1 * MIB, "--max-message-bytes must be >= 1 MiB")
+        _check(self.max_message_bytes < 2**31, "--max-message-bytes must be < 2 GiB")
+        largest = max(self.max_images_per_request, self.stream_chunk_max)
+        need = largest * _MNIST_FLOAT32_IMAGE_BYTES + MIB
+        _check(
+            need <= self.max_message_bytes,
+            f"{largest} float32 28x28 images need about {need} bytes, over --max-message-bytes "
+            f"{self.max_message_bytes}: raise it or lower --max-images-per-request / "
+            "--stream-chunk-max",
+        )
+        _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
+        _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
+        _check(
+            (self.tls_cert is None) == (self.tls_key is None),
+            "--tls-cert and --tls-key must be given together",
+        )
+        _check(
+            self.tls_client_ca is None or self.tls_cert is not None,
+            "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key",
+        )
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+        ):
+            _check(path is None or path.is_file(), f"{flag} {path} is not a readable file")
+        _check(self.auth_token is None or bool(self.auth_token), "--auth-token must not be empty")
+        _check(self.log_level in _LOG_LEVELS, f"--log-level must be one of {_LOG_LEVELS}")
+        if self.ready_file is not None:
+            parent = self.ready_file.parent
+            _check(parent.is_dir(), f"--ready-file: directory {parent} does not exist")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def describe(self) -> str:
+        """One log line with every setting; the auth token is never printed."""
+        flat = _flatten(self)
+        flat["auth_token"] = "set" if self.auth_token else "none"
+        return " ".join(f"{k}={v}" for k, v in flat.items())
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flatten(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, 1/0, yes/no or on/off")
+
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def _parse_level(text: str) -> str:
+    return text.strip().upper()
+
+
+@dataclass(frozen=True)
+class _Option:
+    dest: str  # "field" or "section.field" of ServerConfig
+    parse: Callable[[str], Any]
+    help: str
+    is_bool: bool = False
+    name: str = ""  # flag/env name when it differs from the field name
+
+    @property
+    def _name(self) -> str:
+        return self.name or self.dest.rpartition(".")[2]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self._name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "GANSERVE_" + self._name.upper()
+
+
+_OPTIONS: tuple[_Option, ...] = (
+    _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)"),
+    _Option("port", int, "gRPC port (default 50051; 0 = a free port)"),
+    _Option("metrics_port", int, "Prometheus /metrics port (default 8000; 0 = free, -1 = off)"),
+    _Option("model_dir", Path, "model repository: <name>/<version>/model.onnx (default models/)"),
+    _Option("runtime.device", str, "auto | cuda | cpu (default auto)"),
+    _Option("runtime.intra_op_threads", int, "ONNX Runtime intra-op threads (0 = ORT default)"),
+    _Option("runtime.inter_op_threads", int, "ONNX Runtime inter-op threads (default 1)"),
+    _Option("runtime.allow_spinning", _parse_bool, "let ORT threads spin", is_bool=True),
+    _Option("runtime.warmup_batch_sizes", _parse_sizes, "batch sizes to warm up, e.g. 1,8,64"),
+    _Option("batching.enabled", _parse_bool, "dynamic batching (default on)", True, "batching"),
+    _Option("batching.max_batch_size", int, "largest merged batch (default 64)"),
+    _Option("batching.max_queue_delay_ms", float, "longest wait to fill a batch (default 2)"),
+    _Option("batching.max_queue_size", int, "queued requests per model (default 1024)"),
+    _Option("max_images_per_request", int, "Sample/Interpolate limit (default 4096)"),
+    _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
+    _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),
+    _Option("stream_chunk_max", int, "largest SampleStream chunk (default 4096)"),
+    _Option("max_message_bytes", int, "gRPC send/receive limit (default 64 MiB)"),
+    _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
+    _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),
+    _Option("tls_cert", Path, "PEM server certificate (TLS)"),
+    _Option("tls_key", Path, "PEM server private key (TLS)"),
+    _Option("tls_client_ca", Path, "PEM CA of client certificates (enables mutual TLS)"),
+    _Option("auth_token", str, "require 'authorization: Bearer TOKEN' (prefer the env/file)"),
+    _Option("auth_token_file", Path, "read the bearer token from this file"),
+    _Option("log_level", _parse_level, "DEBUG | INFO | WARNING | ERROR (default INFO)"),
+    _Option("ready_file", Path, "write JSON {port, metrics_port, pid} here once serving"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every server flag; defaults are None so env vars and defaults can apply."""
+    for opt in _OPTIONS:
+        help_text = f"{opt.help} [env {opt.env}]"
+        if opt.is_bool:
+            parser.add_argument(
+                opt.flag,
+                dest=opt.dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text)
+
+
+def configure_logging(level: str) -> None:
+    """Plain single-line records on stderr (container logs collect them)."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )

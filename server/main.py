@@ -1,0 +1,286 @@
+"""``ganserve serve``: assemble and run the gRPC server.
+
+Start-up: config -> metrics -> gRPC server bound (health NOT_SERVING, reflection on)
+-> model repository loaded and warmed -> health SERVING -> ready file written.
+SIGHUP (and ``--reload-interval-s`` polling) reloads the repository. SIGTERM/SIGINT:
+health NOT_SERVING, new RPCs refused, in-flight ones get ``--grace-period-s`` to
+finish, batchers drain, exit 0.
+
+Heavy imports (onnxruntime via the repository, grpc health/reflection) happen in
+``serve``, so registering the sub-command keeps ``ganserve --help`` fast and works on
+the client-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, ServerConfig, add_arguments, configure_logging
+
+__all__ = ["register", "serve"]
+
+log = logging.getLogger("ganserve.server")
+
+SERVICE_NAME = "ganserve.v1.Generator"
+
+
+def register(root: argparse.ArgumentParser, subparsers: Any) -> None:
+    """Add ``ganserve serve`` to the CLI."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the ONNX generators of a model directory over gRPC",
+        description="Serve generators over gRPC. Every flag --foo-bar can also be set "
+        "with the environment variable GANSERVE_FOO_BAR (a flag wins over the variable).",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_serve_command)
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    try:
+        config = ServerConfig.from_sources(args)
+    except ConfigError as exc:
+        print(f"ganserve serve: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def serve(config: ServerConfig) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    configure_logging(config.log_level)
+    try:
+        import grpc_health.v1.health  # noqa: F401
+        import grpc_reflection.v1alpha.reflection  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        print(f"ganserve serve needs the server extra: pip install 'ganserve[server]' ({exc})")
+        return 2
+    return asyncio.run(_Server(config).run())
+
+
+def _write_ready_file(path: Path, content: dict[str, Any]) -> None:
+    """Atomically: readers see the old file, no file, or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(content, f)
+    os.replace(tmp, path)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class _Server:
+    """One server process: its gRPC server, repository, health, metrics and signals."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[None] | None = None
+        self._grpc: Any = None
+        self._force_stop: asyncio.Task[None] | None = None
+
+    async def run(self) -> int:
+        import grpc
+        from grpc import aio
+        from grpc_health.v1 import health, health_pb2_grpc
+        from grpc_reflection.v1alpha import reflection
+        from prometheus_client import CollectorRegistry
+
+        from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+        from .auth import BearerTokenInterceptor
+        from .metrics import Metrics
+        from .repository import ModelRepository
+        from .service import GeneratorService
+        from .validate import Limits
+
+        cfg = self.config
+        log.info("config: %s", cfg.describe())
+        metrics = Metrics(CollectorRegistry(), max_batch_size=cfg.batching.max_batch_size)
+        self.repository = ModelRepository(cfg.model_dir, cfg.runtime, cfg.batching, metrics)
+        limits = Limits(
+            max_images_per_request=cfg.max_images_per_request,
+            max_images_per_stream=cfg.max_images_per_stream,
+            stream_chunk_default=cfg.stream_chunk_default,
+            stream_chunk_max=cfg.stream_chunk_max,
+            max_message_bytes=cfg.max_message_bytes,
+        )
+        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
+        server = aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                # A port already in use must fail loudly, not be silently shared.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._grpc = server
+        pb_grpc.add_GeneratorServicer_to_server(
+            GeneratorService(self.repository, metrics, limits), server
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await self._set_health(False)
+
+        address = _address(cfg.host, cfg.port)
+        try:
+            if cfg.tls:
+                port = server.add_secure_port(address, self._credentials(grpc))
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            log.error("cannot listen on %s: %s (port in use or bad --host?)", address, exc)
+            return 1
+        metrics_http = None
+        metrics_port = -1
+        if cfg.metrics_port >= 0:
+            from prometheus_client import start_http_server
+
+            try:
+                metrics_http, _ = start_http_server(
+                    cfg.metrics_port, addr=cfg.host, registry=metrics.registry
+                )
+            except OSError as exc:
+                log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
+                return 1
+            metrics_port = metrics_http.server_port
+        await server.start()
+        scheme = ("mTLS" if cfg.tls_client_ca else "TLS") if cfg.tls else "plaintext"
+        log.info(
+            "listening on %s (%s, auth %s); metrics %s",
+            _address(cfg.host, port),
+            scheme,
+            "bearer token" if cfg.auth_token else "off",
+            f"http://{_address(cfg.host, metrics_port)}/metrics" if metrics_http else "off",
+        )
+        self._install_signals()
+        try:
+            if await self._start_repository():
+                if cfg.ready_file is not None:
+                    _write_ready_file(
+                        cfg.ready_file,
+                        {"port": port, "metrics_port": metrics_port, "pid": os.getpid()},
+                    )
+                poller = asyncio.ensure_future(self._poll()) if cfg.reload_interval_s else None
+                await self._stop.wait()
+                if poller is not None:
+                    poller.cancel()
+            await self._shutdown()
+        finally:
+            if metrics_http is not None:
+                metrics_http.shutdown()
+            if cfg.ready_file is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    cfg.ready_file.unlink()
+        log.info("stopped")
+        return 0
+
+    def _credentials(self, grpc: Any) -> Any:
+        cfg = self.config
+        assert cfg.tls_cert is not None and cfg.tls_key is not None
+        ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+
+    async def _start_repository(self) -> bool:
+        """Load the models; False if a stop signal came first."""
+        loading = asyncio.ensure_future(self.repository.start())
+        stopping = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not loading.done():
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            return False
+        loading.result()
+        await self._after_load()
+        return True
+
+    async def _after_load(self) -> None:
+        ready = self.repository.ready
+        await self._set_health(ready)
+        for status in self.repository.statuses():
+            log.info("model %s version %s: %s %s", status.name, status.version, status.state,
+                     status.message)  # fmt: skip
+        if not ready:
+            log.warning(
+                "no model is READY in %s: health stays NOT_SERVING; add a model and send SIGHUP",
+                self.config.model_dir,
+            )
+
+    async def _set_health(self, serving: bool) -> None:
+        from grpc_health.v1 import health_pb2
+
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_stop_signal(self, sig: signal.Signals) -> None:
+        if self._stop.is_set():
+            log.warning("%s again: stopping now without waiting for in-flight RPCs", sig.name)
+            if self._grpc is not None:
+                self._force_stop = asyncio.ensure_future(self._grpc.stop(0))
+            return
+        log.info("%s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
+        self._stop.set()
+
+    def _on_reload_signal(self) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            log.info("SIGHUP: a reload is already running")
+            return
+        log.info("SIGHUP: reloading %s", self.config.model_dir)
+        self._reloading = asyncio.ensure_future(self._reload())
+
+    async def _reload(self) -> None:
+        try:
+            report = await self.repository.reload()
+        except Exception:
+            log.exception("reload failed")
+            return
+        changed = {k: v for k, v in report.items() if v and k != "unchanged"}
+        log.info("reload: %s", changed or "nothing changed")
+        if not self._stop.is_set():
+            await self._set_health(self.repository.ready)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            if self._reloading is None or self._reloading.done():
+                self._reloading = asyncio.ensure_future(self._reload())
+                await self._reloading
+
+    async def _shutdown(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._reloading is not None:
+            self._reloading.cancel()
+        await self._grpc.stop(self.config.grace_period_s)
+        await self.repository.close()

@@ -1,0 +1,378 @@
+"""The ``ganserve.v1.Generator`` servicer: a thin translation onto the server core.
+
+Each RPC resolves the model, turns the request into a plan (``validate.py``), awaits
+the model's batched ``generate`` and encodes once per response. Errors of the core
+(``GanServeError``) map 1:1 to gRPC status codes; anything else is logged and
+becomes INTERNAL without a traceback reaching the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+from .encode import encode_images
+from .errors import GanServeError, InvalidArgument, ResourceExhausted
+from .latent import one_hot
+from .metrics import Metrics
+from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
+from .validate import (
+    Limits,
+    SamplePlan,
+    plan_arithmetic,
+    plan_interpolate,
+    plan_sample,
+)
+
+__all__ = ["GeneratorService", "model_info"]
+
+log = logging.getLogger(__name__)
+
+_CODES = {code.name: code for code in grpc.StatusCode}
+_ENCODING_ENUM = {
+    "float32": pb.ENCODING_FLOAT32,
+    "uint8": pb.ENCODING_UINT8,
+    "png": pb.ENCODING_PNG,
+}
+_BYTES_PER_VALUE = {"float32": 4, "uint8": 1, "png": 1}
+_PNG_OVERHEAD = 256  # bytes per PNG beyond its raw pixels, an upper bound for small images
+_MESSAGE_MARGIN = 64 * 1024  # protobuf framing, labels and other small fields
+_KINDS = {"unconditional": pb.MODEL_KIND_UNCONDITIONAL, "conditional": pb.MODEL_KIND_CONDITIONAL}
+_STATES = {"LOADING": pb.LOAD_STATE_LOADING, "READY": pb.LOAD_STATE_READY}
+_STATES["FAILED"] = pb.LOAD_STATE_FAILED
+# Latent and encoding work above this many images leaves the event loop for a thread,
+# so one large request does not stall the small ones of other clients.
+_OFFLOAD_IMAGES = 256
+# time_remaining() of a call without a deadline is None or effectively infinite.
+_NO_DEADLINE_S = 1e7
+
+
+class _Call:
+    """Per-RPC bookkeeping filled in by the handler (the model label of the metrics)."""
+
+    __slots__ = ("model",)
+
+    def __init__(self) -> None:
+        self.model = ""
+
+
+def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
+    """Wrap a handler with in-flight/latency/status metrics and error-to-status mapping."""
+
+    def decorate(fn: Any) -> Any:
+        async def unary(self: GeneratorService, request: Any, context: aio.ServicerContext) -> Any:
+            call, start = _Call(), time.perf_counter()
+            code = "OK"
+            self._inflight[method].inc()
+            try:
+                return await fn(self, request, context, call)
+            except BaseException as exc:
+                code, message = self._failure(method, exc, context)
+                if message is None:
+                    raise
+                await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
+            finally:
+                self._inflight[method].dec()
+                self._record(call.model, method, code, start)
+
+        async def stream(
+            self: GeneratorService, request: Any, context: aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            call, start = _Call(), time.perf_counter()
+            code = "OK"
+            self._inflight[method].inc()
+            try:
+                async for response in fn(self, request, context, call):
+                    yield response
+            except BaseException as exc:
+                code, message = self._failure(method, exc, context)
+                if message is None:
+                    raise
+                await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
+            finally:
+                self._inflight[method].dec()
+                self._record(call.model, method, code, start)
+
+        return functools.wraps(fn)(stream if streaming else unary)
+
+    return decorate
+
+
+def _deadline(context: aio.ServicerContext) -> float | None:
+    """The RPC deadline as a ``time.monotonic()`` instant, or None."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > _NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
+def _latent_batch(z: np.ndarray) -> pb.LatentBatch:
+    return pb.LatentBatch(count=z.shape[0], dim=z.shape[1], data=z.astype("<f4").tobytes())
+
+
+def _images(images: np.ndarray, raw: bytes, pngs: list[bytes], encoding: str) -> pb.Images:
+    return pb.Images(
+        encoding=_ENCODING_ENUM[encoding],
+        count=images.shape[0],
+        shape=images.shape[1:],
+        data=raw,
+        png=pngs,
+    )
+
+
+def model_info(status: ModelStatus) -> pb.ModelInfo:
+    """A repository status entry as the contract's ModelInfo."""
+    info = pb.ModelInfo(
+        name=status.name,
+        version=status.version,
+        versions=status.versions,
+        state=_STATES.get(status.state, pb.LOAD_STATE_UNSPECIFIED),
+        state_message=status.message or "",
+        device=status.device or "",
+    )
+    spec: ModelSpec | None = status.spec
+    if spec is not None:
+        info.kind = _KINDS.get(spec.kind, pb.MODEL_KIND_UNSPECIFIED)
+        info.latent_dim = spec.latent_dim
+        info.class_names.extend(spec.class_names)
+        info.image_shape.extend(spec.image_shape)
+        info.value_min, info.value_max = (float(v) for v in spec.value_range)
+        info.dataset = spec.dataset
+        info.architecture = spec.architecture
+        info.quality.update({k: float(v) for k, v in spec.quality.items()})
+        info.metadata.update(spec.metadata)
+    return info
+
+
+class GeneratorService(pb_grpc.GeneratorServicer):
+    """gRPC servicer over a ``ModelRepository``."""
+
+    def __init__(self, repository: ModelRepository, metrics: Metrics, limits: Limits):
+        self._repo = repository
+        self._metrics = metrics
+        self._limits = limits
+        methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
+        self._inflight = {m: metrics.inflight_requests.labels(method=m) for m in methods}
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    # ------------------------------------------------------------- plumbing
+
+    def _record(self, model: str, method: str, code: str, start: float) -> None:
+        key = (model, method, code)
+        children = self._children.get(key)
+        if children is None:  # cache the label lookups: they cost more than the increment
+            children = (
+                self._metrics.requests_total.labels(model=model, method=method, code=code),
+                self._metrics.request_seconds.labels(model=model, method=method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - start)
+
+    def _failure(
+        self, method: str, exc: BaseException, context: aio.ServicerContext
+    ) -> tuple[str, str | None]:
+        """Status name of ``exc`` for metrics, and the abort message (None: re-raise)."""
+        if isinstance(exc, GanServeError):
+            return exc.code_name, exc.message
+        if isinstance(exc, aio.AbortError):
+            code = context.code()
+            return (code.name if code else "UNKNOWN"), None
+        if isinstance(exc, Exception):
+            log.exception("%s failed", method)
+            return "INTERNAL", f"internal error in {method}: see the server log"
+        return "CANCELLED", None  # the client went away or its deadline passed
+
+    def _model(self, request: Any, call: _Call) -> LoadedModel:
+        if not request.model:
+            raise InvalidArgument("model: give a model name (ListModels lists them)")
+        model = self._repo.get(request.model, request.version)
+        call.model = model.spec.name
+        return model
+
+    def _check_size(self, spec: ModelSpec, n: int, encoding: str, with_latents: bool, hint: str):
+        """Fail before computing if ``n`` images cannot fit in one message."""
+        pixels = int(np.prod(spec.image_shape))
+        per_image = pixels * _BYTES_PER_VALUE[encoding]
+        if encoding == "png":
+            per_image += _PNG_OVERHEAD
+        if with_latents:
+            per_image += spec.latent_dim * 4
+        size = n * per_image + _MESSAGE_MARGIN
+        if size > self._limits.max_message_bytes:
+            raise ResourceExhausted(
+                f"{n} {encoding} images of {spec.name} need about {size} bytes, over the "
+                f"server's max_message_bytes {self._limits.max_message_bytes}; {hint}"
+            )
+
+    async def _run(
+        self,
+        model: LoadedModel,
+        z: np.ndarray,
+        y: np.ndarray | None,
+        deadline: float | None,
+        context: aio.ServicerContext,
+        encoding: str,
+    ) -> tuple[np.ndarray, bytes, list[bytes]]:
+        """Generate and encode: (images (N, C, H, W), raw bytes, pngs)."""
+        images = await model.generate(z, y, deadline, context.done)
+        if images.shape[0] >= _OFFLOAD_IMAGES:
+            raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
+        else:
+            raw, pngs = encode_images(images, encoding)
+        return images, raw, pngs
+
+    async def _sample_chunk(
+        self,
+        model: LoadedModel,
+        plan: SamplePlan,
+        start: int,
+        stop: int,
+        deadline: float | None,
+        context: aio.ServicerContext,
+    ) -> pb.SampleResponse:
+        """Images [start, stop) of a sample plan as one response message."""
+        n = stop - start
+        if n >= _OFFLOAD_IMAGES and plan.explicit is None:
+            z = await asyncio.to_thread(plan.z, start, stop)  # (n, D)
+        else:
+            z = plan.z(start, stop)
+        labels = plan.image_labels(start, stop)
+        y = None if labels is None else one_hot(labels, plan.num_classes)  # (n, C)
+        images, raw, pngs = await self._run(model, z, y, deadline, context, plan.encoding)
+        response = pb.SampleResponse(
+            model=model.spec.name,
+            version=model.spec.version,
+            images=_images(images, raw, pngs, plan.encoding),
+            offset=start,
+        )
+        if plan.seed is not None:
+            response.seed = plan.seed
+        if labels is not None:
+            response.labels.extend(labels.tolist())
+        if plan.return_latents:
+            response.latents.CopyFrom(_latent_batch(z))
+        return response
+
+    # ------------------------------------------------------------------ RPCs
+
+    @_rpc("ListModels")
+    async def ListModels(self, request: Any, context: Any, call: _Call) -> pb.ListModelsResponse:
+        lim = self._limits
+        return pb.ListModelsResponse(
+            models=[model_info(s) for s in self._repo.statuses()],
+            limits=pb.ServerLimits(
+                max_images_per_request=lim.max_images_per_request,
+                max_images_per_stream=lim.max_images_per_stream,
+                max_stream_chunk=lim.stream_chunk_max,
+                max_message_bytes=lim.max_message_bytes,
+            ),
+        )
+
+    @_rpc("GetModel")
+    async def GetModel(self, request: Any, context: Any, call: _Call) -> pb.ModelInfo:
+        if not request.model:
+            raise InvalidArgument("model: give a model name (ListModels lists them)")
+        status = self._repo.status(request.model, request.version)
+        call.model = status.name
+        return model_info(status)
+
+    @_rpc("Sample")
+    async def Sample(self, request: Any, context: Any, call: _Call) -> pb.SampleResponse:
+        model = self._model(request, call)
+        plan = plan_sample(request, model.spec, self._limits, streaming=False)
+        self._check_size(
+            model.spec, plan.count, plan.encoding, plan.return_latents, "use SampleStream"
+        )
+        return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
+
+    @_rpc("SampleStream", streaming=True)
+    async def SampleStream(
+        self, request: Any, context: Any, call: _Call
+    ) -> AsyncIterator[pb.SampleResponse]:
+        model = self._model(request, call)
+        plan = plan_sample(request, model.spec, self._limits, streaming=True)
+        self._check_size(
+            model.spec, plan.chunk_size, plan.encoding, plan.return_latents, "lower chunk_size"
+        )
+        deadline = _deadline(context)
+
+        def chunk(start: int) -> asyncio.Task[pb.SampleResponse]:
+            stop = min(start + plan.chunk_size, plan.count)
+            return asyncio.ensure_future(
+                self._sample_chunk(model, plan, start, stop, deadline, context)
+            )
+
+        # One chunk in flight ahead of the one being sent: generation overlaps the
+        # transport, and at most two chunks are ever held in memory.
+        pending: asyncio.Task[pb.SampleResponse] | None = chunk(0)
+        try:
+            while pending is not None:
+                response = await pending
+                stop = response.offset + response.images.count
+                pending = chunk(stop) if stop < plan.count else None
+                yield response
+        finally:
+            if pending is not None:
+                pending.cancel()
+                # A chunk that already failed must not log "exception never retrieved".
+                pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @_rpc("Interpolate")
+    async def Interpolate(self, request: Any, context: Any, call: _Call) -> pb.InterpolateResponse:
+        model = self._model(request, call)
+        plan = plan_interpolate(request, model.spec, self._limits)
+        steps = plan.z.shape[0]
+        self._check_size(
+            model.spec, steps, plan.encoding, plan.return_latents, "request fewer steps"
+        )
+        images, raw, pngs = await self._run(
+            model, plan.z, plan.y, _deadline(context), context, plan.encoding
+        )
+        response = pb.InterpolateResponse(
+            model=model.spec.name,
+            version=model.spec.version,
+            images=_images(images, raw, pngs, plan.encoding),
+        )
+        if plan.y is not None:
+            response.class_weights.extend(plan.y.ravel().tolist())
+        if plan.return_latents:
+            response.latents.CopyFrom(_latent_batch(plan.z))
+        return response
+
+    @_rpc("Arithmetic")
+    async def Arithmetic(self, request: Any, context: Any, call: _Call) -> pb.ArithmeticResponse:
+        model = self._model(request, call)
+        plan = plan_arithmetic(request, model.spec, self._limits)
+        self._check_size(
+            model.spec, plan.n_images, plan.encoding, plan.return_latents, "use fewer terms"
+        )
+        z = plan.latents[: plan.n_images]  # (1 [+ T], D)
+        images, raw, pngs = await self._run(
+            model, z, plan.y, _deadline(context), context, plan.encoding
+        )
+        # One encode for the result and the term images: split the bytes afterwards.
+        per_image = len(raw) // images.shape[0]
+        response = pb.ArithmeticResponse(
+            model=model.spec.name,
+            version=model.spec.version,
+            result=_images(images[:1], raw[:per_image], pngs[:1], plan.encoding),
+        )
+        if plan.n_images > 1:
+            response.term_images.CopyFrom(
+                _images(images[1:], raw[per_image:], pngs[1:], plan.encoding)
+            )
+        if plan.return_latents:
+            response.latents.CopyFrom(_latent_batch(plan.latents))
+        return response
