@@ -1,0 +1,81 @@
+"""What the sync and async clients share: options, caches, per-call settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
+from ganserve.clients.results import ModelInfo, ServerLimits
+
+from ganserve.v1 import generator_pb2 as pb
+
+
+class ClientBase:
+    """Connection options and the caches of server limits and model shapes.
+
+    ``target``: ``"host:port"``, ``"dns:///name:port"`` (round robin over every
+    address, e.g. a headless Kubernetes Service), or several ``host:port``
+    (a list, or one comma-separated string). ``timeout``: default deadline in
+    seconds of each unary call (``None``: none); streams have no deadline
+    unless a call passes ``timeout``. See ``ChannelConfig`` for the rest.
+    """
+
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        keepalive: float | None = 300.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self._config = ChannelConfig(
+            target=target,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            token=token,
+            keepalive_s=keepalive,
+            max_message_bytes=max_message_bytes,
+            retries=retries,
+            extra_options=tuple(options),
+        )
+        self.timeout = timeout
+        self._metadata = self._config.metadata()
+        self._limits: ServerLimits | None = None
+        # Shapes only (image_shape, latent_dim) are read from cached entries,
+        # and they do not change while a version is served.
+        self._infos: dict[tuple[str, str], ModelInfo] = {}
+
+    @property
+    def target(self) -> str | Sequence[str]:
+        return self._config.target
+
+    def _call_kwargs(self, timeout: float | None, stream: bool = False) -> dict[str, Any]:
+        if timeout is None and not stream:
+            timeout = self.timeout
+        return {"timeout": timeout, "metadata": self._metadata}
+
+    def _remember_limits(self, msg: pb.ListModelsResponse) -> ServerLimits:
+        limits = ServerLimits.from_proto(msg.limits)
+        # Plan with the smaller of the two receive limits: ours and the server's.
+        ours = self._config.max_message_bytes
+        theirs = limits.max_message_bytes or ours
+        self._limits = replace(limits, max_message_bytes=min(ours, theirs))
+        return self._limits
+
+    def _remember_info(self, msg: pb.ModelInfo, version: str) -> ModelInfo:
+        info = ModelInfo.from_proto(msg)
+        self._infos[(info.name, version)] = info
+        return info

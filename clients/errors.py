@@ -1,0 +1,109 @@
+"""Typed exceptions for gRPC status codes, shared by the sync and async clients.
+
+The server maps every failure to one status code with a message naming the
+offending field (see the proto). Callers catch the class that says what to do
+(``ModelNotFound``: fix the name; ``Overloaded``: back off; ...) and still have
+the raw ``code`` and ``details`` for logs.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "Cancelled",
+    "DeadlineExceeded",
+    "GanServeError",
+    "InvalidRequest",
+    "ModelNotFound",
+    "Overloaded",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+]
+
+
+class GanServeError(Exception):
+    """Base of every error raised by the ganserve clients.
+
+    ``code`` is the ``grpc.StatusCode`` of the failed call (``INVALID_ARGUMENT``
+    for requests the client rejects before sending); ``details`` is the
+    server's (or client's) message.
+    """
+
+    default_code = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(details)
+        self.code: grpc.StatusCode = code if code is not None else self.default_code
+        self.details = details
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.details}"
+
+
+class ModelNotFound(GanServeError):
+    """Unknown model name or version (``NOT_FOUND``)."""
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidRequest(GanServeError, ValueError):
+    """A field has a bad value (``INVALID_ARGUMENT``); the message names it."""
+
+    default_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(GanServeError):
+    """The server's queue is full or the request too large (``RESOURCE_EXHAUSTED``)."""
+
+    default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(GanServeError):
+    """Server unreachable, shutting down, or model not loaded (``UNAVAILABLE``)."""
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(GanServeError):
+    """The call took longer than its timeout (``DEADLINE_EXCEEDED``)."""
+
+    default_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(GanServeError):
+    """Missing or wrong bearer token (``UNAUTHENTICATED`` / ``PERMISSION_DENIED``)."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Cancelled(GanServeError):
+    """The call was cancelled (``CANCELLED``)."""
+
+    default_code = grpc.StatusCode.CANCELLED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[GanServeError]] = {
+    grpc.StatusCode.NOT_FOUND: ModelNotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidRequest,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: Unauthenticated,
+    grpc.StatusCode.CANCELLED: Cancelled,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> GanServeError:
+    """The typed exception for a failed call (sync ``grpc.RpcError`` or ``AioRpcError``)."""
+    # A sync RpcError that is also a grpc.Call carries code()/details(); be
+    # defensive for the rare RpcError that does not (e.g. raised by an interceptor).
+    code_fn = getattr(error, "code", None)
+    details_fn = getattr(error, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    details = (details_fn() if callable(details_fn) else None) or str(error) or code.name
+    cls = _BY_CODE.get(code, GanServeError)
+    return cls(details, code)

@@ -1,0 +1,196 @@
+"""Pictures from image arrays: PIL images, PNG grids, animated GIFs, strips.
+
+Accepts what the client returns: ``(H, W)`` / ``(H, W, C)`` images, batches
+``(N, H, W)`` / ``(N, H, W, C)``, as ``uint8`` or as floats in [-1, 1]
+(mapped to bytes by the proto's rule ``round((x + 1) * 127.5)``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = ["equation", "grid", "save_gif", "save_grid", "to_pil", "to_uint8"]
+
+PathLike = str | os.PathLike[str]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 as is; floats in [-1, 1] → [0, 255] with the server's rule."""
+    arr = np.asarray(images)
+    if arr.dtype == np.uint8:
+        return arr
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"images must be uint8 or float in [-1, 1], got dtype {arr.dtype}")
+    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:
+    """One ``(H, W)`` or ``(H, W, C)`` image as a ``PIL.Image`` (L, RGB or RGBA)."""
+    arr = to_uint8(image)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"one image must be (H, W) or (H, W, C), got shape {arr.shape}")
+    img = Image.fromarray(arr)
+    if scale != 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    return img
+
+
+def grid(
+    images: np.ndarray | Sequence[np.ndarray],
+    rows: int | None = None,
+    cols: int | None = None,
+    padding: int = 2,
+    pad_value: int = 0,
+) -> np.ndarray:
+    """Tile ``N`` images into one uint8 picture, row by row.
+
+    Without ``rows``/``cols`` the grid is as square as possible (wider than tall).
+    """
+    batch = to_uint8(np.stack(list(images)) if not isinstance(images, np.ndarray) else images)
+    if batch.ndim == 2:
+        batch = batch[None]
+    n = batch.shape[0]
+    if n == 0:
+        raise ValueError("no images to tile")
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    rows, cols = _layout(n, rows, cols)
+    h, w = batch.shape[1:3]
+    channels = batch.shape[3:]  # () for grayscale, (C,) otherwise
+    height = rows * h + (rows + 1) * padding
+    width = cols * w + (cols + 1) * padding
+    out = np.full((height, width, *channels), pad_value, dtype=np.uint8)
+    for i, img in enumerate(batch):
+        r, c = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        out[y : y + h, x : x + w] = img
+    return out
+
+
+def save_grid(
+    images: np.ndarray | Sequence[np.ndarray],
+    path: PathLike,
+    rows: int | None = None,
+    cols: int | None = None,
+    padding: int = 2,
+    scale: int = 1,
+) -> Image.Image:
+    """Save the images as one grid picture (format from the suffix, e.g. ``.png``)."""
+    img = to_pil(grid(images, rows, cols, padding), scale=scale)
+    img.save(path)
+    return img
+
+
+def save_gif(
+    frames: np.ndarray | Sequence[np.ndarray],
+    path: PathLike,
+    fps: float | None = None,
+    duration: float | None = None,
+    loop: int = 0,
+    boomerang: bool = False,
+    scale: int = 4,
+) -> list[Image.Image]:
+    """Save frames as an animated GIF.
+
+    ``fps`` (default 12) or ``duration`` (seconds for the whole animation) set
+    the pace; ``loop=0`` repeats forever; ``boomerang`` plays forward then
+    back (without repeating the end frames); ``scale`` enlarges each 28 px
+    frame (nearest neighbour) so the GIF is viewable.
+    """
+    batch = to_uint8(np.stack(list(frames)) if not isinstance(frames, np.ndarray) else frames)
+    if len(batch) == 0:
+        raise ValueError("no frames to save")
+    if fps is not None and duration is not None:
+        raise ValueError("give fps or duration, not both")
+    images = [to_pil(f, scale=scale) for f in batch]
+    if boomerang and len(images) > 2:
+        images = images + images[-2:0:-1]
+    if duration is not None:
+        frame_ms = max(20, round(1000 * duration / len(images)))
+    else:
+        frame_ms = max(20, round(1000 / (fps or 12.0)))
+    # GIF timing has 10 ms resolution; most viewers clamp frames under 20 ms.
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=frame_ms,
+        loop=loop,
+        optimize=False,
+        disposal=1,
+    )
+    return images
+
+
+def equation(
+    terms: np.ndarray | Sequence[np.ndarray],
+    weights: Sequence[float],
+    result: np.ndarray,
+    scale: int = 4,
+) -> Image.Image:
+    """``t1 + t2 − t3 = result`` as one picture (latent arithmetic, left to right).
+
+    Operators are drawn with lines (no font needed); a weight other than ±1
+    is written above its term, e.g. ``0.5×``.
+    """
+    if len(terms) != len(weights) or len(terms) == 0:
+        raise ValueError(f"{len(terms)} term images for {len(weights)} weights")
+    tiles = [to_pil(t, scale=scale).convert("L") for t in terms]
+    tiles.append(to_pil(result, scale=scale).convert("L"))
+    size = tiles[0].height
+    gap = size // 2  # width of an operator cell
+    margin = max(12, size // 6)  # room for the weight labels
+    ops = ["-" if weights[0] < 0 else ""]
+    ops += ["-" if w < 0 else "+" for w in weights[1:]]
+    ops.append("=")
+    width = sum(t.width for t in tiles) + gap * sum(1 for op in ops if op)
+    canvas = Image.new("L", (width, size + margin), 0)
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for i, tile in enumerate(tiles):
+        op = ops[i]
+        if op:
+            _operator(draw, op, x, margin, gap, size)
+            x += gap
+        if i < len(weights) and abs(abs(weights[i]) - 1.0) > 1e-6:
+            draw.text((x + 2, 0), f"{abs(weights[i]):g}x", fill=255)
+        canvas.paste(tile, (x, margin))
+        x += tile.width
+    return canvas
+
+
+def _operator(draw: ImageDraw.ImageDraw, op: str, x: int, top: int, gap: int, size: int) -> None:
+    """Draw ``+``, ``-`` or ``=`` centred in the cell ``[x, x + gap) × [top, top + size)``."""
+    cx, cy = x + gap // 2, top + size // 2
+    arm, thick = max(3, gap // 4), max(1, size // 28)
+    if op == "=":
+        off = max(2, arm // 2)
+        for dy in (-off, off):
+            draw.line([(cx - arm, cy + dy), (cx + arm, cy + dy)], fill=255, width=thick)
+        return
+    draw.line([(cx - arm, cy), (cx + arm, cy)], fill=255, width=thick)
+    if op == "+":
+        draw.line([(cx, cy - arm), (cx, cy + arm)], fill=255, width=thick)
+
+
+def _layout(n: int, rows: int | None, cols: int | None) -> tuple[int, int]:
+    """(rows, cols) that fit ``n`` images, honouring whichever was given."""
+    for name, value in (("rows", rows), ("cols", cols)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if rows is None and cols is None:
+        cols = int(np.ceil(np.sqrt(n)))
+    if cols is None:
+        cols = -(-n // rows)  # type: ignore[operator]
+    if rows is None:
+        rows = -(-n // cols)
+    if rows * cols < n:
+        raise ValueError(f"a {rows}x{cols} grid cannot hold {n} images")
+    return rows, cols
