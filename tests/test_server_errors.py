@@ -1,0 +1,128 @@
+"""Bad input: every mistake gets one status code and a message naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import numpy as np
+import pytest
+
+from ganserve.v1 import generator_pb2 as pb
+
+UNCOND, COND = "tiny-uncond", "tiny-cond"
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def latents(count: int, dim: int = 8, fill: float = 0.0) -> pb.LatentBatch:
+    data = np.full((count, dim), fill, dtype="<f4").tobytes()
+    return pb.LatentBatch(count=count, dim=dim, data=data)
+
+
+def vec(n: int = 8, fill: float = 0.0) -> pb.LatentVector:
+    return pb.LatentVector(values=[fill] * n)
+
+
+def keys(*labels: int | None) -> list[pb.Keyframe]:
+    """Seed keyframes 0, 1, ... with the given labels (None: no label)."""
+    return [
+        pb.Keyframe(seed=i) if label is None else pb.Keyframe(seed=i, label=label)
+        for i, label in enumerate(labels)
+    ]
+
+
+def term(weight: float = 1.0, **source: object) -> pb.ArithmeticTerm:
+    return pb.ArithmeticTerm(weight=weight, **source)
+
+
+def S(model: str = UNCOND, **fields: object) -> pb.SampleRequest:
+    return pb.SampleRequest(model=model, **fields)
+
+
+def interp(model: str, keyframes: list[pb.Keyframe], steps: int = 4, **fields: object):
+    return pb.InterpolateRequest(model=model, keyframes=keyframes, steps=steps, **fields)
+
+
+def arith(model: str, *terms: pb.ArithmeticTerm, **fields: object) -> pb.ArithmeticRequest:
+    return pb.ArithmeticRequest(model=model, terms=terms, **fields)
+
+
+NAN_KEY = pb.Keyframe(latent=vec(8, math.nan))
+SHORT_KEY = pb.Keyframe(latent=vec(3))
+SHORT_DATA = pb.LatentBatch(count=2, dim=8, data=b"\0" * 60)
+CASES = [
+    # (id, method, request, code, text the message must contain)
+    ("unknown model", "Sample", S("nope", count=1), NOT_FOUND, "nope"),
+    ("unknown version", "Sample", S(version="9", count=1), NOT_FOUND, "9"),
+    ("getmodel unknown", "GetModel", pb.GetModelRequest(model="nope"), NOT_FOUND, "nope"),
+    ("no model", "Sample", S("", count=1), INVALID, "model"),
+    ("count 0", "Sample", S(count=0), INVALID, "count"),
+    ("count < 0", "Sample", S(count=-3), INVALID, "count"),
+    ("count > limit", "Sample", S(count=4097), EXHAUSTED, "SampleStream"),
+    ("stream > limit", "SampleStream", S(count=1_000_001), EXHAUSTED, "count"),
+    ("chunk > max", "SampleStream", S(count=9, chunk_size=5000), INVALID, "chunk_size"),
+    ("seed overflow", "Sample", S(count=2, seed=2**64 - 1), INVALID, "seed"),
+    ("nan latent", "Sample", S(latents=latents(2, fill=math.nan)), INVALID, "latents.data"),
+    ("inf latent", "Sample", S(latents=latents(1, fill=math.inf)), INVALID, "latents.data"),
+    ("wrong dim", "Sample", S(latents=latents(2, dim=7)), INVALID, "latents.dim"),
+    ("short data", "Sample", S(latents=SHORT_DATA), INVALID, "latents.data"),
+    ("count != latents", "Sample", S(count=3, latents=latents(2)), INVALID, "count"),
+    ("psi 0", "Sample", S(count=1, truncation=0.0), INVALID, "truncation"),
+    ("psi < 0", "Sample", S(count=1, truncation=-1.0), INVALID, "truncation"),
+    ("psi nan", "Sample", S(count=1, truncation=math.nan), INVALID, "truncation"),
+    ("label uncond", "Sample", S(count=1, labels=[1]), INVALID, "labels"),
+    ("label range", "Sample", S(COND, count=1, labels=[10]), INVALID, "labels"),
+    ("label < 0", "Sample", S(COND, count=2, labels=[1, -1]), INVALID, "labels"),
+    ("label count", "Sample", S(COND, count=3, labels=[1, 2]), INVALID, "labels"),
+    ("encoding", "Sample", S(count=1, encoding=9), INVALID, "encoding"),
+    ("steps < 2", "Interpolate", interp(UNCOND, keys(None, None), 1), INVALID, "steps"),
+    ("steps > limit", "Interpolate", interp(UNCOND, keys(None, None), 5000), EXHAUSTED, "steps"),
+    ("one keyframe", "Interpolate", interp(UNCOND, keys(None)), INVALID, "keyframes"),
+    ("method", "Interpolate", interp(UNCOND, keys(None, None), method=7), INVALID, "method"),
+    ("key no source", "Interpolate", interp(UNCOND, [pb.Keyframe()] * 2), INVALID, "keyframes[0]"),
+    ("key short", "Interpolate", interp(UNCOND, [SHORT_KEY] * 2), INVALID, "keyframes[0].latent"),
+    ("key nan", "Interpolate", interp(UNCOND, [*keys(None), NAN_KEY]), INVALID, "keyframes[1]"),
+    ("key no label", "Interpolate", interp(COND, keys(1, None)), INVALID, "keyframes[1].label"),
+    ("key label", "Interpolate", interp(UNCOND, keys(1, None)), INVALID, "keyframes[0].label"),
+    ("key label range", "Interpolate", interp(COND, keys(1, 11)), INVALID, "keyframes[1].label"),
+    ("no terms", "Arithmetic", arith(UNCOND), INVALID, "terms"),
+    ("term no source", "Arithmetic", arith(UNCOND, term()), INVALID, "terms[0]"),
+    ("empty seeds", "Arithmetic", arith(UNCOND, term(seeds=pb.SeedList())), INVALID, "terms[0]"),
+    ("weight inf", "Arithmetic", arith(UNCOND, term(math.inf, latent=vec())), INVALID, "weight"),
+    ("term short", "Arithmetic", arith(UNCOND, term(latent=vec(9))), INVALID, "terms[0].latent"),
+    ("no label", "Arithmetic", arith(COND, term(latent=vec())), INVALID, "label"),
+    ("label uncond", "Arithmetic", arith(UNCOND, term(latent=vec()), label=1), INVALID, "label"),
+    ("psi", "Arithmetic", arith(UNCOND, term(latent=vec()), truncation=-2), INVALID, "truncation"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_status_and_message(grpc_stub, method, request_, code, text) -> None:
+    call = getattr(grpc_stub, method)
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(request_, timeout=10)
+        if method == "SampleStream":
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    assert text in info.value.details()
+
+
+def test_bad_input_does_not_disturb_the_server(grpc_stub) -> None:
+    """Errors come back as statuses; the server keeps answering good requests."""
+    futures = [grpc_stub.Sample.future(S(count=0)) for _ in range(20)]
+    for future in futures:
+        assert future.exception().code() == INVALID
+    assert grpc_stub.Sample(S(count=2, seed=1)).images.count == 2
+
+
+def test_deadline_exceeded_on_a_long_stream(grpc_stub) -> None:
+    request = S(count=1_000_000, seed=0, chunk_size=4096)
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in grpc_stub.SampleStream(request, timeout=0.3):
+            pass
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert grpc_stub.Sample(S(count=1, seed=0), timeout=5).images.count == 1
