@@ -131,6 +131,11 @@ class Batcher:
         """Requests waiting (including the rest of a partly batched one)."""
         return len(self._queue)
 
+    @property
+    def accepting(self) -> bool:
+        """True between start() and stop(): submit() takes requests."""
+        return self._accepting
+
     async def start(self) -> None:
         """Start the worker thread; requests are accepted from now on."""
         if self._thread is not None:
@@ -157,7 +162,7 @@ class Batcher:
             self._stopping = True
             self._cond.notify_all()
         gone = Unavailable(f"model '{self._model}' is shutting down")
-        self._deliver([(r.future, None, gone) for r in dropped])
+        self._deliver([(r.future, None, gone) for r in dropped])  # on the loop already
         await asyncio.shield(self._exited)
         self._m_depth.set(0)
 
@@ -335,7 +340,7 @@ class Batcher:
 
     def _fail_all(self, error: GanServeError) -> None:
         with self._cond:
-            dropped = [(r.future, None, error) for r in self._queue]
+            dropped: list[_Delivery] = [(r.future, None, error) for r in self._queue]
             self._queue.clear()
             self._queued_images = 0
         self._post(dropped)

@@ -183,42 +183,12 @@ class ModelRepository:
         "unchanged": [...]}`` with ``"name/version"`` entries.
         """
         async with self._lock:
-            report: dict[str, list[str]] = {
-                "loaded": [],
-                "failed": [],
-                "removed": [],
-                "unchanged": [],
-            }
+            report: dict[str, list[str]] = {k: [] for k in ("loaded", "failed", "removed")}
+            report["unchanged"] = []
             scans = await asyncio.to_thread(self._scan)
-            seen = {(s.name, s.version) for s in scans}
-            retired: list[LoadedModel] = []
-            # Removed versions first: they stop taking traffic at once.
-            for name, versions in list(self._models.items()):
-                for version in [v for v in versions if (name, v) not in seen]:
-                    entry = versions.pop(version)
-                    if entry.model is not None:
-                        retired.append(entry.model)
-                    self._metrics.set_model_state(name, version, None)
-                    report["removed"].append(f"{name}/{version}")
-                if not versions:
-                    del self._models[name]
-            pending = []
-            for scan in scans:
-                entry = self._models.get(scan.name, {}).get(scan.version)
-                if entry is not None and entry.fingerprint == scan.fingerprint:
-                    report["unchanged"].append(f"{scan.name}/{scan.version}")
-                    continue
-                digest = await asyncio.to_thread(_digest, scan.path)
-                if entry is not None and entry.digest == digest:
-                    entry.fingerprint = scan.fingerprint  # touched, same bytes
-                    report["unchanged"].append(f"{scan.name}/{scan.version}")
-                    continue
-                if entry is None:
-                    entry = _Version(scan.path)
-                    self._models.setdefault(scan.name, {})[scan.version] = entry
-                    self._set_state(scan.name, scan.version, entry, "LOADING", "")
-                pending.append((scan, entry, digest))
-            # Load concurrently: each load is a thread, warm-up included.
+            retired = self._drop_removed({(s.name, s.version) for s in scans}, report)
+            pending = await self._changed(scans, report)
+            # Load concurrently: each load (warm-up included) is a thread.
             results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
             for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
                 key = f"{scan.name}/{scan.version}"
@@ -232,14 +202,53 @@ class ModelRepository:
                     continue
                 if entry.model is not None:
                     retired.append(entry.model)
-                entry.model, entry.spec = model, model.spec  # the swap: warm before traffic
+                entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
                 self._set_state(scan.name, scan.version, entry, "READY", "")
                 report["loaded"].append(key)
             for old in retired:
-                await old.close()  # drained: in-flight requests finish
+                await old.close()  # drained: its queued requests still finish
             if self._started:
                 self._metrics.reloads_total.labels("failed" if report["failed"] else "ok").inc()
             return report
+
+    def _drop_removed(
+        self, seen: set[tuple[str, str]], report: dict[str, list[str]]
+    ) -> list[LoadedModel]:
+        """Forget versions gone from disk (no new traffic); returns the models to close."""
+        retired = []
+        for name, versions in list(self._models.items()):
+            for version in [v for v in versions if (name, v) not in seen]:
+                entry = versions.pop(version)
+                if entry.model is not None:
+                    retired.append(entry.model)
+                self._metrics.set_model_state(name, version, None)
+                report["removed"].append(f"{name}/{version}")
+            if not versions:
+                del self._models[name]
+        return retired
+
+    async def _changed(
+        self, scans: list[_Scan], report: dict[str, list[str]]
+    ) -> list[tuple[_Scan, _Version, str]]:
+        """Files that are new or whose bytes changed, with their entry and sha256."""
+        pending = []
+        for scan in scans:
+            existing = self._models.get(scan.name, {}).get(scan.version)
+            if existing is not None and existing.fingerprint == scan.fingerprint:
+                report["unchanged"].append(f"{scan.name}/{scan.version}")
+                continue
+            digest = await asyncio.to_thread(_digest, scan.path)
+            if existing is not None and existing.digest == digest:
+                existing.fingerprint = scan.fingerprint  # touched, same bytes
+                report["unchanged"].append(f"{scan.name}/{scan.version}")
+                continue
+            entry = existing
+            if entry is None:
+                entry = _Version(scan.path)
+                self._models.setdefault(scan.name, {})[scan.version] = entry
+                self._set_state(scan.name, scan.version, entry, "LOADING", "")
+            pending.append((scan, entry, digest))
+        return pending
 
     async def close(self) -> None:
         """Stop every batcher (draining queued requests) and drop the sessions."""

@@ -159,6 +159,7 @@ class OrtRunner:
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
         self._conditional = spec.num_classes > 0
         self._output = self._session.get_outputs()[0].name
+        self.warmed: tuple[int, ...] = ()  # batch sizes run by warmup(), for checks
 
     def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
         """Generate: z (N, D) float32, y (N, C) float32 or None -> (N, C, H, W) float32."""
@@ -184,7 +185,8 @@ class OrtRunner:
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
         """Run every batch size once so no real request pays first-run costs."""
-        for n in batch_sizes:
+        sizes = tuple(batch_sizes)
+        for n in sizes:
             z = np.zeros((n, self.spec.latent_dim), dtype=np.float32)  # (n, D)
             y = (
                 np.zeros((n, self.spec.num_classes), dtype=np.float32)
@@ -192,6 +194,7 @@ class OrtRunner:
                 else None
             )
             self.run(z, y)
+        self.warmed = self.warmed + sizes
 
     def close(self) -> None:
         """Drop the session (ORT frees it when the last reference goes)."""

@@ -1,0 +1,240 @@
+"""Dynamic batcher on a real tiny ONNX generator: merging, splitting, limits, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ganserve.server.batcher import Batcher, BatchingConfig
+from ganserve.server.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+)
+from ganserve.server.metrics import Metrics
+from ganserve.server.repository import read_spec
+from ganserve.server.runtime import OrtRunner, RuntimeConfig
+from tiny_onnx import make_tiny_generator
+
+POISON = 99.0  # a latent whose first entry is this makes GatedInfer raise
+
+
+class GatedInfer:
+    """The real runner, recording batch sizes; ``close()`` holds the worker inside
+    its current inference until ``open()``, so requests pile up deterministically."""
+
+    def __init__(self, runner: OrtRunner):
+        self.runner = runner
+        self.batches: list[int] = []
+        self.entered = threading.Semaphore(0)
+        self._gate = threading.Event()
+        self._gate.set()
+
+    def close(self) -> None:
+        self.entered = threading.Semaphore(0)  # forget entries of earlier inferences
+        self._gate.clear()
+
+    def open(self) -> None:
+        self._gate.set()
+
+    def __call__(self, z: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        self.entered.release()
+        assert self._gate.wait(timeout=30)
+        self.batches.append(z.shape[0])
+        if np.any(z[:, 0] == POISON):
+            raise RuntimeError("poisoned latent")
+        return self.runner.run(z, y)
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> OrtRunner:
+    path = make_tiny_generator(tmp_path / "model.onnx", latent_dim=8)
+    return OrtRunner(path, read_spec(path, "tiny", "1"), RuntimeConfig(device="cpu"))
+
+
+@pytest.fixture
+def infer(runner: OrtRunner) -> GatedInfer:
+    return GatedInfer(runner)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+async def make_batcher(infer: GatedInfer, metrics: Metrics) -> AsyncIterator[Callable]:
+    made: list[Batcher] = []
+
+    async def make(**config: object) -> Batcher:
+        batcher = Batcher(infer, BatchingConfig(**config), metrics, "tiny")  # type: ignore[arg-type]
+        await batcher.start()
+        made.append(batcher)
+        return batcher
+
+    yield make
+    infer.open()
+    for b in made:
+        await b.stop()
+
+
+def _z(n: int, start: float = 0.0) -> np.ndarray:
+    """(n, 8) latents, distinct per row so results can be told apart."""
+    return (np.arange(n * 8, dtype=np.float32).reshape(n, 8) / 100.0 + start).astype(np.float32)
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll (yielding to the loop) until ``condition`` holds."""
+    until = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < until, "condition not reached in time"
+        await asyncio.sleep(0.001)
+
+
+async def _hold_worker(batcher: Batcher, infer: GatedInfer) -> asyncio.Task[np.ndarray]:
+    """Park the worker inside an inference of one request; returns that request's task."""
+    infer.close()
+    first = asyncio.create_task(batcher.submit(_z(1, 5.0), None))
+    await asyncio.to_thread(infer.entered.acquire)
+    return first
+
+
+async def test_concurrent_requests_merge(make_batcher, infer, runner, metrics) -> None:  # type: ignore[no-untyped-def]
+    batcher = await make_batcher(max_batch_size=64)
+    first = await _hold_worker(batcher, infer)
+    zs = [_z(n, i) for i, n in enumerate((1, 2, 3, 1, 1))]
+    tasks = [asyncio.create_task(batcher.submit(z, None)) for z in zs]
+    await _wait_for(lambda: batcher.queue_depth == 5)
+    infer.open()
+    results = await asyncio.gather(*tasks)
+    await first
+    assert infer.batches == [1, 8]
+    for z, out in zip(zs, results, strict=True):  # each waiter gets its own rows
+        np.testing.assert_array_equal(out, runner.run(z, None))
+    value = metrics.registry.get_sample_value
+    assert value("ganserve_batch_size_sum", {"model": "tiny"}) == 9
+    assert value("ganserve_batch_size_count", {"model": "tiny"}) == 2
+    assert value("ganserve_batch_size_bucket", {"model": "tiny", "le": "1.0"}) == 1
+    assert value("ganserve_images_total", {"model": "tiny"}) == 9
+    assert value("ganserve_queue_wait_seconds_count", {"model": "tiny"}) == 6
+
+
+async def test_large_requests_split_and_reassemble_in_order(  # type: ignore[no-untyped-def]
+    make_batcher, infer, runner
+) -> None:
+    batcher = await make_batcher(max_batch_size=4)
+    first = await _hold_worker(batcher, infer)
+    a, b = _z(3, 1.0), _z(6, 2.0)
+    tasks = [asyncio.create_task(batcher.submit(z, None)) for z in (a, b)]
+    await _wait_for(lambda: batcher.queue_depth == 2)
+    infer.open()
+    out_a, out_b = await asyncio.gather(*tasks)
+    await first
+    # a (3) shares a batch with the first piece of b; b's other pieces follow
+    assert infer.batches == [1, 4, 4, 1]
+    np.testing.assert_array_equal(out_a, runner.run(a, None))
+    np.testing.assert_array_equal(out_b, runner.run(b, None))
+    big = _z(10, 3.0)
+    np.testing.assert_array_equal(await batcher.submit(big, None), runner.run(big, None))
+    assert infer.batches[-3:] == [4, 4, 2]
+
+
+async def test_full_queue_is_rejected_at_once(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    batcher = await make_batcher(max_queue_size=2)
+    first = await _hold_worker(batcher, infer)
+    queued = [asyncio.create_task(batcher.submit(_z(1), None)) for _ in range(2)]
+    await _wait_for(lambda: batcher.queue_depth == 2)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await batcher.submit(_z(1), None)
+    infer.open()
+    await asyncio.gather(first, *queued)
+
+
+async def test_expired_and_cancelled_requests_are_dropped_before_compute(  # type: ignore[no-untyped-def]
+    make_batcher, infer
+) -> None:
+    batcher = await make_batcher()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(_z(2), None, deadline=time.monotonic() - 1.0)
+    with pytest.raises(Cancelled):
+        await batcher.submit(_z(2), None, is_cancelled=lambda: True)
+    assert infer.batches == []
+    # a waiter whose task is cancelled while queued is skipped too
+    first = await _hold_worker(batcher, infer)
+    gone = asyncio.create_task(batcher.submit(_z(3), None))
+    kept = asyncio.create_task(batcher.submit(_z(2), None))
+    await _wait_for(lambda: batcher.queue_depth == 2)
+    gone.cancel()
+    infer.open()
+    await asyncio.gather(first, kept)
+    assert infer.batches == [1, 2]
+    assert gone.cancelled()
+
+
+async def test_inference_error_reaches_every_waiter_and_worker_goes_on(  # type: ignore[no-untyped-def]
+    make_batcher, infer, runner
+) -> None:
+    batcher = await make_batcher(max_batch_size=4)
+    first = await _hold_worker(batcher, infer)
+    poisoned = _z(1)
+    poisoned[0, 0] = POISON
+    zs = [_z(1), poisoned, _z(5)]  # the 5-image request is split: its rest is dropped too
+    tasks = [asyncio.create_task(batcher.submit(z, None)) for z in zs]
+    await _wait_for(lambda: batcher.queue_depth == 3)
+    infer.open()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    await first
+    assert all(isinstance(r, Internal) for r in results), results
+    assert "poisoned latent" in str(results[0])
+    assert infer.batches == [1, 4]
+    z = _z(2)
+    np.testing.assert_array_equal(await batcher.submit(z, None), runner.run(z, None))
+
+
+async def test_batching_off_runs_each_request_alone(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    batcher = await make_batcher(enabled=False, max_batch_size=4)
+    first = await _hold_worker(batcher, infer)
+    tasks = [asyncio.create_task(batcher.submit(_z(n), None)) for n in (1, 2, 6)]
+    await _wait_for(lambda: batcher.queue_depth == 3)
+    infer.open()
+    await asyncio.gather(first, *tasks)
+    assert infer.batches == [1, 1, 2, 4, 2]
+
+
+async def test_idle_model_does_not_wait_for_a_batch(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    # A one-hour max delay: any wait for a batch to fill would time the test out.
+    batcher = await make_batcher(max_queue_delay_ms=3_600_000.0)
+    for _ in range(20):
+        await batcher.submit(_z(1), None)
+    assert infer.batches == [1] * 20
+
+
+async def test_stop_drains_or_fails_queued_requests(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    drained = await make_batcher()
+    first = await _hold_worker(drained, infer)
+    queued = asyncio.create_task(drained.submit(_z(2), None))
+    await _wait_for(lambda: drained.queue_depth == 1)
+    stopping = asyncio.create_task(drained.stop(drain=True))
+    await _wait_for(lambda: not drained.accepting)
+    with pytest.raises(Unavailable):
+        await drained.submit(_z(1), None)
+    infer.open()
+    await stopping
+    assert (await queued).shape == (2, 1, 28, 28) and (await first).shape == (1, 1, 28, 28)
+
+    dropped = await make_batcher()
+    first = await _hold_worker(dropped, infer)
+    queued = asyncio.create_task(dropped.submit(_z(2), None))
+    await _wait_for(lambda: dropped.queue_depth == 1)
+    stopping = asyncio.create_task(dropped.stop(drain=False))
+    with pytest.raises(Unavailable, match="shutting down"):
+        await queued
+    infer.open()
+    await asyncio.gather(stopping, first)

@@ -1,0 +1,67 @@
+"""Metrics: names, units, labels, an isolated registry per instance."""
+
+from __future__ import annotations
+
+from ganserve.server.metrics import Metrics
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+EXPECTED = {
+    "ganserve_requests": "counter",
+    "ganserve_request_seconds": "histogram",
+    "ganserve_inflight_requests": "gauge",
+    "ganserve_queue_wait_seconds": "histogram",
+    "ganserve_inference_seconds": "histogram",
+    "ganserve_batch_size": "histogram",
+    "ganserve_images": "counter",
+    "ganserve_queue_depth": "gauge",
+    "ganserve_model_state": "gauge",
+    "ganserve_model_load_failures": "counter",
+    "ganserve_reloads": "counter",
+}
+
+
+def _families(metrics: Metrics) -> dict[str, object]:
+    text = generate_latest(metrics.registry).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_names_types_and_process_metrics() -> None:
+    m = Metrics()
+    m.requests_total.labels("tiny", "Sample", "OK").inc()
+    m.batch_size.labels("tiny").observe(3)
+    families = _families(m)
+    for name, kind in EXPECTED.items():
+        assert families[name].type == kind, name  # type: ignore[attr-defined]
+    assert "process_cpu_seconds" in families
+    assert "python_info" in families
+
+
+def test_batch_size_buckets_are_powers_of_two_up_to_max() -> None:
+    m = Metrics(max_batch_size=48)
+    m.batch_size.labels("tiny").observe(5)
+    text = generate_latest(m.registry).decode()
+    for le in ("1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "48.0", "+Inf"):
+        assert f'ganserve_batch_size_bucket{{le="{le}",model="tiny"}}' in text
+    assert 'le="64.0"' not in text
+
+
+def test_registries_are_isolated() -> None:
+    registry = CollectorRegistry()
+    a, b = Metrics(registry), Metrics()
+    a.images_total.labels("tiny").inc(5)
+    assert a.registry is registry
+    assert registry.get_sample_value("ganserve_images_total", {"model": "tiny"}) == 5
+    assert b.registry.get_sample_value("ganserve_images_total", {"model": "tiny"}) is None
+
+
+def test_model_state_one_hot_and_removal() -> None:
+    m = Metrics()
+    m.set_model_state("tiny", "1", "LOADING")
+    m.set_model_state("tiny", "1", "READY")
+    value = m.registry.get_sample_value
+    labels = {"model": "tiny", "version": "1"}
+    assert value("ganserve_model_state", {**labels, "state": "READY"}) == 1
+    assert value("ganserve_model_state", {**labels, "state": "LOADING"}) == 0
+    m.set_model_state("tiny", "1", None)
+    assert value("ganserve_model_state", {**labels, "state": "READY"}) is None

@@ -1,0 +1,102 @@
+"""ONNX Runtime runner on CPU: providers, correctness against numpy, threads, warm-up."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from ganserve.server.errors import Unavailable
+from ganserve.server.repository import read_spec
+from ganserve.server.runtime import (
+    OrtRunner,
+    RuntimeConfig,
+    cuda_usable,
+    resolve_providers,
+    warmup_sizes,
+)
+from onnx import numpy_helper
+from tiny_onnx import make_tiny_generator
+
+
+def _runner(tmp_path: Path, num_classes: int = 0, **config: object) -> OrtRunner:
+    path = make_tiny_generator(tmp_path / "model.onnx", latent_dim=8, num_classes=num_classes)
+    return OrtRunner(path, read_spec(path, "tiny", "1"), RuntimeConfig(**config))  # type: ignore[arg-type]
+
+
+def _reference(path: Path, z: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """The tiny generator in numpy: tanh([z, y] @ W) reshaped to (N, 1, 28, 28)."""
+    model = onnx.load(str(path))
+    weight = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == "weight")
+    x = z if y is None else np.concatenate([z, y], axis=1)
+    return np.tanh(x @ weight).reshape(-1, 1, 28, 28)
+
+
+def test_cpu_and_auto_providers() -> None:
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    auto = resolve_providers("auto")
+    assert auto[-1] == "CPUExecutionProvider"
+    assert (len(auto) == 2) == cuda_usable()
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_providers("tpu")
+
+
+@pytest.mark.skipif(cuda_usable(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error() -> None:
+    with pytest.raises(Unavailable, match="no usable CUDA GPU"):
+        resolve_providers("cuda")
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_run_matches_numpy_reference(tmp_path: Path, num_classes: int) -> None:
+    runner = _runner(tmp_path, num_classes=num_classes, device="cpu")
+    assert runner.device == "cpu"
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((5, 8)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[[0, 1, 2, 3, 9]] if num_classes else None
+    out = runner.run(z, y)
+    assert out.shape == (5, 1, 28, 28) and out.dtype == np.float32
+    assert np.abs(out).max() <= 1.0
+    np.testing.assert_allclose(out, _reference(tmp_path / "model.onnx", z, y), atol=1e-5)
+    if num_classes:
+        other = runner.run(z, np.eye(10, dtype=np.float32)[[9, 9, 9, 9, 0]])
+        assert not np.allclose(other, out)  # the class input matters
+        with pytest.raises(ValueError, match="needs class vectors"):
+            runner.run(z, None)
+
+
+def test_auto_device_runs(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, device="auto")
+    assert runner.device == ("cuda" if cuda_usable() else "cpu")
+    assert runner.run(np.zeros((2, 8), np.float32)).shape == (2, 1, 28, 28)
+
+
+def test_run_is_thread_safe(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, device="cpu", intra_op_threads=1)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (1, 3, 7, 16) * 8]
+    expected = [runner.run(z) for z in inputs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(runner.run, inputs))
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_warmup_sizes_and_warmup(tmp_path: Path) -> None:
+    assert warmup_sizes(RuntimeConfig(), 64) == (1, 2, 4, 8, 16, 32, 64)
+    assert warmup_sizes(RuntimeConfig(), 48) == (1, 2, 4, 8, 16, 32, 48)
+    assert warmup_sizes(RuntimeConfig(warmup_batch_sizes=(3, 5)), 64) == (3, 5)
+    runner = _runner(tmp_path, num_classes=4, device="cpu")
+    runner.warmup((1, 2, 4))
+    assert runner.warmed == (1, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"device": "gpu"}, {"intra_op_threads": -1}, {"warmup_batch_sizes": (0,)}],
+)
+def test_runtime_config_validation(config: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RuntimeConfig(**config)  # type: ignore[arg-type]
