@@ -201,3 +201,44 @@ def grpc_channel(server: ServerProcess) -> Iterator[grpc.Channel]:
 def grpc_stub(grpc_channel: grpc.Channel) -> pb_grpc.GeneratorStub:
     """A ganserve.v1 Generator stub on an insecure channel to the session server."""
     return pb_grpc.GeneratorStub(grpc_channel)
+
+
+@pytest.fixture(scope="session")
+def scrape() -> Callable[[ServerProcess], dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """``scrape(server)``: its /metrics parsed with prometheus-client's parser,
+    as ``{(sample name, sorted label items): value}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def fetch(proc: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        assert proc.metrics_url is not None, "server runs without metrics"
+        with urllib.request.urlopen(proc.metrics_url, timeout=10) as response:
+            text = response.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    return fetch
+
+
+def _wait_until(
+    predicate: Callable[[], object], what: str, timeout: float = 20.0, interval: float = 0.02
+) -> object:
+    """Poll ``predicate`` until it returns a truthy value (returned); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)  # polling interval, not a wait for an event
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., object]:
+    """``wait_until(predicate, what, timeout=20)``: poll with a deadline, no blind sleeps."""
+    return _wait_until

@@ -1,0 +1,143 @@
+"""Process-level behaviour: determinism across replicas, SIGTERM drain, hot reload, health."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tiny_onnx import make_tiny_generator, model_path, write_broken_file
+
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+UNCOND, COND = "tiny-uncond", "tiny-cond"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def stub(target: str) -> tuple[grpc.Channel, pb_grpc.GeneratorStub]:
+    channel = grpc.insecure_channel(target)
+    return channel, pb_grpc.GeneratorStub(channel)
+
+
+def health(channel: grpc.Channel, service: str = "") -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+
+@pytest.fixture
+def repo_copy(tiny_model_repo: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the tiny repository."""
+    return Path(shutil.copytree(tiny_model_repo, tmp_path / "models"))
+
+
+def test_same_seed_same_bytes_across_two_processes(server, tiny_model_repo, start_server) -> None:
+    other = start_server(tiny_model_repo)
+    requests = [
+        ("Sample", pb.SampleRequest(model=UNCOND, count=16, seed=123, truncation=0.8)),
+        ("Sample", pb.SampleRequest(model=COND, count=16, seed=2**40, encoding=3)),
+        (
+            "Interpolate",
+            pb.InterpolateRequest(
+                model=COND,
+                keyframes=[pb.Keyframe(seed=5, label=1), pb.Keyframe(seed=6, label=2)],
+                steps=7,
+            ),
+        ),
+    ]
+    answers = []
+    for target in (server.target, other.target):
+        channel, client = stub(target)
+        with channel:
+            answers.append([getattr(client, m)(r).SerializeToString() for m, r in requests])
+    assert answers[0] == answers[1]
+
+
+def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait_until) -> None:
+    proc = start_server(repo_copy, "--grace-period-s", "30")
+    channel, client = stub(proc.target)
+    with channel:
+        unary = [
+            client.Sample.future(pb.SampleRequest(model=COND, count=2048, seed=i, encoding=3))
+            for i in range(3)
+        ]
+        stream = client.SampleStream(
+            pb.SampleRequest(model=UNCOND, count=20_000, seed=0, chunk_size=1000, encoding=2)
+        )
+        first = next(stream)  # the stream is running
+
+        def in_flight() -> float:
+            metrics = scrape(proc)
+            return sum(v for (n, _), v in metrics.items() if n == "ganserve_inflight_requests")
+
+        wait_until(lambda: in_flight() >= 3, "requests in flight")
+        proc.send(signal.SIGTERM)
+        received = first.images.count + sum(chunk.images.count for chunk in stream)
+        assert received == 20_000
+        assert [f.result().images.count for f in unary] == [2048] * 3
+        with pytest.raises(grpc.RpcError) as refused:  # a new RPC after SIGTERM
+            client.Sample(pb.SampleRequest(model=UNCOND, count=1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert proc.wait() == 0, proc.log()
+    assert not proc.ready_file.exists()
+
+
+def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape, wait_until):
+    proc = start_server(repo_copy)
+    channel, client = stub(proc.target)
+    request = pb.SampleRequest(model=UNCOND, count=4, seed=9)
+    with channel:
+        v1 = client.Sample(request)
+        assert v1.version == "1"
+        make_tiny_generator(
+            model_path(repo_copy, UNCOND, "2"), latent_dim=8, name=UNCOND, version="2", seed=1
+        )
+        proc.send(signal.SIGHUP)
+        info = wait_until(
+            lambda: (m := client.GetModel(pb.GetModelRequest(model=UNCOND))).version == "2" and m,
+            "version 2 to be served",
+        )
+        assert list(info.versions) == ["1", "2"]
+        v2 = client.Sample(request)
+        assert v2.version == "2" and v2.images.data != v1.images.data
+        pinned = client.Sample(pb.SampleRequest(model=UNCOND, version="1", count=4, seed=9))
+        assert pinned.images.data == v1.images.data
+
+        write_broken_file(model_path(repo_copy, UNCOND, "3"))
+        proc.send(signal.SIGHUP)
+        failures = ("ganserve_model_load_failures_total", (("model", UNCOND),))
+        wait_until(lambda: scrape(proc).get(failures, 0) >= 1, "the broken file to be counted")
+        broken = client.GetModel(pb.GetModelRequest(model=UNCOND, version="3"))
+        assert broken.state == pb.LOAD_STATE_FAILED and "onnx" in broken.state_message.lower()
+        assert client.Sample(request).images.data == v2.images.data  # v2 keeps serving
+        with pytest.raises(grpc.RpcError) as info3:
+            client.Sample(pb.SampleRequest(model=UNCOND, version="3", count=1))
+        assert info3.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert scrape(proc)[("ganserve_reloads_total", (("result", "failed"),))] >= 1
+        assert health(channel) == SERVING
+
+
+def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> None:
+    repo = tmp_path / "models"
+    write_broken_file(model_path(repo, UNCOND, "1"))
+    proc = start_server(repo)
+    channel, client = stub(proc.target)
+    with channel:
+        assert health(channel) == NOT_SERVING
+        assert health(channel, "ganserve.v1.Generator") == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            client.Sample(pb.SampleRequest(model=UNCOND, count=1))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        listed = client.ListModels(pb.ListModelsRequest()).models
+        assert [(m.name, m.state) for m in listed] == [(UNCOND, pb.LOAD_STATE_FAILED)]
+
+        make_tiny_generator(model_path(repo, UNCOND, "1"), latent_dim=8, name=UNCOND)
+        proc.send(signal.SIGHUP)
+        wait_until(lambda: health(channel) == SERVING, "health SERVING after the fix")
+        assert health(channel, "ganserve.v1.Generator") == SERVING
+        assert client.Sample(pb.SampleRequest(model=UNCOND, count=1)).images.count == 1
+    assert proc.stop() == 0
