@@ -1,0 +1,308 @@
+"""GanClient against real servers: every method, errors, stream fallback, retries,
+round robin, token and TLS."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from ganserve.clients import (
+    DeadlineExceeded,
+    GanClient,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    Unauthenticated,
+    Unavailable,
+    latents_from_seeds,
+)
+
+from ganserve.v1 import generator_pb2 as pb
+
+UNCOND, COND = "tiny-uncond", "tiny-cond"
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Iterator[GanClient]:
+    with GanClient(server.target, timeout=20) as c:
+        yield c
+
+
+def request_counts(metrics_url: str) -> dict[str, float]:
+    """``ganserve_requests_total`` summed per method, scraped from a server's /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for method, value in re.findall(
+        r'ganserve_requests_total\{[^}]*method="(\w+)"[^}]*\} (\S+)', text
+    ):
+        counts[method] = counts.get(method, 0.0) + float(value)
+    return counts
+
+
+# ------------------------------------------------------------------ every method
+def test_list_models_model_info_and_limits(client: GanClient) -> None:
+    models = {m.name: m for m in client.list_models()}
+    assert set(models) == {UNCOND, COND}
+    cond = client.model_info(COND)
+    assert cond == models[COND]
+    assert cond.conditional and cond.num_classes == 10 and cond.latent_dim == 8
+    assert cond.image_shape == (1, 28, 28) and cond.value_range == (-1.0, 1.0)
+    assert cond.state == "ready" and cond.quality["fid"] == pytest.approx(123.0)
+    assert not models[UNCOND].conditional and models[UNCOND].class_names == ()
+    limits = client.limits()
+    assert limits.max_images_per_request == 4096 and limits.max_message_bytes == 64 * 2**20
+
+
+def test_sample_encodings_agree(client: GanClient) -> None:
+    floats = client.sample(UNCOND, 4, seed=9)
+    assert floats.images.shape == (4, 28, 28) and floats.images.dtype == np.float32
+    assert floats.images.min() >= -1 and floats.images.max() <= 1
+    assert floats.seed == 9 and list(floats.seeds) == [9, 10, 11, 12] and floats.labels is None
+    u8 = client.sample(UNCOND, 4, seed=9, encoding="uint8")
+    expected = np.clip(np.rint((floats.images + 1) * 127.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(u8.images, expected)
+    png = client.sample(UNCOND, 4, seed=9, encoding="png")
+    assert png.images.dtype == np.uint8 and len(png.png) == 4
+    np.testing.assert_array_equal(png.images, u8.images)
+    assert len(png.to_pil()) == 4 and png.to_pil()[0].size == (28, 28)
+
+
+def test_local_seed_rule_reproduces_server_latents(client: GanClient) -> None:
+    result = client.sample(UNCOND, 3, seed=2**40, truncation=0.7, return_latents=True)
+    np.testing.assert_array_equal(result.latents, latents_from_seeds(2**40, 3, 8, 0.7))
+    picked = client.sample(UNCOND, 2, return_latents=True)  # the server picks the seed
+    assert picked.seed is not None
+    np.testing.assert_array_equal(picked.latents, latents_from_seeds(picked.seed, 2, 8))
+    # explicit latents (count from their length) give the same images as their seeds
+    explicit = client.sample(UNCOND, latents=result.latents)
+    assert explicit.seed is None and explicit.seeds is None
+    seeded = client.sample(UNCOND, 3, seed=2**40, truncation=0.7)
+    np.testing.assert_array_equal(explicit.images, seeded.images)
+
+
+def test_labels(client: GanClient) -> None:
+    assert list(client.sample(COND, 3, seed=1, label=4).labels) == [4, 4, 4]
+    assert list(client.sample(COND, 3, seed=1, labels=[7, 8, 9]).labels) == [7, 8, 9]
+    assert list(client.sample(COND, 12, seed=1).labels) == [i % 10 for i in range(12)]
+
+
+def test_sample_stream_chunks_match_sample(client: GanClient) -> None:
+    whole = client.sample(COND, 10, seed=5)
+    chunks = list(client.sample_stream(COND, 10, seed=5, chunk_size=4))
+    assert [c.offset for c in chunks] == [0, 4, 8]
+    np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), whole.images)
+    assert list(chunks[1].seeds) == [9, 10, 11, 12]
+    # leaving early cancels the stream; the client stays usable
+    for _ in client.sample_stream(COND, 1000, seed=5, chunk_size=1):
+        break
+    assert client.health() == "SERVING"
+
+
+def test_interpolate_seeds_and_vectors(client: GanClient) -> None:
+    morph = client.interpolate(COND, [1, 2], labels=[3, 8], steps=5, return_latents=True)
+    assert morph.images.shape == (5, 28, 28) and morph.class_weights.shape == (5, 10)
+    assert morph.class_weights[0, 3] == 1 and morph.class_weights[-1, 8] == 1
+    ends = latents_from_seeds(1, 2, 8)
+    np.testing.assert_allclose(morph.latents[[0, -1]], ends, atol=1e-6)
+    first = client.sample(COND, 1, seed=1, label=3)
+    np.testing.assert_allclose(morph.images[0], first.images[0], atol=1e-6)
+    by_vector = client.interpolate(COND, list(ends), labels=[3, 8], steps=5, method="lerp")
+    lerp = client.interpolate(COND, [1, 2], labels=[3, 8], steps=5, method="lerp")
+    np.testing.assert_allclose(by_vector.images, lerp.images, atol=1e-6)
+
+
+def test_arithmetic(client: GanClient) -> None:
+    result = client.arithmetic(
+        UNCOND, [(1, [1, 2]), (-1, 3), (0.5, np.ones(8, np.float32))],
+        return_term_images=True, return_latents=True,
+    )  # fmt: skip
+    z = latents_from_seeds(1, 3, 8)
+    expected = (z[0] + z[1]) / 2 - z[2] + 0.5
+    assert result.image.shape == (28, 28) and result.term_images.shape == (3, 28, 28)
+    np.testing.assert_allclose(result.latents[0], expected, atol=1e-5)
+    plain = client.arithmetic(COND, [(1, 5)], label=2)
+    assert plain.term_images is None and plain.latents is None
+
+
+def test_thread_safe_sharing(client: GanClient) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda s: client.sample(UNCOND, 2, seed=s), range(8)))
+    assert [r.seed for r in results] == list(range(8))
+
+
+def test_large_count_goes_through_the_stream(start_server, tiny_model_repo, client) -> None:
+    small = start_server(
+        tiny_model_repo, "--max-images-per-request", "16",
+        "--stream-chunk-max", "8", "--stream-chunk-default", "8",
+    )  # fmt: skip
+    with GanClient(small.target) as limited:
+        result = limited.sample(COND, 50, seed=3, return_latents=True, progress=True)
+    assert result.images.shape == (50, 28, 28) and result.seed == 3
+    assert list(result.labels) == [i % 10 for i in range(50)]
+    np.testing.assert_array_equal(result.latents, latents_from_seeds(3, 50, 8))
+    np.testing.assert_array_equal(result.images, client.sample(COND, 50, seed=3).images)
+    counts = request_counts(small.metrics_url)
+    assert counts.get("SampleStream") == 1 and "Sample" not in counts
+
+
+# ------------------------------------------------------------------------ errors
+def test_errors_carry_status_code_and_message(client: GanClient) -> None:
+    with pytest.raises(ModelNotFound) as not_found:
+        client.model_info("no-such-model")
+    assert not_found.value.code == grpc.StatusCode.NOT_FOUND
+    assert "no-such-model" in not_found.value.details
+    with pytest.raises(InvalidRequest) as invalid:
+        client.sample(UNCOND, 2, label=1)
+    assert invalid.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(InvalidRequest, match="encoding"):
+        client.sample(UNCOND, 2, encoding="jpeg")  # rejected before sending
+    with pytest.raises(ModelNotFound):
+        list(client.sample_stream("no-such-model", 3))
+
+
+def test_unreachable_server_is_unavailable(tmp_path: Path) -> None:
+    with GanClient("127.0.0.1:1", retries=0) as c, pytest.raises(Unavailable) as info:
+        c.list_models()
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+class ScriptedServer:
+    """A plain grpc server whose ListModels answers ``script(call_number, context)``."""
+
+    def __init__(self, script: Callable[[int, grpc.ServicerContext], pb.ListModelsResponse]):
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._script = script
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._list_models,
+            request_deserializer=pb.ListModelsRequest.FromString,
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        )
+        self.server = grpc.server(ThreadPoolExecutor(2))
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "ganserve.v1.Generator", {"ListModels": handler}
+                ),
+            )
+        )
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def _list_models(self, request: pb.ListModelsRequest, context: grpc.ServicerContext):
+        with self._lock:
+            self.calls += 1
+            n = self.calls
+        return self._script(n, context)
+
+
+def fail_first(failures: int, code: grpc.StatusCode):
+    def script(n: int, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        if n <= failures:
+            context.abort(code, f"scripted failure {n}")
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name="ok")])
+
+    return script
+
+
+@pytest.mark.parametrize(
+    ("code", "failures", "retries", "calls", "error"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, 2, 3, 3, None),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 3, 3, 4, None),
+        (grpc.StatusCode.UNAVAILABLE, 99, 3, 4, Unavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 99, 0, 1, Overloaded),
+        (grpc.StatusCode.INVALID_ARGUMENT, 99, 3, 1, InvalidRequest),  # not retryable
+    ],
+)
+def test_retry_policy(code, failures, retries, calls, error) -> None:
+    fake = ScriptedServer(fail_first(failures, code))
+    try:
+        with GanClient(fake.target, retries=retries, timeout=10) as c:
+            if error is None:
+                assert [m.name for m in c.list_models()] == ["ok"]
+            else:
+                with pytest.raises(error, match="scripted failure"):
+                    c.list_models()
+        assert fake.calls == calls
+    finally:
+        fake.server.stop(None)
+
+
+def test_deadline_exceeded() -> None:
+    def hang(n: int, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        done = threading.Event()
+        context.add_callback(done.set)  # runs when the client's deadline ends the call
+        done.wait()
+        return pb.ListModelsResponse()
+
+    fake = ScriptedServer(hang)
+    try:
+        with GanClient(fake.target, timeout=0.2) as c, pytest.raises(DeadlineExceeded):
+            c.list_models()
+    finally:
+        fake.server.stop(None)
+
+
+# ------------------------------------------------------- balancing, token, TLS
+def test_round_robin_reaches_both_servers(start_server, tiny_model_repo) -> None:
+    a, b = start_server(tiny_model_repo), start_server(tiny_model_repo)
+    with GanClient([a.target, b.target]) as c:
+        for _ in range(20):
+            c.model_info(UNCOND)
+    assert request_counts(a.metrics_url).get("GetModel", 0) > 0
+    assert request_counts(b.metrics_url).get("GetModel", 0) > 0
+
+
+def test_bearer_token(start_server, tiny_model_repo) -> None:
+    secured = start_server(tiny_model_repo, "--auth-token", "s3cret")
+    for token in (None, "wrong"):
+        with GanClient(secured.target, token=token) as c, pytest.raises(Unauthenticated):
+            c.list_models()
+    with GanClient(secured.target, token="s3cret") as c:
+        assert c.sample(UNCOND, 1, seed=1).images.shape == (1, 28, 28)
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for the name ``ganserve.test``, a client certificate."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca",
+            "-days", "1")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=DNS:ganserve.test\n")
+    for name in ("server", "client"):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        sign = ("-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext")
+        openssl("x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.crt", "-days", "1")
+    return {p.stem + p.suffix.replace(".", "_"): p for p in directory.glob("*.*")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH")
+def test_mutual_tls(start_server, tiny_model_repo, tmp_path: Path) -> None:
+    files = make_certificates(tmp_path)
+    secured = start_server(
+        tiny_model_repo, "--tls-cert", str(files["server_crt"]), "--tls-key",
+        str(files["server_key"]), "--tls-client-ca", str(files["ca_crt"]),
+    )  # fmt: skip
+    tls = {"tls_ca": str(files["ca_crt"]), "tls_server_name": "ganserve.test"}
+    client_cert = {"tls_cert": str(files["client_crt"]), "tls_key": str(files["client_key"])}
+    with GanClient(secured.target, **tls, **client_cert) as c:
+        assert c.health() == "SERVING"
+        assert c.sample(UNCOND, 2, seed=1).images.shape == (2, 28, 28)
+    with GanClient(secured.target, **tls, retries=0) as c, pytest.raises(Unavailable):
+        c.list_models()  # no client certificate: the handshake fails
+    with GanClient(secured.target, retries=0) as c, pytest.raises(Unavailable):
+        c.list_models()  # plaintext against a TLS port
