@@ -1,0 +1,56 @@
+"""/metrics parsed with prometheus-client's parser: batching merges concurrent requests."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+MODEL = "tiny-uncond"
+LABEL = (("model", MODEL),)
+
+
+def burst(target: str, clients: int, rounds: int) -> None:
+    """``rounds`` waves of ``clients`` concurrent count=1 Sample calls, all must succeed."""
+    with grpc.insecure_channel(target) as channel:
+        client = pb_grpc.GeneratorStub(channel)
+        for r in range(rounds):
+            futures = [
+                client.Sample.future(pb.SampleRequest(model=MODEL, count=1, seed=r * clients + i))
+                for i in range(clients)
+            ]
+            assert all(f.result(timeout=30).images.count == 1 for f in futures)
+        with pytest.raises(grpc.RpcError):
+            client.Sample(pb.SampleRequest(model=MODEL, count=0))
+
+
+@pytest.mark.parametrize("batching", ["--batching", "--no-batching"])
+def test_batch_size_histogram(tiny_model_repo, start_server, scrape, batching) -> None:
+    proc = start_server(tiny_model_repo, batching, "--max-queue-delay-ms", "5")
+    clients, rounds = 64, 4
+    burst(proc.target, clients, rounds)
+    m = scrape(proc)
+    images = clients * rounds
+    batches = m[("ganserve_batch_size_count", LABEL)]
+    assert m[("ganserve_batch_size_sum", LABEL)] == images
+    assert m[("ganserve_images_total", LABEL)] == images
+    singles = m[("ganserve_batch_size_bucket", (("le", "1.0"), ("model", MODEL)))]
+    if batching == "--batching":
+        assert singles < batches, "no batch merged two or more concurrent requests"
+        assert batches < images
+    else:
+        assert singles == batches == images
+    ok = (("code", "OK"), ("method", "Sample"), ("model", MODEL))
+    bad = (("code", "INVALID_ARGUMENT"), ("method", "Sample"), ("model", MODEL))
+    assert m[("ganserve_requests_total", ok)] == images
+    assert m[("ganserve_requests_total", bad)] == 1
+    assert m[("ganserve_request_seconds_count", (("method", "Sample"), ("model", MODEL)))] == (
+        images + 1
+    )
+    assert m[("ganserve_inflight_requests", (("method", "Sample"),))] == 0
+    assert m[("ganserve_queue_wait_seconds_count", LABEL)] == images
+    assert m[("ganserve_inference_seconds_count", LABEL)] == batches
+    assert m[("ganserve_model_state", (("model", MODEL), ("state", "READY"), ("version", "1")))]
+    assert ("process_cpu_seconds_total", ()) in m
