@@ -19,9 +19,10 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import Unavailable
+from .spec import ModelSpecError
 
 if TYPE_CHECKING:
-    from .repository import ModelSpec
+    from .spec import ModelSpec
 
 __all__ = [
     "DEVICES",
@@ -193,7 +194,12 @@ class OrtRunner:
                 if self._conditional
                 else None
             )
-            self.run(z, y)
+            out = self.run(z, y)
+            if out.shape != (n, *self.spec.image_shape):
+                raise ModelSpecError(
+                    f"{self.path}: output has shape {out.shape} at batch {n}, expected "
+                    f"(N, C, H, W) = {(n, *self.spec.image_shape)}"
+                )
         self.warmed = self.warmed + sizes
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ __all__ = ["KINDS", "ModelSpec", "ModelSpecError", "read_spec"]
 
 KINDS = ("unconditional", "conditional")
 _FLOAT = onnx.TensorProto.FLOAT
+DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 
 class ModelSpecError(ValueError):
@@ -101,6 +102,33 @@ def _agree(key: str, meta_value: object, graph_value: object) -> None:
         raise ModelSpecError(f"metadata {key}={meta_value} contradicts the graph ({graph_value})")
 
 
+def _image_shape(out_dims: list[int | str], meta_shape: list | None) -> tuple[int, int, int]:  # type: ignore[type-arg]
+    """(C, H, W): fixed output dims, else metadata, else the MNIST default.
+
+    torch's exporter often leaves C, H, W symbolic; the runner's warm-up then
+    checks the real output shape against the one assumed here.
+    """
+    if meta_shape is not None and (
+        len(meta_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in meta_shape)
+    ):
+        raise ModelSpecError(f"metadata ganserve.image_shape must be [C, H, W], got {meta_shape}")
+    shape = []
+    for i, default in zip((1, 2, 3), meta_shape or DEFAULT_IMAGE_SHAPE, strict=True):
+        dim = out_dims[i]
+        if isinstance(dim, int) and dim > 0:
+            if meta_shape is not None and dim != default:
+                raise ModelSpecError(
+                    f"metadata ganserve.image_shape={meta_shape} contradicts the output "
+                    f"shape {out_dims}"
+                )
+            shape.append(dim)
+        else:
+            shape.append(default)
+    if shape[0] not in (1, 3):
+        raise ModelSpecError(f"output must be (N, C, H, W) with C 1 or 3, got shape {out_dims}")
+    return shape[0], shape[1], shape[2]
+
+
 def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelSpec:
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
@@ -119,11 +147,8 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     if len(graph.output) != 1:
         raise ModelSpecError(f"expected exactly one output (the images), got {len(graph.output)}")
     out_dims = _check_tensor(f"output '{graph.output[0].name}'", graph.output[0], 4)
-    c, h, w = (_fixed(f"output dimension {i}", out_dims[i]) for i in (1, 2, 3))
-    if c not in (1, 3):
-        raise ModelSpecError(f"output must be (N, C, H, W) with C 1 or 3, got shape {out_dims}")
-
     meta = {p.key: p.value for p in model.metadata_props}
+    c, h, w = _image_shape(out_dims, _json(meta, "ganserve.image_shape", None, list))
     kind = meta.get("ganserve.kind", KINDS[1] if num_classes else KINDS[0])
     if kind not in KINDS:
         raise ModelSpecError(f"metadata ganserve.kind must be one of {KINDS}, got {kind!r}")
@@ -136,7 +161,6 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
             f"metadata ganserve.class_names has {len(class_names)} names "
             f"but input 'y' has {num_classes} classes"
         )
-    _agree("ganserve.image_shape", _json(meta, "ganserve.image_shape", None, list), [c, h, w])
     value_range = _json(meta, "ganserve.value_range", [-1.0, 1.0], list)
     if len(value_range) != 2 or not all(isinstance(v, int | float) for v in value_range):
         raise ModelSpecError(f"metadata ganserve.value_range must be [min, max], got {value_range}")

@@ -61,6 +61,16 @@ def test_read_spec_defaults_from_the_graph(tmp_path: Path) -> None:
     assert spec.value_range == (-1.0, 1.0)
 
 
+def test_symbolic_output_dims_take_the_metadata_shape(tmp_path: Path) -> None:
+    path = make_tiny_generator(tmp_path / "m.onnx", symbolic_image_dims=True)
+    assert read_spec(path, "tiny", "1").image_shape == (1, 28, 28)
+    overrides: dict[str, str | None] = {"ganserve.image_shape": None}
+    path = make_tiny_generator(
+        tmp_path / "m.onnx", symbolic_image_dims=True, metadata_overrides=overrides
+    )
+    assert read_spec(path, "tiny", "1").image_shape == (1, 28, 28)  # the convention's default
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -78,6 +88,8 @@ def test_read_spec_defaults_from_the_graph(tmp_path: Path) -> None:
             "has 1 names but input 'y' has 3",
         ),
         ({"broken": True}, "not a readable ONNX file"),
+        ({"metadata_overrides": {"ganserve.image_shape": "[1, 32, 32]"}}, "contradicts the output"),
+        ({"metadata_overrides": {"ganserve.image_shape": "[1, 28]"}}, "must be \\[C, H, W\\]"),
     ],
 )
 def test_read_spec_rejects_misfits(tmp_path: Path, kwargs: dict, match: str) -> None:  # type: ignore[type-arg]
@@ -98,13 +110,17 @@ async def test_start_serves_good_models_and_reports_broken_ones(  # type: ignore
     make_tiny_generator(model_path(tmp_path, "cond", "1"), num_classes=10)
     write_broken_file(model_path(tmp_path, "broken", "1"))
     make_tiny_generator(model_path(tmp_path, "misfit", "3"), z_name="noise")
+    lying = {"ganserve.image_shape": "[1, 32, 32]"}  # only the warm-up can tell
+    make_tiny_generator(
+        model_path(tmp_path, "liar", "1"), symbolic_image_dims=True, metadata_overrides=lying
+    )
     (tmp_path / "tiny" / "notaversion").mkdir()
     assert not repo.ready
     await repo.start()
     assert repo.ready
 
     statuses = repo.statuses()
-    assert [s.name for s in statuses] == ["broken", "cond", "misfit", "tiny"]
+    assert [s.name for s in statuses] == ["broken", "cond", "liar", "misfit", "tiny"]
     by_name = {s.name: s for s in statuses}
     assert by_name["tiny"].version == "2" and by_name["tiny"].versions == ["1", "2"]
     assert by_name["tiny"].state == "READY" and by_name["tiny"].device == "cpu"
@@ -122,7 +138,7 @@ async def test_start_serves_good_models_and_reports_broken_ones(  # type: ignore
     assert out.shape == (3, 1, 28, 28)
 
     with pytest.raises(
-        NotFound, match="model 'nope' not found; available: broken, cond, misfit, tiny"
+        NotFound, match="model 'nope' not found; available: broken, cond, liar, misfit, tiny"
     ):
         repo.get("nope")
     with pytest.raises(NotFound, match="no version '9'; available: 1, 2"):

@@ -61,6 +61,7 @@ def make_tiny_generator(
     z_rank: int = 2,
     image_shape: tuple[int, ...] = (1, 28, 28),
     declared_classes: int | None = None,
+    symbolic_image_dims: bool = False,
 ) -> Path:
     """Write a tiny generator to ``path`` (parents created); returns ``path``.
 
@@ -68,7 +69,9 @@ def make_tiny_generator(
     ``broken``: write bytes that are not ONNX at all. Misfits for rejection
     tests: ``z_name`` (e.g. "latent": no input z), ``z_rank`` (3: wrong rank),
     ``image_shape`` (the output per-image shape), ``declared_classes`` (width of
-    input y differs from what the weights use: metadata mismatch).
+    input y differs from what the weights use: metadata mismatch),
+    ``symbolic_image_dims`` (output declared (N, C, H, W) with named dims, as
+    torch's exporter often leaves it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +94,7 @@ def make_tiny_generator(
         nodes.append(helper.make_node("Concat", [features, "y"], ["zy"], axis=1))
         features = "zy"
     out_shape = np.array([-1, *image_shape], dtype=np.int64)
+    declared_image = ("C", "H", "W")[: len(image_shape)] if symbolic_image_dims else image_shape
     nodes += [
         helper.make_node("MatMul", [features, "weight"], ["flat"]),  # (N, C*H*W)
         helper.make_node("Tanh", ["flat"], ["flat_tanh"]),  # in [-1, 1]
@@ -100,7 +104,7 @@ def make_tiny_generator(
         nodes,
         f"{name}-generator",
         inputs,
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *image_shape])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *declared_image])],
         initializer=[
             numpy_helper.from_array(weight, "weight"),
             numpy_helper.from_array(out_shape, "out_shape"),
