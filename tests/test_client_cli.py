@@ -1,0 +1,123 @@
+"""The user commands as subprocesses (``python -m ganserve ...``) against a real server:
+files decode to the expected sizes, errors give one line and a documented exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ganserve.clients import GanClient
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ganserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "ganserve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+    )
+
+
+def ok(*args: str, env: dict[str, str] | None = None) -> str:
+    done = ganserve(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_models_table_and_json(server) -> None:
+    lines = ok("--target", server.target, "models").splitlines()
+    assert lines[0].split() == [
+        "NAME", "VERSION", "KIND", "LATENT", "CLASSES", "FID", "PRECISION", "RECALL", "STATE",
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["tiny-cond"][1:6] == ["1", "conditional", "8", "10", "123"]
+    assert rows["tiny-uncond"][-1] == "ready"
+    listed = json.loads(ok("models", "--json", "--target", server.target))
+    assert {m["name"] for m in listed} == {"tiny-cond", "tiny-uncond"}
+
+
+def test_sample_grid_and_npy(server, tmp_path: Path) -> None:
+    grid = tmp_path / "sevens.png"
+    args = ("--model", "tiny-cond", "--label", "7", "--count", "6", "--seed", "1")
+    out = ok("--target", server.target, "sample", *args, "--cols", "3", "--scale", "1",
+             "--out", str(grid))  # fmt: skip
+    assert "6 images" in out and "seeds 1..6" in out
+    with Image.open(grid) as img:
+        assert img.format == "PNG" and img.size == (3 * 28 + 4 * 2, 2 * 28 + 3 * 2)
+    # connection options after the sub-command work too
+    array_path = tmp_path / "sevens.npy"
+    ok("sample", *args, "--truncation", "0.8", "--out", str(array_path), "--target", server.target)
+    array = np.load(array_path)
+    with GanClient(server.target) as client:
+        expected = client.sample("tiny-cond", 6, seed=1, label=7, truncation=0.8).images
+    np.testing.assert_array_equal(array, expected)
+
+
+def test_interpolate_gif_and_strip(server, tmp_path: Path) -> None:
+    keyframes = ("--from-seed", "1", "--to-seed", "2", "--from-label", "3", "--to-label", "class8")
+    common = ("--target", server.target, "interpolate", "--model", "tiny-cond", *keyframes)
+    common += ("--steps", "6")
+    gif = tmp_path / "morph.gif"
+    ok(*common, "--via-seed", "5", "--via-label", "5", "--out", str(gif))
+    with Image.open(gif) as img:
+        assert img.format == "GIF" and img.n_frames == 6 and img.size == (112, 112)
+    strip = tmp_path / "morph.png"
+    ok(*common, "--method", "lerp", "--scale", "1", "--out", str(strip))
+    with Image.open(strip) as img:
+        assert img.size == (6 * 28, 28)
+
+
+def test_arithmetic_picture(server, tmp_path: Path) -> None:
+    out = tmp_path / "sum.png"
+    ok("--target", server.target, "arithmetic", "--model", "tiny-cond", "--label", "3",
+       "--term", "+1:seeds=1,2,3", "--term", "-1:seeds=4,5", "--term", "0.5:seed=6",
+       "--scale", "2", "--out", str(out))  # fmt: skip
+    with Image.open(out) as img:
+        # 3 terms + result of 56 px, 3 operator cells of 28 px ("+", "-", "="), a 12 px label row
+        assert img.size == (4 * 56 + 3 * 28, 56 + 12)
+
+
+def test_health(server) -> None:
+    assert ok("health", "--target", server.target).strip() == "SERVING"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("sample", "--model", "nope"), 3, "'nope' not found"),
+        (("sample", "--model", "tiny-uncond", "--label", "1"), 2, "unconditional"),
+        (("sample", "--model", "tiny-cond", "--label", "banana"), 2, "unknown class 'banana'"),
+        (("sample", "--model", "tiny-cond", "--out", "/no/such/dir/x.png"), 1, "/no/such/dir"),
+        (("arithmetic", "--model", "tiny-cond", "--term", "1:colors=3"), 2, "bad term"),
+        (("interpolate", "--model", "tiny-cond", "--from-seed", "1"), 2, "--to-seed"),
+    ],
+)
+def test_user_errors_exit_codes_without_traceback(server, args, code, message) -> None:
+    done = ganserve("--target", server.target, *args)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unreachable_server() -> None:
+    done = ganserve("--target", "127.0.0.1:1", "--timeout", "5", "models")
+    assert done.returncode == 4 and "127.0.0.1:1" in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_token_from_environment(start_server, tiny_model_repo) -> None:
+    secured = start_server(tiny_model_repo, "--auth-token", "s3cret")
+    denied = ganserve("--target", secured.target, "models")
+    assert denied.returncode == 5 and "Traceback" not in denied.stderr
+    assert "tiny-cond" in ok("--target", secured.target, "models", env={"GANSERVE_TOKEN": "s3cret"})
+    assert "tiny-cond" in ok("models", "--token", "s3cret", "--target", secured.target)
