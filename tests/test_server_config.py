@@ -1,0 +1,87 @@
+"""ServerConfig: flag > GANSERVE_* env > default, validation messages, the CLI's exit code."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ganserve.server.config import ConfigError, ServerConfig, add_arguments
+
+
+def build(argv: list[str], env: dict[str, str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return ServerConfig.from_sources(parser.parse_args(argv), env or {})
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = build(["--model-dir", str(tmp_path)])
+    assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 50051, 8000)
+    assert config.runtime.device == "auto" and config.batching.enabled
+    assert config.max_images_per_request == 4096 and config.max_message_bytes == 64 * 2**20
+    assert config.auth_token is None and not config.tls
+
+
+def test_flag_beats_env_beats_default(tmp_path: Path) -> None:
+    env = {
+        "GANSERVE_MODEL_DIR": str(tmp_path),
+        "GANSERVE_PORT": "6000",
+        "GANSERVE_MAX_BATCH_SIZE": "8",
+        "GANSERVE_BATCHING": "false",
+        "GANSERVE_LOG_LEVEL": "debug",
+        "GANSERVE_WARMUP_BATCH_SIZES": "1,4",
+        "GANSERVE_AUTH_TOKEN": "Xy9secret",
+    }
+    config = build(["--port", "7000", "--batching"], env)
+    assert config.port == 7000  # flag
+    assert config.model_dir == tmp_path and config.batching.max_batch_size == 8  # env
+    assert config.batching.enabled  # flag --batching beats GANSERVE_BATCHING=false
+    assert config.log_level == "DEBUG" and config.runtime.warmup_batch_sizes == (1, 4)
+    assert config.metrics_port == 8000  # default
+    assert "Xy9secret" not in config.describe() and "auth_token=set" in config.describe()
+    assert not build([], env).batching.enabled
+
+
+def test_token_file(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    config = build(["--model-dir", str(tmp_path), "--auth-token-file", str(token)])
+    assert config.auth_token == "abc"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--port", "70000"], {}, "--port"),
+        ([], {"GANSERVE_PORT": "abc"}, "GANSERVE_PORT"),
+        (["--metrics-port", "-2"], {}, "--metrics-port"),
+        (["--device", "tpu"], {}, "device"),
+        (["--max-batch-size", "0"], {}, "max_batch_size"),
+        (["--tls-cert", "cert.pem"], {}, "--tls-key"),
+        (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca"),
+        (["--auth-token", "a", "--auth-token-file", "f"], {}, "not both"),
+        (["--auth-token", ""], {}, "--auth-token"),
+        (["--stream-chunk-default", "9000"], {}, "--stream-chunk-default"),
+        (["--max-images-per-request", "100000"], {}, "--max-message-bytes"),
+        (["--log-level", "loud"], {}, "--log-level"),
+        ([], {"GANSERVE_BATCHING": "maybe"}, "GANSERVE_BATCHING"),
+    ],
+)
+def test_invalid_values_name_the_setting(tmp_path, argv, env, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build(["--model-dir", str(tmp_path), *argv], env)
+
+
+def test_missing_model_dir(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--model-dir"):
+        build(["--model-dir", str(tmp_path / "nope")])
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "ganserve", "serve", "--model-dir", str(tmp_path / "nope")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--model-dir" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,59 @@
+"""Message-size limits: a 10,000-image float32 response fits when allowed; one that cannot
+fit fails before compute with a message that says what to do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import launch_server
+from tiny_onnx import make_tiny_generator, model_path
+
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+MIB = 2**20
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * MIB)]
+
+
+@pytest.fixture(scope="module")
+def limits_server(tiny_model_repo, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Tiny models plus a 3x64x64 RGB one (48 KiB a float32 image); 10,000 images allowed,
+    set through the environment."""
+    work = tmp_path_factory.mktemp("limits")
+    repo = Path(shutil.copytree(tiny_model_repo, work / "models"))
+    make_tiny_generator(model_path(repo, "tiny-rgb", "1"), name="tiny-rgb", image_shape=(3, 64, 64))
+    env = {"GANSERVE_MAX_IMAGES_PER_REQUEST": "10000"}
+    proc = launch_server(repo, work_dir=work, env=env)
+    try:
+        with grpc.insecure_channel(proc.target, options=CHANNEL_OPTIONS) as channel:
+            yield pb_grpc.GeneratorStub(channel)
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def test_ten_thousand_float32_images_fit(limits_server) -> None:
+    limits = limits_server.ListModels(pb.ListModelsRequest()).limits
+    assert limits.max_images_per_request == 10_000 and limits.max_message_bytes == 64 * MIB
+    response = limits_server.Sample(pb.SampleRequest(model="tiny-uncond", count=10_000, seed=0))
+    assert len(response.images.data) == 10_000 * 28 * 28 * 4  # 31 MB
+
+
+def test_too_large_response_says_to_stream(limits_server) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        limits_server.Sample(pb.SampleRequest(model="tiny-rgb", count=2000, seed=0))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "SampleStream" in info.value.details() and "max_message_bytes" in info.value.details()
+    stream = limits_server.SampleStream(
+        pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=2000)
+    )
+    with pytest.raises(grpc.RpcError) as chunk:
+        list(stream)
+    assert chunk.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "chunk_size" in chunk.value.details()
+    # The same images in chunks that fit.
+    request = pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=500, encoding=2)
+    counts = [c.images.count for c in limits_server.SampleStream(request)]
+    assert counts == [500] * 4
