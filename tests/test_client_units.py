@@ -1,0 +1,263 @@
+"""Client pieces without a server: pictures, error mapping, targets and channel options,
+request building, the unary/stream plan, decoding, the seed rule, CLI parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from ganserve.clients import errors, images
+from ganserve.clients._channel import ChannelConfig, resolve_target
+from ganserve.clients._requests import (
+    arithmetic_request,
+    interpolate_request,
+    plan_sample,
+    sample_request,
+)
+from ganserve.clients.results import ModelInfo, ServerLimits, decode_images
+from PIL import Image
+
+import ganserve.seeds
+from ganserve import clients
+from ganserve.cli import build_parser
+from ganserve.v1 import generator_pb2 as pb
+
+
+# ------------------------------------------------------------------- pictures
+def test_to_uint8_follows_the_proto_rule() -> None:
+    values = np.array([-1.0, -0.5, 0.0, 1.0, 2.0], dtype=np.float32)
+    assert images.to_uint8(values).tolist() == [0, 64, 128, 255, 255]
+    same = np.arange(5, dtype=np.uint8)
+    assert images.to_uint8(same) is same
+    with pytest.raises(ValueError, match="dtype"):
+        images.to_uint8(np.arange(3))
+
+
+def test_grid_layout_and_padding() -> None:
+    batch = np.stack([np.full((4, 3), 10 * (i + 1), np.uint8) for i in range(5)])  # (5, 4, 3)
+    out = images.grid(batch, cols=2, padding=1, pad_value=7)
+    assert out.shape == (3 * 4 + 4, 2 * 3 + 3)  # 3 rows x 2 cols
+    assert out[0, 0] == 7 and out[1, 1] == 10 and out[1, 5] == 20 and out[11, 1] == 50
+    assert out[11, 5] == 7  # the empty sixth cell stays background
+    assert images.grid(batch).shape == (2 * 4 + 6, 3 * 3 + 8)  # square-ish: 2 rows x 3 cols
+    assert images.grid(batch, rows=1, padding=0).shape == (4, 15)
+    rgb = np.zeros((2, 4, 3, 3), np.uint8)
+    assert images.grid(rgb, padding=0).shape == (4, 6, 3)
+    with pytest.raises(ValueError, match="cannot hold"):
+        images.grid(batch, rows=2, cols=2)
+
+
+def test_save_grid_scales(tmp_path: Path) -> None:
+    path = tmp_path / "grid.png"
+    images.save_grid(np.zeros((4, 28, 28), np.float32), path, padding=2, scale=3)
+    with Image.open(path) as img:
+        assert img.size == (3 * 62, 3 * 62) and img.mode == "L"
+
+
+@pytest.mark.parametrize(("boomerang", "frames"), [(False, 5), (True, 8)])
+def test_save_gif_frames_and_timing(tmp_path: Path, boomerang: bool, frames: int) -> None:
+    ramp = np.stack([np.full((28, 28), v, np.float32) for v in np.linspace(-1, 1, 5)])
+    path = tmp_path / "ramp.gif"
+    images.save_gif(ramp, path, fps=10, boomerang=boomerang, scale=2)
+    with Image.open(path) as img:
+        assert img.n_frames == frames and img.size == (56, 56)
+        assert img.info["duration"] == 100 and img.info["loop"] == 0
+    images.save_gif(ramp, path, duration=2.0)
+    with Image.open(path) as img:
+        assert img.info["duration"] == 400
+    with pytest.raises(ValueError, match="not both"):
+        images.save_gif(ramp, path, fps=10, duration=1.0)
+
+
+def test_equation_draws_operators_between_tiles() -> None:
+    terms = np.zeros((2, 28, 28), np.uint8)
+    result = np.full((28, 28), 255, np.uint8)
+    picture = np.asarray(images.equation(terms, [1.0, -0.5], result, scale=2))
+    assert picture.shape == (56 + 12, 3 * 56 + 2 * 28)  # t1 - t2 = r: 2 operator cells
+    minus_cell = picture[12:, 56 : 56 + 28]
+    assert minus_cell.any() and picture[12:, 56 + 28 : 2 * 56 + 28].max() == 0
+    assert picture[:12, 56 + 28 :].any()  # the "0.5x" weight label
+    assert picture[12:, -56:].min() == 255  # the result tile
+    with pytest.raises(ValueError):
+        images.equation(terms, [1.0], result)
+
+
+# --------------------------------------------------------------------- errors
+class StatusError(grpc.RpcError):
+    """What grpc raises for a failed call, reduced to the two accessors we read."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.NOT_FOUND, errors.ModelNotFound),
+        (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidRequest),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, errors.Overloaded),
+        (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
+        (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, errors.Unauthenticated),
+        (grpc.StatusCode.CANCELLED, errors.Cancelled),
+        (grpc.StatusCode.INTERNAL, errors.GanServeError),
+    ],
+)
+def test_status_code_mapping(code: grpc.StatusCode, cls: type) -> None:
+    error = errors.from_rpc_error(StatusError(code, "what went wrong"))
+    assert type(error) is cls and error.code == code and error.details == "what went wrong"
+    assert str(error) == f"{code.name}: what went wrong"
+    assert isinstance(error, errors.GanServeError)
+
+
+# ----------------------------------------------------------- targets, options
+def test_resolve_target() -> None:
+    assert resolve_target("dns:///ganserve-headless:50051") == "dns:///ganserve-headless:50051"
+    assert resolve_target("localhost:50051") == "localhost:50051"
+    assert resolve_target(["10.0.0.1:1", "10.0.0.2:2"]) == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert resolve_target("10.0.0.1:1, 10.0.0.2:2") == "ipv4:10.0.0.1:1,10.0.0.2:2"
+    assert resolve_target(["[::1]:1", "::1:2"]) == "ipv6:[::1]:1,[::1]:2"
+    assert resolve_target(["localhost:1", "localhost:2"]) in (
+        "ipv4:127.0.0.1:1,127.0.0.1:2",
+        "ipv6:[::1]:1,[::1]:2",
+    )
+    for bad, message in [
+        (["10.0.0.1:1", "[::1]:2"], "mix"),
+        (["10.0.0.1:1", "dns:///x:2"], "plain host:port"),
+        (["10.0.0.1", "10.0.0.2:2"], "not host:port"),
+        ([], "no target"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            resolve_target(bad)
+
+
+def test_channel_options() -> None:
+    config = ChannelConfig(target="h:1", token="t0k", retries=2, max_message_bytes=1000)
+    options = dict(config.options())
+    assert options["grpc.max_receive_message_length"] == 1000
+    assert options["grpc.enable_retries"] == 1
+    service = json.loads(options["grpc.service_config"])
+    assert service["loadBalancingConfig"] == [{"round_robin": {}}]
+    policy = service["methodConfig"][0]["retryPolicy"]
+    assert policy["maxAttempts"] == 3
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]
+    assert config.metadata() == (("authorization", "Bearer t0k"),)
+    assert not config.uses_tls and ChannelConfig(tls_server_name="x").uses_tls
+    off = dict(ChannelConfig(retries=0, keepalive_s=None).options())
+    assert off["grpc.enable_retries"] == 0 and "grpc.keepalive_time_ms" not in off
+    assert "methodConfig" not in json.loads(off["grpc.service_config"])
+    with pytest.raises(ValueError, match="go together"):
+        ChannelConfig(tls_cert="c.pem")
+    with pytest.raises(ValueError, match="retries"):
+        ChannelConfig(retries=5)
+    with pytest.raises(ValueError, match="cannot read TLS file"):
+        ChannelConfig(tls_ca="/no/such/ca.pem").credentials()
+
+
+# ------------------------------------------------------------------- requests
+def test_sample_request() -> None:
+    req = sample_request("m", None, latents=np.zeros((3, 4)), labels=[1, 2, 3], encoding="PNG")
+    assert req.count == 3 and req.latents.dim == 4 and not req.HasField("seed")
+    assert list(req.labels) == [1, 2, 3] and req.encoding == pb.ENCODING_PNG
+    seeded = sample_request("m", 2, seed=0, truncation=0.5, label=7)
+    assert seeded.HasField("seed") and seeded.seed == 0 and list(seeded.labels) == [7]
+    assert not sample_request("m", None).HasField("truncation")
+    for kwargs in ({"seed": 1, "latents": np.zeros((1, 2))}, {"labels": [1], "label": 1}):
+        with pytest.raises(errors.InvalidRequest, match="not both"):
+            sample_request("m", 1, **kwargs)
+
+
+def test_keyframes_and_terms() -> None:
+    req = interpolate_request("m", [3, np.array([0.5, -0.5])], labels=[1, None], method="LERP")
+    assert req.keyframes[0].seed == 3 and req.keyframes[0].label == 1
+    assert list(req.keyframes[1].latent.values) == [0.5, -0.5]
+    assert not req.keyframes[1].HasField("label")
+    assert req.method == pb.INTERPOLATION_METHOD_LERP
+    with pytest.raises(errors.InvalidRequest, match="2 labels for 1 keyframes"):
+        interpolate_request("m", [1], labels=[1, 2])
+    with pytest.raises(errors.InvalidRequest, match="one seed"):
+        interpolate_request("m", [[1, 2], 3])
+    terms = arithmetic_request("m", [(1, 5), (-1, [1, 2]), (0.5, [0.1, 0.2])], label=4).terms
+    assert list(terms[0].seeds.seeds) == [5] and list(terms[1].seeds.seeds) == [1, 2]
+    assert terms[1].weight == -1 and len(terms[2].latent.values) == 2
+    with pytest.raises(errors.InvalidRequest, match="pair"):
+        arithmetic_request("m", [5])
+
+
+def model(shape: tuple[int, ...] = (1, 28, 28)) -> ModelInfo:
+    return ModelInfo("m", "1", ("1",), "unconditional", 100, (), shape, (-1.0, 1.0), "", "",
+                     {}, {}, "ready", "", "cpu")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("count", "encoding", "limits", "stream", "chunk"),
+    [
+        (100, "float32", (4096, 10**6, 4096, 64 << 20), False, 0),
+        (5000, "float32", (4096, 10**6, 4096, 64 << 20), True, 4096),
+        (5000, "float32", (4096, 10**6, 0, 64 << 20), True, 4096),
+        # a 1 MiB limit holds 300 float32 28x28 images (90 %), 1204 as uint8
+        (1000, "float32", (4096, 10**6, 4096, 1 << 20), True, 300),
+        (1000, "uint8", (4096, 10**6, 4096, 1 << 20), False, 0),
+    ],
+)
+def test_plan_sample(count, encoding, limits, stream, chunk) -> None:
+    req = sample_request("m", count, encoding=encoding)
+    plan = plan_sample(req, ServerLimits(*limits), model())
+    assert (plan.stream, plan.chunk_size) == (stream, chunk)
+
+
+def test_plan_sample_beyond_the_stream_limit() -> None:
+    with pytest.raises(errors.InvalidRequest, match="max_images_per_stream"):
+        plan_sample(sample_request("m", 11), ServerLimits(4, 10, 4, 1 << 20), model())
+
+
+# ------------------------------------------------------------------- decoding
+def test_decode_images() -> None:
+    values = np.linspace(-1, 1, 2 * 3 * 4 * 5, dtype=np.float32)
+    msg = pb.Images(encoding=pb.ENCODING_FLOAT32, count=2, shape=[3, 4, 5], data=values.tobytes())
+    rgb = decode_images(msg)  # channels last for PIL
+    assert rgb.shape == (2, 4, 5, 3) and rgb[0, 0, 1, 2] == values.reshape(2, 3, 4, 5)[0, 2, 0, 1]
+    gray = pb.Images(encoding=pb.ENCODING_UINT8, count=1, shape=[1, 2, 2], data=bytes([1, 2, 3, 4]))
+    assert decode_images(gray).tolist() == [[[1, 2], [3, 4]]]
+    gray.data = b"\x00"
+    with pytest.raises(errors.GanServeError, match="malformed") as info:
+        decode_images(gray)
+    assert info.value.code == grpc.StatusCode.INTERNAL
+
+
+# ------------------------------------------------------------------ seed rule
+def test_seed_rule_is_the_shared_one() -> None:
+    assert clients.latent_from_seed is ganserve.seeds.latent_from_seed
+    batch = clients.latents_from_seeds(10, 3, 16, truncation=0.5)
+    assert batch.dtype == np.float32 and np.abs(batch).max() <= 0.5
+    np.testing.assert_array_equal(batch[2], clients.latent_from_seed(12, 16, 0.5))
+
+
+# ------------------------------------------------------------------------ CLI
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--target", "a:1", "--timeout", "3", "sample", "--model", "m"],
+        ["sample", "--model", "m", "--target", "a:1", "--timeout", "3"],
+    ],
+)
+def test_connection_options_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert args.target == ["a:1"] and args.timeout == 3.0 and args.model == "m"
+
+
+def test_term_syntax() -> None:
+    args = build_parser().parse_args(
+        ["arithmetic", "--model", "m", "--term", "+1:seeds=1,2", "--term", "-0.5:seed=3"]
+    )
+    assert args.term == [(1.0, [1, 2]), (-0.5, [3])]
