@@ -1,0 +1,168 @@
+"""The compute limit: raw in-process ONNX Runtime throughput of the served model file.
+
+The session is built exactly as the server builds it (``ganserve.server.runtime``: same
+providers, thread counts, spinning and optimisation level), and driven by one caller in a
+tight loop, so the ratio "served images/s / raw images/s" isolates what serving costs.
+Also builds stand-in model repositories while the bundled model does not exist yet.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["RawResult", "measure_raw_ort", "resolve_model", "write_standin"]
+
+
+@dataclass
+class RawResult:
+    batch: int
+    calls: int
+    window_s: float
+    latencies_s: np.ndarray
+
+    @property
+    def images_per_s(self) -> float:
+        return self.calls * self.batch / self.window_s
+
+
+def resolve_model(model_dir: Path, name: str) -> Path | None:
+    """``<model_dir>/<name>/<highest version>/model.onnx``, or None if absent."""
+    root = model_dir / name
+    versions = [p for p in root.glob("*/model.onnx") if p.parent.name.isdigit()]
+    return max(versions, key=lambda p: int(p.parent.name)) if versions else None
+
+
+def _input_dims(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {i.name: i.type.tensor_type.shape.dim[1].dim_value for i in model.graph.input}
+
+
+def measure_raw_ort(
+    path: Path, batch: int, duration_s: float, warmup_s: float, runtime_kwargs: dict
+) -> tuple[RawResult, str]:
+    """Images/s of one caller running ``batch``-sized inputs; also the device ORT used."""
+    import onnxruntime as ort
+    from ganserve.server import runtime
+
+    config = runtime.RuntimeConfig(**runtime_kwargs)
+    session = ort.InferenceSession(
+        str(path),
+        sess_options=runtime._session_options(config),  # the server's own options
+        providers=runtime.resolve_providers(config.device),
+    )
+    device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    dims = _input_dims(path)
+    rng = np.random.default_rng(0)
+    feeds = {
+        name: rng.standard_normal((batch, dim)).astype(np.float32)  # (batch, dim)
+        for name, dim in dims.items()
+    }
+    output = session.get_outputs()[0].name
+    run, clock = session.run, time.perf_counter
+    end = clock() + warmup_s
+    while clock() < end:
+        run([output], feeds)
+    lats: list[float] = []
+    start = clock()
+    end = start + duration_s
+    t1 = start
+    while t1 < end:
+        t0 = clock()
+        run([output], feeds)
+        t1 = clock()
+        lats.append(t1 - t0)
+    window = t1 - start
+    del session  # its thread pool must not linger during the gRPC measurements
+    return RawResult(batch, len(lats), window, np.asarray(lats)), device
+
+
+def _metadata(name: str, arch: str, note: str) -> dict[str, str]:
+    return {
+        "ganserve.name": name,
+        "ganserve.version": "1",
+        "ganserve.architecture": arch,
+        "ganserve.dataset": "mnist",
+        "ganserve.kind": "unconditional",
+        "ganserve.latent_dim": "100",
+        "ganserve.num_classes": "0",
+        "ganserve.class_names": "[]",
+        "ganserve.image_shape": "[1, 28, 28]",
+        "ganserve.value_range": "[-1, 1]",
+        "ganserve.training_config": json.dumps({"train_seconds": 0, "note": note}),
+        "ganserve.quality": "{}",
+        "ganserve.created": "1970-01-01T00:00:00Z",
+    }
+
+
+def write_standin(repo: Path, name: str, kind: str) -> Path:
+    """A stand-in ``<repo>/<name>/1/model.onnx`` of the conventions' shape.
+
+    ``dcgan``: a randomly initialised DCGAN generator from ``ganserve.training.nets``, the
+    same size (hence the same compute) as the bundled one. ``tiny``: z @ W -> tanh, built
+    with onnx.helper in milliseconds and without torch, for the smoke test.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = repo / name / "1" / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "dcgan":
+        _export_dcgan(out)
+        model = onnx.load(str(out))
+        # The tracer names the fixed image dims symbolically; the conventions want numbers.
+        dims = model.graph.output[0].type.tensor_type.shape.dim
+        for dim, size in zip(dims[1:], (1, 28, 28), strict=True):
+            dim.dim_value = size
+    elif kind == "tiny":
+        w = np.random.default_rng(0).standard_normal((100, 784)).astype(np.float32) * 0.05
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", ["z", "w"], ["h"]),  # (N, 784)
+                helper.make_node("Tanh", ["h"], ["t"]),
+                helper.make_node("Reshape", ["t", "shape"], ["image"]),  # (N, 1, 28, 28)
+            ],
+            "tiny_generator",
+            [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 100])],
+            [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+            initializer=[
+                helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel().tolist()),
+                helper.make_tensor("shape", TensorProto.INT64, [4], [-1, 1, 28, 28]),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+    else:
+        raise ValueError(f"unknown stand-in kind {kind!r}; choose dcgan or tiny")
+    arch = "dcgan" if kind == "dcgan" else "mlp"
+    for key, value in _metadata(name, arch, f"benchmark stand-in ({kind})").items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(out))
+    return out
+
+
+def _export_dcgan(out: Path) -> None:
+    import torch
+    from ganserve.training.nets import build_generator
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = build_generator("dcgan", latent_dim=100).eval()
+    z = torch.zeros(2, 100)  # (N, 100)
+    torch.onnx.export(
+        net,
+        (z,),
+        str(out),
+        input_names=["z"],
+        output_names=["image"],
+        dynamic_axes={"z": {0: "N"}, "image": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )

@@ -1,0 +1,152 @@
+"""The benchmark's printed report: machine, results table, the issue's three target ratios."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from _loadgen import PointResult
+from _raw_ort import RawResult
+
+__all__ = ["Ratio", "format_table", "machine_info", "ratios", "row_dict"]
+
+# (target name, images per request, concurrency) -> pooled repeats of that point
+Results = dict[tuple[str, int, int], PointResult]
+
+
+def machine_info(device: str) -> dict[str, object]:
+    import grpc
+    import onnxruntime as ort
+
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[:3]
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "loadavg_at_start": " ".join(load),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+        "grpcio": grpc.__version__,
+        "device": device,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def row_dict(target: str, p: PointResult) -> dict[str, float | str | int]:
+    return {
+        "target": target,
+        "count": p.count,
+        "requests": len(p.latencies_s),
+        "req_per_s": p.requests_per_s,
+        "img_per_s": p.images_per_s,
+        "p50_ms": p.percentile_ms(50),
+        "p95_ms": p.percentile_ms(95),
+        "p99_ms": p.percentile_ms(99),
+        "server_cpu": p.server_cpu,
+        "client_cpu": p.client_cpu,
+        "other_cpu": p.other_cpu,
+        **p.extra,
+    }
+
+
+_HEADER = (
+    f"{'target':<14}{'count':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
+    f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'srv cpu':>9}{'cli cpu':>9}{'other':>7}"
+    f"{'batch':>7}{'infer ms':>9}"
+)
+
+
+def format_table(results: Results, raw: dict[int, RawResult]) -> str:
+    """One line per measured point; CPU columns are cores used (1.00 = one core busy)."""
+    lines = [_HEADER, "-" * len(_HEADER)]
+    for batch, r in sorted(raw.items()):
+        q = np.percentile(r.latencies_s, [50, 95, 99]) * 1e3
+        lines.append(
+            f"{'raw-ort':<14}{batch:>6}{1:>6}{r.calls / r.window_s:>10.0f}"
+            f"{r.images_per_s:>10.0f}{q[0]:>9.3f}{q[1]:>9.3f}{q[2]:>9.3f}"
+        )
+    for (target, count, conc), p in results.items():
+        batch = p.extra.get("mean_batch")
+        infer = p.extra.get("mean_infer_ms")
+        lines.append(
+            f"{target:<14}{count:>6}{conc:>6}{p.requests_per_s:>10.0f}{p.images_per_s:>10.0f}"
+            f"{p.percentile_ms(50):>9.3f}{p.percentile_ms(95):>9.3f}{p.percentile_ms(99):>9.3f}"
+            f"{p.server_cpu:>9.2f}{p.client_cpu:>9.2f}{p.other_cpu:>7.2f}"
+            + (f"{batch:>7.1f}" if batch is not None else f"{'-':>7}")
+            + (f"{infer:>9.3f}" if infer is not None else f"{'-':>9}")
+        )
+    return "\n".join(lines)
+
+
+@dataclass
+class Ratio:
+    name: str
+    value: float
+    target: float
+    higher_is_better: bool = True
+
+    @property
+    def verdict(self) -> str:
+        if not np.isfinite(self.value):
+            return "N/A"
+        ok = self.value >= self.target if self.higher_is_better else self.value <= self.target
+        return "PASS" if ok else "MISS"
+
+    def line(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        return f"{self.verdict:<5} {self.name:<62} {self.value:8.3f}  (target {op} {self.target})"
+
+
+def ratios(
+    results: Results, raw: dict[int, RawResult], large: int, big_c: int, top_c: int, low_c: int
+) -> list[Ratio]:
+    """The issue's targets, from points measured in this run (NaN where a point is missing)."""
+
+    def get(target: str, count: int, conc: int, fn: Callable[[PointResult], float]) -> float:
+        p = results.get((target, count, conc))
+        return fn(p) if p is not None and len(p.latencies_s) else float("nan")
+
+    raw_large = raw[large].images_per_s if large in raw else float("nan")
+    rps = PointResult.requests_per_s.fget  # type: ignore[attr-defined]
+    served = get("batched", 1, top_c, rps)
+    return [
+        Ratio(
+            f"(1) count={large} c={big_c} img/s / raw ORT batch-{large} img/s",
+            get("batched", large, big_c, lambda p: p.images_per_s) / raw_large,
+            0.85,
+        ),
+        Ratio(
+            f"(2a) count=1 c={top_c} req/s / bare gRPC req/s",
+            served / get("bare-grpc", 1, top_c, rps),
+            0.55,
+        ),
+        Ratio(
+            f"(2b) count=1 c={top_c} req/s / batching-off req/s",
+            served / get("unbatched", 1, top_c, rps),
+            1.3,
+        ),
+        Ratio(
+            f"(3) count=1 c={low_c} p99 latency, ms",
+            get("batched", 1, low_c, lambda p: p.percentile_ms(99)),
+            1.5,
+            higher_is_better=False,
+        ),
+    ]
