@@ -294,6 +294,10 @@ class Batcher:
         try:
             out = self._infer(z, y)  # (B, C, H, W)
             error: BaseException | None = None
+            if out.shape[0] != z.shape[0]:  # a model bug; slicing would misroute rows
+                raise ValueError(
+                    f"model returned {out.shape[0]} images for a batch of {z.shape[0]}"
+                )
         except Exception as exc:
             log.warning("inference failed for model %s: %s", self._model, exc)
             out, error = None, Internal(f"inference failed for model '{self._model}': {exc}")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .batcher import Batcher, BatchingConfig
-from .errors import NotFound, Unavailable
+from .errors import InvalidArgument, NotFound, Unavailable
 from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
 from .spec import ModelSpec, ModelSpecError, read_spec
@@ -47,8 +48,34 @@ class LoadedModel:
         self.batcher = batcher
         self.device = runner.device
 
-    async def generate(self, z, y, deadline=None, is_cancelled=None) -> np.ndarray:  # type: ignore[no-untyped-def]
-        """z (N, D) float32 [, y (N, C)] -> (N, C, H, W) float32, through the batcher."""
+    async def generate(
+        self,
+        z: np.ndarray,
+        y: np.ndarray | None = None,
+        deadline: float | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """z (N, D) float32 [, y (N, C)] -> (N, C, H, W) float32, through the batcher.
+
+        Shapes are checked here, per request, so that one malformed request can
+        never fail the batch it would have shared with others.
+        """
+        spec = self.spec
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != spec.latent_dim or z.shape[0] < 1:
+            raise InvalidArgument(
+                f"latents must be (N, {spec.latent_dim}) for model '{spec.name}', got {z.shape}"
+            )
+        if spec.num_classes:
+            if y is None:
+                raise InvalidArgument(f"model '{spec.name}' is conditional: class vectors needed")
+            y = np.asarray(y, dtype=np.float32)
+            if y.shape != (z.shape[0], spec.num_classes):
+                raise InvalidArgument(
+                    f"class vectors must be ({z.shape[0]}, {spec.num_classes}), got {y.shape}"
+                )
+        elif y is not None:
+            raise InvalidArgument(f"model '{spec.name}' is unconditional: no class vectors")
         return await self.batcher.submit(z, y, deadline, is_cancelled)
 
     async def close(self) -> None:

@@ -238,3 +238,11 @@ async def test_stop_drains_or_fails_queued_requests(make_batcher, infer) -> None
         await queued
     infer.open()
     await asyncio.gather(stopping, first)
+
+
+async def test_wrong_output_count_is_an_internal_error(runner, metrics) -> None:  # type: ignore[no-untyped-def]
+    batcher = Batcher(lambda z, y: runner.run(z[:1], y), BatchingConfig(), metrics, "tiny")
+    await batcher.start()
+    with pytest.raises(Internal, match="returned 1 images for a batch of 3"):
+        await batcher.submit(_z(3), None)
+    await batcher.stop()

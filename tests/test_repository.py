@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ganserve.server.batcher import BatchingConfig
-from ganserve.server.errors import NotFound, Unavailable
+from ganserve.server.errors import InvalidArgument, NotFound, Unavailable
 from ganserve.server.latent import one_hot
 from ganserve.server.metrics import Metrics
 from ganserve.server.repository import ModelRepository, ModelSpecError, read_spec
@@ -253,3 +253,21 @@ async def test_concurrent_reloads_load_each_file_once(  # type: ignore[no-untype
     reports = await asyncio.gather(repo.reload(), repo.reload(), repo.reload())
     assert sorted(r["loaded"] for r in reports) == [[], [], ["tiny/1"]]
     assert repo.ready
+
+
+async def test_generate_checks_shapes_per_request(tmp_path: Path, repo: ModelRepository) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    make_tiny_generator(model_path(tmp_path, "cond", "1"), num_classes=3)
+    await repo.start()
+    tiny, cond = repo.get("tiny"), repo.get("cond")
+    z = np.zeros((2, 8), np.float32)
+    with pytest.raises(InvalidArgument, match=r"latents must be \(N, 8\)"):
+        await tiny.generate(np.zeros((2, 7), np.float32))
+    with pytest.raises(InvalidArgument, match="unconditional"):
+        await tiny.generate(z, one_hot([0, 1], 3))
+    with pytest.raises(InvalidArgument, match="conditional: class vectors needed"):
+        await cond.generate(z)
+    with pytest.raises(InvalidArgument, match=r"class vectors must be \(2, 3\)"):
+        await cond.generate(z, one_hot([0], 3))
+    out = await cond.generate(z.astype(np.float64), one_hot([0, 1], 3))  # cast, not refused
+    assert out.shape == (2, 1, 28, 28)
