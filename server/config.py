@@ -29,7 +29,6 @@ MIB = 1024 * 1024
 # A float32 28x28 grayscale image; used to check that max_images_per_request fits a message.
 _MNIST_FLOAT32_IMAGE_BYTES = 1 * 28 * 28 * 4
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_DEVICES = ("auto", "cuda", "cpu")
 
 
 class ConfigError(ValueError):
@@ -122,14 +121,7 @@ class ServerConfig:
         _check(0 <= self.port <= 65535, "--port must be in [0, 65535]")
         _check(-1 <= self.metrics_port <= 65535, "--metrics-port must be in [-1, 65535]")
         _check(self.model_dir.is_dir(), f"--model-dir {self.model_dir} is not a directory")
-        _check(self.runtime.device in _DEVICES, f"--device must be one of {', '.join(_DEVICES)}")
-        _check(self.runtime.intra_op_threads >= 0, "--intra-op-threads must be >= 0")
-        _check(self.runtime.inter_op_threads >= 0, "--inter-op-threads must be >= 0")
-        sizes = self.runtime.warmup_batch_sizes or []
-        _check(all(s >= 1 for s in sizes), "--warmup-batch-sizes must all be >= 1")
-        _check(self.batching.max_batch_size >= 1, "--max-batch-size must be >= 1")
-        _check(self.batching.max_queue_delay_ms >= 0, "--max-queue-delay-ms must be >= 0")
-        _check(self.batching.max_queue_size >= 1, "--max-queue-size must be >= 1")
+        # RuntimeConfig and BatchingConfig check their own fields when built.
         _check(self.max_images_per_request >= 1, "--max-images-per-request must be >= 1")
         _check(self.max_images_per_stream >= 1, "--max-images-per-stream must be >= 1")
         _check(self.stream_chunk_max >= 1, "--stream-chunk-max must be >= 1")

@@ -32,13 +32,13 @@ __all__ = [
     "plan_sample",
 ]
 
-_ENCODINGS = {
+_ENCODINGS: dict[int, str] = {
     pb.ENCODING_UNSPECIFIED: "float32",
     pb.ENCODING_FLOAT32: "float32",
     pb.ENCODING_UINT8: "uint8",
     pb.ENCODING_PNG: "png",
 }
-_METHODS = {
+_METHODS: dict[int, str] = {
     pb.INTERPOLATION_METHOD_UNSPECIFIED: "slerp",
     pb.INTERPOLATION_METHOD_LERP: "lerp",
     pb.INTERPOLATION_METHOD_SLERP: "slerp",

@@ -111,7 +111,10 @@ def test_sample_stream_chunks(grpc_stub) -> None:
     assert whole == unary.images.data
 
 
-def test_sample_stream_cancel_stops_early(grpc_stub) -> None:
+def test_sample_stream_cancel_stops_generation(grpc_stub, server, scrape, wait_until) -> None:
+    images = ("ganserve_images_total", (("model", UNCOND),))
+    streams = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+    before = scrape(server)[images]
     request = pb.SampleRequest(model=UNCOND, count=1_000_000, seed=0, chunk_size=64)
     call = grpc_stub.SampleStream(request)
     received = 0
@@ -121,7 +124,9 @@ def test_sample_stream_cancel_stops_early(grpc_stub) -> None:
             call.cancel()
             break
     assert call.code() == grpc.StatusCode.CANCELLED
-    # The server is still responsive right after.
+    # The server notices at once: the stream ends and generation stops within a few chunks.
+    wait_until(lambda: scrape(server)[streams] == 0, "the stream handler to finish")
+    assert scrape(server)[images] - before <= received + 4 * 64
     assert grpc_stub.Sample(pb.SampleRequest(model=UNCOND, count=1, seed=0)).images.count == 1
 
 
