@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import grpc
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
+from ganserve.clients.errors import GanServeError
 from ganserve.clients.results import ModelInfo, ServerLimits
 
 from ganserve.v1 import generator_pb2 as pb
@@ -74,6 +76,19 @@ class ClientBase:
         theirs = limits.max_message_bytes or ours
         self._limits = replace(limits, max_message_bytes=min(ours, theirs))
         return self._limits
+
+    @staticmethod
+    def _health_modules() -> tuple[Any, Any]:
+        """``grpc_health.v1`` (health_pb2, health_pb2_grpc), or a clear error without it."""
+        try:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+        except ImportError:
+            raise GanServeError(
+                "health checks need the grpcio-health-checking package: "
+                "pip install grpcio-health-checking",
+                grpc.StatusCode.UNIMPLEMENTED,
+            ) from None
+        return health_pb2, health_pb2_grpc
 
     def _remember_info(self, msg: pb.ModelInfo, version: str) -> ModelInfo:
         info = ModelInfo.from_proto(msg)

@@ -7,9 +7,9 @@ no I/O here. Client-side checks are limited to what the proto cannot express
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -28,11 +28,12 @@ METHODS = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METH
 # Headroom for protobuf framing and the other fields of a response.
 _MESSAGE_SLACK = 0.9
 
+E = TypeVar("E")
 # A keyframe / term source: a seed, seeds, or an explicit latent vector.
 Source = int | Sequence[int] | Sequence[float] | np.ndarray
 
 
-def _enum(table: dict[str, int], value: str, what: str) -> int:
+def _enum(table: Mapping[str, E], value: str, what: str) -> E:
     try:
         return table[value.lower()]
     except (KeyError, AttributeError):

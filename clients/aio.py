@@ -178,8 +178,7 @@ class AsyncGanClient(ClientBase):
     # --------------------------------------------------------------- health
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The standard health check: "SERVING", "NOT_SERVING", ... of ``service``."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+        health_pb2, health_pb2_grpc = self._health_modules()
         self._stub  # noqa: B018 - opens the channel
         stub = health_pb2_grpc.HealthStub(self._channel)
         req = health_pb2.HealthCheckRequest(service=service)

@@ -184,8 +184,7 @@ class GanClient(ClientBase):
     # --------------------------------------------------------------- health
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The standard health check: "SERVING", "NOT_SERVING", ... of ``service``."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+        health_pb2, health_pb2_grpc = self._health_modules()
         stub = health_pb2_grpc.HealthStub(self._channel)
         req = health_pb2.HealthCheckRequest(service=service)
         msg = self._unary(stub.Check, req, timeout)
