@@ -7,6 +7,7 @@ from its worker thread while the event loop keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -95,9 +96,16 @@ def cuda_usable() -> bool:
     except OSError:
         return False
     count = ctypes.c_int(0)
-    return (
-        cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
-    )
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return False
+    # CUDA/cuDNN from the nvidia-* pip wheels (the serving image) are not on the
+    # loader path; ORT >= 1.21 can load them itself. Best effort: system-wide
+    # CUDA needs no help, and a real failure shows when the session is created.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):
+            preload()
+    return True
 
 
 def resolve_providers(device: str) -> list[Any]:
