@@ -144,6 +144,9 @@ class ModelRepository:
         self._models: dict[str, dict[str, _Version]] = {}
         self._lock = asyncio.Lock()
         self._started = False
+        # name -> the model get(name) serves; rebuilt after every change so the
+        # per-request lookup is one dict access.
+        self._serving: dict[str, LoadedModel] = {}
 
     # ----------------------------------------------------------------- loading
 
@@ -232,6 +235,7 @@ class ModelRepository:
                 entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
                 self._set_state(scan.name, scan.version, entry, "READY", "")
                 report["loaded"].append(key)
+            self._refresh_serving()
             for old in retired:
                 await old.close()  # drained: its queued requests still finish
             if self._started:
@@ -284,6 +288,7 @@ class ModelRepository:
             for entry in (e for vs in self._models.values() for e in vs.values()):
                 entry.model = None
             self._started = False
+            self._refresh_serving()
         for model in models:
             await model.close()
 
@@ -309,8 +314,20 @@ class ModelRepository:
         chosen = ready[0] if ready else ordered[0]
         return chosen, versions[chosen]
 
+    def _refresh_serving(self) -> None:
+        serving: dict[str, LoadedModel] = {}
+        for name, versions in self._models.items():
+            ready = {_version_key(v): e.model for v, e in versions.items() if e.model is not None}
+            if ready:
+                serving[name] = ready[max(ready)]
+        self._serving = serving
+
     def get(self, name: str, version: str = "") -> LoadedModel:
         """The serving model; NotFound if unknown, Unavailable if not ready."""
+        if not version:
+            model = self._serving.get(name)
+            if model is not None:
+                return model
         chosen, entry = self._pick(name, version)
         if entry.model is None:
             detail = f": {entry.message}" if entry.message else ""
