@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from ganserve.server import runtime
 from ganserve.server.errors import Unavailable
 from ganserve.server.repository import read_spec
 from ganserve.server.runtime import (
@@ -41,6 +43,16 @@ def test_cpu_and_auto_providers() -> None:
     assert (len(auto) == 2) == cuda_usable()
     with pytest.raises(ValueError, match="device must be one of"):
         resolve_providers("tpu")
+
+
+@pytest.mark.skipif(cuda_usable(), reason="a GPU is present")
+def test_auto_falls_back_to_cpu_with_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    runtime._log_cpu_fallback.cache_clear()
+    with caplog.at_level(logging.INFO, logger="ganserve.server.runtime"):
+        for _ in range(3):
+            assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    lines = [r.getMessage() for r in caplog.records if "CUDA" in r.getMessage()]
+    assert lines == ["device auto: no usable CUDA GPU, running ONNX Runtime on CPU"]
 
 
 @pytest.mark.skipif(cuda_usable(), reason="a GPU is present")
