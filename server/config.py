@@ -218,6 +218,10 @@ class _Option:
         return self.name or self.dest.rpartition(".")[2]
 
     @property
+    def metavar(self) -> str:
+        return self._name.upper()
+
+    @property
     def flag(self) -> str:
         return "--" + self._name.replace("_", "-")
 
@@ -270,7 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
         else:
-            parser.add_argument(opt.flag, dest=opt.dest, default=None, help=help_text)
+            parser.add_argument(
+                opt.flag, dest=opt.dest, default=None, metavar=opt.metavar, help=help_text
+            )
 
 
 def configure_logging(level: str) -> None:

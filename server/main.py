@@ -107,6 +107,7 @@ class _Server:
 
         cfg = self.config
         log.info("config: %s", cfg.describe())
+        self._install_signals()  # first: a SIGTERM while loading must still drain cleanly
         metrics = Metrics(CollectorRegistry(), max_batch_size=cfg.batching.max_batch_size)
         self.repository = ModelRepository(cfg.model_dir, cfg.runtime, cfg.batching, metrics)
         limits = Limits(
@@ -168,7 +169,6 @@ class _Server:
             "bearer token" if cfg.auth_token else "off",
             f"http://{_address(cfg.host, metrics_port)}/metrics" if metrics_http else "off",
         )
-        self._install_signals()
         try:
             if await self._start_repository():
                 if cfg.ready_file is not None:

@@ -124,7 +124,7 @@ def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape,
 def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> None:
     repo = tmp_path / "models"
     write_broken_file(model_path(repo, UNCOND, "1"))
-    proc = start_server(repo)
+    proc = start_server(repo, "--reload-interval-s", "0.1")  # polling, no SIGHUP
     channel, client = stub(proc.target)
     with channel:
         assert health(channel) == NOT_SERVING
@@ -136,7 +136,6 @@ def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> N
         assert [(m.name, m.state) for m in listed] == [(UNCOND, pb.LOAD_STATE_FAILED)]
 
         make_tiny_generator(model_path(repo, UNCOND, "1"), latent_dim=8, name=UNCOND)
-        proc.send(signal.SIGHUP)
         wait_until(lambda: health(channel) == SERVING, "health SERVING after the fix")
         assert health(channel, "ganserve.v1.Generator") == SERVING
         assert client.Sample(pb.SampleRequest(model=UNCOND, count=1)).images.count == 1
