@@ -1,0 +1,301 @@
+"""Evaluation: metrics on known cases, the committed evaluators, and an end-to-end
+evaluation of tiny ONNX generators built here (z -> MatMul -> ... -> image)."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ganserve.training import metrics
+from ganserve.training.data import default_data_dir, load_split
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from ganserve.training.card import write_model_card  # noqa: E402
+from ganserve.training.classifier import load_classifier, train_classifier  # noqa: E402
+from ganserve.training.evaluate import add_arguments, evaluate_onnx, run, write_quality  # noqa: E402
+from ganserve.training.report import ModelInfo  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+MNIST = default_data_dir("mnist")
+needs_mnist = pytest.mark.skipif(
+    not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason=f"no MNIST data at {MNIST}"
+)
+
+# ------------------------------------------------------------------ metrics
+
+
+def _whitened(n: int, d: int, seed: int) -> np.ndarray:
+    """Samples with sample mean exactly 0 and sample covariance exactly I."""
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    x -= x.mean(0)
+    chol = np.linalg.cholesky(np.cov(x, rowvar=False))
+    return x @ np.linalg.inv(chol).T
+
+
+def test_fid_of_a_set_with_itself_is_zero() -> None:
+    a = np.random.default_rng(0).standard_normal((500, 16))
+    assert metrics.fid(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_matches_closed_form_for_shifted_scaled_gaussians() -> None:
+    # N(0, I) vs N(mu, diag(s^2)): FID = |mu|^2 + sum (1 - s)^2
+    x = _whitened(4000, 6, seed=1)
+    mu = np.array([0.5, -1.0, 0.0, 2.0, 0.1, 0.0])
+    s = np.array([1.0, 2.0, 0.5, 1.0, 3.0, 0.2])
+    expected = (mu**2).sum() + ((1 - s) ** 2).sum()
+    assert metrics.fid(x, x * s + mu) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_is_symmetric_and_rotation_invariant_with_correlated_features() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((800, 8)) @ rng.standard_normal((8, 8))
+    b = rng.standard_normal((800, 8)) @ rng.standard_normal((8, 8)) + 1.0
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    value = metrics.fid(a, b)
+    assert value > 1.0
+    assert metrics.fid(b, a) == pytest.approx(value, rel=1e-9)
+    assert metrics.fid(a @ q, b @ q) == pytest.approx(value, rel=1e-9)
+
+
+def test_kth_neighbour_radii_on_a_line() -> None:
+    x = np.arange(10.0)[:, None]
+    assert metrics.kth_neighbour_radii(x, k=1).tolist() == [1.0] * 10
+    r3 = metrics.kth_neighbour_radii(x, k=3, block=4)  # blocks straddle rows
+    assert r3[0] == 3.0 and r3[5] == 2.0 and r3[9] == 3.0
+
+
+def test_precision_recall_identical_disjoint_and_half() -> None:
+    rng = np.random.default_rng(3)
+    real = rng.standard_normal((1000, 4))
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
+    assert metrics.precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # half the fakes from the real distribution, half far away
+    fake = np.concatenate([rng.standard_normal((500, 4)), rng.standard_normal((500, 4)) + 50])
+    precision, recall = metrics.precision_recall(real, fake, block=64)
+    assert 0.4 <= precision <= 0.5
+    assert recall > 0.8
+    assert metrics.precision_recall(real, fake, block=1000) == (precision, recall)
+
+
+def test_class_histogram_entropy_and_min_share() -> None:
+    hist = metrics.class_histogram(np.array([0, 1, 1, 3]), 4)
+    assert hist.tolist() == [1, 2, 0, 1]
+    assert metrics.min_share(hist) == 0.0
+    assert metrics.entropy_bits(hist) == pytest.approx(1.5)
+    assert metrics.entropy_bits(np.full(10, 7)) == pytest.approx(math.log2(10))
+    assert metrics.entropy_bits(np.array([0, 9, 0])) == 0.0
+    assert metrics.min_share(np.array([1, 3])) == 0.25
+    assert metrics.accuracy(np.array([1, 2, 3]), np.array([1, 2, 0])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="outside"):
+        metrics.class_histogram(np.array([10]), 10)
+
+
+# ------------------------------------------------------------------ tiny data and generators
+
+
+def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def small_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 1,000 images of each real MNIST split, as IDX files (keeps tests fast)."""
+    if not (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"no MNIST data at {MNIST}")
+    out = tmp_path_factory.mktemp("mnist-small")
+    for split in ("train", "t10k"):
+        images, labels = load_split(MNIST, split)
+        _write_idx(out / f"{split}-images-idx3-ubyte.gz", images[:1000], 2051)
+        _write_idx(out / f"{split}-labels-idx1-ubyte.gz", labels[:1000], 2049)
+    return out
+
+
+def _tiny_generator(path: Path, data_dir: Path, conditional: bool, latent_dim: int = 8) -> None:
+    """Unconditional: image = tanh(z W), noise. Conditional: image = clip(y M + 0.05 z W)
+    with M the 10 class-mean training digits, so the requested class should be recognised."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((latent_dim, 784)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.array([-1, 1, 28, 28], np.int64), "shape")]
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", latent_dim])]
+    if conditional:
+        images, labels = load_split(data_dir, "train")
+        means = np.stack([images[labels == c].mean(0) for c in range(10)]) / 127.5 - 1
+        inits += [
+            numpy_helper.from_array(0.05 * w, "w"),
+            numpy_helper.from_array(means.reshape(10, 784).astype(np.float32), "m"),
+            numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "hi"),
+        ]
+        inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10]))
+        nodes = [
+            helper.make_node("MatMul", ["z", "w"], ["noise"]),
+            helper.make_node("MatMul", ["y", "m"], ["template"]),
+            helper.make_node("Add", ["template", "noise"], ["flat0"]),
+            helper.make_node("Clip", ["flat0", "lo", "hi"], ["flat"]),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes = [
+            helper.make_node("MatMul", ["z", "w"], ["pre"]),
+            helper.make_node("Tanh", ["pre"], ["flat"]),
+        ]
+    nodes.append(helper.make_node("Reshape", ["flat", "shape"], ["image"]))
+    output = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])
+    graph = helper.make_graph(nodes, "tiny", inputs, [output], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    name = "tiny-cdcgan" if conditional else "tiny-mlp"
+    meta = {
+        "name": name,
+        "version": "1",
+        "architecture": "cdcgan" if conditional else "mlp",
+        "dataset": "mnist",
+        "kind": "conditional" if conditional else "unconditional",
+        "latent_dim": str(latent_dim),
+        "num_classes": "10" if conditional else "0",
+        "class_names": json.dumps([str(d) for d in range(10)]),
+        "image_shape": "[1, 28, 28]",
+        "value_range": "[-1, 1]",
+        "training_config": json.dumps({"train_seconds": 123.4, "epochs": 2}),
+        "quality": "{}",
+        "created": "2026-01-01T00:00:00Z",
+    }
+    for key, value in meta.items():
+        model.metadata_props.add(key=f"ganserve.{key}", value=value)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+# ------------------------------------------------------------------ evaluators
+
+
+@needs_mnist
+def test_committed_mnist_evaluator_is_accurate(small_mnist: Path) -> None:
+    from ganserve.training.classifier import predict, to_input
+
+    model = load_classifier("mnist")
+    assert model.meta["test_accuracy"] >= 0.99
+    images, labels = load_split(small_mnist, "t10k")
+    feats, preds = predict(model, to_input(images))
+    assert feats.shape == (1000, 128)
+    assert (preds == labels).mean() >= 0.98
+
+
+def test_committed_fashion_evaluator_record() -> None:
+    assert load_classifier("fashion-mnist").meta["test_accuracy"] >= 0.90
+
+
+def test_train_classifier_saves_what_it_measured(tmp_path: Path) -> None:
+    from ganserve.training.classifier import predict, to_input
+    from ganserve.training.data import synthetic_split
+
+    for split, seed in (("train", 0), ("t10k", 1)):
+        images, labels = synthetic_split(128, seed)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images, 2051)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels, 2049)
+    out = tmp_path / "clf.pt"
+    meta = train_classifier("mnist", tmp_path, out, epochs=1, seed=0, threads=1, batch_size=32)
+    assert meta["train_images"] == 128 and 0.0 <= meta["test_accuracy"] <= 1.0
+    model = load_classifier("mnist", out)
+    assert model.meta == meta
+    # the recorded accuracy is that of the saved (float16) weights
+    images, labels = load_split(tmp_path, "t10k")
+    _, preds = predict(model, to_input(images))
+    assert (preds == labels).mean() == meta["test_accuracy"]
+    with pytest.raises(FileNotFoundError, match="--train-classifier"):
+        load_classifier("mnist", tmp_path / "absent.pt")
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def cond_model(small_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("repo") / "models" / "tiny-cdcgan" / "1" / "model.onnx"
+    _tiny_generator(path, small_mnist, conditional=True)
+    return path
+
+
+def test_evaluate_unconditional_noise_is_far_from_the_floor(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "noise.onnx"
+    _tiny_generator(path, small_mnist, conditional=False)
+    report = evaluate_onnx(path, small_mnist, n=200)
+    assert set(report.generated) == {
+        "fid",
+        "precision",
+        "recall",
+        "class_entropy",
+        "min_class_share",
+    }
+    assert set(report.real) == set(report.generated)
+    assert report.generated["fid"] > 5 * report.real["fid"] > 0
+    assert report.generated["precision"] < report.real["precision"]
+    assert report.real["precision"] > 0.5 and report.real["recall"] > 0.5
+    assert report.real["class_entropy"] > 3.0  # real digits are near uniform over 10 classes
+    assert sum(report.histogram) == 200
+    assert "NOT met" in report.table()  # mlp on mnist: min class share is required
+
+
+def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mnist: Path) -> None:
+    report = evaluate_onnx(cond_model, small_mnist, n=200, seed=5)
+    assert report.generated["cond_accuracy"] >= 0.8  # class means are recognisable digits
+    assert report.real["cond_accuracy"] == report.classifier_accuracy >= 0.95
+    assert report.generated["min_class_share"] > 0.05  # balanced labels i % 10
+    q = report.quality()
+    assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy"} <= set(q)
+    assert q["n"] == 200 and q["seed"] == 5
+    assert report.table().startswith("| metric | model | real floor | target |")
+
+    before = {p.key: p.value for p in onnx.load(str(cond_model)).metadata_props}
+    write_quality(cond_model, report)
+    after = {p.key: p.value for p in onnx.load(str(cond_model)).metadata_props}
+    assert json.loads(after.pop("ganserve.quality")) == q
+    before.pop("ganserve.quality")
+    assert after == before
+    again = evaluate_onnx(cond_model, small_mnist, n=200, seed=5)  # the file still runs
+    assert again.generated == pytest.approx(report.generated)
+
+    card = write_model_card(cond_model.parent.parent, cond_model, report)
+    text = card.read_text()
+    assert "# tiny-cdcgan (version 1)" in text
+    assert f"{report.generated['fid']:.3g}" in text and f"{report.real['fid']:.3g}" in text
+    assert "samples.png" in text and "2.1 min" in text  # train_seconds 123.4
+    # a card from metadata alone shows the stored figures
+    assert ModelInfo.from_onnx(cond_model).quality == q
+    assert write_model_card(cond_model.parent.parent, cond_model, None).read_text() == text
+
+
+def _cli(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_writes_and_reports_errors(
+    cond_model: Path, small_mnist: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir = cond_model.parent.parent
+    args = ["--model", str(model_dir), "--data-dir", str(small_mnist), "--n", "100", "--write"]
+    assert run(_cli(args)) == 0
+    out = capsys.readouterr().out
+    assert "| metric |" in out and "README.md" in out
+    assert ModelInfo.from_onnx(cond_model).quality["n"] == 100
+
+    assert run(_cli(["--model", str(model_dir / "missing")])) == 2
+    assert "no ONNX model" in capsys.readouterr().err
+    assert run(_cli(["--train-classifier"])) == 2
+    assert "needs --dataset" in capsys.readouterr().err

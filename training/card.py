@@ -1,0 +1,165 @@
+"""The model card ``models/<name>/README.md``, written from the ONNX file alone.
+
+Everything on the card comes from the file's ``ganserve.*`` metadata (the export
+convention), so a card can be regenerated from the model without its training run;
+a fresh :class:`EvalReport` replaces the stored ``ganserve.quality`` figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ganserve.training.report import METRICS, EvalReport, ModelInfo
+
+__all__ = ["render_model_card", "write_model_card"]
+
+_ARCHITECTURES = {
+    "mlp": "fully connected GAN (G 100→256→512→1024→784, LeakyReLU 0.2, tanh output; "
+    "D 784→1024→512→256→1 with dropout 0.3)",
+    "dcgan": "DCGAN (strided transposed convolutions, batch norm, ReLU/tanh in G, LeakyReLU in D)",
+    "cdcgan": "class-conditional DCGAN (the class enters G and D; served as a float one-hot "
+    "`y`, so blends between classes are possible)",
+}
+
+# training_config keys worth a line of their own, in this order; the rest go to a JSON block
+_TRAIN_KEYS = (
+    ("train_images", "training images"),
+    ("epochs", "epochs"),
+    ("batch_size", "batch size"),
+    ("loss", "loss"),
+    ("lr", "learning rate"),
+    ("ema", "EMA of G's weights"),
+    ("seed", "seed"),
+    ("device", "device"),
+)
+
+
+def _duration(seconds: Any) -> str:
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        return "not recorded"
+    return f"{s / 60:.1f} min ({s:.0f} s)" if s >= 60 else f"{s:.0f} s"
+
+
+def _evaluation(report: EvalReport | None) -> list[str]:
+    if report is None or not report.generated:
+        return ["Not evaluated yet: run `ganserve evaluate --model <path> --write`.", ""]
+    met = report.targets_met()
+    if met:
+        missed = [METRICS[k] for k, ok in met.items() if not ok]
+        verdict = (
+            "All quality targets are met."
+            if not missed
+            else f"Quality targets NOT met: {', '.join(missed)}."
+        )
+    else:
+        verdict = "No quality target is required of this model (a baseline / guide figures only)."
+    acc = report.classifier_accuracy
+    return [
+        f"{report.n:,} images from seeds {report.seed}..{report.seed + report.n - 1}"
+        + (
+            f" with balanced labels (image i gets class i mod {report.info.num_classes})"
+            if report.info.conditional
+            else ""
+        )
+        + ", compared with all real t10k test images in the feature space of the project's "
+        f"own {report.info.dataset} classifier"
+        + (f" (t10k accuracy {acc:.2%})." if acc == acc else "."),  # nan: not recorded
+        "",
+        report.table(),
+        "",
+        verdict,
+        "",
+        "- *real floor*: the same figures for the same number of real training images "
+        "against the same t10k reference: what a generator reproducing its training data "
+        "exactly would score. For conditional accuracy the floor is the classifier's "
+        "accuracy on real t10k images.",
+        "- FID: Fréchet distance of Gaussians fitted to the 128-d penultimate features "
+        "(not Inception features: values are not comparable with published FIDs).",
+        "- precision / recall: Kynkäänniemi et al. 2019, k = 3 nearest-neighbour balls.",
+        "- class figures: classes as predicted by the classifier; entropy in bits.",
+        "",
+    ]
+
+
+def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
+    """The card's markdown for the model at ``onnx_path``."""
+    info = ModelInfo.from_onnx(onnx_path)
+    if report is None and info.quality:
+        report = EvalReport.from_quality(info)
+    cfg = info.training_config
+    arch = _ARCHITECTURES.get(info.architecture, info.architecture)
+    classes = ", ".join(info.class_names) if info.class_names else "—"
+    size_mb = onnx_path.stat().st_size / 1e6
+    lines = [
+        f"# {info.name} (version {info.version})",
+        "",
+        f"A {info.kind} GAN generator trained on **{info.dataset}**, exported to ONNX.",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Model",
+        "",
+        f"- architecture: `{info.architecture}`: {arch}",
+        f"- latent size: {info.latent_dim} (input `z` float32 `(N, {info.latent_dim})`)",
+        (
+            f"- classes ({info.num_classes}, input `y` float32 `(N, {info.num_classes})`): "
+            f"{classes}"
+            if info.conditional
+            else f"- classes of the data set: {classes} (unconditional: no class input)"
+        ),
+        "- output: `image` float32 `(N, 1, 28, 28)` in [-1, 1]",
+        f"- file: `{onnx_path.parent.name}/{onnx_path.name}`, {size_mb:.1f} MB, "
+        f"created {info.created or 'unknown'}",
+        "",
+        "## Training",
+        "",
+        f"- data: {info.dataset} `train-*` split only (`t10k` is kept for evaluation)",
+        f"- training time: {_duration(cfg.get('train_seconds'))} on this project's 2-core CPU",
+    ]
+    lines += [f"- {label}: {cfg[key]}" for key, label in _TRAIN_KEYS if key in cfg]
+    lines += [
+        "",
+        "<details><summary>full training configuration</summary>",
+        "",
+        "```json",
+        json.dumps(cfg, indent=2, sort_keys=True),
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Evaluation",
+        "",
+        *_evaluation(report),
+        "## Serving",
+        "",
+        "`make run` serves every model under `models/` over gRPC (`ganserve.v1.Generator`, "
+        "port 50051). From Python, with the generated stubs:",
+        "",
+        "```python",
+        "import grpc",
+        "from ganserve.v1 import generator_pb2 as pb, generator_pb2_grpc as rpc",
+        "",
+        'stub = rpc.GeneratorStub(grpc.insecure_channel("localhost:50051"))',
+        f'resp = stub.Sample(pb.SampleRequest(model="{info.name}", seed=0, count=16,'
+        + (" labels=[3]," if info.conditional else "")
+        + " encoding=pb.ENCODING_PNG))",
+        "```",
+        "",
+        "Image i of a request uses seed `seed + i` (see `protos/ganserve/v1/generator.proto`), "
+        "so the evaluation above is reproducible through the server.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(model_root: Path, onnx_path: Path, report: EvalReport | None = None) -> Path:
+    """Write ``model_root/README.md`` for the model at ``onnx_path``; returns its path."""
+    model_root, onnx_path = Path(model_root), Path(onnx_path)
+    model_root.mkdir(parents=True, exist_ok=True)
+    out = model_root / "README.md"
+    out.write_text(render_model_card(onnx_path, report), encoding="utf-8")
+    return out

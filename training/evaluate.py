@@ -1,0 +1,284 @@
+"""Evaluate an exported ONNX generator against real held-out images.
+
+``n`` images are generated through ONNX Runtime (CPU) from the shared seed rule
+(image i uses seed ``seed + i``; conditional models get label ``i % num_classes``,
+exactly what the server does for a request without labels) and quantized to the
+uint8 grid the server's UINT8/PNG encodings deliver. The evaluator classifier maps
+them to 128-d features and class predictions; figures are computed against all of
+``t10k``.
+
+The real floor: the same figures for ``n`` real *training* images against the same
+``t10k`` reference. That is what a generator reproducing its training distribution
+perfectly would score, with the same sample size and the same reference set, so the
+two columns are directly comparable (FID is biased by sample size, so e.g. 5,000 vs
+5,000 halves of t10k would not be). For conditional accuracy the floor is the
+evaluator's accuracy on real t10k images with their true labels.
+
+Heavy imports (torch, onnxruntime, onnx) happen inside functions: the CLI
+registration imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ganserve.training import metrics
+from ganserve.training.report import EvalReport, ModelInfo
+
+from ganserve.seeds import latents_from_seeds
+
+__all__ = [
+    "EvalReport",
+    "EvaluationError",
+    "add_arguments",
+    "evaluate_onnx",
+    "generate",
+    "resolve_model_path",
+    "run",
+    "write_quality",
+]
+
+
+class EvaluationError(ValueError):
+    """A model or a request that cannot be evaluated; the message says what to change."""
+
+
+def resolve_model_path(path: Path | str) -> Path:
+    """An ONNX file, or a model directory ``models/<name>`` (latest numeric version)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        versions = sorted(
+            (int(p.name), p / "model.onnx")
+            for p in path.iterdir()
+            if p.name.isdigit() and (p / "model.onnx").is_file()
+        )
+        if versions:
+            return versions[-1][1]
+        if (path / "model.onnx").is_file():
+            return path / "model.onnx"
+    raise EvaluationError(f"{path}: no ONNX model (expected a .onnx file or models/<name>/)")
+
+
+def generate(
+    onnx_path: Path, info: ModelInfo, n: int, seed: int = 0, batch_size: int = 500, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Images float32 ``(n, 1, 28, 28)`` on the uint8 grid in [-1, 1], and the requested
+    labels int64 ``(n,)`` (None for unconditional models)."""
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    if "z" not in names or (info.conditional and "y" not in names):
+        want = "z and y" if info.conditional else "z"
+        raise EvaluationError(f"{onnx_path}: inputs {sorted(names)}, expected {want}")
+    labels = np.arange(n, dtype=np.int64) % info.num_classes if info.conditional else None
+    out = np.empty((n, 1, 28, 28), dtype=np.float32)
+    for start in tqdm(range(0, n, batch_size), desc=f"generate {info.name}", leave=False):
+        stop = min(start + batch_size, n)
+        feed = {"z": latents_from_seeds(seed + start, stop - start, info.latent_dim)}
+        if labels is not None:
+            # (B, num_classes) float one-hot
+            feed["y"] = np.eye(info.num_classes, dtype=np.float32)[labels[start:stop]]
+        (img,) = sess.run(["image"], feed)
+        if img.shape[1:] != (1, 28, 28):
+            raise EvaluationError(f"{onnx_path}: output shape {img.shape}, expected (N,1,28,28)")
+        out[start:stop] = img
+    # the server's uint8 rule round((x + 1) * 127.5), mapped back to [-1, 1]
+    return np.clip(np.round((out + 1) * 127.5), 0, 255) / 127.5 - 1, labels
+
+
+@functools.lru_cache(maxsize=4)
+def _reference(dataset: str, data_dir: str) -> dict[str, Any]:
+    """Evaluator features of t10k and its accuracy there; cached per process."""
+    from ganserve.training.classifier import load_classifier, predict, to_input
+    from ganserve.training.data import load_split
+
+    model = load_classifier(dataset)
+    images, labels = load_split(data_dir, "t10k")
+    feats, preds = predict(model, to_input(images))
+    return {
+        "model": model,
+        "feats": feats,
+        "radii": metrics.kth_neighbour_radii(feats, k=3),
+        "accuracy": metrics.accuracy(preds, labels),
+    }
+
+
+def _figures(
+    feats: np.ndarray, preds: np.ndarray, ref: dict[str, Any], num_classes: int
+) -> tuple[dict[str, float], np.ndarray]:
+    precision, recall = metrics.precision_recall(ref["feats"], feats, 3, real_radii=ref["radii"])
+    hist = metrics.class_histogram(preds, num_classes)
+    figures = {
+        "fid": metrics.fid(feats, ref["feats"]),
+        "precision": precision,
+        "recall": recall,
+        "class_entropy": metrics.entropy_bits(hist),
+        "min_class_share": metrics.min_share(hist),
+    }
+    return figures, hist
+
+
+def evaluate_onnx(
+    onnx_path: Path | str,
+    data_dir: Path | str | None = None,
+    dataset: str | None = None,
+    n: int = 10_000,
+    seed: int = 0,
+    batch_size: int = 500,
+    threads: int = 1,
+) -> EvalReport:
+    """Generate ``n`` images from ``onnx_path`` and compare them (and ``n`` real training
+    images, the floor) with ``t10k`` of ``dataset`` (default: the model's own)."""
+    import torch
+    from ganserve.training.classifier import predict, to_input
+    from ganserve.training.data import DATASETS, default_data_dir, load_split
+
+    started = time.monotonic()
+    onnx_path = resolve_model_path(onnx_path)
+    try:
+        info = ModelInfo.from_onnx(onnx_path)
+    except Exception as exc:  # onnx raises its own DecodeError types on garbage
+        raise EvaluationError(f"{onnx_path}: cannot read ONNX metadata ({exc})") from exc
+    dataset = dataset or info.dataset
+    if dataset not in DATASETS:
+        raise EvaluationError(f"no evaluator for dataset {dataset!r}; pass --dataset mnist|...")
+    if n < 4:
+        raise EvaluationError(f"n must be >= 4 (k-NN with k=3), got {n}")
+    num_classes = len(DATASETS[dataset].class_names)
+    if info.conditional and info.num_classes != num_classes:
+        raise EvaluationError(f"model has {info.num_classes} classes, {dataset} {num_classes}")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir(dataset)
+    torch.set_num_threads(threads)
+    ref = _reference(dataset, str(data_dir))
+
+    images, requested = generate(onnx_path, info, n, seed, batch_size, threads)
+    feats, preds = predict(ref["model"], torch.from_numpy(images))
+    generated, hist = _figures(feats, preds, ref, num_classes)
+    if requested is not None:
+        generated["cond_accuracy"] = metrics.accuracy(preds, requested)
+
+    # the floor: n real training images (a seeded subset when train is larger; all of
+    # them when it is smaller, e.g. n > 10,000 on the MNIST subset here)
+    train_x, _ = load_split(data_dir, "train")
+    pick = np.random.default_rng(seed).permutation(len(train_x))[:n]
+    real_feats, real_preds = predict(ref["model"], to_input(train_x[np.sort(pick)]))
+    real, _ = _figures(real_feats, real_preds, ref, num_classes)
+    if requested is not None:
+        real["cond_accuracy"] = ref["accuracy"]
+    return EvalReport(
+        info=info,
+        generated=generated,
+        real=real,
+        n=n,
+        seed=seed,
+        classifier_accuracy=ref["accuracy"],
+        histogram=[int(c) for c in hist],
+        seconds=time.monotonic() - started,
+    )
+
+
+def write_quality(onnx_path: Path | str, report: EvalReport) -> None:
+    """Rewrite the ``ganserve.quality`` metadata entry of ``onnx_path``, keeping all else.
+
+    Written to a temporary file and renamed, so a server watching the repository
+    never sees a half-written model.
+    """
+    import json
+
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    model = onnx.load(str(onnx_path))
+    value = json.dumps(report.quality(), sort_keys=True)
+    for prop in model.metadata_props:
+        if prop.key == "ganserve.quality":
+            prop.value = value
+            break
+    else:
+        model.metadata_props.add(key="ganserve.quality", value=value)
+    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=onnx_path.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, onnx_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``ganserve evaluate``."""
+    parser.add_argument("--model", help="ONNX file or models/<name> directory to evaluate")
+    parser.add_argument("--data-dir", help="IDX files with train-*/t10k-* (default: shared data)")
+    parser.add_argument("--dataset", help="evaluator data set (default: the model's metadata)")
+    parser.add_argument("--n", type=int, default=10_000, help="generated images (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help="store the figures in the model's ganserve.quality metadata and its model card",
+    )
+    parser.add_argument(
+        "--train-classifier",
+        action="store_true",
+        help="(re)train the evaluator classifier of --dataset instead of evaluating",
+    )
+    parser.add_argument(
+        "--epochs", type=int, help="classifier epochs (default: 30 mnist, 4 fashion-mnist)"
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ganserve.training.classifier import train_classifier
+    from ganserve.training.data import default_data_dir
+
+    if not args.dataset:
+        raise EvaluationError("--train-classifier needs --dataset (mnist or fashion-mnist)")
+    data_dir = args.data_dir or default_data_dir(args.dataset)
+    meta = train_classifier(args.dataset, data_dir, None, args.epochs, args.seed, args.threads)
+    print(f"{args.dataset} evaluator: t10k accuracy {meta['test_accuracy']:.4f} ({meta})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ganserve evaluate``: print the table; with ``--write`` update metadata and card."""
+    from ganserve.training.card import write_model_card
+    from ganserve.training.data import DataError
+
+    try:
+        if args.train_classifier:
+            return _train(args)
+        if not args.model:
+            raise EvaluationError("--model is required (an ONNX file or models/<name>)")
+        onnx_path = resolve_model_path(args.model)
+        report = evaluate_onnx(
+            onnx_path, args.data_dir, args.dataset, args.n, args.seed, args.batch_size, args.threads
+        )
+    except (EvaluationError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{report.info.name} v{report.info.version}: {report.n} samples, {report.seconds:.0f} s")
+    print(report.table())
+    if args.write:
+        write_quality(onnx_path, report)
+        print(f"wrote ganserve.quality into {onnx_path}")
+        if onnx_path.parent.name.isdigit():  # models/<name>/<version>/model.onnx
+            print(f"wrote {write_model_card(onnx_path.parent.parent, onnx_path, report)}")
+    return 0

@@ -1,0 +1,220 @@
+"""What an evaluation says: the model's identity (from ONNX metadata), its figures next to
+the real floor, the quality targets, and the markdown table shared by the CLI and the card.
+
+Pure data and formatting (no torch, no onnxruntime); ``onnx`` is imported only to
+read a file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "METRICS",
+    "EvalReport",
+    "ModelInfo",
+    "Target",
+    "read_metadata",
+    "targets_for",
+]
+
+# metric key -> label in tables; the order is the order of the table rows
+METRICS: dict[str, str] = {
+    "fid": "FID (evaluator features) ↓",
+    "precision": "precision (k=3) ↑",
+    "recall": "recall (k=3) ↑",
+    "class_entropy": "class entropy, bits (uniform: log2 10 = 3.32)",
+    "min_class_share": "smallest class share",
+    "cond_accuracy": "conditional accuracy (requested label)",
+}
+
+
+def read_metadata(onnx_path: Path | str) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file as a dict (weights are not needed for this,
+    but ``onnx.load`` reads them; the bundled models are a few MB)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _json(props: Mapping[str, str], key: str, default: Any) -> Any:
+    raw = props.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"metadata {key} is not valid JSON: {raw[:80]!r}") from exc
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The ``ganserve.*`` metadata of one exported generator."""
+
+    name: str
+    version: str
+    architecture: str
+    dataset: str
+    kind: str  # "unconditional" | "conditional"
+    latent_dim: int
+    num_classes: int
+    class_names: list[str]
+    training_config: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def conditional(self) -> bool:
+        return self.kind == "conditional"
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
+        missing = [
+            f"ganserve.{k}"
+            for k in ("name", "architecture", "dataset", "kind", "latent_dim")
+            if f"ganserve.{k}" not in props
+        ]
+        if missing:
+            raise ValueError(
+                f"{source}: ONNX metadata lacks {', '.join(missing)}; "
+                "was it exported by `ganserve export`?"
+            )
+        try:
+            latent_dim = int(props["ganserve.latent_dim"])
+            num_classes = int(props.get("ganserve.num_classes", "0"))
+        except ValueError as exc:
+            raise ValueError(f"{source}: latent_dim/num_classes metadata is not an int") from exc
+        return cls(
+            name=props["ganserve.name"],
+            version=props.get("ganserve.version", "1"),
+            architecture=props["ganserve.architecture"],
+            dataset=props["ganserve.dataset"],
+            kind=props["ganserve.kind"],
+            latent_dim=latent_dim,
+            num_classes=num_classes,
+            class_names=list(_json(props, "ganserve.class_names", [])),
+            training_config=dict(_json(props, "ganserve.training_config", {})),
+            quality={k: float(v) for k, v in _json(props, "ganserve.quality", {}).items()},
+            created=props.get("ganserve.created", ""),
+        )
+
+    @classmethod
+    def from_onnx(cls, onnx_path: Path | str) -> ModelInfo:
+        return cls.from_metadata(read_metadata(onnx_path), str(onnx_path))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A quality target on one metric; ``required`` ones are the issue's acceptance bar,
+    the others are shown as a guide only."""
+
+    metric: str
+    op: str  # ">=" | "<="
+    threshold: float
+    text: str
+    required: bool
+
+    def met(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value <= self.threshold
+
+
+def targets_for(info: ModelInfo, real: Mapping[str, float]) -> list[Target]:
+    """The targets of the bundled models: on MNIST every model covers all classes with
+    none below 5 %; DCGAN-class models reach FID <= 3x the floor, precision >= 0.7,
+    recall >= 0.6; the conditional one 98 % accuracy. The MLP baseline and other data
+    sets get the same bars as a guide."""
+    mnist = info.dataset == "mnist"
+    strong = mnist and info.architecture in ("dcgan", "cdcgan")
+    out = [
+        Target("min_class_share", ">=", 0.05, "≥ 0.05", required=mnist),
+        Target("precision", ">=", 0.70, "≥ 0.70", required=strong),
+        Target("recall", ">=", 0.60, "≥ 0.60", required=strong),
+    ]
+    if "fid" in real:
+        limit = 3 * real["fid"]
+        out.append(Target("fid", "<=", limit, f"≤ 3 × floor = {limit:.3g}", required=strong))
+    if info.conditional:
+        out.append(Target("cond_accuracy", ">=", 0.98, "≥ 0.98", required=mnist))
+    return out
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if key != "fid" else f"{value:.3g}"
+
+
+@dataclass
+class EvalReport:
+    """Figures of ``n`` generated images and of ``n`` real images, both against t10k."""
+
+    info: ModelInfo
+    generated: dict[str, float]
+    real: dict[str, float]
+    n: int
+    seed: int = 0
+    classifier_accuracy: float = float("nan")
+    histogram: list[int] = field(default_factory=list)  # predicted classes of the samples
+    seconds: float = 0.0
+
+    def targets(self) -> list[Target]:
+        return targets_for(self.info, self.real)
+
+    def targets_met(self, required_only: bool = True) -> dict[str, bool]:
+        return {
+            t.metric: t.met(self.generated[t.metric])
+            for t in self.targets()
+            if t.metric in self.generated and (t.required or not required_only)
+        }
+
+    def table(self) -> str:
+        """Markdown: metric | model | real floor | target."""
+        targets = {t.metric: t for t in self.targets()}
+        lines = ["| metric | model | real floor | target |", "|---|---:|---:|---|"]
+        for key, label in METRICS.items():
+            if key not in self.generated:
+                continue
+            target = targets.get(key)
+            if target is None:
+                cell = "—"
+            else:
+                verdict = "met" if target.met(self.generated[key]) else "NOT met"
+                cell = f"{target.text}: {verdict}" if target.required else f"({target.text}, guide)"
+            gen, real = self.generated.get(key), self.real.get(key)
+            lines.append(f"| {label} | {_fmt(key, gen)} | {_fmt(key, real)} | {cell} |")
+        return "\n".join(lines)
+
+    def quality(self) -> dict[str, float]:
+        """Flat figures for the ``ganserve.quality`` metadata entry."""
+        out: dict[str, float] = {}
+        for key in METRICS:
+            if key in self.generated:
+                out[key] = round(float(self.generated[key]), 6)
+            if key in self.real:
+                out[f"{key}_real"] = round(float(self.real[key]), 6)
+        out["classifier_accuracy"] = round(float(self.classifier_accuracy), 6)
+        out["n"] = float(self.n)
+        out["seed"] = float(self.seed)
+        return out
+
+    @classmethod
+    def from_quality(
+        cls, info: ModelInfo, quality: Mapping[str, float] | None = None
+    ) -> EvalReport:
+        """Rebuild a report from a ``ganserve.quality`` entry (defaults to the model's own)."""
+        q = dict(info.quality if quality is None else quality)
+        generated = {k: float(q[k]) for k in METRICS if k in q}
+        real = {k: float(q[f"{k}_real"]) for k in METRICS if f"{k}_real" in q}
+        return cls(
+            info=info,
+            generated=generated,
+            real=real,
+            n=int(q.get("n", 0)),
+            seed=int(q.get("seed", 0)),
+            classifier_accuracy=float(q.get("classifier_accuracy", float("nan"))),
+        )
