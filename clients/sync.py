@@ -142,8 +142,15 @@ class GanClient(ClientBase):
         return self._stream(sample_request(model, count, **kwargs), timeout)
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
+        # A generator: the call starts at the first next(), like the async client's.
         call = self._stub.SampleStream(req, **self._call_kwargs(timeout, stream=True))
-        return _chunks(call)
+        try:
+            for msg in call:
+                yield SampleResult.from_proto(msg)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()  # no-op after the end; stops the server when the consumer quits early
 
     # ---------------------------------------------------- latent operations
     def interpolate(
@@ -195,13 +202,3 @@ class GanClient(ClientBase):
             return method(request, **self._call_kwargs(timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-
-
-def _chunks(call: Any) -> Iterator[SampleResult]:
-    try:
-        for msg in call:
-            yield SampleResult.from_proto(msg)
-    except grpc.RpcError as exc:
-        raise from_rpc_error(exc) from exc
-    finally:
-        call.cancel()  # no-op after the end; stops the server when the consumer quits early
