@@ -274,6 +274,7 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     assert "# tiny-cdcgan (version 1)" in text
     assert f"{report.generated['fid']:.3g}" in text and f"{report.real['fid']:.3g}" in text
     assert "samples.png" in text and "2.1 min" in text  # train_seconds 123.4
+    assert "1,000 images" in text  # the train split of small_mnist
     # a card from metadata alone shows the stored figures
     assert ModelInfo.from_onnx(cond_model).quality == q
     assert write_model_card(cond_model.parent.parent, cond_model, None).read_text() == text

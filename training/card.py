@@ -25,14 +25,14 @@ _ARCHITECTURES = {
 
 # training_config keys worth a line of their own, in this order; the rest go to a JSON block
 _TRAIN_KEYS = (
-    ("train_images", "training images"),
-    ("epochs", "epochs"),
+    ("epochs_done", "epochs"),
     ("batch_size", "batch size"),
     ("loss", "loss"),
+    ("real_label", "real label (< 1: one-sided smoothing)"),
     ("lr", "learning rate"),
-    ("ema", "EMA of G's weights"),
+    ("ema", "exported weights are an EMA of G's"),
+    ("ema_decay", "EMA decay"),
     ("seed", "seed"),
-    ("device", "device"),
 )
 
 
@@ -120,6 +120,9 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
         f"- data: {info.dataset} `train-*` split only (`t10k` is kept for evaluation)",
         f"- training time: {_duration(cfg.get('train_seconds'))} on this project's 2-core CPU",
     ]
+    train_images = cfg.get("train_images") or (report.train_images if report else 0)
+    if train_images:
+        lines[-2] += f", {int(train_images):,} images"
     lines += [f"- {label}: {cfg[key]}" for key, label in _TRAIN_KEYS if key in cfg]
     lines += [
         "",

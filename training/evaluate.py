@@ -189,6 +189,7 @@ def evaluate_onnx(
         classifier_accuracy=ref["accuracy"],
         histogram=[int(c) for c in hist],
         seconds=time.monotonic() - started,
+        train_images=len(train_x),
     )
 
 

@@ -161,6 +161,7 @@ class EvalReport:
     classifier_accuracy: float = float("nan")
     histogram: list[int] = field(default_factory=list)  # predicted classes of the samples
     seconds: float = 0.0
+    train_images: int = 0  # size of the data set's train split (0: unknown)
 
     def targets(self) -> list[Target]:
         return targets_for(self.info, self.real)
@@ -200,6 +201,8 @@ class EvalReport:
         out["classifier_accuracy"] = round(float(self.classifier_accuracy), 6)
         out["n"] = float(self.n)
         out["seed"] = float(self.seed)
+        if self.train_images:
+            out["train_images"] = float(self.train_images)
         return out
 
     @classmethod
@@ -217,4 +220,5 @@ class EvalReport:
             n=int(q.get("n", 0)),
             seed=int(q.get("seed", 0)),
             classifier_accuracy=float(q.get("classifier_accuracy", float("nan"))),
+            train_images=int(q.get("train_images", 0)),
         )
