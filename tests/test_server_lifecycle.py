@@ -61,24 +61,26 @@ def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait
     proc = start_server(repo_copy, "--grace-period-s", "30")
     channel, client = stub(proc.target)
     with channel:
-        unary = [
-            client.Sample.future(pb.SampleRequest(model=COND, count=2048, seed=i, encoding=3))
+        streams = [
+            client.SampleStream(
+                pb.SampleRequest(model=UNCOND, count=5000, seed=i, chunk_size=500)
+            )
             for i in range(3)
         ]
-        stream = client.SampleStream(
-            pb.SampleRequest(model=UNCOND, count=20_000, seed=0, chunk_size=1000, encoding=2)
-        )
-        first = next(stream)  # the stream is running
+        # Each stream has started; unread chunks (flow control) keep all three in flight.
+        firsts = [next(stream) for stream in streams]
 
         def in_flight() -> float:
             metrics = scrape(proc)
             return sum(v for (n, _), v in metrics.items() if n == "ganserve_inflight_requests")
 
-        wait_until(lambda: in_flight() >= 3, "requests in flight")
+        wait_until(lambda: in_flight() >= 3, "three streams in flight")
         proc.send(signal.SIGTERM)
-        received = first.images.count + sum(chunk.images.count for chunk in stream)
-        assert received == 20_000
-        assert [f.result().images.count for f in unary] == [2048] * 3
+        totals = [
+            first.images.count + sum(chunk.images.count for chunk in stream)
+            for first, stream in zip(firsts, streams, strict=True)
+        ]
+        assert totals == [5000] * 3  # none failed, none was cut short
         with pytest.raises(grpc.RpcError) as refused:  # a new RPC after SIGTERM
             client.Sample(pb.SampleRequest(model=UNCOND, count=1), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
