@@ -218,14 +218,15 @@ def plan_sample(
         _seed_range("seed", seed, count)
     labels = None
     if req.labels:
+        _check_label("labels", int(req.labels[0]), spec)  # unconditional models: no labels
         if len(req.labels) not in (1, count):
             raise InvalidArgument(
                 f"labels: give one label or exactly count={count}, got {len(req.labels)}"
             )
         labels = np.asarray(req.labels, dtype=np.int64)
-        bad = labels[(labels < 0) | (labels >= max(spec.num_classes, 1))]
-        if bad.size or not spec.num_classes:
-            _check_label("labels", int(bad[0] if bad.size else labels[0]), spec)
+        bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+        if bad.size:
+            _check_label("labels", int(bad[0]), spec)
     chunk = int(req.chunk_size) or limits.stream_chunk_default
     if streaming and chunk > limits.stream_chunk_max:
         raise InvalidArgument(
