@@ -9,11 +9,12 @@ becomes INTERNAL without a traceback reaching the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -58,12 +59,14 @@ _NO_DEADLINE_S = 1e7
 
 
 class _Call:
-    """Per-RPC bookkeeping filled in by the handler (the model label of the metrics)."""
+    """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
 
-    __slots__ = ("model",)
+    __slots__ = ("code", "model", "start")
 
     def __init__(self) -> None:
         self.model = ""
+        self.code = "OK"
+        self.start = time.perf_counter()
 
 
 def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
@@ -71,37 +74,21 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
 
     def decorate(fn: Any) -> Any:
         async def unary(self: GeneratorService, request: Any, context: aio.ServicerContext) -> Any:
-            call, start = _Call(), time.perf_counter()
-            code = "OK"
-            self._inflight[method].inc()
-            try:
-                return await fn(self, request, context, call)
-            except BaseException as exc:
-                code, message = self._failure(method, exc, context)
-                if message is None:
-                    raise
-                await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
-            finally:
-                self._inflight[method].dec()
-                self._record(call.model, method, code, start)
+            with self._track(method) as call:
+                try:
+                    return await fn(self, request, context, call)
+                except BaseException as exc:
+                    await self._fail(method, exc, context, call)
 
         async def stream(
             self: GeneratorService, request: Any, context: aio.ServicerContext
         ) -> AsyncIterator[Any]:
-            call, start = _Call(), time.perf_counter()
-            code = "OK"
-            self._inflight[method].inc()
-            try:
-                async for response in fn(self, request, context, call):
-                    yield response
-            except BaseException as exc:
-                code, message = self._failure(method, exc, context)
-                if message is None:
-                    raise
-                await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
-            finally:
-                self._inflight[method].dec()
-                self._record(call.model, method, code, start)
+            with self._track(method) as call:
+                try:
+                    async for response in fn(self, request, context, call):
+                        yield response
+                except BaseException as exc:
+                    await self._fail(method, exc, context, call)
 
         return functools.wraps(fn)(stream if streaming else unary)
 
@@ -173,31 +160,47 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     # ------------------------------------------------------------- plumbing
 
-    def _record(self, model: str, method: str, code: str, start: float) -> None:
-        key = (model, method, code)
-        children = self._children.get(key)
-        if children is None:  # cache the label lookups: they cost more than the increment
-            children = (
-                self._metrics.requests_total.labels(model=model, method=method, code=code),
-                self._metrics.request_seconds.labels(model=model, method=method),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - start)
+    @contextlib.contextmanager
+    def _track(self, method: str) -> Iterator[_Call]:
+        """Count the RPC in flight; on exit record its status and latency."""
+        call = _Call()
+        gauge = self._inflight[method]
+        gauge.inc()
+        try:
+            yield call
+        finally:
+            gauge.dec()
+            key = (call.model, method, call.code)
+            children = self._children.get(key)
+            if children is None:  # cache the label lookups: they cost more than the update
+                children = (
+                    self._metrics.requests_total.labels(
+                        model=call.model, method=method, code=call.code
+                    ),
+                    self._metrics.request_seconds.labels(model=call.model, method=method),
+                )
+                self._children[key] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - call.start)
 
-    def _failure(
-        self, method: str, exc: BaseException, context: aio.ServicerContext
-    ) -> tuple[str, str | None]:
-        """Status name of ``exc`` for metrics, and the abort message (None: re-raise)."""
+    async def _fail(
+        self, method: str, exc: BaseException, context: aio.ServicerContext, call: _Call
+    ) -> NoReturn:
+        """Abort the RPC with the status of ``exc``; cancellation and aborts propagate as is."""
         if isinstance(exc, GanServeError):
-            return exc.code_name, exc.message
-        if isinstance(exc, aio.AbortError):
+            call.code, message = exc.code_name, exc.message
+        elif isinstance(exc, aio.AbortError):
             code = context.code()
-            return (code.name if code else "UNKNOWN"), None
-        if isinstance(exc, Exception):
+            call.code = code.name if code else "UNKNOWN"
+            raise exc
+        elif isinstance(exc, Exception):
             log.exception("%s failed", method)
-            return "INTERNAL", f"internal error in {method}: see the server log"
-        return "CANCELLED", None  # the client went away or its deadline passed
+            call.code, message = "INTERNAL", f"internal error in {method}: see the server log"
+        else:  # CancelledError / GeneratorExit: the client went away or its deadline passed
+            call.code = "CANCELLED"
+            raise exc
+        await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
+        raise AssertionError("unreachable: abort raises")
 
     def _model(self, request: Any, call: _Call) -> LoadedModel:
         if not request.model:
