@@ -62,9 +62,7 @@ def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait
     channel, client = stub(proc.target)
     with channel:
         streams = [
-            client.SampleStream(
-                pb.SampleRequest(model=UNCOND, count=5000, seed=i, chunk_size=500)
-            )
+            client.SampleStream(pb.SampleRequest(model=UNCOND, count=5000, seed=i, chunk_size=500))
             for i in range(3)
         ]
         # Each stream has started; unread chunks (flow control) keep all three in flight.
