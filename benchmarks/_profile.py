@@ -95,6 +95,7 @@ def summarize(
     names: dict[int, str] = {}
     busy_by_thread: Counter[int] = Counter()
     components: Counter[str] = Counter()
+    thread_components: dict[int, Counter[str]] = {}
     leaves: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     busy = waiting = 0
@@ -113,6 +114,7 @@ def summarize(
         busy_by_thread[tid] += n
         owner = next((o for f in reversed(frames) if (o := _owner(f))), "python/other")
         components[owner] += n
+        thread_components.setdefault(tid, Counter())[owner] += n
         leaves[_label(frames[-1])] += n
         cut = max((i for i, f in enumerate(frames) if f.startswith(_DISPATCH)), default=-1)
         for f in {f for f in frames[cut + 1 :] if _owner(f) == "ganserve"}:
@@ -125,6 +127,11 @@ def summarize(
         name = names.get(tid, f"{comm} (no Python frames: ORT pool / gRPC core)")
         seen = f"  [{busy_by_thread[tid] / per_s:.2f}]" if tid in names else ""
         lines.append(f"  {cores:5.2f}  tid {tid:<7} {name}{seen}")
+        comps = thread_components.get(tid)
+        if comps and busy_by_thread[tid] >= 0.05 * busy:
+            t = busy_by_thread[tid]
+            mix = ", ".join(f"{c} {100 * k / t:.0f}%" for c, k in comps.most_common(6))
+            lines.append(f"{'':16}{mix}")
     lines.append(f"  {sum(c for _, c in thread_cpu.values()):5.2f}  total")
     total = max(busy, 1)
     lines.append(
