@@ -264,7 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         for server in servers.values():
-            server.stop()
+            code = server.stop()
+            if code != 0:
+                print(
+                    f"bench: {server.name} server exited with {code}; log: {server.log_path}",
+                    file=sys.stderr,
+                )
+                args.keep = True
         if args.keep:
             print(f"work dir kept: {workdir}", file=sys.stderr)
         else:
