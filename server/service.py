@@ -24,7 +24,7 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
-from .errors import GanServeError, InvalidArgument, ResourceExhausted
+from .errors import GanServeError, InvalidArgument
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 from .validate import (
@@ -219,7 +219,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             per_image += spec.latent_dim * 4
         size = n * per_image + _MESSAGE_MARGIN
         if size > self._limits.max_message_bytes:
-            raise ResourceExhausted(
+            # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
+            raise InvalidArgument(
                 f"{n} {encoding} images of {spec.name} need about {size} bytes, over the "
                 f"server's max_message_bytes {self._limits.max_message_bytes}; {hint}"
             )

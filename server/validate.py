@@ -1,8 +1,10 @@
 """Request validation and latent planning: proto request -> plain arrays and labels.
 
 The edge of the server. Every user mistake becomes an ``InvalidArgument`` whose message
-starts with the offending field (``"keyframes[1].latent: ..."``); a request over a
-server limit becomes ``ResourceExhausted`` naming the field and the limit. The plans
+starts with the offending field (``"keyframes[1].latent: ..."``). A request over a
+server limit is INVALID_ARGUMENT too, naming the field and the limit (and SampleStream
+where that helps): it is a property of the request, so clients must not retry it;
+RESOURCE_EXHAUSTED is kept for transient overload (a full queue), which clients retry. The plans
 hold numpy arrays only, so the service can feed them to the core chunk by chunk.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 from ganserve.seeds import MAX_SEED, latent_from_seed, latents_from_seeds
 from ganserve.v1 import generator_pb2 as pb
 
-from .errors import InvalidArgument, ResourceExhausted
+from .errors import InvalidArgument
 from .latent import blend_path, combine, interpolate_path, one_hot
 from .repository import ModelSpec
 
@@ -172,7 +174,7 @@ def _seed_range(field: str, seed: int, count: int) -> None:
 
 def _over_limit(field: str, value: int, limit: int, hint: str = "") -> None:
     if value > limit:
-        raise ResourceExhausted(f"{field}: {value} is over the server's limit of {limit}{hint}")
+        raise InvalidArgument(f"{field}: {value} is over the server's limit of {limit}{hint}")
 
 
 # ------------------------------------------------------------------------ plans

@@ -44,14 +44,14 @@ def test_ten_thousand_float32_images_fit(limits_server) -> None:
 def test_too_large_response_says_to_stream(limits_server) -> None:
     with pytest.raises(grpc.RpcError) as info:
         limits_server.Sample(pb.SampleRequest(model="tiny-rgb", count=2000, seed=0))
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "SampleStream" in info.value.details() and "max_message_bytes" in info.value.details()
     stream = limits_server.SampleStream(
         pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=2000)
     )
     with pytest.raises(grpc.RpcError) as chunk:
         list(stream)
-    assert chunk.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert chunk.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "chunk_size" in chunk.value.details()
     # The same images in chunks that fit.
     request = pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=500, encoding=2)

@@ -85,7 +85,7 @@ class GeneratorServicer:
 
     def Sample(self, request, context):
         """`count` images in one response (up to the server's max_images_per_request;
-        beyond it RESOURCE_EXHAUSTED tells you to use SampleStream).
+        beyond it INVALID_ARGUMENT tells you to use SampleStream).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
