@@ -1,0 +1,105 @@
+"""Build one bundled model end to end: ``ganserve build-model NAME``.
+
+train (or resume) ``RUNS_DIR/NAME`` → export ``MODELS_DIR/NAME/VERSION/model.onnx``
+(checked against torch) → ``MODELS_DIR/NAME/samples.png`` → evaluate against
+held-out ``t10k`` data → write the figures into the ONNX metadata and the model
+card ``MODELS_DIR/NAME/README.md``. ``make models`` runs this for every recipe.
+
+A finished run is not retrained: its checkpoint is resumed with nothing left
+to do, so re-running after an interrupted build only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganserve.training.recipes import get_recipe
+
+__all__ = ["BuildResult", "build_model"]
+
+
+@dataclass
+class BuildResult:
+    name: str
+    checkpoint: Path
+    onnx_path: Path
+    samples: Path
+    max_abs_diff: float
+    report: Any = None  # the evaluation report, None if not evaluated
+
+
+def _warn(message: str) -> None:
+    print(f"ganserve build-model: {message}", file=sys.stderr, flush=True)
+
+
+def _evaluate(
+    model_root: Path, onnx_path: Path, data_dir: str | None, dataset: str, n: int, log: Callable
+) -> Any:
+    """Run the evaluation package if it is installed; None (with a warning) otherwise."""
+    try:
+        from ganserve.training.card import write_model_card
+        from ganserve.training.evaluate import evaluate_onnx, write_quality
+    except ImportError as exc:
+        log(f"evaluation skipped: {exc}")
+        return None
+    if data_dir is None:
+        from ganserve.training.data import default_data_dir
+
+        data_dir = str(default_data_dir(dataset))
+    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0)
+    write_quality(onnx_path, report)
+    write_model_card(model_root, onnx_path, report)
+    return report
+
+
+def build_model(
+    name: str,
+    data_dir: str | None = None,
+    models_dir: Path | str = "models",
+    runs_dir: Path | str = "runs",
+    *,
+    epochs: int | None = None,
+    dry_run: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    version: str = "1",
+    evaluate: bool = True,
+    eval_n: int = 10_000,
+    quiet: bool = False,
+    log: Callable[[str], None] = _warn,
+) -> BuildResult:
+    """Train, export, sample, evaluate and document the bundled model ``name``."""
+    from ganserve.training.export import export_checkpoint, write_samples
+    from ganserve.training.train import CHECKPOINT_NAME, train
+
+    recipe = get_recipe(name)
+    if not version.isdigit() or int(version) < 1:
+        raise ValueError(f"version must be a positive integer, got {version!r}")
+    run_dir = Path(runs_dir) / (f"{name}-dry-run" if dry_run else name)
+    if dry_run and run_dir.exists():
+        shutil.rmtree(run_dir)  # a dry run always starts from scratch
+    cfg = recipe.train_config(
+        str(run_dir), data_dir, epochs=epochs, device=device, threads=threads, dry_run=dry_run
+    )
+    checkpoint = run_dir / CHECKPOINT_NAME
+    log(f"{name}: training in {run_dir} ({cfg.epochs} epochs)")
+    train(cfg, resume=checkpoint.exists(), quiet=quiet)
+
+    model_root = Path(models_dir) / name
+    onnx_path = model_root / version / "model.onnx"
+    diff = export_checkpoint(checkpoint, onnx_path, name, version)
+    log(f"{name}: exported {onnx_path} (torch vs ONNX Runtime max |diff| {diff:.1e})")
+    samples = write_samples(onnx_path, model_root / "samples.png")
+    log(f"{name}: sample grid {samples}")
+
+    report = None
+    if dry_run:
+        log(f"{name}: dry run, evaluation skipped")
+    elif evaluate:
+        report = _evaluate(model_root, onnx_path, data_dir, cfg.dataset, eval_n, log)
+    return BuildResult(name, checkpoint, onnx_path, samples, diff, report)

@@ -1,0 +1,177 @@
+"""The training sub-commands of ``ganserve``: train, export, build-model, download, evaluate.
+
+Registration imports nothing heavy: torch, onnx and ONNX Runtime are imported
+inside the handlers, so ``ganserve --help`` stays fast and a client-only
+install is unaffected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ganserve.training.config import ARCHS, LOSSES
+from ganserve.training.data import DATASETS, DataError
+from ganserve.training.recipes import RECIPES
+
+__all__ = ["register"]
+
+_USER_ERRORS = (DataError, ValueError, OSError, LookupError)
+
+
+def _guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Callable:
+    """Report mistakes a user can make (bad file, bad value) in one line, not a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except _USER_ERRORS as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            print(f"ganserve {command}: error: {message}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto = CUDA when present (default: %(default)s)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GAN (writes checkpoints, logs, sample grids)")
+    p.add_argument("--arch", choices=ARCHS, default="dcgan")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    p.add_argument("--data-dir", help="folder with train-* IDX files (default: shared data)")
+    p.add_argument("--loss", choices=LOSSES, default="bce")
+    p.add_argument("--real-label", type=float, default=1.0, help="< 1: label smoothing")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--beta1", type=float, default=0.5)
+    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--latent-dim", type=int, default=100)
+    p.add_argument("--g-width", type=int, default=64, help="conv generator base channels")
+    p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
+    p.add_argument("--n-critic", type=int, default=None, help="D steps per G step "
+                   "(default: 5 for wgan-gp, else 1)")  # fmt: skip
+    p.add_argument("--gp-weight", type=float, default=10.0)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run folder (default: runs/ARCH-DATASET)")
+    p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids")
+    p.add_argument("--max-steps", type=int, default=0, help="batches per epoch (0: all)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on synthetic data")
+    _add_runtime(p)
+    p.set_defaults(func=_guarded("train", _train))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ganserve.training.train import TrainConfig, train
+
+    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume")}
+    if values["n_critic"] is None:
+        values["n_critic"] = 5 if args.loss == "wgan-gp" else 1
+    values["out"] = values["out"] or f"runs/{args.arch}-{args.dataset}"
+    for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
+        if values[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
+    path = train(TrainConfig.from_dict(values), resume=args.resume, quiet=args.quiet)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint's generator to ONNX")
+    p.add_argument("--checkpoint", required=True, help="RUN_DIR/checkpoint.pt")
+    p.add_argument("--out", required=True, help="e.g. models/NAME/1/model.onnx")
+    p.add_argument("--name", help="model name (default: the folder above the version)")
+    p.add_argument("--version", default=None, help="default: the version folder's name, or 1")
+    p.add_argument("--no-ema", action="store_true", help="export the raw, not averaged, weights")
+    p.add_argument("--samples", help="sample grid PNG (default: MODEL_ROOT/samples.png)")
+    p.set_defaults(func=_guarded("export", _export))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ganserve.training.export import export_checkpoint, write_samples
+
+    out = Path(args.out)
+    layout = out.parent.name.isdigit()  # models/NAME/VERSION/model.onnx
+    name = args.name or (out.parent.parent.name if layout else out.stem)
+    version = args.version or (out.parent.name if layout else "1")
+    diff = export_checkpoint(args.checkpoint, out, name, version, use_ema=not args.no_ema)
+    samples = args.samples or (out.parent.parent if layout else out.parent) / "samples.png"
+    write_samples(out, samples)
+    print(f"{out}: ok (torch vs ONNX Runtime max |diff| {diff:.1e}); samples: {samples}")
+    return 0
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-model", help="train, export, evaluate and document a bundled model")
+    p.add_argument("name", choices=sorted(RECIPES))
+    p.add_argument("--data-dir", help="folder with the IDX files (default: shared data)")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--version", default="1")
+    p.add_argument("--no-evaluate", action="store_true")
+    p.add_argument("--eval-n", type=int, default=10_000, help="generated images to evaluate")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on synthetic data")
+    _add_runtime(p)
+    p.set_defaults(func=_guarded("build-model", _build))
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ganserve.training.build import build_model
+
+    build_model(args.name, args.data_dir, args.models_dir, args.runs_dir, epochs=args.epochs,
+                dry_run=args.dry_run, device=args.device, threads=args.threads,
+                version=args.version, evaluate=not args.no_evaluate, eval_n=args.eval_n,
+                quiet=args.quiet)  # fmt: skip
+    return 0
+
+
+def _add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="fetch a data set's official files (sha256-checked)")
+    p.add_argument("dataset", choices=sorted(DATASETS))
+    p.add_argument("--data-dir", help="target folder (default: data/DATASET)")
+    p.set_defaults(func=_guarded("download", _download))
+
+
+def _download(args: argparse.Namespace) -> int:
+    from ganserve.training.data import download
+
+    for path in download(args.dataset, args.data_dir or Path("data") / args.dataset):
+        print(path)
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    # The evaluation module (and torch) is imported only when the command runs:
+    # its arguments are parsed there, from the remainder of the command line.
+    p = sub.add_parser("evaluate", help="evaluate an ONNX generator (FID, precision/recall, ...)",
+                       add_help=False)  # fmt: skip
+    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_guarded("evaluate", _evaluate))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    try:
+        from ganserve.training import evaluate
+    except ImportError as exc:
+        print(f"ganserve evaluate: not available ({exc})", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="ganserve evaluate")
+    evaluate.add_arguments(parser)
+    return int(evaluate.run(parser.parse_args(args.argv)) or 0)
+
+
+def register(root: argparse.ArgumentParser, subparsers: argparse._SubParsersAction) -> None:
+    """Add the training sub-commands to the ``ganserve`` parser."""
+    for add in (_add_train, _add_export, _add_build, _add_download, _add_evaluate):
+        add(subparsers)

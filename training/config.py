@@ -1,0 +1,61 @@
+"""Settings of a training run, and the names of the architectures and losses.
+
+Kept free of torch so that the ``ganserve`` command line (and the recipes it
+lists) loads instantly and works on installs without the ``[train]`` extra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ganserve.training.data import DATASETS
+
+__all__ = ["ARCHS", "CONDITIONAL_ARCHS", "LOSSES", "TrainConfig", "is_conditional"]
+
+ARCHS = ("mlp", "dcgan", "cdcgan")
+CONDITIONAL_ARCHS = frozenset({"cdcgan"})
+LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
+
+
+def is_conditional(arch: str) -> bool:
+    """Whether generators of ``arch`` take a class input ``y``."""
+    return arch in CONDITIONAL_ARCHS
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the checkpoint and the ONNX file)."""
+
+    arch: str = "dcgan"
+    dataset: str = "mnist"
+    data_dir: str | None = None  # None: the shared data folder of ``dataset``
+    loss: str = "bce"
+    real_label: float = 1.0  # < 1: one-sided label smoothing (bce, lsgan)
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    latent_dim: int = 100
+    g_width: int = 64
+    d_width: int = 64
+    n_critic: int = 1  # discriminator steps per generator step
+    gp_weight: float = 10.0  # wgan-gp only
+    ema_decay: float = 0.999
+    seed: int = 0
+    out: str = "runs/run"
+    sample_every: int = 1
+    device: str = "auto"
+    threads: int | None = None
+    dry_run: bool = False
+    max_steps: int = 0  # batches per epoch, 0 = all (dry-run: a few)
+
+    @property
+    def num_classes(self) -> int:
+        return len(DATASETS[self.dataset].class_names) if is_conditional(self.arch) else 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,193 @@
+"""Generator and discriminator networks of the three model families.
+
+* ``mlp``: the fully-connected GAN of the GAN lectures, exactly as taught
+  (G 100→256→512→1024→784, D 784→1024→512→256→1, LeakyReLU 0.2, dropout 0.3).
+* ``dcgan``: Radford et al.'s guidelines at 28x28: strided (transposed)
+  convolutions, batch norm in G (not on its output) and D (not on its input),
+  ReLU + tanh in G, LeakyReLU 0.2 in D.
+* ``cdcgan``: the same convolutional code path with a class input. G gets a
+  linear embedding of a *float* class vector ``y`` (N, num_classes), so blends
+  of one-hots are meaningful at serving time; D is a projection discriminator
+  (Miyato & Koyama 2018): ``logit = head(h) + <embed(y), h>``.
+
+Every generator is called ``G(z, y=None)`` and returns ``(N, 1, 28, 28)`` in
+[-1, 1]; every discriminator ``D(x, y=None)`` returns raw logits ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import torch
+from ganserve.training.config import ARCHS, CONDITIONAL_ARCHS, is_conditional
+from torch import nn
+
+__all__ = [
+    "ARCHS",
+    "CONDITIONAL_ARCHS",
+    "ConvDiscriminator",
+    "ConvGenerator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+    "build_discriminator",
+    "build_generator",
+    "is_conditional",
+]
+
+IMAGE_SHAPE = (1, 28, 28)
+Norm = Literal["batch", "layer", "none"]
+
+
+class MLPGenerator(nn.Module):
+    """z (N, latent_dim) -> (N, 1, 28, 28) in [-1, 1], through 256, 512, 1024 units."""
+
+    def __init__(self, latent_dim: int = 100) -> None:
+        super().__init__()
+        sizes = (latent_dim, 256, 512, 1024)
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2)]
+        layers += [nn.Linear(sizes[-1], 784), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z).view(-1, *IMAGE_SHAPE)  # (N, 1, 28, 28) in [-1, 1]
+
+
+class MLPDiscriminator(nn.Module):
+    """(N, 1, 28, 28) -> logits (N,), through 1024, 512, 256 units with dropout 0.3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        sizes = (784, 1024, 512, 256)
+        layers: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.LeakyReLU(0.2), nn.Dropout(0.3)]
+        layers += [nn.Linear(sizes[-1], 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x.flatten(1)).squeeze(1)  # (N,)
+
+
+def _norm2d(kind: Norm, channels: int) -> nn.Module:
+    # WGAN-GP's penalty is per sample, which batch norm in the critic breaks
+    # (Gulrajani et al. 2017, §4): that loss asks for layer norm instead.
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN generator: fc -> (2w, 7, 7) -> convT -> (w, 14, 14) -> convT -> (1, 28, 28).
+
+    With ``num_classes > 0`` the float class vector is embedded linearly and
+    concatenated with z, so ``y`` may be a one-hot or any blend of classes.
+    """
+
+    def __init__(
+        self, latent_dim: int = 100, num_classes: int = 0, width: int = 64, embed_dim: int = 50
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.width = width
+        self.embed = nn.Linear(num_classes, embed_dim, bias=False) if num_classes else None
+        n_in = latent_dim + (embed_dim if num_classes else 0)
+        self.fc = nn.Linear(n_in, 2 * width * 7 * 7, bias=False)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # 7 -> 14
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, 1, 4, 2, 1),  # 14 -> 28, no BN on the output
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("conditional generator needs y (N, num_classes)")
+            z = torch.cat([z, self.embed(y)], dim=1)  # (N, latent_dim + embed_dim)
+        h = self.fc(z).view(-1, 2 * self.width, 7, 7)  # (N, 2w, 7, 7)
+        return self.body(h)  # (N, 1, 28, 28) in [-1, 1]
+
+
+class ConvDiscriminator(nn.Module):
+    """DCGAN discriminator: (1, 28, 28) -> (w, 14, 14) -> (2w, 7, 7) -> logit.
+
+    With ``num_classes > 0`` it is a projection discriminator: the class vector
+    is embedded into the feature space and its inner product with the features
+    is added to the logit.
+    """
+
+    def __init__(self, num_classes: int = 0, width: int = 64, norm: Norm = "batch") -> None:
+        super().__init__()
+        features = 2 * width * 7 * 7
+        self.body = nn.Sequential(
+            nn.Conv2d(1, width, 4, 2, 1),  # 28 -> 14, no norm on the input layer
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=norm == "none"),  # 14 -> 7
+            _norm2d(norm, 2 * width),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(features, 1)
+        self.embed = nn.Linear(num_classes, features, bias=False) if num_classes else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x)  # (N, 2w * 49)
+        logit = self.head(h).squeeze(1)  # (N,)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("conditional discriminator needs y (N, num_classes)")
+            logit = logit + (self.embed(y) * h).sum(dim=1)
+        return logit
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: weights from N(0, 0.02); batch-norm scales from N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def _check(arch: str, num_classes: int) -> int:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHS)}")
+    if is_conditional(arch):
+        if num_classes < 2:
+            raise ValueError(f"{arch} is conditional: num_classes must be >= 2")
+        return num_classes
+    return 0
+
+
+def build_generator(
+    arch: str, latent_dim: int = 100, num_classes: int = 10, width: int = 64
+) -> nn.Module:
+    """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones."""
+    classes = _check(arch, num_classes)
+    if arch == "mlp":
+        return MLPGenerator(latent_dim)
+    net = ConvGenerator(latent_dim, classes, width)
+    net.apply(_dcgan_init)
+    return net
+
+
+def build_discriminator(
+    arch: str, num_classes: int = 10, width: int = 64, norm: Norm = "batch"
+) -> nn.Module:
+    """The discriminator (critic) of ``arch``; ``norm`` only applies to conv ones."""
+    classes = _check(arch, num_classes)
+    if arch == "mlp":
+        return MLPDiscriminator()
+    net = ConvDiscriminator(classes, width, norm)
+    net.apply(_dcgan_init)
+    return net

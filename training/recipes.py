@@ -1,0 +1,85 @@
+"""Named training recipes of the bundled models (``ganserve build-model NAME``).
+
+Epoch counts are sized for this project's reference machine (2 shared CPU
+cores, one torch thread per run): each recipe trains in well under an hour.
+The shared MNIST ``train`` split is a 10,000-image subset, Fashion-MNIST's
+has 60,000 images, so ``fashion-cdcgan`` takes fewer (6x longer) epochs for a
+similar number of optimiser steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ganserve.training.config import TrainConfig
+
+__all__ = ["RECIPES", "Recipe", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A bundled model: its name, a one-line description and its training settings."""
+
+    name: str
+    description: str
+    config: TrainConfig
+
+    def train_config(
+        self, out: str, data_dir: str | None = None, **overrides: object
+    ) -> TrainConfig:
+        """A fresh copy of the recipe's config writing to ``out``; ``overrides`` that are
+        None are ignored (so CLI flags left unset keep the recipe's value)."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.config, out=out, data_dir=data_dir, **values)  # type: ignore[arg-type]
+
+
+_CONV = {"g_width": 64, "d_width": 64, "batch_size": 64, "ema_decay": 0.999, "sample_every": 5}
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "mnist-mlp",
+            "The fully-connected GAN of the GAN lectures (baseline): BCE, real labels 0.9.",
+            TrainConfig(
+                arch="mlp",
+                dataset="mnist",
+                loss="bce",
+                real_label=0.9,
+                epochs=50,
+                batch_size=128,
+                lr=2e-4,
+                beta1=0.5,
+                ema_decay=0.999,
+                sample_every=10,
+            ),
+        ),
+        Recipe(
+            "mnist-dcgan",
+            "Unconditional DCGAN (Radford et al.) on MNIST, non-saturating BCE.",
+            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=20, **_CONV),
+        ),
+        Recipe(
+            "mnist-cdcgan",
+            "Class-conditional DCGAN with a projection discriminator on MNIST.",
+            TrainConfig(arch="cdcgan", dataset="mnist", loss="bce", epochs=20, **_CONV),
+        ),
+        Recipe(
+            "fashion-cdcgan",
+            "Class-conditional DCGAN with a projection discriminator on Fashion-MNIST.",
+            TrainConfig(
+                arch="cdcgan",
+                dataset="fashion-mnist",
+                loss="bce",
+                epochs=3,
+                **{**_CONV, "sample_every": 1},
+            ),
+        ),
+    )
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KeyError(f"unknown model recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return RECIPES[name]

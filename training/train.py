@@ -1,0 +1,238 @@
+"""The GAN training loop: ``ganserve train``.
+
+One loop for every architecture and loss. Per batch: one discriminator step
+on real images and a fresh generated batch, then (every ``n_critic`` batches)
+one generator step through the same generated batch, then an EMA update of
+the generator. Per epoch: a line in ``RUN_DIR/log.jsonl``, an atomic
+``RUN_DIR/checkpoint.pt``, and every ``sample_every`` epochs a fixed-noise
+grid ``RUN_DIR/samples/epoch_NNN.png`` from the averaged generator.
+
+Determinism: the weights' init, the data order (one permutation per epoch,
+from ``seed`` and the epoch), the latents and the dropout masks all come from
+seeded generators whose state is checkpointed, so on CPU the same seed gives
+the same weights, with or without a ``--resume`` in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ganserve.training.config import TrainConfig
+from ganserve.training.data import DATASETS, load_split, synthetic_split
+from ganserve.training.ema import EMA, recalibrate_batchnorm
+from ganserve.training.grid import sample_plan, save_grid
+from ganserve.training.losses import get_loss, gradient_penalty
+from ganserve.training.nets import build_discriminator, build_generator
+from tqdm import tqdm
+
+__all__ = ["CHECKPOINT_NAME", "TrainConfig", "load_checkpoint", "resolve_device", "train"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def _load_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (N, 1, 28, 28) and int64 labels (N,), training split only."""
+    if cfg.dry_run:
+        images, labels = synthetic_split(256, seed=cfg.seed)
+    else:
+        from ganserve.training.data import default_data_dir
+
+        images, labels = load_split(cfg.data_dir or default_data_dir(cfg.dataset), "train")
+    if len(images) < cfg.batch_size:
+        raise ValueError(f"{len(images)} training images is fewer than one batch")
+    return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """A checkpoint written by :func:`train`, on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a ganserve training checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+class _Run:
+    """The models, optimisers and random state of one run."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        torch.manual_seed(cfg.seed)
+        self.loss = get_loss(cfg.loss, cfg.real_label, cfg.gp_weight)
+        classes = max(cfg.num_classes, 10)
+        self.G = build_generator(cfg.arch, cfg.latent_dim, classes, cfg.g_width).to(device)
+        norm = "layer" if cfg.loss == "wgan-gp" else "batch"
+        self.D = build_discriminator(cfg.arch, classes, cfg.d_width, norm).to(device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        self.ema = EMA(self.G, cfg.ema_decay)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)
+        self.epoch = 0
+        self.train_seconds = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.cfg),
+            "num_classes": self.cfg.num_classes,
+            "class_names": list(DATASETS[self.cfg.dataset].class_names),
+            "epoch": self.epoch,
+            "train_seconds": self.train_seconds,
+            "generator": self.G.state_dict(),
+            "discriminator": self.D.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "noise": self.noise.get_state()},
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.G.load_state_dict(ckpt["generator"])
+        self.D.load_state_dict(ckpt["discriminator"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.noise.set_state(ckpt["rng"]["noise"])
+        self.epoch = int(ckpt["epoch"])
+        self.train_seconds = float(ckpt["train_seconds"])
+
+    def step(self, x: torch.Tensor, y: torch.Tensor | None, g_step: bool) -> dict[str, float]:
+        """One D step (and optionally one G step) on real images x (B, 1, 28, 28) in [-1, 1]."""
+        cfg, loss = self.cfg, self.loss
+        z = torch.randn(x.size(0), cfg.latent_dim, generator=self.noise).to(self.device)
+        fake = self.G(z, y)  # (B, 1, 28, 28); fake images carry the real batch's labels
+        real_out, fake_out = self.D(x, y), self.D(fake.detach(), y)
+        d_loss = loss.d_loss(real_out, fake_out)
+        if loss.gp_weight:
+            d_loss = d_loss + loss.gp_weight * gradient_penalty(self.D, x, fake, y)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        stats = {
+            "d": float(d_loss.detach()),
+            "dx": loss.score(real_out),
+            "dgz": loss.score(fake_out),
+        }
+        if g_step:
+            g_loss = loss.g_loss(self.D(fake, y))
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.opt_g.step()
+            self.ema.update(self.G)
+            stats["g"] = float(g_loss.detach())
+        return stats
+
+    def save_samples(self, path: Path) -> None:
+        """The fixed-noise grid of the averaged generator (one row per class if conditional)."""
+        cfg = self.cfg
+        recalibrate_batchnorm(self.ema.shadow, cfg.latent_dim, cfg.num_classes, batches=2)
+        z, y = sample_plan(cfg.latent_dim, cfg.num_classes)
+        with torch.no_grad():
+            yt = None if y is None else torch.from_numpy(y).to(self.device)
+            images = self.ema.shadow(torch.from_numpy(z).to(self.device), yt)
+        save_grid(images.cpu().numpy(), path)
+
+
+def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    if not num_classes:
+        return None
+    return F.one_hot(labels, num_classes).float().to(device)  # (B, num_classes)
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
+    """Train (or continue) the run in ``cfg.out``; returns the checkpoint path."""
+    ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
+    ckpt = load_checkpoint(ckpt_path) if resume else None
+    if ckpt is not None:  # the run's own settings win; only these may change on resume
+        saved = TrainConfig.from_dict(ckpt["config"])
+        for name in ("epochs", "out", "data_dir", "sample_every", "device", "threads"):
+            setattr(saved, name, getattr(cfg, name))
+        cfg = saved
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.dry_run:  # seconds, whatever the recipe says
+        cfg.max_steps = min(cfg.max_steps or 3, 3)
+        cfg.batch_size = min(cfg.batch_size, 32)
+        cfg.epochs = min(cfg.epochs, 2)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    run = _Run(cfg, device)
+    if ckpt is not None:
+        run.load_state_dict(ckpt)
+    images, labels = _load_images(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = len(images) // cfg.batch_size  # drop the last partial batch: stable BN stats
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    batch_no = run.epoch * steps
+    while run.epoch < cfg.epochs:
+        started = time.perf_counter()
+        run.G.train()
+        run.D.train()
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
+            cfg.seed * 100_003 + run.epoch))  # fmt: skip
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        bar = tqdm(range(steps), desc=f"epoch {run.epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=quiet, mininterval=2.0, dynamic_ncols=True)  # fmt: skip
+        for i in bar:
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = (images[idx].float() / 127.5 - 1.0).to(device)  # (B, 1, 28, 28) in [-1, 1]
+            y = _one_hot(labels[idx], cfg.num_classes, device)
+            batch_no += 1
+            stats = run.step(x, y, g_step=batch_no % cfg.n_critic == 0)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if i % 10 == 0:
+                bar.set_postfix(
+                    D=f"{stats['d']:.3f}", G=f"{stats.get('g', float('nan')):.3f}",
+                    Dx=f"{stats['dx']:.3f}", DGz=f"{stats['dgz']:.3f}")  # fmt: skip
+        bar.close()
+        run.epoch += 1
+        seconds = time.perf_counter() - started
+        run.train_seconds += seconds
+        means = {k: round(sums[k] / counts[k], 5) for k in sums}
+        record = {"epoch": run.epoch, **means, "epoch_seconds": round(seconds, 2),
+                  "train_seconds": round(run.train_seconds, 2)}  # fmt: skip
+        with open(out / "log.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+        if not quiet:
+            print(json.dumps(record), flush=True)
+        if cfg.sample_every and (run.epoch % cfg.sample_every == 0 or run.epoch == cfg.epochs):
+            run.save_samples(out / "samples" / f"epoch_{run.epoch:03d}.png")
+        _atomic_save(run.state_dict(), ckpt_path)
+    if not ckpt_path.exists():  # resumed a finished run with no more epochs to do
+        _atomic_save(run.state_dict(), ckpt_path)
+    return ckpt_path
