@@ -169,14 +169,14 @@ async def _record(py_spy: str, pid: int, seconds: int, out: Path, native: bool) 
 
 
 async def _profile(
-    server: ServerProcess, payload: bytes, concurrency: int, seconds: int, out_dir: Path
+    server: ServerProcess, payload: bytes, count: int, concurrency: int, seconds: int, out_dir: Path
 ) -> str:
     py_spy = _py_spy()
     raw_path, svg_path = out_dir / "profile-native.txt", out_dir / "profile.svg"
     # Three phases under one steady load: per-thread CPU with nobody attached (sampling
     # pauses the process, so it would distort it), then native stacks, then the flame graph.
     load = asyncio.create_task(
-        run_point(server.target, payload, 1, concurrency, 1.0, seconds, server.pid)
+        run_point(server.target, payload, count, concurrency, 1.0, seconds, server.pid)
     )
     await asyncio.sleep(1.0)
     t0, before = time.perf_counter(), _thread_ticks(server.pid)
@@ -184,7 +184,7 @@ async def _profile(
     wall, after = time.perf_counter() - t0, _thread_ticks(server.pid)
     point = await load
     load = asyncio.create_task(
-        run_point(server.target, payload, 1, concurrency, 0.5, 2 * seconds + 2, server.pid)
+        run_point(server.target, payload, count, concurrency, 0.5, 2 * seconds + 2, server.pid)
     )
     await asyncio.sleep(1.0)
     await _record(py_spy, server.pid, seconds, raw_path, native=True)
@@ -196,7 +196,7 @@ async def _profile(
         for tid, (comm, t) in after.items()
     }
     head = (
-        f"\nprofile: batched server, count=1 at c={concurrency}: {point.requests_per_s:.0f} "
+        f"\nprofile: batched server, count={count} at c={concurrency}: {point.requests_per_s:.0f} "
         f"req/s unprofiled, p50 {point.percentile_ms(50):.1f} ms; server "
         f"{point.server_cpu:.2f} cores, client {point.client_cpu:.2f}, "
         f"rest of the machine {point.other_cpu:.2f}\n"
@@ -206,8 +206,14 @@ async def _profile(
 
 
 def profile_server(
-    server: ServerProcess, payload: bytes, concurrency: int, seconds: float, out_dir: Path
+    server: ServerProcess,
+    payload: bytes,
+    count: int,
+    concurrency: int,
+    seconds: float,
+    out_dir: Path,
 ) -> str:
-    """Profile ``server`` under ``concurrency`` closed-loop count=1 clients; the summary."""
+    """Profile ``server`` under ``concurrency`` closed-loop clients of ``count`` images."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_profile(server, payload, concurrency, max(int(seconds), 1), out_dir))
+    secs = max(int(seconds), 1)
+    return asyncio.run(_profile(server, payload, count, concurrency, secs, out_dir))

@@ -24,10 +24,26 @@ class RawResult:
     calls: int
     window_s: float
     latencies_s: np.ndarray
+    cpu_s: float  # CPU seconds this process used meanwhile (ORT's threads included)
 
     @property
     def images_per_s(self) -> float:
         return self.calls * self.batch / self.window_s
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.window_s
+
+    @classmethod
+    def pool(cls, runs: list[RawResult]) -> RawResult:
+        """The repeats of one measurement as one."""
+        return cls(
+            runs[0].batch,
+            sum(r.calls for r in runs),
+            sum(r.window_s for r in runs),
+            np.concatenate([r.latencies_s for r in runs]),
+            sum(r.cpu_s for r in runs),
+        )
 
 
 def resolve_model(model_dir: Path, name: str) -> Path | None:
@@ -45,17 +61,27 @@ def _input_dims(path: Path) -> dict[str, int]:
 
 
 def measure_raw_ort(
-    path: Path, batch: int, duration_s: float, warmup_s: float, runtime_kwargs: dict
+    path: Path,
+    batch: int,
+    duration_s: float,
+    warmup_s: float,
+    runtime_kwargs: dict,
+    ort_defaults: bool = False,
 ) -> tuple[RawResult, str]:
-    """Images/s of one caller running ``batch``-sized inputs; also the device ORT used."""
+    """Images/s of one caller running ``batch``-sized inputs; also the device ORT used.
+
+    The session gets the server's own options, or with ``ort_defaults`` ONNX Runtime's
+    (one thread per core, spinning on): a second reference, for context only.
+    """
     import onnxruntime as ort
     from ganserve.server import runtime
 
     config = runtime.RuntimeConfig(**runtime_kwargs)
+    options = ort.SessionOptions() if ort_defaults else runtime._session_options(config)
+    if ort_defaults:
+        options.log_severity_level = 3
     session = ort.InferenceSession(
-        str(path),
-        sess_options=runtime._session_options(config),  # the server's own options
-        providers=runtime.resolve_providers(config.device),
+        str(path), sess_options=options, providers=runtime.resolve_providers(config.device)
     )
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     dims = _input_dims(path)
@@ -70,6 +96,7 @@ def measure_raw_ort(
     while clock() < end:
         run([output], feeds)
     lats: list[float] = []
+    cpu0 = time.process_time()
     start = clock()
     end = start + duration_s
     t1 = start
@@ -78,9 +105,9 @@ def measure_raw_ort(
         run([output], feeds)
         t1 = clock()
         lats.append(t1 - t0)
-    window = t1 - start
+    window, cpu = t1 - start, time.process_time() - cpu0
     del session  # its thread pool must not linger during the gRPC measurements
-    return RawResult(batch, len(lats), window, np.asarray(lats)), device
+    return RawResult(batch, len(lats), window, np.asarray(lats), cpu), device
 
 
 def _metadata(name: str, arch: str, note: str) -> dict[str, str]:

@@ -16,6 +16,8 @@ __all__ = ["Ratio", "format_table", "machine_info", "ratios", "row_dict"]
 
 # (target name, images per request, concurrency) -> pooled repeats of that point
 Results = dict[tuple[str, int, int], PointResult]
+# (reference name, batch) -> pooled repeats of one raw ONNX Runtime measurement
+Raw = dict[tuple[str, int], RawResult]
 
 
 def machine_info(device: str) -> dict[str, object]:
@@ -74,14 +76,14 @@ _HEADER = (
 )
 
 
-def format_table(results: Results, raw: dict[int, RawResult]) -> str:
+def format_table(results: Results, raw: Raw) -> str:
     """One line per measured point; CPU columns are cores used (1.00 = one core busy)."""
     lines = [_HEADER, "-" * len(_HEADER)]
-    for batch, r in sorted(raw.items()):
+    for (label, batch), r in sorted(raw.items()):
         q = np.percentile(r.latencies_s, [50, 95, 99]) * 1e3
         lines.append(
-            f"{'raw-ort':<14}{batch:>6}{1:>6}{r.calls / r.window_s:>10.0f}"
-            f"{r.images_per_s:>10.0f}{q[0]:>9.3f}{q[1]:>9.3f}{q[2]:>9.3f}"
+            f"{label:<14}{batch:>6}{1:>6}{r.calls / r.window_s:>10.0f}"
+            f"{r.images_per_s:>10.0f}{q[0]:>9.3f}{q[1]:>9.3f}{q[2]:>9.3f}{r.cores:>9.2f}"
         )
     for (target, count, conc), p in results.items():
         batch = p.extra.get("mean_batch")
@@ -116,7 +118,7 @@ class Ratio:
 
 
 def ratios(
-    results: Results, raw: dict[int, RawResult], large: int, big_c: int, top_c: int, low_c: int
+    results: Results, raw: Raw, large: int, big_c: int, top_c: int, low_c: int
 ) -> list[Ratio]:
     """The issue's targets, from points measured in this run (NaN where a point is missing)."""
 
@@ -124,7 +126,8 @@ def ratios(
         p = results.get((target, count, conc))
         return fn(p) if p is not None and len(p.latencies_s) else float("nan")
 
-    raw_large = raw[large].images_per_s if large in raw else float("nan")
+    ref = raw.get(("raw-ort", large))
+    raw_large = ref.images_per_s if ref is not None else float("nan")
     rps = PointResult.requests_per_s.fget  # type: ignore[attr-defined]
     served = get("batched", 1, top_c, rps)
     return [

@@ -1,7 +1,8 @@
 """ganserve benchmark: a closed-loop concurrency sweep against the real server over loopback.
 
 Measured in one run, so that their ratios hold on a noisy shared machine:
-  raw-ort    the model file in ONNX Runtime in-process, one caller (the compute limit)
+  raw-ort    the model file in ONNX Runtime in-process, one caller, the server's session
+             options (the compute limit); raw-ort-dflt: the same with ORT's default options
   bare-grpc  a grpc.aio server answering Sample with a pre-built response (transport limit)
   batched    ``ganserve serve`` with dynamic batching on
   unbatched  the same server with ``--no-batching``
@@ -23,7 +24,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from _loadgen import PointResult, make_request, merge, run_point
 from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_sums
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
@@ -83,12 +83,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every figure to this file")
     p.add_argument("--profile", type=Path, help="then py-spy the batched server into DIR")
     p.add_argument("--profile-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--profile-point",
+        type=_ints,
+        default=None,
+        metavar="COUNT,C",
+        help="load during the profile (default: count=1 at the top --concurrency)",
+    )
     p.add_argument("--profile-only", action="store_true", help="skip the sweep (needs --profile)")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs, stand-in)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.repeats = 0.3, 0.1, 1
         args.concurrency, args.large_concurrency = [1, 4], [1]
+    if args.profile_point is None:
+        args.profile_point = [1, max(args.concurrency)]
+    if len(args.profile_point) != 2:
+        p.error("--profile-point takes COUNT,C")
     if args.profile_only and not args.profile:
         p.error("--profile-only needs --profile DIR")
     if any("=" not in item for item in args.server_env):
@@ -145,14 +156,17 @@ async def measure(
     points: list[tuple[int, int]],
     model_path: Path,
     kwargs: dict,
-) -> tuple[dict, dict[int, RawResult]]:
+) -> tuple[dict, dict[tuple[str, int], RawResult]]:
     """Every repeat: the raw references, then each point on each server in turn."""
     runs: dict[tuple[str, int, int], list[PointResult]] = defaultdict(list)
-    raw_runs: dict[int, list[RawResult]] = defaultdict(list)
+    raw_runs: dict[tuple[str, int], list[RawResult]] = defaultdict(list)
     for rep in range(args.repeats):
-        for batch in sorted({1, args.large_count}):
-            r, _ = measure_raw_ort(model_path, batch, args.duration, args.warmup, kwargs)
-            raw_runs[batch].append(r)
+        for label, defaults in (("raw-ort", False), ("raw-ort-dflt", True)):
+            for batch in sorted({1, args.large_count}):
+                r, _ = measure_raw_ort(
+                    model_path, batch, args.duration, args.warmup, kwargs, defaults
+                )
+                raw_runs[(label, batch)].append(r)
         for count, conc in points:
             for name, server in servers.items():
                 before = scrape_metric_sums(server.metrics_port, _METRICS)
@@ -175,15 +189,7 @@ async def measure(
                     file=sys.stderr,
                     flush=True,
                 )
-    raw = {
-        b: RawResult(
-            b,
-            sum(r.calls for r in rs),
-            sum(r.window_s for r in rs),
-            np.concatenate([r.latencies_s for r in rs]),
-        )
-        for b, rs in raw_runs.items()
-    }
+    raw = {key: RawResult.pool(rs) for key, rs in raw_runs.items()}
     order = [(n, c, k) for c, k in points for n in servers]
     return {key: merge(runs[key]) for key in order}, raw
 
@@ -224,7 +230,10 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
             "machine": machine,
             "model": note,
             "args": {k: str(v) for k, v in vars(args).items()},
-            "raw_ort": {b: {"img_per_s": r.images_per_s} for b, r in raw.items()},
+            "raw_ort": [
+                {"target": n, "batch": b, "img_per_s": r.images_per_s, "cores": r.cores}
+                for (n, b), r in raw.items()
+            ],
             "points": [row_dict(n, p) | {"concurrency": c} for (n, _, c), p in results.items()],
             "targets": [vars(r) | {"verdict": r.verdict} for r in targets],
         }
@@ -252,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             from _profile import profile_server
 
-            conc = max(args.concurrency)
-            print(
-                profile_server(
-                    servers["batched"], payloads[1], conc, args.profile_seconds, args.profile
-                )
+            count, conc = args.profile_point
+            payload = make_request(args.model, count)
+            summary = profile_server(
+                servers["batched"], payload, count, conc, args.profile_seconds, args.profile
             )
+            print(summary)
         return 0
     except RuntimeError as exc:
         print(f"bench: {exc}", file=sys.stderr)
