@@ -201,6 +201,11 @@ def export_checkpoint(
             dynamo=False,
         )
     model = onnx.load(str(tmp))
+    # The tracer leaves the output's non-batch dims symbolic; state the contract.
+    (output,) = model.graph.output
+    for dim, size in zip(output.type.tensor_type.shape.dim[1:], (1, 28, 28), strict=True):
+        dim.Clear()
+        dim.dim_value = size
     for key, value in _metadata(ckpt, name, version, use_ema).items():
         model.metadata_props.add(key=key, value=value)
     try:

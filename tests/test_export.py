@@ -1,0 +1,172 @@
+"""ONNX export: graph interface, metadata, torch-vs-ONNX Runtime agreement, sample grids,
+and ``build-model`` end to end on a dry run."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from ganserve.training.config import ARCHS, TrainConfig
+from ganserve.training.export import (
+    ExportError,
+    export_checkpoint,
+    load_generator,
+    read_metadata,
+    verify_onnx,
+    write_metadata,
+    write_samples,
+)
+from ganserve.training.grid import grid_image
+from ganserve.training.train import train
+from PIL import Image
+
+from ganserve.cli import main as ganserve_main
+from ganserve.seeds import latents_from_seeds
+
+torch.set_num_threads(1)
+
+REQUIRED_KEYS = {
+    "ganserve.name", "ganserve.version", "ganserve.architecture", "ganserve.dataset",
+    "ganserve.kind", "ganserve.latent_dim", "ganserve.num_classes", "ganserve.class_names",
+    "ganserve.image_shape", "ganserve.value_range", "ganserve.training_config",
+    "ganserve.quality", "ganserve.created",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, float]]:
+    """arch -> (checkpoint, model.onnx, max |torch - ORT|) of a tiny dry-run model."""
+    root = tmp_path_factory.mktemp("export")
+    out = {}
+    for arch in ARCHS:
+        cfg = TrainConfig(arch=arch, dry_run=True, epochs=1, g_width=8, d_width=8,
+                          out=str(root / "runs" / arch), threads=1, device="cpu",
+                          sample_every=0)  # fmt: skip
+        ckpt = train(cfg, quiet=True)
+        onnx_path = root / "models" / f"tiny-{arch}" / "3" / "model.onnx"
+        diff = export_checkpoint(ckpt, onnx_path, f"tiny-{arch}", "3")
+        out[arch] = (ckpt, onnx_path, diff)
+    return out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graph_interface_follows_the_conventions(exported: dict, arch: str) -> None:
+    _, onnx_path, _ = exported[arch]
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    expected = ["z", "y"] if arch == "cdcgan" else ["z"]
+    assert list(inputs) == expected
+    for t in inputs.values():
+        assert t.elem_type == onnx.TensorProto.FLOAT
+        assert t.shape.dim[0].dim_param == "N"
+    assert inputs["z"].shape.dim[1].dim_value == 100
+    if arch == "cdcgan":
+        assert inputs["y"].shape.dim[1].dim_value == 10
+    (output,) = model.graph.output
+    assert output.name == "image"
+    dims = output.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    assert onnx_path.stat().st_size < 8_000_000
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_metadata_is_complete_and_parseable(exported: dict, arch: str) -> None:
+    _, onnx_path, _ = exported[arch]
+    meta = read_metadata(onnx_path)
+    assert set(meta) >= REQUIRED_KEYS
+    assert meta["ganserve.name"] == f"tiny-{arch}" and meta["ganserve.version"] == "3"
+    assert meta["ganserve.architecture"] == arch and meta["ganserve.dataset"] == "mnist"
+    conditional = arch == "cdcgan"
+    assert meta["ganserve.kind"] == ("conditional" if conditional else "unconditional")
+    assert int(meta["ganserve.num_classes"]) == (10 if conditional else 0)
+    assert int(meta["ganserve.latent_dim"]) == 100
+    assert json.loads(meta["ganserve.class_names"]) == [str(d) for d in range(10)]
+    assert json.loads(meta["ganserve.image_shape"]) == [1, 28, 28]
+    assert json.loads(meta["ganserve.value_range"]) == [-1, 1]
+    assert json.loads(meta["ganserve.quality"]) == {}
+    training = json.loads(meta["ganserve.training_config"])
+    assert training["arch"] == arch and training["train_seconds"] >= 0 and training["ema"]
+    assert datetime.fromisoformat(meta["ganserve.created"]).utcoffset().total_seconds() == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_onnx_runtime_agrees_with_torch_at_1_7_256(exported: dict, arch: str) -> None:
+    ckpt, onnx_path, diff = exported[arch]
+    assert diff <= 1e-4
+    generator, _ = load_generator(ckpt)
+    num_classes = 10 if arch == "cdcgan" else 0
+    assert verify_onnx(generator, onnx_path, num_classes, 100) <= 1e-4
+
+
+def test_verification_catches_a_generator_that_differs(exported: dict) -> None:
+    _, onnx_path, _ = exported["dcgan"]
+    torch.manual_seed(123)
+    from ganserve.training.nets import build_generator
+
+    other = build_generator("dcgan", 100, width=8).eval()  # same shape, other weights
+    with pytest.raises(ExportError, match="differs from torch"):
+        verify_onnx(other, onnx_path, 0, 100)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "cdcgan"])
+def test_sample_grid_follows_the_seed_rule(exported: dict, arch: str, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    _, onnx_path, _ = exported[arch]
+    png = write_samples(onnx_path, tmp_path / "samples.png")
+    with Image.open(png) as im:
+        grid = np.asarray(im)[::2, ::2]  # undo the 2x upscale
+    assert grid.shape == (10 * 30 + 2, 10 * 30 + 2)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    # tile (row 1, col 2): seed 12 unconditionally; seed 2 with class 1 conditionally
+    if arch == "cdcgan":
+        feeds = {"z": latents_from_seeds(2, 1, 100), "y": np.eye(10, dtype=np.float32)[[1]]}
+    else:
+        feeds = {"z": latents_from_seeds(12, 1, 100)}
+    (image,) = session.run(["image"], feeds)
+    tile = grid_image(image, ncol=1)[2:30, 2:30]
+    assert np.array_equal(grid[32:60, 62:90], tile)
+
+
+def test_write_metadata_adds_and_replaces(exported: dict, tmp_path: Path) -> None:
+    _, onnx_path, _ = exported["mlp"]
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(onnx_path.read_bytes())
+    write_metadata(copy, {"ganserve.quality": json.dumps({"fid": 1.5}), "extra": "x"})
+    meta = read_metadata(copy)
+    assert json.loads(meta["ganserve.quality"]) == {"fid": 1.5} and meta["extra"] == "x"
+    assert meta["ganserve.name"] == "tiny-mlp"
+
+
+def test_cli_export_layout_and_errors(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt, _, _ = exported["cdcgan"]
+    out = tmp_path / "models" / "digits" / "2" / "model.onnx"
+    argv = ["export", "--checkpoint", str(ckpt), "--out", str(out)]
+    assert ganserve_main(argv) == 0
+    meta = read_metadata(out)
+    assert (meta["ganserve.name"], meta["ganserve.version"]) == ("digits", "2")
+    assert (tmp_path / "models" / "digits" / "samples.png").is_file()
+    capsys.readouterr()
+    missing = ["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)]
+    assert ganserve_main(missing) == 2
+    assert "nope.pt: no such checkpoint" in capsys.readouterr().err
+
+
+def test_build_model_dry_run_end_to_end(tmp_path: Path) -> None:
+    argv = ["build-model", "mnist-cdcgan", "--dry-run", "--models-dir", str(tmp_path / "models"),
+            "--runs-dir", str(tmp_path / "runs"), "--threads", "1", "--quiet"]  # fmt: skip
+    assert ganserve_main(argv) == 0
+    root = tmp_path / "models" / "mnist-cdcgan"
+    meta = read_metadata(root / "1" / "model.onnx")
+    assert meta["ganserve.name"] == "mnist-cdcgan" and meta["ganserve.kind"] == "conditional"
+    assert json.loads(meta["ganserve.training_config"])["dry_run"] is True
+    with Image.open(root / "samples.png") as im:
+        assert im.size == (604, 604)

@@ -1,0 +1,277 @@
+"""Training package: networks, losses, EMA, the training loop (dry runs), recipes, data errors.
+
+Tiny widths and synthetic data keep every test to seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ganserve.training.config import ARCHS, LOSSES, TrainConfig
+from ganserve.training.data import DataError, load_split
+from ganserve.training.ema import EMA, recalibrate_batchnorm
+from ganserve.training.losses import get_loss, gradient_penalty
+from ganserve.training.nets import build_discriminator, build_generator
+from ganserve.training.recipes import RECIPES
+from ganserve.training.train import load_checkpoint, train
+from torch import nn
+
+from ganserve.cli import main as ganserve_main
+
+torch.set_num_threads(1)
+
+
+def tiny(tmp_path: Path, **overrides: object) -> TrainConfig:
+    values: dict = dict(arch="dcgan", dry_run=True, epochs=1, g_width=8, d_width=8,
+                        out=str(tmp_path / "run"), threads=1, device="cpu")  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# --- networks -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generator_and_discriminator_shapes(arch: str) -> None:
+    torch.manual_seed(0)
+    g = build_generator(arch, 100, 10, width=8).eval()
+    d = build_discriminator(arch, 10, width=8).eval()
+    z = torch.randn(5, 100)
+    y = torch.softmax(torch.randn(5, 10), dim=1)  # blends of classes are valid inputs
+    with torch.no_grad():
+        images = g(z, y)
+        logits = d(images, y)
+    assert images.shape == (5, 1, 28, 28)
+    assert images.abs().max() <= 1.0
+    assert logits.shape == (5,)
+
+
+def test_mlp_is_the_lecture_network() -> None:
+    g, d = build_generator("mlp"), build_discriminator("mlp")
+    g_sizes = [(m.in_features, m.out_features) for m in g.modules() if isinstance(m, nn.Linear)]
+    d_sizes = [(m.in_features, m.out_features) for m in d.modules() if isinstance(m, nn.Linear)]
+    assert g_sizes == [(100, 256), (256, 512), (512, 1024), (1024, 784)]
+    assert d_sizes == [(784, 1024), (1024, 512), (512, 256), (256, 1)]
+    assert [m.p for m in d.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3, 0.3]
+    assert all(m.negative_slope == 0.2 for m in g.modules() if isinstance(m, nn.LeakyReLU))
+
+
+def test_conditional_generator_uses_the_class() -> None:
+    torch.manual_seed(0)
+    g = build_generator("cdcgan", 100, 10, width=8).eval()
+    z = torch.randn(1, 100).repeat(2, 1)
+    y = torch.eye(10)[[3, 7]]
+    with torch.no_grad():
+        a, b = g(z, y)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="needs y"):
+        g(z)
+
+
+def test_unknown_architecture_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_generator("resnet")
+
+
+# --- losses ---------------------------------------------------------------------------
+
+
+def test_bce_label_smoothing_changes_the_real_target() -> None:
+    real, fake = torch.full((4,), 20.0), torch.full((4,), -20.0)  # a confident, right D
+    assert get_loss("bce").d_loss(real, fake) < 1e-6
+    smoothed = get_loss("bce", real_label=0.9).d_loss(real, fake)
+    assert smoothed > 1.0  # 0.1 * 20 from the smoothed real term
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_generator_loss_falls_as_fakes_look_real(name: str) -> None:
+    loss = get_loss(name)
+    assert loss.g_loss(torch.full((4,), 2.0)) < loss.g_loss(torch.full((4,), -2.0))
+    assert loss.d_loss(torch.full((4,), 2.0), torch.full((4,), -2.0)) < loss.d_loss(
+        torch.full((4,), -2.0), torch.full((4,), 2.0)
+    )
+
+
+def test_hinge_is_zero_beyond_the_margin() -> None:
+    assert get_loss("hinge").d_loss(torch.full((3,), 1.5), torch.full((3,), -1.5)) == 0
+
+
+def test_gradient_penalty_is_zero_for_a_unit_gradient_critic() -> None:
+    w = torch.randn(784)
+    unit = lambda x, y=None: x.flatten(1) @ (w / w.norm())  # noqa: E731  |∇| = 1
+    double = lambda x, y=None: 2 * unit(x)  # noqa: E731  |∇| = 2
+    real, fake = torch.randn(6, 1, 28, 28), torch.randn(6, 1, 28, 28)
+    assert gradient_penalty(unit, real, fake) == pytest.approx(0.0, abs=1e-8)  # type: ignore[arg-type]
+    assert gradient_penalty(double, real, fake) == pytest.approx(1.0, abs=1e-5)  # type: ignore[arg-type]
+
+
+def test_bad_loss_settings_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown loss"):
+        get_loss("kl")
+    with pytest.raises(ValueError, match="smoothing"):
+        get_loss("hinge", real_label=0.9)
+    assert get_loss("wgan-gp").gp_weight == 10.0 and get_loss("bce").gp_weight == 0.0
+
+
+# --- EMA and batch-norm recalibration ------------------------------------------------
+
+
+def test_ema_follows_the_model() -> None:
+    model = nn.Linear(3, 3)
+    ema = EMA(model, decay=0.5)
+    before = ema.shadow.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    # warm-up: d = min(0.5, 2/11) -> the shadow moves 9/11 of the way
+    assert torch.allclose(ema.shadow.weight, before + 9 / 11, atol=1e-6)
+
+
+def test_recalibrated_batchnorm_matches_the_generators_own_statistics() -> None:
+    torch.manual_seed(0)
+    g = build_generator("dcgan", 100, width=8)
+    bn = next(m for m in g.modules() if isinstance(m, nn.BatchNorm2d))
+    recalibrate_batchnorm(g, 100, batches=4, batch_size=64)
+    assert not g.training
+    h = g.fc(torch.randn(512, 100)).view(-1, 16, 7, 7)  # the input of the first batch norm
+    assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=0.02)
+    assert bn.momentum == 0.1  # restored
+
+
+# --- the training loop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_dry_run_trains_every_arch_and_loss(tmp_path: Path, arch: str, loss: str) -> None:
+    cfg = tiny(tmp_path, arch=arch, loss=loss, n_critic=2 if loss == "wgan-gp" else 1)
+    ckpt_path = train(cfg, quiet=True)
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == arch
+    assert ckpt["num_classes"] == (10 if arch == "cdcgan" else 0)
+    (record,) = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(record[k]) for k in ("d", "g", "dx", "dgz"))
+    assert (tmp_path / "run" / "samples" / "epoch_001.png").stat().st_size > 0
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(path)
+    return {**ckpt["generator"], **{f"ema.{k}": v for k, v in ckpt["ema"]["shadow"].items()}}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cdcgan"])  # dropout RNG / labels
+def test_same_seed_same_weights_and_resume_is_exact(tmp_path: Path, arch: str) -> None:
+    straight = _weights(train(tiny(tmp_path / "a", arch=arch, epochs=2), quiet=True))
+    again = _weights(train(tiny(tmp_path / "b", arch=arch, epochs=2), quiet=True))
+    assert _same(straight, again)
+
+    train(tiny(tmp_path / "c", arch=arch, epochs=1), quiet=True)
+    resumed = _weights(train(tiny(tmp_path / "c", arch=arch, epochs=2), resume=True, quiet=True))
+    assert _same(straight, resumed)
+    assert len((tmp_path / "c" / "run" / "log.jsonl").read_text().splitlines()) == 2
+
+    other = _weights(train(tiny(tmp_path / "d", arch=arch, epochs=2, seed=1), quiet=True))
+    assert not _same(straight, other)
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        train(tiny(tmp_path), resume=True)
+
+
+def test_cli_train_dry_run_and_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    argv = ["train", "--arch", "mlp", "--dry-run", "--out", str(out), "--quiet", "--threads", "1"]
+    assert ganserve_main(argv) == 0
+    assert (out / "checkpoint.pt").is_file()
+    capsys.readouterr()
+    bad = ["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out / "x"), "--quiet"]
+    assert ganserve_main(bad) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nowhere" in err and "Traceback" not in err
+    assert ganserve_main(["train", "--epochs", "0", "--dry-run", "--out", str(out)]) == 2
+
+
+def test_command_line_registration_does_not_import_torch() -> None:
+    code = "import sys, ganserve.cli; ganserve.cli.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+# --- recipes ---------------------------------------------------------------------------------
+
+
+def test_recipes_cover_the_bundled_models() -> None:
+    assert set(RECIPES) == {"mnist-mlp", "mnist-dcgan", "mnist-cdcgan", "fashion-cdcgan"}
+    mlp = RECIPES["mnist-mlp"].config
+    assert (mlp.arch, mlp.loss, mlp.real_label, mlp.lr, mlp.beta1) == ("mlp", "bce", 0.9, 2e-4, 0.5)
+    assert RECIPES["fashion-cdcgan"].config.dataset == "fashion-mnist"
+    cfg = RECIPES["mnist-dcgan"].train_config("runs/x", None, epochs=None, threads=1)
+    assert cfg.epochs == RECIPES["mnist-dcgan"].config.epochs and cfg.threads == 1
+
+
+# --- data reader errors -------------------------------------------------------------------
+
+
+def _idx(path: Path, magic: int, dims: tuple[int, ...], data: bytes) -> None:
+    raw = struct.pack(f">I{len(dims)}I", magic, *dims) + data
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def _split(folder: Path, n_images: int = 3, n_labels: int = 3, gz: bool = False) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    _idx(folder / f"train-images-idx3-ubyte{ext}", 2051, (n_images, 28, 28),
+         bytes(n_images * 784))  # fmt: skip
+    _idx(folder / f"train-labels-idx1-ubyte{ext}", 2049, (n_labels,), bytes(range(n_labels)))
+    return folder
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_reader_reads_valid_files(tmp_path: Path, gz: bool) -> None:
+    images, labels = load_split(_split(tmp_path, gz=gz), "train")
+    assert images.shape == (3, 28, 28) and images.dtype == np.uint8
+    assert labels.tolist() == [0, 1, 2]
+
+
+def test_reader_truncated_file_names_the_file(tmp_path: Path) -> None:
+    folder = _split(tmp_path)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*truncated"):
+        load_split(folder, "train")
+
+
+def test_reader_wrong_magic_names_the_file(tmp_path: Path) -> None:
+    folder = _split(tmp_path)
+    _idx(folder / "train-labels-idx1-ubyte", 2051, (3,), bytes(3))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: magic number 2051"):
+        load_split(folder, "train")
+
+
+def test_reader_count_mismatch_names_both_files(tmp_path: Path) -> None:
+    folder = _split(tmp_path, n_images=3, n_labels=2)
+    with pytest.raises(DataError, match=r"train-images.*3 images.*train-labels.*2 labels"):
+        load_split(folder, "train")
+
+
+def test_reader_missing_and_corrupt_gzip(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no train-images-idx3-ubyte"):
+        load_split(tmp_path, "train")
+    folder = _split(tmp_path / "gz", gz=True)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot read"):
+        load_split(folder, "train")
