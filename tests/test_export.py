@@ -170,3 +170,11 @@ def test_build_model_dry_run_end_to_end(tmp_path: Path) -> None:
     assert json.loads(meta["ganserve.training_config"])["dry_run"] is True
     with Image.open(root / "samples.png") as im:
         assert im.size == (604, 604)
+
+
+def test_build_model_one_data_dir_for_two_data_sets_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["build-model", "mnist-dcgan", "fashion-cdcgan", "--data-dir", str(tmp_path)]
+    assert ganserve_main(argv) == 2
+    assert "--data-root" in capsys.readouterr().err

@@ -113,8 +113,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-model", help="train, export, evaluate and document a bundled model")
-    p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--data-dir", help="folder with the IDX files (default: shared data)")
+    p.add_argument("names", nargs="+", metavar="NAME", choices=[*sorted(RECIPES), "all"],
+                   help=f"recipe(s): {', '.join(RECIPES)}, or all")  # fmt: skip
+    p.add_argument("--data-dir", help="folder with the IDX files of the model's data set")
+    p.add_argument("--data-root", help="folder with one sub-folder per data set "
+                   "(mnist/, fashion-mnist/); default: the shared data")  # fmt: skip
     p.add_argument("--models-dir", default="models")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -129,10 +132,17 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
 def _build(args: argparse.Namespace) -> int:
     from ganserve.training.build import build_model
 
-    build_model(args.name, args.data_dir, args.models_dir, args.runs_dir, epochs=args.epochs,
-                dry_run=args.dry_run, device=args.device, threads=args.threads,
-                version=args.version, evaluate=not args.no_evaluate, eval_n=args.eval_n,
-                quiet=args.quiet)  # fmt: skip
+    names = list(RECIPES) if "all" in args.names else list(dict.fromkeys(args.names))
+    if args.data_dir and len({RECIPES[n].config.dataset for n in names}) > 1:
+        raise ValueError("--data-dir is one data set's folder; use --data-root for several")
+    for name in names:
+        data_dir = args.data_dir
+        if data_dir is None and args.data_root:
+            data_dir = str(Path(args.data_root) / RECIPES[name].config.dataset)
+        build_model(name, data_dir, args.models_dir, args.runs_dir, epochs=args.epochs,
+                    dry_run=args.dry_run, device=args.device, threads=args.threads,
+                    version=args.version, evaluate=not args.no_evaluate, eval_n=args.eval_n,
+                    quiet=args.quiet)  # fmt: skip
     return 0
 
 

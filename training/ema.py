@@ -45,8 +45,8 @@ class EMA:
         for s, p in zip(self.shadow.parameters(), model.parameters(), strict=True):
             s.lerp_(p.detach(), 1.0 - d)
         # Running statistics follow the live model until recalibrated.
-        for s, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
-            s.copy_(b)
+        for buf, live in zip(self.shadow.buffers(), model.buffers(), strict=True):
+            buf.copy_(live)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "steps": self.steps, "shadow": self.shadow.state_dict()}

@@ -56,7 +56,7 @@ def save_grid(images: np.ndarray, path: Path | str, ncol: int = 10, scale: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid_image(images, ncol))  # 2-D uint8 -> mode "L"
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     tmp = path.with_name(path.name + ".tmp")
     img.save(tmp, format="PNG", optimize=True)
     os.replace(tmp, path)
