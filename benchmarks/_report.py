@@ -12,7 +12,7 @@ import numpy as np
 from _loadgen import PointResult
 from _raw_ort import RawResult
 
-__all__ = ["Ratio", "format_table", "machine_info", "ratios", "row_dict"]
+__all__ = ["Ratio", "context_lines", "format_table", "machine_info", "ratios", "row_dict"]
 
 # (target name, images per request, concurrency) -> pooled repeats of that point
 Results = dict[tuple[str, int, int], PointResult]
@@ -72,12 +72,15 @@ def row_dict(target: str, p: PointResult) -> dict[str, float | str | int]:
 _HEADER = (
     f"{'target':<14}{'count':>6}{'conc':>6}{'req/s':>10}{'img/s':>10}"
     f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'srv cpu':>9}{'cli cpu':>9}{'other':>7}"
-    f"{'batch':>7}{'infer ms':>9}"
+    f"{'srv us/req':>11}{'batch':>7}{'infer ms':>9}"
 )
 
 
 def format_table(results: Results, raw: Raw) -> str:
-    """One line per measured point; CPU columns are cores used (1.00 = one core busy)."""
+    """One line per measured point; CPU columns are cores used (1.00 = one core busy).
+
+    ``srv us/req``: server CPU time per request, steadier than req/s on a shared machine.
+    """
     lines = [_HEADER, "-" * len(_HEADER)]
     for (label, batch), r in sorted(raw.items()):
         q = np.percentile(r.latencies_s, [50, 95, 99]) * 1e3
@@ -92,6 +95,7 @@ def format_table(results: Results, raw: Raw) -> str:
             f"{target:<14}{count:>6}{conc:>6}{p.requests_per_s:>10.0f}{p.images_per_s:>10.0f}"
             f"{p.percentile_ms(50):>9.3f}{p.percentile_ms(95):>9.3f}{p.percentile_ms(99):>9.3f}"
             f"{p.server_cpu:>9.2f}{p.client_cpu:>9.2f}{p.other_cpu:>7.2f}"
+            f"{1e6 * p.server_cpu / max(p.requests_per_s, 1e-9):>11.0f}"
             + (f"{batch:>7.1f}" if batch is not None else f"{'-':>7}")
             + (f"{infer:>9.3f}" if infer is not None else f"{'-':>9}")
         )
@@ -153,3 +157,37 @@ def ratios(
             higher_is_better=False,
         ),
     ]
+
+
+def _cpu_per_request(p: PointResult | None) -> float:
+    """Server + load-generator CPU seconds per request (NaN if not measured)."""
+    if p is None or not len(p.latencies_s):
+        return float("nan")
+    return (p.server_cpu + p.client_cpu) / p.requests_per_s
+
+
+def context_lines(results: Results, top_c: int, low_c: int) -> list[str]:
+    """Noise-resistant companions of targets 2 and 3, for a machine shared with others.
+
+    On a saturated machine throughput is about (free cores) / (CPU per request), so the
+    ratio of server + client CPU per request estimates the throughput ratio that server
+    and client would reach with the machine to themselves.
+    """
+    cost = {t: _cpu_per_request(results.get((t, 1, top_c))) for t in _TARGETS}
+    bare, low = results.get(("bare-grpc", 1, low_c)), results.get(("batched", 1, low_c))
+    lines = [
+        f"(2a) CPU-normalised: bare / batched CPU per request at c={top_c}: "
+        f"{cost['bare-grpc'] / cost['batched']:.3f} (target 0.55)",
+        f"(2b) CPU-normalised: unbatched / batched CPU per request at c={top_c}: "
+        f"{cost['unbatched'] / cost['batched']:.3f} (target 1.3)",
+    ]
+    if bare is not None and low is not None:
+        lines.append(
+            f"(3) at c={low_c}: bare gRPC p50 {bare.percentile_ms(50):.3f} ms, p99 "
+            f"{bare.percentile_ms(99):.3f} ms; batched p50 {low.percentile_ms(50):.3f} ms "
+            "(the bare server's p99 is this machine's scheduling noise floor)"
+        )
+    return lines
+
+
+_TARGETS = ("bare-grpc", "batched", "unbatched")

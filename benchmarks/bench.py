@@ -27,7 +27,7 @@ from pathlib import Path
 from _loadgen import PointResult, make_request, merge, run_point
 from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_sums
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
-from _report import format_table, machine_info, ratios, row_dict
+from _report import context_lines, format_table, machine_info, ratios, row_dict
 
 _METRICS = [
     f"ganserve_{m}_{s}" for m in ("batch_size", "inference_seconds") for s in ("sum", "count")
@@ -225,6 +225,9 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
     print("\ntargets (issue 4):")
     for ratio in targets:
         print("  " + ratio.line())
+    print("context (same run):")
+    for line in context_lines(results, top_c, low_c):
+        print("  " + line)
     if args.json:
         doc = {
             "machine": machine,
