@@ -48,8 +48,10 @@ def test_quick_run_prints_the_table_and_targets(tmp_path: Path) -> None:
         assert measured == {(1, 1), (1, 4), (64, 1)}, (target, text)
     for reference in ("raw-ort", "raw-ort-dflt"):
         assert {int(r[1]) for r in rows if r and r[0] == reference} == {1, 64}, text
-    verdicts = [line.split()[0] for line in text.split("targets (issue 4):")[1].splitlines()[1:]]
+    targets, context = text.split("targets (issue 4):")[1].split("context (same run):")
+    verdicts = [line.split()[0] for line in targets.strip().splitlines()]
     assert len(verdicts) == 4 and set(verdicts) <= {"PASS", "MISS", "N/A"}, text
+    assert "CPU-normalised" in context and "bare gRPC p50" in context
     doc = json.loads(out.read_text())
     assert {p["target"] for p in doc["points"]} == set(TARGETS)
     assert all(p["requests"] > 0 and p["req_per_s"] > 0 for p in doc["points"])
