@@ -53,7 +53,9 @@ def _evaluate(
         data_dir = str(default_data_dir(dataset))
     report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0)
     write_quality(onnx_path, report)
-    write_model_card(model_root, onnx_path, report)
+    card = write_model_card(model_root, onnx_path, report)
+    print(f"{model_root.name}:\n{report.table()}", flush=True)
+    log(f"{model_root.name}: evaluation written into {onnx_path} and {card}")
     return report
 
 
