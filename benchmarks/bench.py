@@ -28,6 +28,7 @@ from _loadgen import PointResult, make_request, merge, run_point
 from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_sums
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
 from _report import context_lines, format_table, machine_info, ratios, row_dict
+from ganserve.server.errors import GanServeError
 
 _METRICS = [
     f"ganserve_{m}_{s}" for m in ("batch_size", "inference_seconds") for s in ("sum", "count")
@@ -250,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         repo, model_path, note = prepare_repo(args, workdir)
         kwargs, flags = runtime_kwargs(args)
-        servers = start_servers(args, repo, flags, workdir)
+        # Probe the device first: --device cuda without a GPU fails here, before any server.
         _, device = measure_raw_ort(model_path, 1, 0.01, 0.0, kwargs)
+        servers = start_servers(args, repo, flags, workdir)
         machine = machine_info(device)
         print(f"model: {note}", flush=True)
         print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(summary)
         return 0
-    except RuntimeError as exc:
+    except (RuntimeError, GanServeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:

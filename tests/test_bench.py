@@ -67,6 +67,16 @@ def test_bad_arguments_give_a_message_not_a_traceback(tmp_path: Path) -> None:
     assert run.returncode == 2 and "Traceback" not in run.stderr
 
 
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    from ganserve.server.runtime import cuda_usable
+
+    if cuda_usable():
+        pytest.skip("this machine has a usable GPU")
+    run = _bench("--model-dir", str(tmp_path), "--standin", "tiny", "--quick", "--device", "cuda")
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "no usable CUDA GPU" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_profile_summary_charges_native_frames_to_their_owner() -> None:
     sys.path.insert(0, str(BENCH.parent))
     try:
