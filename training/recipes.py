@@ -46,8 +46,8 @@ RECIPES: dict[str, Recipe] = {
                 dataset="mnist",
                 loss="bce",
                 real_label=0.9,
-                epochs=40,
-                batch_size=128,
+                epochs=20,
+                batch_size=64,
                 lr=2e-4,
                 beta1=0.5,
                 ema_decay=0.999,
@@ -57,7 +57,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mnist-dcgan",
             "Unconditional DCGAN (Radford et al.) on MNIST, non-saturating BCE.",
-            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=20, **_CONV),
+            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=32, **_CONV),
         ),
         Recipe(
             "mnist-cdcgan",
