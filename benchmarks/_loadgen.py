@@ -20,7 +20,7 @@ import numpy as np
 
 from ganserve.v1 import generator_pb2 as pb
 
-__all__ = ["CpuSnapshot", "PointResult", "make_request", "merge", "run_point"]
+__all__ = ["CpuSnapshot", "PointResult", "check_target", "make_request", "merge", "run_point"]
 
 SAMPLE_METHOD = "/ganserve.v1.Generator/Sample"
 _CHANNEL_OPTIONS = [
@@ -121,13 +121,23 @@ async def _check_response(
     call: grpc.aio.UnaryUnaryMultiCallable, payload: bytes, count: int
 ) -> None:
     """Fail loudly before measuring if the target does not answer as expected."""
-    response = pb.SampleResponse.FromString(await call(payload, timeout=30))
+    try:
+        response = pb.SampleResponse.FromString(await call(payload, timeout=30))
+    except grpc.aio.AioRpcError as exc:
+        msg = f"Sample(count={count}) failed: {exc.code().name}: {exc.details()}"
+        raise RuntimeError(msg) from None
     expected = count * 28 * 28 * 4
     if response.images.count != count or len(response.images.data) != expected:
         raise RuntimeError(
             f"Sample(count={count}) answered {response.images.count} images, "
             f"{len(response.images.data)} bytes; expected {expected} float32 bytes"
         )
+
+
+async def check_target(target: str, payload: bytes, count: int) -> None:
+    """One Sample call; RuntimeError saying why if it does not return count images."""
+    async with grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
+        await _check_response(channel.unary_unary(SAMPLE_METHOD), payload, count)
 
 
 async def run_point(

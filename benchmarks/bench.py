@@ -24,7 +24,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from _loadgen import PointResult, make_request, merge, run_point
+from _loadgen import PointResult, check_target, make_request, merge, run_point
 from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_sums
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
 from _report import context_lines, format_table, machine_info, ratios, row_dict
@@ -161,6 +161,12 @@ async def measure(
     """Every repeat: the raw references, then each point on each server in turn."""
     runs: dict[tuple[str, int, int], list[PointResult]] = defaultdict(list)
     raw_runs: dict[tuple[str, int], list[RawResult]] = defaultdict(list)
+    for name, server in servers.items():
+        for count, payload in payloads.items():
+            try:
+                await check_target(server.target, payload, count)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{name} server: {exc}; its log: {server.log_path}") from None
     for rep in range(args.repeats):
         for label, defaults in (("raw-ort", False), ("raw-ort-dflt", True)):
             for batch in sorted({1, args.large_count}):
@@ -275,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (RuntimeError, GanServeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
+        args.keep = True  # the servers' logs say more
         return 1
     finally:
         for server in servers.values():
