@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (RuntimeError, GanServeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        args.keep = True  # the servers' logs say more
+        args.keep = args.keep or bool(servers)  # the servers' logs say more
         return 1
     finally:
         for server in servers.values():
