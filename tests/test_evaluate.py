@@ -303,6 +303,10 @@ def test_cli_writes_and_reports_errors(
     out = capsys.readouterr().out
     assert "| metric |" in out and "README.md" in out
     assert ModelInfo.from_onnx(cond_model).quality["n"] == 100
+    card = (model_dir / "README.md").read_text()
+    (model_dir / "README.md").unlink()
+    assert run(_cli(["--model", str(model_dir), "--card-only"])) == 0
+    assert (model_dir / "README.md").read_text() == card  # the card is the metadata's
 
     assert run(_cli(["--model", str(model_dir / "missing")])) == 2
     assert "no ONNX model" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ganserve.training.report import METRICS, EvalReport, ModelInfo
+from ganserve.training.report import SHORT_NAMES, EvalReport, ModelInfo
 
 __all__ = ["render_model_card", "write_model_card"]
 
@@ -44,12 +44,16 @@ def _duration(seconds: Any) -> str:
     return f"{s / 60:.1f} min ({s:.0f} s)" if s >= 60 else f"{s:.0f} s"
 
 
+def _value(v: Any) -> str:
+    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
+
+
 def _evaluation(report: EvalReport | None) -> list[str]:
     if report is None or not report.generated:
         return ["Not evaluated yet: run `ganserve evaluate --model <path> --write`.", ""]
     met = report.targets_met()
     if met:
-        missed = [METRICS[k] for k, ok in met.items() if not ok]
+        missed = [SHORT_NAMES[k] for k, ok in met.items() if not ok]
         verdict = (
             "All quality targets are met."
             if not missed
@@ -78,7 +82,9 @@ def _evaluation(report: EvalReport | None) -> list[str]:
         "exactly would score. For conditional accuracy the floor is the classifier's "
         "accuracy on real t10k images.",
         "- FID: Fréchet distance of Gaussians fitted to the 128-d penultimate features "
-        "(not Inception features: values are not comparable with published FIDs).",
+        "(not Inception features: values are not comparable with published FIDs). Two real "
+        "samples of this size agree closely in this space, so the floor is small and the "
+        "ratio model / floor is the figure to read.",
         "- precision / recall: Kynkäänniemi et al. 2019, k = 3 nearest-neighbour balls.",
         "- class figures: classes as predicted by the classifier; entropy in bits.",
         "",
@@ -97,7 +103,8 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     lines = [
         f"# {info.name} (version {info.version})",
         "",
-        f"A {info.kind} GAN generator trained on **{info.dataset}**, exported to ONNX.",
+        f"{'An' if info.kind[:1] in 'aeiou' else 'A'} {info.kind} GAN generator trained on "
+        f"**{info.dataset}**, exported to ONNX.",
         "",
         "![samples](samples.png)",
         "",
@@ -123,7 +130,7 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     train_images = cfg.get("train_images") or (report.train_images if report else 0)
     if train_images:
         lines[-2] += f", {int(train_images):,} images"
-    lines += [f"- {label}: {cfg[key]}" for key, label in _TRAIN_KEYS if key in cfg]
+    lines += [f"- {label}: {_value(cfg[key])}" for key, label in _TRAIN_KEYS if key in cfg]
     lines += [
         "",
         "<details><summary>full training configuration</summary>",

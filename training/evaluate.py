@@ -237,6 +237,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store the figures in the model's ganserve.quality metadata and its model card",
     )
     parser.add_argument(
+        "--card-only",
+        action="store_true",
+        help="rewrite models/<name>/README.md from the stored metadata, without evaluating",
+    )
+    parser.add_argument(
         "--train-classifier",
         action="store_true",
         help="(re)train the evaluator classifier of --dataset instead of evaluating",
@@ -269,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.model:
             raise EvaluationError("--model is required (an ONNX file or models/<name>)")
         onnx_path = resolve_model_path(args.model)
+        if args.card_only:
+            print(f"wrote {write_model_card(onnx_path.parent.parent, onnx_path, None)}")
+            return 0
         report = evaluate_onnx(
             onnx_path, args.data_dir, args.dataset, args.n, args.seed, args.batch_size, args.threads
         )

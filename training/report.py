@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "METRICS",
+    "SHORT_NAMES",
     "EvalReport",
     "ModelInfo",
     "Target",
@@ -30,6 +31,17 @@ METRICS: dict[str, str] = {
     "class_entropy": "class entropy, bits (uniform: log2 10 = 3.32)",
     "min_class_share": "smallest class share",
     "cond_accuracy": "conditional accuracy (requested label)",
+}
+
+
+# short names for sentences (the card's verdict line)
+SHORT_NAMES: dict[str, str] = {
+    "fid": "FID",
+    "precision": "precision",
+    "recall": "recall",
+    "class_entropy": "class entropy",
+    "min_class_share": "smallest class share",
+    "cond_accuracy": "conditional accuracy",
 }
 
 
