@@ -166,7 +166,7 @@ def _cpu_per_request(p: PointResult | None) -> float:
     return (p.server_cpu + p.client_cpu) / p.requests_per_s
 
 
-def context_lines(results: Results, top_c: int, low_c: int) -> list[str]:
+def context_lines(results: Results, top_c: int, low_c: int, large: int, big_c: int) -> list[str]:
     """Noise-resistant companions of targets 2 and 3, for a machine shared with others.
 
     On a saturated machine throughput is about (free cores) / (CPU per request), so the
@@ -175,7 +175,17 @@ def context_lines(results: Results, top_c: int, low_c: int) -> list[str]:
     """
     cost = {t: _cpu_per_request(results.get((t, 1, top_c))) for t in _TARGETS}
     bare, low = results.get(("bare-grpc", 1, low_c)), results.get(("batched", 1, low_c))
-    lines = [
+    lines = []
+    big = results.get(("batched", large, big_c))
+    infer_ms = big.extra.get("mean_infer_ms") if big is not None else None
+    if big is not None and infer_ms:
+        # What the server's own ORT calls could deliver back to back, from its /metrics.
+        own = big.extra.get("mean_batch", large) / infer_ms * 1e3
+        lines.append(
+            f"(1) count={large} c={big_c}: served img/s / (batch / the server's mean "
+            f"inference time) = {big.images_per_s / own:.3f}: share of time in inference"
+        )
+    lines += [
         f"(2a) CPU-normalised: bare / batched CPU per request at c={top_c}: "
         f"{cost['bare-grpc'] / cost['batched']:.3f} (target 0.55)",
         f"(2b) CPU-normalised: unbatched / batched CPU per request at c={top_c}: "

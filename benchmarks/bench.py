@@ -158,7 +158,8 @@ async def measure(
     model_path: Path,
     kwargs: dict,
 ) -> tuple[dict, dict[tuple[str, int], RawResult]]:
-    """Every repeat: the raw references, then each point on each server in turn."""
+    """Every repeat: each point on each server in turn, the raw references at batch n
+    measured just before the first point of count n (background load drifts)."""
     runs: dict[tuple[str, int, int], list[PointResult]] = defaultdict(list)
     raw_runs: dict[tuple[str, int], list[RawResult]] = defaultdict(list)
     for name, server in servers.items():
@@ -168,13 +169,13 @@ async def measure(
             except RuntimeError as exc:
                 raise RuntimeError(f"{name} server: {exc}; its log: {server.log_path}") from None
     for rep in range(args.repeats):
-        for label, defaults in (("raw-ort", False), ("raw-ort-dflt", True)):
-            for batch in sorted({1, args.large_count}):
-                r, _ = measure_raw_ort(
-                    model_path, batch, args.duration, args.warmup, kwargs, defaults
-                )
-                raw_runs[(label, batch)].append(r)
-        for count, conc in points:
+        for i, (count, conc) in enumerate(points):
+            if count not in [c for c, _ in points[:i]]:
+                for label, defaults in (("raw-ort", False), ("raw-ort-dflt", True)):
+                    r, _ = measure_raw_ort(
+                        model_path, count, args.duration, args.warmup, kwargs, defaults
+                    )
+                    raw_runs[(label, count)].append(r)
             for name, server in servers.items():
                 before = scrape_metric_sums(server.metrics_port, _METRICS)
                 point = await run_point(
@@ -233,7 +234,7 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
     for ratio in targets:
         print("  " + ratio.line())
     print("context (same run):")
-    for line in context_lines(results, top_c, low_c):
+    for line in context_lines(results, top_c, low_c, args.large_count, big_c):
         print("  " + line)
     if args.json:
         doc = {
