@@ -27,7 +27,7 @@ from ganserve.training.classifier import (  # noqa: E402
     train_classifier,
 )
 from ganserve.training.evaluate import add_arguments, evaluate_onnx, run, write_quality  # noqa: E402
-from ganserve.training.report import ModelInfo  # noqa: E402
+from ganserve.training.report import EvalReport, ModelInfo  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 MNIST = default_data_dir("mnist")
@@ -102,6 +102,44 @@ def test_class_histogram_entropy_and_min_share() -> None:
     assert metrics.accuracy(np.array([1, 2, 3]), np.array([1, 2, 0])) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="outside"):
         metrics.class_histogram(np.array([10]), 10)
+
+
+def _info(name: str, arch: str, dataset: str = "mnist") -> ModelInfo:
+    conditional = arch == "cdcgan"
+    return ModelInfo(
+        name=name,
+        version="1",
+        architecture=arch,
+        dataset=dataset,
+        kind="conditional" if conditional else "unconditional",
+        latent_dim=100,
+        num_classes=10 if conditional else 0,
+        class_names=[str(d) for d in range(10)],
+    )
+
+
+def test_targets_by_model_and_table_verdicts() -> None:
+    real = {"fid": 0.1, "precision": 0.86, "recall": 0.86, "min_class_share": 0.09}
+    generated = {"fid": 0.25, "precision": 0.75, "recall": 0.5, "min_class_share": 0.06}
+    dcgan = EvalReport(_info("mnist-dcgan", "dcgan"), generated, real, n=10_000)
+    assert dcgan.targets_met() == {
+        "min_class_share": True,
+        "precision": True,
+        "recall": False,
+        "fid": True,  # 0.25 <= 3 x 0.1
+    }
+    table = dcgan.table()
+    assert "| recall (k=3) ↑ | 0.500 | 0.860 | ≥ 0.60: NOT met |" in table
+    assert "≤ 3 × floor = 0.300: met" in table
+    mlp = EvalReport(_info("mnist-mlp", "mlp"), generated, real, n=10_000)
+    assert mlp.targets_met() == {"min_class_share": True}  # the baseline: coverage only
+    assert "(≥ 0.60, guide)" in mlp.table()
+    cond = {**generated, "cond_accuracy": 0.97}
+    cdcgan = EvalReport(_info("mnist-cdcgan", "cdcgan"), cond, real, n=10_000)
+    assert cdcgan.targets_met()["cond_accuracy"] is False
+    fashion = EvalReport(_info("fashion-cdcgan", "cdcgan", "fashion-mnist"), cond, real, n=1)
+    assert fashion.targets_met() == {}
+    assert EvalReport.from_quality(dcgan.info, dcgan.quality()).table() == table
 
 
 # ------------------------------------------------------------------ tiny data and generators
@@ -280,7 +318,8 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     card = write_model_card(cond_model.parent.parent, cond_model, report)
     text = card.read_text()
     assert "# tiny-cdcgan (version 1)" in text
-    assert f"{report.generated['fid']:.3g}" in text and f"{report.real['fid']:.3g}" in text
+    for figure in (report.generated["fid"], report.real["fid"]):  # < 100 here
+        assert f"{figure:#.3g}".rstrip(".") in text
     assert "samples.png" in text and "2.1 min" in text  # train_seconds 123.4
     assert "1,000 images" in text  # the train split of small_mnist
     # a card from metadata alone shows the stored figures

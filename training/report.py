@@ -139,7 +139,8 @@ def targets_for(info: ModelInfo, real: Mapping[str, float]) -> list[Target]:
     """The targets of the bundled models: on MNIST every model covers all classes with
     none below 5 %; DCGAN-class models reach FID <= 3x the floor, precision >= 0.7,
     recall >= 0.6; the conditional one 98 % accuracy. The MLP baseline and other data
-    sets get the same bars as a guide."""
+    sets get the same bars as a guide (but no conditional-accuracy bar: the Fashion-MNIST
+    evaluator itself is right only ~91 % of the time)."""
     mnist = info.dataset == "mnist"
     strong = mnist and info.architecture in ("dcgan", "cdcgan")
     out = [
@@ -149,16 +150,19 @@ def targets_for(info: ModelInfo, real: Mapping[str, float]) -> list[Target]:
     ]
     if "fid" in real:
         limit = 3 * real["fid"]
-        out.append(Target("fid", "<=", limit, f"≤ 3 × floor = {limit:.3g}", required=strong))
-    if info.conditional:
-        out.append(Target("cond_accuracy", ">=", 0.98, "≥ 0.98", required=mnist))
+        text = f"≤ 3 × floor = {_fmt('fid', limit)}"
+        out.append(Target("fid", "<=", limit, text, required=strong))
+    if info.conditional and mnist:  # elsewhere the evaluator itself may be below 98 %
+        out.append(Target("cond_accuracy", ">=", 0.98, "≥ 0.98", required=True))
     return out
 
 
 def _fmt(key: str, value: float | None) -> str:
     if value is None:
         return "—"
-    return f"{value:.3f}" if key != "fid" else f"{value:.3g}"
+    if key == "fid":  # 3 significant digits, trailing zeros kept: 3.00, 0.0753, 12.4
+        return f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}".rstrip(".")
+    return f"{value:.3f}"
 
 
 @dataclass
