@@ -13,6 +13,10 @@ perfectly would score, with the same sample size and the same reference set, so 
 two columns are directly comparable (FID is biased by sample size, so e.g. 5,000 vs
 5,000 halves of t10k would not be). For conditional accuracy the floor is the
 evaluator's accuracy on real t10k images with their true labels.
+Measured on MNIST with the committed evaluator: train 10k vs t10k FID 0.075, t10k
+halves 5k vs 5k 0.081, train 5k vs the same t10k half 0.110: the evaluator having
+seen the training images makes the floor slightly pessimistic (higher), by about as
+much as halving the sample size would; precision/recall floors differ by < 0.03.
 
 Heavy imports (torch, onnxruntime, onnx) happen inside functions: the CLI
 registration imports this module.
