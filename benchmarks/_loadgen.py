@@ -113,7 +113,7 @@ def merge(points: Sequence[PointResult]) -> PointResult:
         mean(lambda p: p.server_cpu),
         mean(lambda p: p.client_cpu),
         mean(lambda p: p.other_cpu),
-        {k: mean(lambda p, k=k: p.extra[k]) for k in keys},
+        {k: mean(lambda p, k=k: p.extra[k]) for k in keys},  # type: ignore[misc]
     )
 
 
@@ -188,9 +188,7 @@ async def run_point(
     end_arr, lat_arr = np.asarray(ends), np.asarray(lats)
     inside = (end_arr >= before.wall) & (end_arr < after.wall)
     wall = after.wall - before.wall
-    server = (after.server - before.server) / wall
-    client = (after.client - before.client) / wall
+    srv = (after.server - before.server) / wall
+    cli = (after.client - before.client) / wall
     machine = (after.machine - before.machine) / wall
-    return PointResult(
-        lat_arr[inside], wall, count, server, client, max(0.0, machine - server - client)
-    )
+    return PointResult(lat_arr[inside], wall, count, srv, cli, max(0.0, machine - srv - cli))

@@ -89,14 +89,14 @@ def format_table(results: Results, raw: Raw) -> str:
             f"{r.images_per_s:>10.0f}{q[0]:>9.3f}{q[1]:>9.3f}{q[2]:>9.3f}{r.cores:>9.2f}"
         )
     for (target, count, conc), p in results.items():
-        batch = p.extra.get("mean_batch")
+        mean_batch = p.extra.get("mean_batch")
         infer = p.extra.get("mean_infer_ms")
         lines.append(
             f"{target:<14}{count:>6}{conc:>6}{p.requests_per_s:>10.0f}{p.images_per_s:>10.0f}"
             f"{p.percentile_ms(50):>9.3f}{p.percentile_ms(95):>9.3f}{p.percentile_ms(99):>9.3f}"
             f"{p.server_cpu:>9.2f}{p.client_cpu:>9.2f}{p.other_cpu:>7.2f}"
             f"{1e6 * p.server_cpu / max(p.requests_per_s, 1e-9):>11.0f}"
-            + (f"{batch:>7.1f}" if batch is not None else f"{'-':>7}")
+            + (f"{mean_batch:>7.1f}" if mean_batch is not None else f"{'-':>7}")
             + (f"{infer:>9.3f}" if infer is not None else f"{'-':>9}")
         )
     return "\n".join(lines)
