@@ -156,6 +156,10 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     _agree("ganserve.latent_dim", _int(meta, "ganserve.latent_dim"), latent_dim)
     _agree("ganserve.num_classes", _int(meta, "ganserve.num_classes"), num_classes)
     class_names = _json(meta, "ganserve.class_names", [str(i) for i in range(num_classes)], list)
+    if not num_classes:
+        # An unconditional model may still name its data set's classes (the exporter
+        # writes them); they are not inputs, so they are not served as class names.
+        class_names = []
     if len(class_names) != num_classes:
         raise ModelSpecError(
             f"metadata ganserve.class_names has {len(class_names)} names "

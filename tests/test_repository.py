@@ -61,6 +61,17 @@ def test_read_spec_defaults_from_the_graph(tmp_path: Path) -> None:
     assert spec.value_range == (-1.0, 1.0)
 
 
+def test_unconditional_model_may_name_its_datasets_classes(tmp_path: Path) -> None:
+    # The exporter writes the data set's class names on every model; an unconditional
+    # one still loads and serves no class names (its input has no class).
+    names = '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'
+    path = make_tiny_generator(
+        tmp_path / "m.onnx", metadata_overrides={"ganserve.class_names": names}
+    )
+    spec = read_spec(path, "tiny", "1")
+    assert spec.kind == "unconditional" and spec.class_names == ()
+
+
 def test_symbolic_output_dims_take_the_metadata_shape(tmp_path: Path) -> None:
     path = make_tiny_generator(tmp_path / "m.onnx", symbolic_image_dims=True)
     assert read_spec(path, "tiny", "1").image_shape == (1, 28, 28)
