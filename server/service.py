@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
@@ -113,14 +114,17 @@ def _latent_batch(z: np.ndarray) -> pb.LatentBatch:
     return pb.LatentBatch(count=z.shape[0], dim=z.shape[1], data=z.astype("<f4").tobytes())
 
 
-def _images(images: np.ndarray, raw: bytes, pngs: list[bytes], encoding: str) -> pb.Images:
-    return pb.Images(
-        encoding=_ENCODING_ENUM[encoding],
-        count=images.shape[0],
-        shape=images.shape[1:],
-        data=raw,
-        png=pngs,
-    )
+def _fill_images(
+    msg: pb.Images, images: np.ndarray, raw: bytes, pngs: list[bytes], encoding: str
+) -> None:
+    """Fill a response's Images field in place: building a separate pb.Images and
+    assigning it would copy the (possibly large) message once more."""
+    msg.encoding = _ENCODING_ENUM[encoding]
+    msg.count = images.shape[0]
+    msg.shape.extend(images.shape[1:])
+    msg.data = raw
+    if pngs:
+        msg.png.extend(pngs)
 
 
 def model_info(status: ModelStatus) -> pb.ModelInfo:
@@ -211,7 +215,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def _check_size(self, spec: ModelSpec, n: int, encoding: str, with_latents: bool, hint: str):
         """Fail before computing if ``n`` images cannot fit in one message."""
-        pixels = int(np.prod(spec.image_shape))
+        pixels = math.prod(spec.image_shape)  # np.prod costs ~10 us per call here
         per_image = pixels * _BYTES_PER_VALUE[encoding]
         if encoding == "png":
             per_image += _PNG_OVERHEAD
@@ -261,11 +265,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         y = None if labels is None else _eye(plan.num_classes)[labels]  # (n, C) one-hot
         images, raw, pngs = await self._run(model, z, y, deadline, context, plan.encoding)
         response = pb.SampleResponse(
-            model=model.spec.name,
-            version=model.spec.version,
-            images=_images(images, raw, pngs, plan.encoding),
-            offset=start,
+            model=model.spec.name, version=model.spec.version, offset=start
         )
+        _fill_images(response.images, images, raw, pngs, plan.encoding)
         if plan.seed is not None:
             response.seed = plan.seed
         if labels is not None:
@@ -349,11 +351,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         images, raw, pngs = await self._run(
             model, plan.z, plan.y, _deadline(context), context, plan.encoding
         )
-        response = pb.InterpolateResponse(
-            model=model.spec.name,
-            version=model.spec.version,
-            images=_images(images, raw, pngs, plan.encoding),
-        )
+        response = pb.InterpolateResponse(model=model.spec.name, version=model.spec.version)
+        _fill_images(response.images, images, raw, pngs, plan.encoding)
         if plan.y is not None:
             response.class_weights.extend(plan.y.ravel().tolist())
         if plan.return_latents:
@@ -373,15 +372,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         )
         # One encode for the result and the term images: split the bytes afterwards.
         per_image = len(raw) // images.shape[0]
-        response = pb.ArithmeticResponse(
-            model=model.spec.name,
-            version=model.spec.version,
-            result=_images(images[:1], raw[:per_image], pngs[:1], plan.encoding),
-        )
+        response = pb.ArithmeticResponse(model=model.spec.name, version=model.spec.version)
+        _fill_images(response.result, images[:1], raw[:per_image], pngs[:1], plan.encoding)
         if plan.n_images > 1:
-            response.term_images.CopyFrom(
-                _images(images[1:], raw[per_image:], pngs[1:], plan.encoding)
-            )
+            _fill_images(response.term_images, images[1:], raw[per_image:], pngs[1:], plan.encoding)
         if plan.return_latents:
             response.latents.CopyFrom(_latent_batch(plan.latents))
         return response
