@@ -89,7 +89,10 @@ def build_model(
         str(run_dir), data_dir, epochs=epochs, device=device, threads=threads, dry_run=dry_run
     )
     checkpoint = run_dir / CHECKPOINT_NAME
-    log(f"{name}: training in {run_dir}" + (" (dry run)" if dry_run else f" ({cfg.epochs} epochs)"))
+    log(
+        f"{name}: training in {run_dir}"
+        + (" (dry run)" if dry_run else f" (up to epoch {cfg.epochs})")
+    )
     train(cfg, resume=checkpoint.exists(), quiet=quiet)
 
     model_root = Path(models_dir) / name
