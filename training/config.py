@@ -39,6 +39,7 @@ class TrainConfig:
     beta2: float = 0.999
     latent_dim: int = 100
     g_width: int = 64
+    g_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv generators
     d_width: int = 64
     n_critic: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan-gp only

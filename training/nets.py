@@ -89,7 +89,12 @@ class ConvGenerator(nn.Module):
     """
 
     def __init__(
-        self, latent_dim: int = 100, num_classes: int = 0, width: int = 64, embed_dim: int = 50
+        self,
+        latent_dim: int = 100,
+        num_classes: int = 0,
+        width: int = 64,
+        embed_dim: int = 50,
+        blocks: int = 0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -97,9 +102,16 @@ class ConvGenerator(nn.Module):
         self.embed = nn.Linear(num_classes, embed_dim, bias=False) if num_classes else None
         n_in = latent_dim + (embed_dim if num_classes else 0)
         self.fc = nn.Linear(n_in, 2 * width * 7 * 7, bias=False)
+        # Optional 3x3 blocks at 7x7: without them z reaches the pixels through only two
+        # non-linear stages, too few for an unconditional G to pick one digit cleanly.
+        extra: list[nn.Module] = []
+        for _ in range(blocks):
+            extra += [nn.Conv2d(2 * width, 2 * width, 3, 1, 1, bias=False),
+                      nn.BatchNorm2d(2 * width), nn.ReLU()]  # fmt: skip
         self.body = nn.Sequential(
             nn.BatchNorm2d(2 * width),
             nn.ReLU(),
+            *extra,
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # 7 -> 14
             nn.BatchNorm2d(width),
             nn.ReLU(),
@@ -170,13 +182,14 @@ def _check(arch: str, num_classes: int) -> int:
 
 
 def build_generator(
-    arch: str, latent_dim: int = 100, num_classes: int = 10, width: int = 64
+    arch: str, latent_dim: int = 100, num_classes: int = 10, width: int = 64, blocks: int = 0
 ) -> nn.Module:
-    """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones."""
+    """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones,
+    ``width`` and ``blocks`` (extra 3x3 blocks at 7x7) by the MLP."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPGenerator(latent_dim)
-    net = ConvGenerator(latent_dim, classes, width)
+    net = ConvGenerator(latent_dim, classes, width, blocks=blocks)
     net.apply(_dcgan_init)
     return net
 

@@ -89,7 +89,9 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.loss = get_loss(cfg.loss, cfg.real_label, cfg.gp_weight)
         classes = max(cfg.num_classes, 10)
-        self.G = build_generator(cfg.arch, cfg.latent_dim, classes, cfg.g_width).to(device)
+        self.G = build_generator(cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks).to(
+            device
+        )
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
         self.D = build_discriminator(cfg.arch, classes, cfg.d_width, norm).to(device)
         betas = (cfg.beta1, cfg.beta2)
