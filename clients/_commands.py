@@ -54,7 +54,7 @@ def _models(client: GanClient, args: argparse.Namespace) -> int:
 
 
 def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:#.3g}"
+    return "-" if value is None else f"{value:#.3g}".rstrip(".")  # 3.00, 0.451, 123
 
 
 def _add_sample(parser: argparse.ArgumentParser) -> None:
