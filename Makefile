@@ -32,7 +32,7 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
 	@if command -v npm >/dev/null 2>&1 && [ -f clients/node/package-lock.json ]; then \
-		npm ci --prefix clients/node --no-audit --no-fund --loglevel=error; \
+		npm ci --prefix clients/node --ignore-scripts --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the Node.js client test will be skipped"; fi
 	touch $@ $(VENV)/.server
 
