@@ -53,7 +53,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench.py --model-dir models --model mnist-dcgan
 
 models: $(VENV)/.dev
-	for m in $(MODELS); do $(BIN)/ganserve build-model $$m --data-dir $(DATA_DIR) --models-dir models || exit 1; done
+	$(BIN)/ganserve build-model $(MODELS) --data-root $(DATA_DIR) --models-dir models
 
 protos: $(VENV)/.dev
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/ganserve/v1/generator.proto

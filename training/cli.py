@@ -163,23 +163,14 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    # The evaluation module (and torch) is imported only when the command runs:
-    # its arguments are parsed there, from the remainder of the command line.
-    p = sub.add_parser("evaluate", help="evaluate an ONNX generator (FID, precision/recall, ...)",
-                       add_help=False)  # fmt: skip
-    p.add_argument("argv", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=_guarded("evaluate", _evaluate))
+    # ganserve.training.evaluate imports torch / onnxruntime only inside its functions,
+    # so its arguments can be registered directly (REMAINDER would swallow no options
+    # that come first, e.g. `ganserve evaluate --model ...`).
+    from ganserve.training import evaluate
 
-
-def _evaluate(args: argparse.Namespace) -> int:
-    try:
-        from ganserve.training import evaluate
-    except ImportError as exc:
-        print(f"ganserve evaluate: not available ({exc})", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="ganserve evaluate")
-    evaluate.add_arguments(parser)
-    return int(evaluate.run(parser.parse_args(args.argv)) or 0)
+    p = sub.add_parser("evaluate", help="evaluate an ONNX generator (FID, precision/recall, ...)")
+    evaluate.add_arguments(p)
+    p.set_defaults(func=_guarded("evaluate", evaluate.run))
 
 
 def register(root: argparse.ArgumentParser, subparsers: argparse._SubParsersAction) -> None:
