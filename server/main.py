@@ -283,4 +283,8 @@ class _Server:
         if self._reloading is not None:
             self._reloading.cancel()
         await self._grpc.stop(self.config.grace_period_s)
-        await self.repository.close()
+        try:
+            # A hung inference must not hold the exit past the grace period.
+            await asyncio.wait_for(self.repository.close(), max(1.0, self.config.grace_period_s))
+        except TimeoutError:
+            log.error("models did not close within the grace period; exiting anyway")
