@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import struct
 import urllib.request
 from dataclasses import dataclass
@@ -94,7 +95,11 @@ DATASETS: dict[str, Dataset] = {
 
 
 def default_data_dir(dataset: str) -> Path:
-    """``../shared/data/<dataset>`` relative to the repository, where it exists."""
+    """``$GANSERVE_DATA_ROOT/<dataset>`` if set, else ``../shared/data/<dataset>``
+    relative to the repository."""
+    root = os.environ.get("GANSERVE_DATA_ROOT")
+    if root:
+        return Path(root) / dataset
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data" / dataset
 
 
