@@ -220,6 +220,9 @@ def write_quality(onnx_path: Path | str, report: EvalReport) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        # mkstemp makes the file 0600; keep the model readable by a server running as
+        # another user (the container's), as a plain write would have left it.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, onnx_path)
     finally:
         if os.path.exists(tmp):
