@@ -74,6 +74,7 @@ def measure_raw_ort(
     (one thread per core, spinning on): a second reference, for context only.
     """
     import onnxruntime as ort
+
     from ganserve.server import runtime
 
     config = runtime.RuntimeConfig(**runtime_kwargs)
@@ -177,6 +178,7 @@ def write_standin(repo: Path, name: str, kind: str) -> Path:
 
 def _export_dcgan(out: Path) -> None:
     import torch
+
     from ganserve.training.nets import build_generator
 
     torch.set_num_threads(1)

@@ -28,6 +28,7 @@ from _loadgen import PointResult, check_target, make_request, merge, run_point
 from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_sums
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
 from _report import context_lines, format_table, machine_info, ratios, row_dict
+
 from ganserve.server.errors import GanServeError
 
 _METRICS = [

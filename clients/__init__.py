@@ -34,7 +34,6 @@ from ganserve.clients.results import (
     ServerLimits,
 )
 from ganserve.clients.sync import GanClient
-
 from ganserve.seeds import latent_from_seed, latents_from_seeds
 
 __all__ = [

@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
 from ganserve.clients.errors import GanServeError
 from ganserve.clients.results import ModelInfo, ServerLimits
-
 from ganserve.v1 import generator_pb2 as pb
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+
 from ganserve.clients.errors import GanServeError, InvalidRequest
 from ganserve.clients.results import (
     ModelInfo,
@@ -20,7 +21,6 @@ from ganserve.clients.results import (
     ServerLimits,
     encode_latents,
 )
-
 from ganserve.v1 import generator_pb2 as pb
 
 ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "uint8": pb.ENCODING_UINT8, "png": pb.ENCODING_PNG}

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+from tqdm.auto import tqdm
+
 from ganserve.clients._base import ClientBase
 from ganserve.clients._requests import (
     SampleAccumulator,
@@ -35,8 +37,6 @@ from ganserve.clients.results import (
     SampleResult,
     ServerLimits,
 )
-from tqdm.auto import tqdm
-
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 

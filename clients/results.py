@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+
 from ganserve.clients import images as _images
 from ganserve.clients.errors import GanServeError, InvalidRequest
-
 from ganserve.v1 import generator_pb2 as pb
 
 __all__ = [

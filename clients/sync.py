@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+from tqdm.auto import tqdm
+
 from ganserve.clients._base import ClientBase
 from ganserve.clients._requests import (
     SampleAccumulator,
@@ -33,8 +35,6 @@ from ganserve.clients.results import (
     SampleResult,
     ServerLimits,
 )
-from tqdm.auto import tqdm
-
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_onnx import make_tiny_generator
+
 from ganserve.server.batcher import Batcher, BatchingConfig
 from ganserve.server.errors import (
     Cancelled,
@@ -21,7 +23,6 @@ from ganserve.server.errors import (
 from ganserve.server.metrics import Metrics
 from ganserve.server.repository import read_spec
 from ganserve.server.runtime import OrtRunner, RuntimeConfig
-from tiny_onnx import make_tiny_generator
 
 POISON = 99.0  # a latent whose first entry is this makes GatedInfer raise
 

@@ -8,6 +8,7 @@ import grpc
 import grpc.aio
 import numpy as np
 import pytest
+
 from ganserve.clients import (
     AsyncGanClient,
     DeadlineExceeded,
@@ -18,7 +19,6 @@ from ganserve.clients import (
     Unavailable,
     latents_from_seeds,
 )
-
 from ganserve.v1 import generator_pb2 as pb
 
 UNCOND, COND = "tiny-uncond", "tiny-cond"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ganserve.clients import GanClient
 from PIL import Image
 
 from ganserve.cli import main
+from ganserve.clients import GanClient
 
 ROOT = Path(__file__).resolve().parent.parent
 

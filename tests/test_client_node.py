@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ganserve.clients import GanClient, images
 from PIL import Image
+
+from ganserve.clients import GanClient, images
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 NODE = shutil.which("node")

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from ganserve.clients import (
     DeadlineExceeded,
     GanClient,
@@ -25,7 +26,6 @@ from ganserve.clients import (
     Unavailable,
     latents_from_seeds,
 )
-
 from ganserve.v1 import generator_pb2 as pb
 
 UNCOND, COND = "tiny-uncond", "tiny-cond"

@@ -9,6 +9,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from PIL import Image
+
+import ganserve.seeds
+from ganserve import clients
+from ganserve.cli import build_parser
 from ganserve.clients import errors, images
 from ganserve.clients._channel import ChannelConfig, resolve_target
 from ganserve.clients._requests import (
@@ -18,11 +23,6 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients.results import ModelInfo, ServerLimits, decode_images
-from PIL import Image
-
-import ganserve.seeds
-from ganserve import clients
-from ganserve.cli import build_parser
 from ganserve.v1 import generator_pb2 as pb
 
 

@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ganserve.server.encode import encode_images, to_uint8
 from ganserve.server.errors import InvalidArgument
-from PIL import Image
 
 
 def _images(n: int = 3, c: int = 1) -> np.ndarray:

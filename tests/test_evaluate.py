@@ -12,12 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ganserve.training import metrics
 from ganserve.training.data import default_data_dir, load_split
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from ganserve.training.card import write_model_card  # noqa: E402
 from ganserve.training.classifier import (  # noqa: E402
@@ -28,7 +31,6 @@ from ganserve.training.classifier import (  # noqa: E402
 )
 from ganserve.training.evaluate import add_arguments, evaluate_onnx, run, write_quality  # noqa: E402
 from ganserve.training.report import EvalReport, ModelInfo  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 MNIST = default_data_dir("mnist")
 needs_mnist = pytest.mark.skipif(

@@ -11,6 +11,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
+
+from ganserve.cli import main as ganserve_main
+from ganserve.seeds import latents_from_seeds
 from ganserve.training.config import ARCHS, TrainConfig
 from ganserve.training.export import (
     ExportError,
@@ -23,10 +27,6 @@ from ganserve.training.export import (
 )
 from ganserve.training.grid import grid_image
 from ganserve.training.train import train
-from PIL import Image
-
-from ganserve.cli import main as ganserve_main
-from ganserve.seeds import latents_from_seeds
 
 torch.set_num_threads(1)
 

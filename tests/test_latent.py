@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ganserve.server.errors import InvalidArgument
 from ganserve.server.latent import blend_path, combine, interpolate_path, lerp, one_hot, slerp
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from ganserve.server.metrics import Metrics
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from ganserve.server.metrics import Metrics
 
 EXPECTED = {
     "ganserve_requests": "counter",

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_onnx import make_tiny_generator, model_path, write_broken_file
+
 from ganserve.server.batcher import BatchingConfig
 from ganserve.server.errors import InvalidArgument, NotFound, Unavailable
 from ganserve.server.latent import one_hot
 from ganserve.server.metrics import Metrics
 from ganserve.server.repository import ModelRepository, ModelSpecError, read_spec
 from ganserve.server.runtime import RuntimeConfig
-from tiny_onnx import make_tiny_generator, model_path, write_broken_file
 
 RUNTIME = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1, 4))
 

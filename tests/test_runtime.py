@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
+from tiny_onnx import make_tiny_generator
+
 from ganserve.server import runtime
 from ganserve.server.errors import Unavailable
 from ganserve.server.repository import read_spec
@@ -19,8 +22,6 @@ from ganserve.server.runtime import (
     resolve_providers,
     warmup_sizes,
 )
-from onnx import numpy_helper
-from tiny_onnx import make_tiny_generator
 
 
 def _runner(tmp_path: Path, num_classes: int = 0, **config: object) -> OrtRunner:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ganserve.server.config import ConfigError, ServerConfig, add_arguments
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from ganserve.cli import main as ganserve_main
 from ganserve.training.config import ARCHS, LOSSES, TrainConfig
 from ganserve.training.data import DataError, load_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
@@ -23,9 +26,6 @@ from ganserve.training.losses import get_loss, gradient_penalty
 from ganserve.training.nets import build_discriminator, build_generator
 from ganserve.training.recipes import RECIPES
 from ganserve.training.train import load_checkpoint, train
-from torch import nn
-
-from ganserve.cli import main as ganserve_main
 
 torch.set_num_threads(1)
 

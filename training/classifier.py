@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ganserve.training.data import DATASETS, load_split
 from torch import nn
 from tqdm import tqdm
+
+from ganserve.training.data import DATASETS, load_split
 
 __all__ = [
     "AFFINE_AUGMENT",

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ganserve.training import metrics
-from ganserve.training.report import EvalReport, ModelInfo
 
 from ganserve.seeds import latents_from_seeds
+from ganserve.training import metrics
+from ganserve.training.report import EvalReport, ModelInfo
 
 __all__ = [
     "EvalReport",
@@ -149,6 +149,7 @@ def evaluate_onnx(
     """Generate ``n`` images from ``onnx_path`` and compare them (and ``n`` real training
     images, the floor) with ``t10k`` of ``dataset`` (default: the model's own)."""
     import torch
+
     from ganserve.training.classifier import predict, to_input
     from ganserve.training.data import DATASETS, default_data_dir, load_split
 

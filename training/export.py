@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from torch import nn
+
 from ganserve.training.config import TrainConfig, is_conditional
 from ganserve.training.ema import recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
 from ganserve.training.nets import build_generator
 from ganserve.training.train import load_checkpoint
-from torch import nn
 
 __all__ = [
     "ExportError",

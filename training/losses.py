@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from ganserve.training.config import LOSSES
 from torch import nn
+
+from ganserve.training.config import LOSSES
 
 __all__ = ["LOSSES", "GANLoss", "get_loss", "gradient_penalty"]
 

@@ -20,8 +20,9 @@ import itertools
 from typing import Literal
 
 import torch
-from ganserve.training.config import ARCHS, CONDITIONAL_ARCHS, is_conditional
 from torch import nn
+
+from ganserve.training.config import ARCHS, CONDITIONAL_ARCHS, is_conditional
 
 __all__ = [
     "ARCHS",

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from ganserve.training.config import TrainConfig
 from ganserve.training.data import DATASETS, load_split, synthetic_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
 from ganserve.training.losses import get_loss, gradient_penalty
 from ganserve.training.nets import build_discriminator, build_generator
-from tqdm import tqdm
 
 __all__ = ["CHECKPOINT_NAME", "TrainConfig", "load_checkpoint", "resolve_device", "train"]
 
