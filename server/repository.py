@@ -5,7 +5,7 @@ Each version gets an ONNX Runtime session (:class:`OrtRunner`) and a
 serving; a version takes traffic only once warm. A broken file is logged,
 counted and shown as FAILED while every other version keeps serving. The
 model spec (what the service validates against) comes from the graph's
-inputs/outputs and the ``ganserve.*`` metadata (see docs/CONTRIBUTING-HELPERS.md).
+inputs/outputs and the ``ganserve.*`` metadata (see docs/CONVENTIONS.md).
 """
 
 from __future__ import annotations

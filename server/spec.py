@@ -1,6 +1,6 @@
 """What a generator file must look like, read into a :class:`ModelSpec`.
 
-Conventions (docs/CONTRIBUTING-HELPERS.md): input ``z`` float32 (N, latent_dim),
+Conventions (docs/CONVENTIONS.md): input ``z`` float32 (N, latent_dim),
 conditional models also ``y`` float32 (N, num_classes); one output float32
 (N, C, H, W) with C in {1, 3}; ``ganserve.*`` metadata_props. The graph is the
 source of truth for shapes; metadata that contradicts it is an error, missing

@@ -1,6 +1,6 @@
 """Export a trained generator to one self-describing ONNX file: ``ganserve export``.
 
-The file follows the project's ONNX conventions (docs/CONTRIBUTING-HELPERS.md):
+The file follows the project's ONNX conventions (docs/CONVENTIONS.md):
 inputs ``z`` (N, latent_dim) and, for conditional models, ``y`` (N, num_classes),
 output ``image`` (N, 1, 28, 28) in [-1, 1], batch axis ``N`` dynamic, and the
 ``ganserve.*`` metadata_props. Every export is checked twice: ``onnx.checker``
