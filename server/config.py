@@ -68,6 +68,9 @@ class ServerConfig:
     stream_chunk_max: int = 4096
     max_message_bytes: int = 64 * MIB  # send and receive limit; ListModels reports it
     grace_period_s: float = 10.0  # in-flight RPCs get this long after SIGTERM
+    # After SIGTERM, keep serving this long with health NOT_SERVING, so that load
+    # balancers and Kubernetes endpoints stop routing here before new RPCs are refused.
+    shutdown_delay_s: float = 0.0
     reload_interval_s: float = 0.0  # 0: reload on SIGHUP only
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -140,6 +143,7 @@ class ServerConfig:
             "--stream-chunk-max",
         )
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
+        _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
         _check(
             (self.tls_cert is None) == (self.tls_key is None),
@@ -250,6 +254,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("stream_chunk_max", int, "largest SampleStream chunk (default 4096)"),
     _Option("max_message_bytes", int, "gRPC send/receive limit (default 64 MiB)"),
     _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
+    _Option("shutdown_delay_s", float, "on SIGTERM, serve N s more as NOT_SERVING (default 0)"),
     _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),
     _Option("tls_cert", Path, "PEM server certificate (TLS)"),
     _Option("tls_key", Path, "PEM server private key (TLS)"),

@@ -86,6 +86,7 @@ class _Server:
     def __init__(self, config: ServerConfig):
         self.config = config
         self._stop = asyncio.Event()
+        self._stop_now = asyncio.Event()  # a second SIGTERM: cut the shutdown delay short
         self._reloading: asyncio.Task[None] | None = None
         self._grpc: Any = None
         self._force_stop: asyncio.Task[None] | None = None
@@ -247,6 +248,7 @@ class _Server:
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
             log.warning("%s again: stopping now without waiting for in-flight RPCs", sig.name)
+            self._stop_now.set()
             if self._grpc is not None:
                 self._force_stop = asyncio.ensure_future(self._grpc.stop(0))
             return
@@ -280,6 +282,11 @@ class _Server:
 
     async def _shutdown(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self.config.shutdown_delay_s > 0:
+            # Probes now see NOT_SERVING; keep answering until the endpoint is gone.
+            log.info("serving %.1f s more as NOT_SERVING", self.config.shutdown_delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_now.wait(), self.config.shutdown_delay_s)
         if self._reloading is not None:
             self._reloading.cancel()
         await self._grpc.stop(self.config.grace_period_s)

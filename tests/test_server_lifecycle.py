@@ -86,6 +86,22 @@ def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait
     assert not proc.ready_file.exists()
 
 
+def test_shutdown_delay_serves_as_not_serving_before_refusing(
+    tiny_model_repo, start_server, wait_until
+) -> None:
+    proc = start_server(tiny_model_repo, "--shutdown-delay-s", "30", "--grace-period-s", "5")
+    channel, client = stub(proc.target)
+    with channel:
+        assert health(channel) == SERVING
+        proc.send(signal.SIGTERM)
+        wait_until(lambda: health(channel) == NOT_SERVING, "health NOT_SERVING after SIGTERM")
+        # Still answering while load balancers take the endpoint out.
+        reply = client.Sample(pb.SampleRequest(model=UNCOND, count=2, seed=1), timeout=5)
+        assert reply.images.count == 2
+        proc.send(signal.SIGTERM)  # a second signal stops at once
+    assert proc.wait() == 0, proc.log()
+
+
 def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape, wait_until):
     proc = start_server(repo_copy)
     channel, client = stub(proc.target)
