@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ganserve.clients.images import grid
 from ganserve.seeds import latents_from_seeds
 
 __all__ = ["grid_image", "sample_plan", "save_grid"]
@@ -34,19 +35,15 @@ def sample_plan(latent_dim: int, num_classes: int = 0) -> tuple[np.ndarray, np.n
 
 def grid_image(images: np.ndarray, ncol: int, pad: int = 2) -> np.ndarray:
     """Tile ``(N, 1, H, W)`` float images in [-1, 1] into a uint8 ``(rows*(H+pad)+pad, ...)``
-    array, row-major, ``ncol`` per row, on a black background."""
+    array, row-major, ``ncol`` per row, on a black background.
+
+    The client library's tiler, so training grids, ``samples.png`` and ``ganserve sample``
+    map floats to bytes by the same rule (the proto's ``round((x + 1) * 127.5)``).
+    """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"expected images (N, 1, H, W), got {images.shape}")
-    n, _, h, w = images.shape
-    rows = -(-n // ncol)
-    pixels = np.clip((images[:, 0] + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)  # (N, H, W)
-    out = np.zeros((rows * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        out[top : top + h, left : left + w] = pixels[i]
-    return out
+    return grid(images[:, 0], cols=ncol, padding=pad)  # (N, H, W) in
 
 
 def save_grid(images: np.ndarray, path: Path | str, ncol: int = 10, scale: int = 2) -> Path:
