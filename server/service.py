@@ -26,6 +26,7 @@ from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
 from .errors import GanServeError, InvalidArgument
+from .latent import one_hot
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 from .validate import (
@@ -94,12 +95,6 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
         return functools.wraps(fn)(stream if streaming else unary)
 
     return decorate
-
-
-@functools.lru_cache(maxsize=16)
-def _eye(num_classes: int) -> np.ndarray:
-    """Rows of one-hot class vectors; labels were range-checked by the plan."""
-    return np.eye(num_classes, dtype=np.float32)  # (C, C)
 
 
 def _deadline(context: aio.ServicerContext) -> float | None:
@@ -262,7 +257,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         else:
             z = plan.z(start, stop)
         labels = plan.image_labels(start, stop)
-        y = None if labels is None else _eye(plan.num_classes)[labels]  # (n, C) one-hot
+        y = None if labels is None else one_hot(labels, plan.num_classes)  # (n, C)
         images, raw, pngs = await self._run(model, z, y, deadline, context, plan.encoding)
         response = pb.SampleResponse(
             model=model.spec.name, version=model.spec.version, offset=start
