@@ -1,4 +1,4 @@
-"""Python arguments → protobuf requests, and the unary-or-stream plan for ``sample``.
+"""Python arguments → protobuf requests (how ``sample`` is fetched: ``_sampling``).
 
 Shared by the sync and async clients so both validate and encode the same way;
 no I/O here. Client-side checks are limited to what the proto cannot express
@@ -8,25 +8,17 @@ no I/O here. Client-side checks are limited to what the proto cannot express
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
 
-from ganserve.clients.errors import GanServeError, InvalidRequest
-from ganserve.clients.results import (
-    ModelInfo,
-    SampleResult,
-    ServerLimits,
-    encode_latents,
-)
+from ganserve.clients.errors import InvalidRequest
+from ganserve.clients.results import encode_latents
 from ganserve.v1 import generator_pb2 as pb
 
 ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "uint8": pb.ENCODING_UINT8, "png": pb.ENCODING_PNG}
 METHODS = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METHOD_LERP}
-# Headroom for protobuf framing and the other fields of a response.
-_MESSAGE_SLACK = 0.9
+_MAX_COUNT = 2**31 - 1  # SampleRequest.count is an int32
 
 E = TypeVar("E")
 # A keyframe / term source: a seed, seeds, or an explicit latent vector.
@@ -70,6 +62,8 @@ def sample_request(
         req.latents.CopyFrom(encode_latents(np.asarray(latents, dtype=np.float32)))
     elif seed is not None:
         req.seed = int(seed)
+    if count is not None and int(count) > _MAX_COUNT:
+        raise InvalidRequest(f"count must be at most {_MAX_COUNT}, got {count}")
     req.count = int(count) if count is not None else (req.latents.count or 1)
     if truncation is not None:
         req.truncation = float(truncation)
@@ -169,70 +163,3 @@ def _split_source(source: Source, where: str) -> tuple[list[int], list[float] | 
     if np.issubdtype(arr.dtype, np.floating):
         return [], arr.astype(np.float32).tolist()
     raise InvalidRequest(f"{where} has unsupported type {arr.dtype}")
-
-
-@dataclass(frozen=True)
-class SamplePlan:
-    """How to fetch a ``sample``: one unary call, or a stream in chunks."""
-
-    stream: bool
-    chunk_size: int
-
-
-def plan_sample(req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo) -> SamplePlan:
-    """Unary when the answer fits the server's per-request and message limits."""
-    shape = info.image_shape or (1, 28, 28)
-    values = int(np.prod(shape))
-    bytes_per_value = 1 if req.encoding in (pb.ENCODING_UINT8, pb.ENCODING_PNG) else 4
-    per_image = values * bytes_per_value + (4 * info.latent_dim if req.return_latents else 0)
-    budget = int(limits.max_message_bytes * _MESSAGE_SLACK) or 1
-    fits = max(1, budget // per_image)
-    max_unary = min(limits.max_images_per_request or req.count, fits)
-    if req.count <= max_unary:
-        return SamplePlan(stream=False, chunk_size=0)
-    if limits.max_images_per_stream and req.count > limits.max_images_per_stream:
-        raise InvalidRequest(
-            f"count={req.count} exceeds the server's max_images_per_stream="
-            f"{limits.max_images_per_stream}; split it into several calls"
-        )
-    chunk = req.chunk_size or limits.max_stream_chunk or max_unary
-    return SamplePlan(stream=True, chunk_size=max(1, min(chunk, fits)))
-
-
-class SampleAccumulator:
-    """Collects ``SampleStream`` chunks into one ``SampleResult``.
-
-    Chunks arrive decoded (the protobuf bytes are freed early) and are ordered
-    by their ``offset``, not by arrival.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.received = 0
-        self._chunks: list[SampleResult] = []
-
-    def add(self, chunk: SampleResult) -> int:
-        """Keep one decoded chunk; returns its number of images."""
-        self._chunks.append(chunk)
-        self.received += len(chunk.images)
-        return len(chunk.images)
-
-    def result(self) -> SampleResult:
-        if self.received != self.count or not self._chunks:
-            raise GanServeError(
-                f"stream ended after {self.received} of {self.count} images",
-                grpc.StatusCode.DATA_LOSS,
-            )
-        chunks = sorted(self._chunks, key=lambda c: c.offset)
-        first = chunks[0]
-        labels = [c.labels for c in chunks if c.labels is not None]
-        latents = [c.latents for c in chunks if c.latents is not None]
-        return SampleResult(
-            model=first.model,
-            version=first.version,
-            images=np.concatenate([c.images for c in chunks]),
-            seed=first.seed,
-            labels=np.concatenate(labels) if labels else None,
-            latents=np.concatenate(latents) if latents else None,
-            png=[f for c in chunks for f in c.png],
-        )

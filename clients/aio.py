@@ -16,20 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc
 import grpc.aio
-from tqdm.auto import tqdm
 
 from ganserve.clients._base import ClientBase
 from ganserve.clients._requests import (
-    SampleAccumulator,
     Source,
     arithmetic_request,
     interpolate_request,
-    plan_sample,
     sample_request,
 )
-from ganserve.clients.errors import from_rpc_error
+from ganserve.clients._sampling import SampleAccumulator, plan_sample, rebase, split_sample
+from ganserve.clients.errors import typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
     InterpolateResult,
@@ -116,16 +113,15 @@ class AsyncGanClient(ClientBase):
         timeout: float | None = None,
         **kwargs: Any,
     ) -> SampleResult:
-        """``count`` images; keywords and stream fallback as in ``GanClient.sample``."""
+        """``count`` images; keywords, streams and parts as in ``GanClient.sample``."""
         req = sample_request(model, count, **kwargs)
         plan = plan_sample(req, await self.limits(), await self._cached_info(model, req.version))
         if not plan.stream:
             return SampleResult.from_proto(await self._unary(self._stub.Sample, req, timeout))
         req.chunk_size = plan.chunk_size
-        acc = SampleAccumulator(req.count)
-        with tqdm(total=req.count, unit="img", desc=model, disable=not progress) as bar:
+        with SampleAccumulator(req.count, progress=progress, desc=model) as acc:
             async for chunk in self._stream(req, timeout):
-                bar.update(acc.add(chunk))
+                acc.add(chunk)
         return acc.result()
 
     def sample_stream(
@@ -137,14 +133,15 @@ class AsyncGanClient(ClientBase):
     async def _stream(
         self, req: pb.SampleRequest, timeout: float | None
     ) -> AsyncIterator[SampleResult]:
-        call = self._stub.SampleStream(req, **self._call_kwargs(timeout, stream=True))
-        try:
-            async for msg in call:
-                yield SampleResult.from_proto(msg)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()  # no-op after the end; stops the server when the consumer quits early
+        limits, info = await self.limits(), await self._cached_info(req.model, req.version)
+        for offset, part in split_sample(req, limits, info):
+            call = self._stub.SampleStream(part, **self._call_kwargs(timeout, stream=True))
+            try:
+                with typed_errors():
+                    async for msg in call:
+                        yield rebase(SampleResult.from_proto(msg), offset)
+            finally:
+                call.cancel()  # no-op after the end; stops the server when the consumer quits
 
     # ---------------------------------------------------- latent operations
     async def interpolate(
@@ -188,7 +185,5 @@ class AsyncGanClient(ClientBase):
     async def _unary(
         self, method: Callable[..., Awaitable[T]], request: Any, timeout: float | None
     ) -> T:
-        try:
+        with typed_errors():
             return await method(request, **self._call_kwargs(timeout))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc

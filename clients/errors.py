@@ -8,6 +8,9 @@ the raw ``code`` and ``details`` for logs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 __all__ = [
@@ -20,6 +23,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "typed_errors",
 ]
 
 
@@ -107,3 +111,12 @@ def from_rpc_error(error: grpc.RpcError) -> GanServeError:
     details = (details_fn() if callable(details_fn) else None) or str(error) or code.name
     cls = _BY_CODE.get(code, GanServeError)
     return cls(details, code)
+
+
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    """Raise the typed exception for a failed call inside the block (sync or async code)."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from exc

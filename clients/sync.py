@@ -15,19 +15,15 @@ from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-import grpc
-from tqdm.auto import tqdm
-
 from ganserve.clients._base import ClientBase
 from ganserve.clients._requests import (
-    SampleAccumulator,
     Source,
     arithmetic_request,
     interpolate_request,
-    plan_sample,
     sample_request,
 )
-from ganserve.clients.errors import from_rpc_error
+from ganserve.clients._sampling import SampleAccumulator, plan_sample, rebase, split_sample
+from ganserve.clients.errors import typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
     InterpolateResult,
@@ -118,17 +114,18 @@ class GanClient(ClientBase):
         ``truncation``, ``labels`` (one per image) or ``label`` (for all),
         ``encoding`` ("float32" | "uint8" | "png"), ``return_latents``,
         ``chunk_size``. Counts beyond one response go through ``SampleStream``
-        transparently; ``progress=True`` shows a progress bar then.
+        transparently, and counts beyond one stream through several consecutive
+        streams (the client then picks a missing seed itself); ``timeout``
+        applies to each call; ``progress=True`` shows a progress bar then.
         """
         req = sample_request(model, count, **kwargs)
         plan = plan_sample(req, self.limits(), self._cached_info(model, req.version))
         if not plan.stream:
             return SampleResult.from_proto(self._unary(self._stub.Sample, req, timeout))
         req.chunk_size = plan.chunk_size
-        acc = SampleAccumulator(req.count)
-        with tqdm(total=req.count, unit="img", desc=model, disable=not progress) as bar:
+        with SampleAccumulator(req.count, progress=progress, desc=model) as acc:
             for chunk in self._stream(req, timeout):
-                bar.update(acc.add(chunk))
+                acc.add(chunk)
         return acc.result()
 
     def sample_stream(
@@ -136,21 +133,23 @@ class GanClient(ClientBase):
     ) -> Iterator[SampleResult]:
         """The chunks of ``SampleStream`` as they arrive (``chunk.offset`` places them).
 
-        Same keywords as ``sample``. Stop iterating (or ``close()`` the
-        iterator) to cancel the call and the server's work.
+        Same keywords as ``sample``; a count beyond one stream is fetched as
+        consecutive streams, with offsets in the whole request. Stop iterating
+        (or ``close()`` the iterator) to cancel the call and the server's work.
         """
         return self._stream(sample_request(model, count, **kwargs), timeout)
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
-        # A generator: the call starts at the first next(), like the async client's.
-        call = self._stub.SampleStream(req, **self._call_kwargs(timeout, stream=True))
-        try:
-            for msg in call:
-                yield SampleResult.from_proto(msg)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc
-        finally:
-            call.cancel()  # no-op after the end; stops the server when the consumer quits early
+        # A generator: the calls start at the first next(), like the async client's.
+        parts = split_sample(req, self.limits(), self._cached_info(req.model, req.version))
+        for offset, part in parts:
+            call = self._stub.SampleStream(part, **self._call_kwargs(timeout, stream=True))
+            try:
+                with typed_errors():
+                    for msg in call:
+                        yield rebase(SampleResult.from_proto(msg), offset)
+            finally:
+                call.cancel()  # no-op after the end; stops the server when the consumer quits
 
     # ---------------------------------------------------- latent operations
     def interpolate(
@@ -198,7 +197,5 @@ class GanClient(ClientBase):
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(msg.status))
 
     def _unary(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        try:
+        with typed_errors():
             return method(request, **self._call_kwargs(timeout))
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from exc

@@ -75,6 +75,32 @@ async def test_leaving_a_stream_early_cancels_it(server) -> None:
         assert await client.health() == "SERVING"
 
 
+async def test_count_over_the_stream_limit_is_split(start_server, tiny_model_repo, server) -> None:
+    small = start_server(
+        tiny_model_repo, "--max-images-per-request", "4", "--max-images-per-stream", "7",
+        "--stream-chunk-max", "4", "--stream-chunk-default", "4",
+    )  # fmt: skip
+    z = np.random.default_rng(1).standard_normal((19, 8)).astype(np.float32)
+    labels = [(7 * i) % 10 for i in range(19)]
+    async with AsyncGanClient(small.target, timeout=20) as client:
+        seeded, explicit = await asyncio.gather(
+            client.sample(COND, 19, seed=3, encoding="uint8", return_latents=True),
+            client.sample(COND, latents=z, labels=labels),
+        )
+        chunks = [c async for c in client.sample_stream(COND, 19, seed=3, chunk_size=4)]
+    with GanClient(server.target) as sync_client:  # one call each: the limit there is 4096
+        whole = sync_client.sample(COND, 19, seed=3, encoding="uint8", return_latents=True)
+        expected = sync_client.sample(COND, latents=z, labels=labels)
+        floats = sync_client.sample(COND, 19, seed=3)
+    assert seeded.seed == 3 and seeded.images.tobytes() == whole.images.tobytes()
+    np.testing.assert_array_equal(seeded.labels, whole.labels)
+    np.testing.assert_array_equal(seeded.latents, latents_from_seeds(3, 19, 8))
+    assert explicit.images.tobytes() == expected.images.tobytes()
+    assert list(explicit.labels) == labels
+    assert [c.offset for c in chunks] == [0, 4, 7, 11, 14, 18]
+    assert np.concatenate([c.images for c in chunks]).tobytes() == floats.images.tobytes()
+
+
 async def test_errors(server) -> None:
     async with AsyncGanClient(server.target) as client:
         with pytest.raises(ModelNotFound, match="no-such-model"):

@@ -1,5 +1,5 @@
-"""GanClient against real servers: every method, errors, stream fallback, retries,
-round robin, token and TLS."""
+"""GanClient against real servers: every method, errors, stream fallback, counts split
+over several streams, retries, round robin, token and TLS."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import launch_server
 
 from ganserve.clients import (
     DeadlineExceeded,
@@ -153,6 +154,72 @@ def test_large_count_goes_through_the_stream(start_server, tiny_model_repo, clie
     np.testing.assert_array_equal(result.images, client.sample(COND, 50, seed=3).images)
     counts = request_counts(small.metrics_url)
     assert counts.get("SampleStream") == 1 and "Sample" not in counts
+
+
+# A server that streams at most 7 images a call: bigger counts come in parts.
+STREAM_LIMIT = 7
+SPLIT_FLAGS = (
+    "--max-images-per-request", "4", "--max-images-per-stream", str(STREAM_LIMIT),
+    "--stream-chunk-max", "4", "--stream-chunk-default", "4",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stream_limited(tiny_model_repo, tmp_path_factory) -> Iterator:  # type: ignore[no-untyped-def]
+    proc = launch_server(tiny_model_repo, *SPLIT_FLAGS, work_dir=tmp_path_factory.mktemp("split"))
+    try:
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.log()
+
+
+def test_count_over_the_stream_limit_is_split_exactly(stream_limited, client, capsys) -> None:
+    before = request_counts(stream_limited.metrics_url)
+    with GanClient(stream_limited.target, timeout=20) as limited:
+        assert limited.limits().max_images_per_stream == STREAM_LIMIT
+        kwargs = {"seed": 5, "truncation": 0.8, "encoding": "uint8", "return_latents": True}
+        got = limited.sample(COND, 23, progress=True, **kwargs)
+    after = request_counts(stream_limited.metrics_url)
+    assert after["SampleStream"] - before.get("SampleStream", 0) == 4  # 7 + 7 + 7 + 2
+    assert after.get("Sample", 0) == before.get("Sample", 0)
+    assert "23/23" in capsys.readouterr().err  # one progress bar over every part
+    whole = client.sample(COND, 23, **kwargs)  # one call to a server that allows 4096
+    assert got.seed == 5 and got.images.tobytes() == whole.images.tobytes()
+    assert list(got.labels) == [i % 10 for i in range(23)]  # the server's default classes
+    np.testing.assert_array_equal(got.latents, whole.latents)
+    np.testing.assert_array_equal(got.latents, latents_from_seeds(5, 23, 8, 0.8))
+
+
+def test_split_latents_and_labels_match_separate_requests(stream_limited, client) -> None:
+    z = np.random.default_rng(0).standard_normal((23, 8)).astype(np.float32)
+    labels = [(3 * i + 1) % 10 for i in range(23)]
+    with GanClient(stream_limited.target, timeout=20) as limited:
+        got = limited.sample(COND, latents=z, labels=labels, encoding="png", return_latents=True)
+    pieces = [
+        client.sample(COND, latents=z[o : o + 5], labels=labels[o : o + 5], encoding="png")
+        for o in range(0, 23, 5)
+    ]
+    assert got.seed is None and got.seeds is None and list(got.labels) == labels
+    assert got.png == [f for p in pieces for f in p.png]  # the same PNG bytes
+    np.testing.assert_array_equal(got.images, np.concatenate([p.images for p in pieces]))
+    np.testing.assert_array_equal(got.latents, z)
+
+
+def test_split_without_seed_with_one_label_and_as_a_stream(stream_limited, client) -> None:
+    with GanClient(stream_limited.target, timeout=20) as limited:
+        picked = limited.sample(UNCOND, 15, return_latents=True)  # the client picks the seed
+        sevens = limited.sample(COND, 15, seed=1, label=7)
+        chunks = list(limited.sample_stream(UNCOND, 15, seed=9, chunk_size=4))
+    assert picked.seed is not None and picked.seed < 2**63
+    np.testing.assert_array_equal(picked.latents, latents_from_seeds(picked.seed, 15, 8))
+    np.testing.assert_array_equal(picked.images, client.sample(UNCOND, 15, seed=picked.seed).images)
+    assert list(sevens.labels) == [7] * 15
+    np.testing.assert_array_equal(sevens.images, client.sample(COND, 15, seed=1, label=7).images)
+    # parts of 7, 7 and 1 in chunks of 4; offsets and seeds refer to the whole request
+    assert [c.offset for c in chunks] == [0, 4, 7, 11, 14]
+    assert {c.seed for c in chunks} == {9} and list(chunks[2].seeds) == [16, 17, 18, 19]
+    whole = client.sample(UNCOND, 15, seed=9).images
+    np.testing.assert_array_equal(np.concatenate([c.images for c in chunks]), whole)
 
 
 # ------------------------------------------------------------------------ errors

@@ -16,13 +16,9 @@ from ganserve import clients
 from ganserve.cli import build_parser
 from ganserve.clients import errors, images
 from ganserve.clients._channel import ChannelConfig, resolve_target
-from ganserve.clients._requests import (
-    arithmetic_request,
-    interpolate_request,
-    plan_sample,
-    sample_request,
-)
-from ganserve.clients.results import ModelInfo, ServerLimits, decode_images
+from ganserve.clients._requests import arithmetic_request, interpolate_request, sample_request
+from ganserve.clients._sampling import plan_sample, rebase, split_sample
+from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits, decode_images
 from ganserve.v1 import generator_pb2 as pb
 
 
@@ -216,9 +212,82 @@ def test_plan_sample(count, encoding, limits, stream, chunk) -> None:
     assert (plan.stream, plan.chunk_size) == (stream, chunk)
 
 
-def test_plan_sample_beyond_the_stream_limit() -> None:
-    with pytest.raises(errors.InvalidRequest, match="max_images_per_stream"):
-        plan_sample(sample_request("m", 11), ServerLimits(4, 10, 4, 1 << 20), model())
+def cond_model(num_classes: int = 10) -> ModelInfo:
+    names = tuple(str(i) for i in range(num_classes))
+    return ModelInfo("m", "1", ("1",), "conditional", 8, names, (1, 28, 28), (-1.0, 1.0), "",
+                     "", {}, {}, "ready", "", "cpu")  # fmt: skip
+
+
+def parts(req: pb.SampleRequest, stream_limit: int, info: ModelInfo | None = None):
+    limits = ServerLimits(4, stream_limit, 4, 1 << 20)
+    return list(split_sample(req, limits, info or model()))
+
+
+def test_split_seeded_request_continues_the_seed_and_the_default_classes() -> None:
+    req = sample_request("m", 11, seed=5, truncation=0.5, encoding="uint8", chunk_size=3)
+    split = parts(req, 4, cond_model())
+    assert [(o, p.seed, p.count) for o, p in split] == [(0, 5, 4), (4, 9, 4), (8, 13, 3)]
+    assert all(p.truncation == 0.5 and p.chunk_size == 3 for _, p in split)
+    assert all(p.encoding == pb.ENCODING_UINT8 for _, p in split)
+    # the server's default class i % 10 counts from each part's start: name the classes
+    assert [list(p.labels) for _, p in split] == [[], [4, 5, 6, 7], [8, 9, 0]]
+    # parts of a multiple of num_classes start where the default restarts: nothing to add
+    assert [list(p.labels) for _, p in parts(req, 5, cond_model(5))] == [[], [], []]
+    assert not any(p.labels for _, p in parts(req, 4))  # unconditional: no labels
+
+
+def test_split_slices_latents_and_labels() -> None:
+    z = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    req = sample_request("m", None, latents=z, labels=range(10), return_latents=True)
+    split = parts(req, 4)
+    assert [o for o, _ in split] == [0, 4, 8]
+    for offset, part in split:
+        assert not part.HasField("seed") and part.return_latents
+        assert part.latents.count == part.count and part.latents.dim == 3
+        got = np.frombuffer(part.latents.data, "<f4").reshape(-1, 3)
+        np.testing.assert_array_equal(got, z[offset : offset + part.count])
+        assert list(part.labels) == list(range(offset, offset + part.count))
+    one_label = parts(sample_request("m", 10, seed=0, label=7), 4)
+    assert [list(p.labels) for _, p in one_label] == [[7], [7], [7]]  # one label a part
+
+
+def test_split_only_when_needed_and_by_request_size() -> None:
+    req = sample_request("m", 4, seed=1)
+    assert parts(req, 4) == [(0, req)]  # the same request, untouched
+    unseeded = sample_request("m", 4)
+    assert not parts(unseeded, 4)[0][1].HasField("seed")  # one stream: the server picks
+    # 90 % of 1 MiB holds 1,172 latent vectors of 200 floats (+5 label bytes) per request
+    big = sample_request("m", None, latents=np.zeros((3000, 200)))
+    split = parts(big, 10**6)
+    assert [p.count for _, p in split] == [1172, 1172, 656]
+    assert big.ByteSize() > 1 << 20 and all(p.ByteSize() < 1 << 20 for _, p in split)
+
+
+def test_split_without_seed_picks_one_for_every_part() -> None:
+    first = [p.seed for _, p in parts(sample_request("m", 10), 4)]
+    assert first[0] < 2**63 and first == [first[0], first[0] + 4, first[0] + 8]
+    again = [p.seed for _, p in parts(sample_request("m", 10), 4)]
+    assert again[0] != first[0]  # 63 random bits: equal with probability 2**-63
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"count": 10, "seed": 2**64 - 5}, "seed \\+ count - 1"),
+        ({"count": 10, "labels": [1, 2]}, "exactly count=10, got 2"),
+        ({"count": 9, "latents": np.zeros((10, 2))}, "differs from latents.count 10"),
+        ({"count": 2**31}, "at most 2147483647"),
+    ],
+)
+def test_split_errors_are_clear(kwargs: dict, match: str) -> None:
+    with pytest.raises(errors.InvalidRequest, match=match):
+        parts(sample_request("m", **kwargs), 4)
+
+
+def test_rebase_places_a_part_chunk_in_the_whole_request() -> None:
+    chunk = SampleResult("m", "1", np.zeros((2, 1, 1)), seed=109, labels=None, offset=3)
+    rebase(chunk, 100)
+    assert chunk.offset == 103 and chunk.seed == 9 and list(chunk.seeds) == [112, 113]
 
 
 # ------------------------------------------------------------------- decoding
