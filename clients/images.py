@@ -2,7 +2,8 @@
 
 Accepts what the client returns: ``(H, W)`` / ``(H, W, C)`` images, batches
 ``(N, H, W)`` / ``(N, H, W, C)``, as ``uint8`` or as floats in [-1, 1]
-(mapped to bytes by the proto's rule ``round((x + 1) * 127.5)``).
+(mapped to bytes by the proto's rule ``round((x + 1) * 127.5)``: ``to_uint8``,
+the server's own implementation from ``ganserve.imaging``).
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ganserve.imaging import to_uint8
+
 __all__ = ["equation", "grid", "save_gif", "save_grid", "to_pil", "to_uint8"]
 
 PathLike = str | os.PathLike[str]
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """uint8 as is; floats in [-1, 1] → [0, 255] with the server's rule."""
-    arr = np.asarray(images)
-    if arr.dtype == np.uint8:
-        return arr
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"images must be uint8 or float in [-1, 1], got dtype {arr.dtype}")
-    return np.clip(np.rint((arr + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:

@@ -4,6 +4,12 @@ Clients send ``authorization: Bearer <token>`` metadata. The comparison is
 constant-time (``hmac.compare_digest``) so response timing leaks nothing about the
 token. Health checks and reflection stay open: Kubernetes probes and ``grpcurl
 list`` carry no token.
+
+Rejections are counted in ``ganserve_requests_total`` like the servicer's own
+RPCs (code ``UNAUTHENTICATED``). The model is not known before the request is
+read, so its label is the servicer's placeholder for "no model" (``""``); the
+method label is the Generator method's name, and any other path is
+``OTHER_METHOD`` so that clients cannot mint label values.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from typing import Any
 import grpc
 from grpc import aio
 
-__all__ = ["OPEN_SERVICES", "BearerTokenInterceptor"]
+from ganserve.v1 import generator_pb2 as pb
+
+from .metrics import Metrics
+
+__all__ = ["OPEN_SERVICES", "OTHER_METHOD", "BearerTokenInterceptor"]
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +37,22 @@ OPEN_SERVICES = (
     "grpc.reflection.v1.ServerReflection",
 )
 _SCHEME = b"bearer "
+# Metric labels of a rejection: the service's label for an unknown model (its
+# _Call.model default), the Generator's method names, one bucket for the rest.
+_NO_MODEL = ""
+_SERVICE = pb.DESCRIPTOR.services_by_name["Generator"]
+_METHODS = {f"/{_SERVICE.full_name}/{m}": m for m in _SERVICE.methods_by_name}
+OTHER_METHOD = "other"
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):
     """Reject calls without the configured token with UNAUTHENTICATED."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, metrics: Metrics | None = None):
         if not token:
             raise ValueError("auth token must not be empty")
         self._token = token.encode()
+        self._metrics = metrics
 
     def _authorized(self, metadata: Any) -> tuple[bool, str]:
         value = None
@@ -65,16 +82,27 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         if ok:
             return handler
         log.debug("rejected %s: %s", method, reason)
-        return _rejecting(handler, reason)
+        return _rejecting(handler, reason, lambda: self._count_rejection(method))
+
+    def _count_rejection(self, method: str) -> None:
+        if self._metrics is not None:
+            label = _METHODS.get(method, OTHER_METHOD)
+            code = grpc.StatusCode.UNAUTHENTICATED.name
+            self._metrics.requests_total.labels(model=_NO_MODEL, method=label, code=code).inc()
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, reason: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as ``handler`` that fails with UNAUTHENTICATED."""
+def _rejecting(
+    handler: grpc.RpcMethodHandler, reason: str, count: Callable[[], None]
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that fails with UNAUTHENTICATED
+    (``count`` is called once, as the call is refused)."""
 
     async def unary(request: Any, context: aio.ServicerContext) -> Any:
+        count()
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
     async def streaming(request: Any, context: aio.ServicerContext) -> Any:
+        count()
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
         yield  # pragma: no cover - makes this an async generator
 

@@ -1,9 +1,9 @@
 """Image encodings of generator output: raw float32, raw uint8, PNG per image.
 
 Input everywhere: float32 ``(N, C, H, W)`` in [-1, 1]. Raw tensors are
-little-endian, row-major (the proto's convention). ``uint8`` maps [-1, 1] to
-[0, 255] by ``round((x + 1) * 127.5)`` (round half to even, as numpy and
-Python do), clipped to [0, 255].
+little-endian, row-major (the proto's convention). ``uint8`` (and the pixels of
+PNG) follow the proto's rule ``round((x + 1) * 127.5)`` clipped to [0, 255],
+implemented once in ``ganserve.imaging.to_uint8`` (the client draws with it too).
 """
 
 from __future__ import annotations
@@ -13,25 +13,14 @@ import io
 import numpy as np
 from PIL import Image
 
+from ganserve.imaging import to_uint8
+
 from .errors import InvalidArgument
 
 __all__ = ["ENCODINGS", "encode_images", "to_uint8"]
 
 ENCODINGS = ("float32", "uint8", "png")
 _LE_FLOAT32 = np.dtype("<f4")
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float images to uint8 [0, 255], same shape."""
-    x = np.asarray(images, dtype=np.float32)
-    y = x + np.float32(1.0)  # one temporary, the rest in place
-    y *= np.float32(127.5)
-    np.rint(y, out=y)
-    # NaN would make the cast undefined; a generator with tanh never emits it,
-    # but a broken one must not crash the encoder.
-    np.nan_to_num(y, copy=False, nan=0.0)
-    np.clip(y, 0.0, 255.0, out=y)
-    return y.astype(np.uint8)
 
 
 def _png(image: np.ndarray) -> bytes:

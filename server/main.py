@@ -118,7 +118,7 @@ class _Server:
             stream_chunk_max=cfg.stream_chunk_max,
             max_message_bytes=cfg.max_message_bytes,
         )
-        interceptors = [BearerTokenInterceptor(cfg.auth_token)] if cfg.auth_token else []
+        interceptors = [BearerTokenInterceptor(cfg.auth_token, metrics)] if cfg.auth_token else []
         server = aio.server(
             interceptors=interceptors,
             options=[

@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from ganserve.server.auth import OTHER_METHOD, BearerTokenInterceptor
+from ganserve.server.metrics import Metrics
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
@@ -35,7 +37,14 @@ def code_of(call, request, **kwargs) -> grpc.StatusCode:  # type: ignore[no-unty
     return info.value.code()
 
 
-def test_bearer_token(tiny_model_repo, start_server, tmp_path) -> None:
+def rejected(method: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The scrape key of ``ganserve_requests_total`` for UNAUTHENTICATED calls of ``method``
+    (model ``""``: the service's label when no model was resolved)."""
+    labels = (("code", "UNAUTHENTICATED"), ("method", method), ("model", ""))
+    return "ganserve_requests_total", labels
+
+
+def test_bearer_token(tiny_model_repo, start_server, scrape, tmp_path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     proc = start_server(tiny_model_repo, "--auth-token-file", str(token_file))
@@ -56,6 +65,47 @@ def test_bearer_token(tiny_model_repo, start_server, tmp_path) -> None:
         assert health(channel) == health_pb2.HealthCheckResponse.SERVING
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert "ganserve.v1.Generator" in services
+        # Paths nobody serves are UNIMPLEMENTED before auth: no rejection, no label.
+        for path in ("/ganserve.v1.Generator/Nope", "/nope.Service/Sample"):
+            call = channel.unary_unary(path)
+            assert code_of(call, b"", metadata=wrong) == grpc.StatusCode.UNIMPLEMENTED
+    m = scrape(proc)
+    # Rejections are counted under the service's method names and its "no model" label,
+    # accepted calls once each under their model (not also as rejections).
+    assert m[rejected("Sample")] == 2 and m[rejected("SampleStream")] == 1
+    ok = (("code", "OK"), ("method", "Sample"), ("model", "tiny-uncond"))
+    assert m[("ganserve_requests_total", ok)] == 1
+    methods = {dict(k[1])["method"] for k in m if k[0] == "ganserve_requests_total"}
+    assert methods == {"Sample", "SampleStream"}
+
+
+async def test_rejections_outside_the_generator_share_one_method_label() -> None:
+    """Another service behind the interceptor (none is, today) cannot add label values."""
+    metrics = Metrics()
+    server = grpc.aio.server(interceptors=[BearerTokenInterceptor(TOKEN, metrics)])
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handlers = {m: grpc.unary_unary_rpc_method_handler(echo) for m in ("A", "B")}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("x.Other", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            good = [("authorization", f"Bearer {TOKEN}")]
+            call = channel.unary_unary
+            assert await call("/x.Other/A")(b"hi", metadata=good, timeout=10) == b"hi"
+            for method in ("A", "B", "A"):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(f"/x.Other/{method}")(b"hi", timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(None)
+    count = metrics.registry.get_sample_value
+    labels = {"model": "", "method": OTHER_METHOD, "code": "UNAUTHENTICATED"}
+    assert count("ganserve_requests_total", labels) == 3
+    assert len(metrics.requests_total.collect()[0].samples) == 2  # one series: _total, _created
 
 
 def _openssl(*args: str, cwd: Path) -> None:
