@@ -11,6 +11,15 @@ When to run a batch (adaptive, closed-loop aware):
 * An idle model never waits: if the requests answered by the previous batch
   came from a single request, a new arrival runs at once, so the latency at
   concurrency 1 stays one inference.
+* A lone small request skips the worker thread altogether: when nothing of the
+  model is queued or running and the previous request finished longer ago than
+  one inference takes (a closed-loop client at concurrency 1, or a first request
+  after a pause), ``submit`` runs it inline on the event loop. That saves the two
+  thread hand-offs (a condition-variable wake-up and ``call_soon_threadsafe``), a
+  good share of the latency at concurrency 1. Arrivals that queued up while an
+  inline inference blocked the loop come in back to back, so they fail the gap
+  test and go to the worker, where they batch. ``inline_max_images`` bounds the
+  loop's blocking (0 turns the path off).
 * Under load the worker expects the ``k`` clients it just answered to come back;
   it waits for up to ``k`` queued requests (or a full batch), but never longer
   than ``max_queue_delay_ms`` after the oldest queued request arrived.
@@ -66,6 +75,7 @@ class BatchingConfig:
     max_batch_size: int = 64
     max_queue_delay_ms: float = 2.0
     max_queue_size: int = 1024  # requests
+    inline_max_images: int = 8  # a lone request of at most this many runs on the loop
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -74,6 +84,8 @@ class BatchingConfig:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.inline_max_images < 0:
+            raise ValueError(f"inline_max_images must be >= 0, got {self.inline_max_images}")
 
 
 class _Request:
@@ -119,6 +131,10 @@ class Batcher:
         self._accepting = False
         self._stopping = False
         self._queued_images = 0
+        self._busy = False  # the worker holds a batch (taken off the queue, not yet posted)
+        self._pending = 0  # submit() calls not yet returned
+        self._last_done = 0.0  # monotonic time the last submit() returned
+        self._inline_s = 0.0  # duration of the last inline inference
         # Label children bound once: per-batch metric updates stay cheap.
         self._m_wait = metrics.queue_wait_seconds.labels(model)
         self._m_infer = metrics.inference_seconds.labels(model)
@@ -189,12 +205,51 @@ class Batcher:
                 "retry later or lower the concurrency"
             )
         assert self._loop is not None
-        req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
-        with self._cond:
-            self._queue.append(req)
-            self._queued_images += req.n
-            self._cond.notify()
-        return await req.future
+        self._pending += 1
+        try:
+            if self._idle_for(z.shape[0]):
+                return self._run_inline(z, y, deadline, is_cancelled)
+            req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
+            with self._cond:
+                self._queue.append(req)
+                self._queued_images += req.n
+                self._cond.notify()
+            return await req.future
+        finally:
+            self._pending -= 1
+            self._last_done = time.monotonic()
+
+    # ------------------------------------------------------------ inline path (loop thread)
+
+    def _idle_for(self, n: int) -> bool:
+        """May a request of ``n`` images run inline? (see the module docstring)"""
+        return (
+            n <= self._config.inline_max_images
+            and self._pending == 1  # only the caller
+            and not self._busy
+            and not self._queue
+            and time.monotonic() - self._last_done > self._inline_s
+        )
+
+    def _run_inline(
+        self,
+        z: np.ndarray,
+        y: np.ndarray | None,
+        deadline: float | None,
+        is_cancelled: Callable[[], bool] | None,
+    ) -> np.ndarray:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("deadline passed before the request was run")
+        if is_cancelled is not None and is_cancelled():
+            raise Cancelled("client cancelled the request")
+        self._m_wait.observe(0.0)
+        start = time.perf_counter()
+        out, error = self._compute(z, y)
+        self._inline_s = time.perf_counter() - start
+        if error is not None:
+            raise error
+        assert out is not None
+        return out
 
     # ------------------------------------------------------------ worker thread
 
@@ -210,7 +265,10 @@ class Batcher:
                 if pieces:
                     for w in waits:
                         self._m_wait.observe(w)
-                    expect = self._run(pieces)
+                    try:
+                        expect = self._run(pieces)
+                    finally:
+                        self._busy = False
         except Exception:  # a bug here must not leave waiters hanging silently
             log.exception("batcher worker of model %s crashed", self._model)
             self._fail_all(Internal(f"batcher of model '{self._model}' crashed"))
@@ -270,6 +328,7 @@ class Batcher:
                 q.popleft()
             if not self._config.enabled:
                 break  # batching off: one request (or one piece of it) per inference
+        self._busy = bool(pieces)
         return pieces, dropped, waits
 
     @staticmethod
@@ -290,20 +349,7 @@ class Batcher:
         else:
             z = np.concatenate([r.z[a:b] for r, a, b in pieces])  # (B, D)
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
-        start = time.perf_counter()
-        try:
-            out = self._infer(z, y)  # (B, C, H, W)
-            error: BaseException | None = None
-            if out.shape[0] != z.shape[0]:  # a model bug; slicing would misroute rows
-                raise ValueError(
-                    f"model returned {out.shape[0]} images for a batch of {z.shape[0]}"
-                )
-        except Exception as exc:
-            log.warning("inference failed for model %s: %s", self._model, exc)
-            out, error = None, Internal(f"inference failed for model '{self._model}': {exc}")
-        batch = z.shape[0]
-        self._m_infer.observe(time.perf_counter() - start)
-        self._m_batch.observe(batch)
+        out, error = self._compute(z, y)
         deliveries: list[_Delivery] = []
         completed = 0
         offset = 0
@@ -325,10 +371,31 @@ class Batcher:
                     deliveries.append((req.future, req.out, None))
                     completed += 1
             offset += k
-        if out is not None:
-            self._m_images.inc(batch)
         self._post(deliveries)
         return max(completed, 1)
+
+    def _compute(
+        self, z: np.ndarray, y: np.ndarray | None
+    ) -> tuple[np.ndarray | None, GanServeError | None]:
+        """Run one batch and record its metrics: (images, None) or (None, the error)."""
+        start = time.perf_counter()
+        out: np.ndarray | None
+        error: GanServeError | None = None
+        try:
+            out = self._infer(z, y)  # (B, C, H, W)
+            if out.shape[0] != z.shape[0]:  # a model bug; slicing would misroute rows
+                raise ValueError(
+                    f"model returned {out.shape[0]} images for a batch of {z.shape[0]}"
+                )
+        except Exception as exc:
+            log.warning("inference failed for model %s: %s", self._model, exc)
+            out, error = None, Internal(f"inference failed for model '{self._model}': {exc}")
+        batch = z.shape[0]
+        self._m_infer.observe(time.perf_counter() - start)
+        self._m_batch.observe(batch)
+        if out is not None:
+            self._m_images.inc(batch)
+        return out, error
 
     def _post(self, deliveries: list[_Delivery]) -> None:
         """Hand results to the loop thread: one wake-up per batch."""

@@ -248,6 +248,12 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("batching.max_batch_size", int, "largest merged batch (default 64)"),
     _Option("batching.max_queue_delay_ms", float, "longest wait to fill a batch (default 2)"),
     _Option("batching.max_queue_size", int, "queued requests per model (default 1024)"),
+    _Option(
+        "batching.inline_max_images",
+        int,
+        "a lone request of <= N images runs on the event loop, no thread hand-off "
+        "(default 8; 0 = off)",
+    ),
     _Option("max_images_per_request", int, "Sample/Interpolate limit (default 4096)"),
     _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
     _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),

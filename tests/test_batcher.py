@@ -34,6 +34,8 @@ class GatedInfer:
     def __init__(self, runner: OrtRunner):
         self.runner = runner
         self.batches: list[int] = []
+        self.threads: list[str] = []  # name of the thread that ran each batch
+        self.delay = 0.0  # seconds each inference takes at least
         self.entered = threading.Semaphore(0)
         self._gate = threading.Event()
         self._gate.set()
@@ -49,6 +51,8 @@ class GatedInfer:
         self.entered.release()
         assert self._gate.wait(timeout=30)
         self.batches.append(z.shape[0])
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
         if np.any(z[:, 0] == POISON):
             raise RuntimeError("poisoned latent")
         return self.runner.run(z, y)
@@ -75,6 +79,8 @@ async def make_batcher(infer: GatedInfer, metrics: Metrics) -> AsyncIterator[Cal
     made: list[Batcher] = []
 
     async def make(**config: object) -> Batcher:
+        # The gated tests park the worker; the inline path (own tests below) would park the loop.
+        config.setdefault("inline_max_images", 0)
         batcher = Batcher(infer, BatchingConfig(**config), metrics, "tiny")  # type: ignore[arg-type]
         await batcher.start()
         made.append(batcher)
@@ -247,3 +253,72 @@ async def test_wrong_output_count_is_an_internal_error(runner, metrics) -> None:
     with pytest.raises(Internal, match="returned 1 images for a batch of 3"):
         await batcher.submit(_z(3), None)
     await batcher.stop()
+
+
+# ------------------------------------------------------------------ inline path
+
+
+async def test_lone_small_request_runs_inline_on_the_loop(  # type: ignore[no-untyped-def]
+    make_batcher, infer, runner, metrics
+) -> None:
+    batcher = await make_batcher(inline_max_images=4)
+    z = _z(3, 1.0)
+    out = await batcher.submit(z, None)
+    np.testing.assert_array_equal(out, runner.run(z, None))
+    assert infer.threads == [threading.current_thread().name]  # no worker hand-off
+    value = metrics.registry.get_sample_value
+    assert value("ganserve_batch_size_sum", {"model": "tiny"}) == 3
+    assert value("ganserve_images_total", {"model": "tiny"}) == 3
+    assert value("ganserve_queue_wait_seconds_count", {"model": "tiny"}) == 1
+    assert value("ganserve_inference_seconds_count", {"model": "tiny"}) == 1
+
+
+async def test_requests_larger_than_the_inline_limit_go_to_the_worker(  # type: ignore[no-untyped-def]
+    make_batcher, infer
+) -> None:
+    batcher = await make_batcher(inline_max_images=4)
+    await batcher.submit(_z(5), None)
+    assert infer.threads == ["batcher-tiny"]
+
+
+async def test_back_to_back_arrivals_after_an_inline_run_are_batched(  # type: ignore[no-untyped-def]
+    make_batcher, infer, runner
+) -> None:
+    """Arrivals that queued while an inline inference blocked the loop must batch."""
+    infer.delay = 0.05  # far longer than the gap between the tasks below
+    batcher = await make_batcher(inline_max_images=4, max_queue_delay_ms=200)
+    await batcher.submit(_z(1), None)  # sets the inline inference time
+    await asyncio.sleep(0.06)  # a pause longer than one inference: the next one is "idle"
+    zs = [_z(1, i) for i in range(4)]
+    results = await asyncio.gather(*(batcher.submit(z, None) for z in zs))
+    assert infer.threads[:2] == [threading.current_thread().name] * 2
+    assert infer.threads[2:] == ["batcher-tiny"] * (len(infer.threads) - 2)
+    assert infer.batches[1] == 1 and sum(infer.batches[2:]) == 3 and len(infer.batches) < 5
+    for z, out in zip(zs, results, strict=True):
+        np.testing.assert_array_equal(out, runner.run(z, None))
+
+
+async def test_no_inline_while_the_worker_is_busy(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    batcher = await make_batcher(inline_max_images=4)
+    infer.close()
+    first = asyncio.create_task(batcher.submit(_z(5), None))  # too big: to the worker
+    await asyncio.to_thread(infer.entered.acquire)
+    second = asyncio.create_task(batcher.submit(_z(1), None))
+    await _wait_for(lambda: batcher.queue_depth == 1)  # queued, not run on the loop
+    infer.open()
+    await asyncio.gather(first, second)
+    assert infer.threads == ["batcher-tiny", "batcher-tiny"]
+
+
+async def test_inline_errors_and_deadlines(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    batcher = await make_batcher(inline_max_images=4)
+    with pytest.raises(DeadlineExceeded):
+        await batcher.submit(_z(1), None, deadline=time.monotonic() - 1)
+    with pytest.raises(Cancelled):
+        await batcher.submit(_z(1), None, is_cancelled=lambda: True)
+    poisoned = _z(1)
+    poisoned[0, 0] = POISON
+    with pytest.raises(Internal, match="poisoned"):
+        await batcher.submit(poisoned, None)
+    assert (await batcher.submit(_z(2), None)).shape[0] == 2  # goes on serving
+    assert infer.batches == [1, 2]  # expired/cancelled never reached the model
