@@ -29,7 +29,13 @@ from ganserve.training.classifier import (  # noqa: E402
     to_input,
     train_classifier,
 )
-from ganserve.training.evaluate import add_arguments, evaluate_onnx, run, write_quality  # noqa: E402
+from ganserve.training.evaluate import (  # noqa: E402
+    add_arguments,
+    evaluate_onnx,
+    prior_labels,
+    run,
+    write_quality,
+)
 from ganserve.training.report import EvalReport, ModelInfo  # noqa: E402
 
 MNIST = default_data_dir("mnist")
@@ -118,6 +124,15 @@ def _info(name: str, arch: str, dataset: str = "mnist") -> ModelInfo:
         num_classes=10 if conditional else 0,
         class_names=[str(d) for d in range(10)],
     )
+
+
+def test_prior_labels_follow_the_training_class_mix() -> None:
+    train = np.repeat(np.arange(3), [50, 30, 20])  # 50 % / 30 % / 20 %
+    labels = prior_labels(10, train, 3)
+    assert labels.tolist() == [0] * 5 + [1] * 3 + [2] * 2
+    odd = prior_labels(7, train, 4)  # quotas 3.5 / 2.1 / 1.4 / 0: the one left over goes to class 0
+    assert np.bincount(odd, minlength=4).tolist() == [4, 2, 1, 0]
+    assert len(prior_labels(10_000, np.arange(10), 10)) == 10_000
 
 
 def test_targets_by_model_and_table_verdicts() -> None:
@@ -302,7 +317,7 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     report = evaluate_onnx(cond_model, small_mnist, n=200, seed=5)
     assert report.generated["cond_accuracy"] >= 0.8  # class medians are recognisable digits
     assert report.real["cond_accuracy"] == report.classifier_accuracy >= 0.95
-    assert report.generated["min_class_share"] > 0.05  # balanced labels i % 10
+    assert report.generated["min_class_share"] > 0.05  # labels in the train split's mix
     q = report.quality()
     assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy"} <= set(q)
     assert q["n"] == 200 and q["seed"] == 5

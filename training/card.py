@@ -65,7 +65,7 @@ def _evaluation(report: EvalReport | None) -> list[str]:
     return [
         f"{report.n:,} images from seeds {report.seed}..{report.seed + report.n - 1}"
         + (
-            f" with balanced labels (image i gets class i mod {report.info.num_classes})"
+            " with labels in the class proportions of the training split"
             if report.info.conditional
             else ""
         )

@@ -1,9 +1,13 @@
 """Evaluate an exported ONNX generator against real held-out images.
 
 ``n`` images are generated through ONNX Runtime (CPU) from the shared seed rule
-(image i uses seed ``seed + i``; conditional models get label ``i % num_classes``,
-exactly what the server does for a request without labels) and quantized to the
-uint8 grid the server's UINT8/PNG encodings deliver. The evaluator classifier maps
+(image i uses seed ``seed + i``) and quantized to the uint8 grid the server's
+UINT8/PNG encodings deliver. Conditional models are asked for the classes in the
+proportions of the training split (``prior_labels``: largest-remainder quotas, in
+class order), i.e. sampled as p(y) p(x | y) of the data: the reference ``t10k`` and
+the real floor have the data's class mix (MNIST: 8.6 % fives to 11.3 % ones), and a
+uniform mix alone would cost FID (train 10k resampled to uniform classes vs t10k:
+0.127 instead of 0.075). The evaluator classifier maps
 them to 128-d features and class predictions; figures are computed against all of
 ``t10k``.
 
@@ -35,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from ganserve.imaging import to_uint8
 from ganserve.seeds import latents_from_seeds
 from ganserve.training import metrics
 from ganserve.training.report import EvalReport, ModelInfo
@@ -73,11 +78,29 @@ def resolve_model_path(path: Path | str) -> Path:
     raise EvaluationError(f"{path}: no ONNX model (expected a .onnx file or models/<name>/)")
 
 
+def prior_labels(n: int, train_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """``n`` labels int64 in the class proportions of ``train_labels`` (largest-remainder
+    quotas, so the counts are exact up to one image), sorted by class."""
+    freq = np.bincount(train_labels, minlength=num_classes) / len(train_labels)
+    quota = freq * n
+    counts = np.floor(quota).astype(np.int64)
+    rest = n - int(counts.sum())
+    counts[np.argsort(-(quota - counts), kind="stable")[:rest]] += 1
+    return np.repeat(np.arange(num_classes, dtype=np.int64), counts)
+
+
 def generate(
-    onnx_path: Path, info: ModelInfo, n: int, seed: int = 0, batch_size: int = 500, threads: int = 1
+    onnx_path: Path,
+    info: ModelInfo,
+    n: int,
+    seed: int = 0,
+    batch_size: int = 500,
+    threads: int = 1,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Images float32 ``(n, 1, 28, 28)`` on the uint8 grid in [-1, 1], and the requested
-    labels int64 ``(n,)`` (None for unconditional models)."""
+    labels int64 ``(n,)`` (None for unconditional models). A conditional model gets
+    ``labels``, or ``i % num_classes`` (the server's default) when None."""
     import onnxruntime as ort
     from tqdm import tqdm
 
@@ -89,7 +112,12 @@ def generate(
     if "z" not in names or (info.conditional and "y" not in names):
         want = "z and y" if info.conditional else "z"
         raise EvaluationError(f"{onnx_path}: inputs {sorted(names)}, expected {want}")
-    labels = np.arange(n, dtype=np.int64) % info.num_classes if info.conditional else None
+    if not info.conditional:
+        labels = None
+    elif labels is None:
+        labels = np.arange(n, dtype=np.int64) % info.num_classes
+    elif labels.shape != (n,):
+        raise EvaluationError(f"labels must be ({n},), got {labels.shape}")
     out = np.empty((n, 1, 28, 28), dtype=np.float32)
     for start in tqdm(range(0, n, batch_size), desc=f"generate {info.name}", leave=False):
         stop = min(start + batch_size, n)
@@ -101,8 +129,8 @@ def generate(
         if img.shape[1:] != (1, 28, 28):
             raise EvaluationError(f"{onnx_path}: output shape {img.shape}, expected (N,1,28,28)")
         out[start:stop] = img
-    # the server's uint8 rule round((x + 1) * 127.5), mapped back to [-1, 1]
-    return np.clip(np.round((out + 1) * 127.5), 0, 255) / 127.5 - 1, labels
+    # the server's uint8 rule, mapped back to [-1, 1]
+    return to_uint8(out).astype(np.float32) / np.float32(127.5) - 1, labels
 
 
 @functools.lru_cache(maxsize=4)
@@ -171,7 +199,9 @@ def evaluate_onnx(
     torch.set_num_threads(threads)
     ref = _reference(dataset, str(data_dir))
 
-    images, requested = generate(onnx_path, info, n, seed, batch_size, threads)
+    train_x, train_y = load_split(data_dir, "train")
+    labels = prior_labels(n, train_y, num_classes) if info.conditional else None
+    images, requested = generate(onnx_path, info, n, seed, batch_size, threads, labels)
     feats, preds = predict(ref["model"], torch.from_numpy(images))
     generated, hist = _figures(feats, preds, ref, num_classes)
     if requested is not None:
@@ -179,7 +209,6 @@ def evaluate_onnx(
 
     # the floor: n real training images (a seeded subset when train is larger; all of
     # them when it is smaller, e.g. n > 10,000 on the MNIST subset here)
-    train_x, _ = load_split(data_dir, "train")
     pick = np.random.default_rng(seed).permutation(len(train_x))[:n]
     real_feats, real_preds = predict(ref["model"], to_input(train_x[np.sort(pick)]))
     real, _ = _figures(real_feats, real_preds, ref, num_classes)
