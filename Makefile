@@ -44,7 +44,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff format --check .
 
 typecheck: $(VENV)/.dev
-	$(BIN)/mypy ganserve server clients training
+	$(BIN)/mypy
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q
