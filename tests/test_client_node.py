@@ -1,12 +1,15 @@
 """The Node.js client (clients/node) against the real server: it lists the models and
-writes a PNG grid pixel-identical to the Python client's.
+writes a PNG grid pixel-identical to the Python client's; over TLS, mutual TLS and with
+a bearer token (plaintext: per-call metadata; TLS: call credentials).
 
 Needs ``node`` on PATH and ``npm ci --prefix clients/node`` done beforehand (tests
-run without network, so they do not install packages); skipped otherwise.
+run without network, so they do not install packages); skipped otherwise. The TLS
+tests also need ``openssl`` (throw-away certificates).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,10 +32,20 @@ pytestmark = [
 ]
 
 
-def node_client(*args: str) -> subprocess.CompletedProcess[str]:
+TOKEN = "s3cret"
+SERVER_NAME = "ganserve.test"  # the only name in the server certificate (no IP SAN)
+
+
+def node_client(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run client.js; no GANSERVE_* from the developer's shell (a stray token or target)."""
     assert NODE is not None
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
     return subprocess.run(
-        [NODE, str(NODE_DIR / "client.js"), *args], capture_output=True, text=True, timeout=60
+        [NODE, str(NODE_DIR / "client.js"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **(env or {})},
     )
 
 
@@ -60,3 +73,105 @@ def test_errors_exit_non_zero(server, tmp_path: Path) -> None:
     assert missing.returncode == 3 and "NOT_FOUND" in missing.stderr
     usage = node_client("--count", "many")
     assert usage.returncode == 2 and "--count must be an integer" in usage.stderr
+
+
+def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
+    half = node_client("--tls-cert", str(tmp_path / "c.pem"))
+    assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
+    missing = node_client("--tls-ca", str(tmp_path / "none.pem"))
+    assert missing.returncode == 2 and "cannot read --tls-ca" in missing.stderr
+
+
+# ------------------------------------------------------------------ TLS, mTLS, token
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throw-away CA, a server certificate for ``ganserve.test`` only (so reaching
+    127.0.0.1 needs --tls-server-name) and a client certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make test certificates")
+    d = tmp_path_factory.mktemp("node-certs")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=ganserve-node-test-ca", cwd=d)  # fmt: skip
+    (d / "san.ext").write_text(f"subjectAltName=DNS:{SERVER_NAME}\n")
+    for who in ("server", "client"):
+        _openssl("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                 "-subj", f"/CN={who}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{who}.pem", "-days", "2", "-extfile", "san.ext",
+                 cwd=d)  # fmt: skip
+    return d
+
+
+def _server_tls(certs: Path) -> tuple[str, ...]:
+    return "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")
+
+
+def _sample(
+    target: str, out: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A small run of the Node client (list, then 2 images of tiny-uncond)."""
+    return node_client("--target", target, "--model", "tiny-uncond", "--count", "2",
+                       "--seed", "1", "--timeout", "10", "--out", str(out), *args,
+                       env=env)  # fmt: skip
+
+
+def _wrote_png(done: subprocess.CompletedProcess[str], out: Path) -> None:
+    assert done.returncode == 0, done.stderr
+    assert "wrote 2 images of tiny-uncond" in done.stdout
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.mode == "L"
+
+
+def test_tls(tiny_model_repo, start_server, certs, tmp_path: Path) -> None:
+    proc = start_server(tiny_model_repo, *_server_tls(certs))
+    out = tmp_path / "tls.png"
+    ca = ("--tls-ca", str(certs / "ca.pem"))
+    _wrote_png(_sample(proc.target, out, *ca, "--tls-server-name", SERVER_NAME), out)
+    # The certificate names ganserve.test, not 127.0.0.1: without the override the
+    # handshake fails (so the override is what made the run above pass).
+    mismatch = _sample(proc.target, tmp_path / "x.png", *ca)
+    assert mismatch.returncode == 4 and "UNAVAILABLE" in mismatch.stderr
+    # --tls alone trusts the system roots only, not the throw-away CA.
+    untrusted = _sample(proc.target, tmp_path / "x.png", "--tls", "--tls-server-name", SERVER_NAME)
+    assert untrusted.returncode == 4 and "UNAVAILABLE" in untrusted.stderr
+    plaintext = _sample(proc.target, tmp_path / "x.png")
+    assert plaintext.returncode == 4 and "UNAVAILABLE" in plaintext.stderr
+
+
+def test_mutual_tls(tiny_model_repo, start_server, certs, tmp_path: Path) -> None:
+    proc = start_server(
+        tiny_model_repo, *_server_tls(certs), "--tls-client-ca", str(certs / "ca.pem")
+    )
+    out = tmp_path / "mtls.png"
+    tls = ("--tls-ca", str(certs / "ca.pem"), "--tls-server-name", SERVER_NAME)
+    client_cert = ("--tls-cert", str(certs / "client.pem"), "--tls-key", str(certs / "client.key"))
+    _wrote_png(_sample(proc.target, out, *tls, *client_cert), out)
+    anonymous = _sample(proc.target, tmp_path / "x.png", *tls)  # no client certificate
+    assert anonymous.returncode == 4 and "UNAVAILABLE" in anonymous.stderr
+
+
+@pytest.mark.parametrize("transport", ["plaintext", "tls"])
+def test_bearer_token(tiny_model_repo, start_server, request, tmp_path: Path, transport) -> None:
+    """Plaintext: the token rides as per-call metadata; TLS: as call credentials
+    composed with the channel credentials."""
+    server_tls: tuple[str, ...] = ()
+    client_tls: tuple[str, ...] = ()
+    if transport == "tls":
+        certs = request.getfixturevalue("certs")  # skips without openssl
+        server_tls = _server_tls(certs)
+        client_tls = ("--tls-ca", str(certs / "ca.pem"), "--tls-server-name", SERVER_NAME)
+    proc = start_server(tiny_model_repo, "--auth-token", TOKEN, *server_tls)
+    out = tmp_path / "token.png"
+    _wrote_png(_sample(proc.target, out, *client_tls, "--token", TOKEN), out)
+    from_env = tmp_path / "env.png"
+    _wrote_png(_sample(proc.target, from_env, *client_tls, env={"GANSERVE_TOKEN": TOKEN}), from_env)
+    for token in ("wrong", None):
+        args = ("--token", token) if token else ()
+        denied = _sample(proc.target, tmp_path / "x.png", *client_tls, *args)
+        assert denied.returncode == 5, denied.stderr
+        assert "UNAUTHENTICATED" in denied.stderr

@@ -5,10 +5,18 @@
 //
 //   node client.js --target localhost:50051 --model mnist-cdcgan --count 16 \
 //        --seed 1 --label 7 --out sevens.png
+//   node client.js --target gan.example:443 --tls-ca ca.pem \
+//        --tls-cert client.pem --tls-key client.key --token "$TOKEN"   # mTLS + token
 //
 // Options: --target (default $GANSERVE_TARGET or localhost:50051), --model
 // (default: the first ready model), --count, --seed, --label, --cols, --scale,
 // --out (default grid.png), --token (default $GANSERVE_TOKEN), --timeout seconds.
+// TLS (as the Python client): --tls (flag; system roots), --tls-ca FILE (PEM CA),
+// --tls-cert FILE + --tls-key FILE (client certificate: mutual TLS),
+// --tls-server-name NAME (expected name in the server's certificate, also the SNI).
+// Any --tls-* option turns TLS on. The token goes out as `authorization: Bearer
+// <token>`: as call credentials over TLS, as per-call metadata over plaintext
+// (gRPC sends no call credentials on an insecure channel).
 "use strict";
 
 const fs = require("fs");
@@ -20,15 +28,27 @@ const protoLoader = require("@grpc/proto-loader");
 const PROTO_ROOT = path.resolve(__dirname, "..", "..", "protos");
 const EXIT = { INVALID_ARGUMENT: 2, NOT_FOUND: 3, UNAVAILABLE: 4, DEADLINE_EXCEEDED: 4, UNAUTHENTICATED: 5 };
 
+// Command-line spelling -> option key, for the options with a dash.
+const ALIASES = { "tls-ca": "tlsCa", "tls-cert": "tlsCert", "tls-key": "tlsKey",
+  "tls-server-name": "tlsServerName" };
+const FLAGS = new Set(["tls"]); // options without a value
+
 function parseArgs(argv) {
   const opts = {
     target: process.env.GANSERVE_TARGET || "localhost:50051",
     model: "", count: 16, seed: null, label: null, cols: 0, scale: 2,
     out: "grid.png", token: process.env.GANSERVE_TOKEN || "", timeout: 30,
+    tls: false, tlsCa: "", tlsCert: "", tlsKey: "", tlsServerName: "",
   };
   const numeric = new Set(["count", "label", "cols", "scale", "timeout"]);
   for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, "");
+    const name = argv[i].replace(/^--/, "");
+    const key = ALIASES[name] || (Object.values(ALIASES).includes(name) ? "" : name);
+    if (FLAGS.has(key)) {
+      opts[key] = true;
+      i -= 1; // a flag takes no value
+      continue;
+    }
     const value = argv[i + 1];
     if (!(key in opts) || value === undefined) throw new UsageError(`bad option ${argv[i]}`);
     if (numeric.has(key)) {
@@ -39,7 +59,54 @@ function parseArgs(argv) {
     }
   }
   if (opts.seed !== null && !/^\d+$/.test(opts.seed)) throw new UsageError("--seed must be >= 0");
+  if (!opts.tlsCert !== !opts.tlsKey) {
+    throw new UsageError("--tls-cert and --tls-key go together (client certificate for mTLS)");
+  }
   return opts;
+}
+
+// TLS is on with --tls or any --tls-* option (as the Python client's ChannelConfig).
+function usesTls(opts) {
+  return Boolean(opts.tls || opts.tlsCa || opts.tlsCert || opts.tlsKey || opts.tlsServerName);
+}
+
+function readPem(file, option) {
+  if (!file) return null;
+  try {
+    return fs.readFileSync(file);
+  } catch (err) {
+    throw new UsageError(`cannot read --${option} ${file}: ${err.code || err.message}`);
+  }
+}
+
+function tokenMetadata(token) {
+  const metadata = new grpc.Metadata();
+  metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+}
+
+// Channel credentials: insecure, or TLS (CA / system roots, optional client
+// certificate) with the bearer token composed in as call credentials. grpc-js
+// refuses call credentials on an insecure channel: there call() adds the token.
+function channelCredentials(opts) {
+  if (!usesTls(opts)) return grpc.credentials.createInsecure();
+  const tls = grpc.credentials.createSsl(
+    readPem(opts.tlsCa, "tls-ca"), readPem(opts.tlsKey, "tls-key"), readPem(opts.tlsCert, "tls-cert"));
+  if (!opts.token) return tls;
+  const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) =>
+    callback(null, tokenMetadata(opts.token)));
+  return grpc.credentials.combineChannelCredentials(tls, bearer);
+}
+
+function channelOptions(opts) {
+  const options = { "grpc.max_receive_message_length": 64 * 1024 * 1024 };
+  if (opts.tlsServerName) options["grpc.ssl_target_name_override"] = opts.tlsServerName;
+  return options;
+}
+
+// A Generator client for the parsed options (TLS, mTLS, token as above).
+function connect(opts, Generator = loadService()) {
+  return new Generator(opts.target, channelCredentials(opts), channelOptions(opts));
 }
 
 class UsageError extends Error {}
@@ -56,10 +123,10 @@ function loadService() {
   return grpc.loadPackageDefinition(definition).ganserve.v1.Generator;
 }
 
-// Promise wrapper of a unary call with a deadline and the bearer token.
+// Promise wrapper of a unary call with a deadline; over plaintext it carries the
+// bearer token itself (over TLS the channel's call credentials do).
 function call(client, method, request, opts) {
-  const metadata = new grpc.Metadata();
-  if (opts.token) metadata.set("authorization", `Bearer ${opts.token}`);
+  const metadata = opts.token && !usesTls(opts) ? tokenMetadata(opts.token) : new grpc.Metadata();
   const deadline = new Date(Date.now() + opts.timeout * 1000);
   return new Promise((resolve, reject) => {
     client[method](request, metadata, { deadline }, (err, response) =>
@@ -133,10 +200,7 @@ function grid(images, opts) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const Generator = loadService();
-  const client = new Generator(opts.target, grpc.credentials.createInsecure(), {
-    "grpc.max_receive_message_length": 64 * 1024 * 1024,
-  });
+  const client = connect(opts);
   try {
     const listing = await call(client, "ListModels", {}, opts);
     for (const m of listing.models) {
@@ -162,12 +226,16 @@ async function main() {
   }
 }
 
-main().catch((err) => {
-  if (err instanceof UsageError) {
-    console.error(`ganserve-node: error: ${err.message}`);
-    process.exit(2);
-  }
-  const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code);
-  console.error(`ganserve-node: error: ${codeName || "ERROR"}: ${err.details || err.message}`);
-  process.exit(EXIT[codeName] || 1);
-});
+if (require.main === module) {
+  main().catch((err) => {
+    if (err instanceof UsageError) {
+      console.error(`ganserve-node: error: ${err.message}`);
+      process.exit(2);
+    }
+    const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code);
+    console.error(`ganserve-node: error: ${codeName || "ERROR"}: ${err.details || err.message}`);
+    process.exit(EXIT[codeName] || 1);
+  });
+}
+
+module.exports = { parseArgs, usesTls, channelCredentials, channelOptions, connect, loadService, call };
