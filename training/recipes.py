@@ -1,8 +1,9 @@
 """Named training recipes of the bundled models (``ganserve build-model NAME``).
 
 Epoch counts are sized for this project's reference machine (2 CPU cores shared
-with other work, one torch thread per run, two runs at a time): each recipe
-trains in about an hour or less there (the model cards give the measured time).
+with other work, one torch thread per run, two runs at a time): the MNIST DCGANs
+train for one to two hours there, the others in well under an hour (the model
+cards give the measured time).
 The shared MNIST ``train`` split is a 10,000-image subset (156 batches of 64 per
 epoch); Fashion-MNIST's has 60,000 images, so ``fashion-cdcgan`` gets only 2
 (6x longer) epochs. On a GPU, or with more time, more epochs improve all of them:
@@ -60,12 +61,12 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mnist-dcgan",
             "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G, BCE.",
-            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=25, g_blocks=2, **_CONV),
+            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=80, g_blocks=2, **_CONV),
         ),
         Recipe(
             "mnist-cdcgan",
             "Class-conditional DCGAN with a projection discriminator on MNIST.",
-            TrainConfig(arch="cdcgan", dataset="mnist", loss="bce", epochs=30, **_CONV),
+            TrainConfig(arch="cdcgan", dataset="mnist", loss="bce", epochs=75, **_CONV),
         ),
         Recipe(
             "fashion-cdcgan",
