@@ -243,6 +243,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("runtime.intra_op_threads", int, "ONNX Runtime intra-op threads (0 = ORT default)"),
     _Option("runtime.inter_op_threads", int, "ONNX Runtime inter-op threads (default 1)"),
     _Option("runtime.allow_spinning", _parse_bool, "let ORT threads spin", is_bool=True),
+    _Option(
+        "runtime.small_batch_max",
+        int,
+        "on CPU, batches of <= N images run on a single-threaded twin session (default 8; 0 = off)",
+    ),
     _Option("runtime.warmup_batch_sizes", _parse_sizes, "batch sizes to warm up, e.g. 1,8,64"),
     _Option("batching.enabled", _parse_bool, "dynamic batching (default on)", True, "batching"),
     _Option("batching.max_batch_size", int, "largest merged batch (default 64)"),

@@ -106,9 +106,36 @@ def test_warmup_sizes_and_warmup(tmp_path: Path) -> None:
     assert runner.warmed == (1, 2, 4)
 
 
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_small_batches_run_on_a_single_threaded_twin_with_identical_results(
+    tmp_path: Path, num_classes: int
+) -> None:
+    twin = _runner(tmp_path, num_classes=num_classes, device="cpu", intra_op_threads=2)
+    assert twin.small_batch_max == 8  # the default
+    small = _runner(
+        tmp_path, num_classes=num_classes, device="cpu", intra_op_threads=2, small_batch_max=4
+    )
+    plain = _runner(
+        tmp_path, num_classes=num_classes, device="cpu", intra_op_threads=2, small_batch_max=0
+    )
+    assert (small.small_batch_max, plain.small_batch_max) == (4, 0)
+    rng = np.random.default_rng(2)
+    for n in (1, 4, 5, 16):  # both sides of the limit
+        z = rng.standard_normal((n, 8)).astype(np.float32)
+        y = np.eye(10, dtype=np.float32)[np.arange(n) % 10] if num_classes else None
+        np.testing.assert_array_equal(small.run(z, y), plain.run(z, y))
+    one = _runner(tmp_path, device="cpu", intra_op_threads=1)
+    assert one.small_batch_max == 0  # already single-threaded: no twin
+
+
 @pytest.mark.parametrize(
     "config",
-    [{"device": "gpu"}, {"intra_op_threads": -1}, {"warmup_batch_sizes": (0,)}],
+    [
+        {"device": "gpu"},
+        {"intra_op_threads": -1},
+        {"warmup_batch_sizes": (0,)},
+        {"small_batch_max": -1},
+    ],
 )
 def test_runtime_config_validation(config: dict[str, object]) -> None:
     with pytest.raises(ValueError):
