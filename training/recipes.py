@@ -61,7 +61,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mnist-dcgan",
             "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G, BCE.",
-            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=80, g_blocks=2, **_CONV),
+            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=120, g_blocks=2, **_CONV),
         ),
         Recipe(
             "mnist-cdcgan",
