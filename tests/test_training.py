@@ -23,7 +23,7 @@ from ganserve.training.config import ARCHS, LOSSES, TrainConfig
 from ganserve.training.data import DataError, load_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.losses import get_loss, gradient_penalty
-from ganserve.training.nets import build_discriminator, build_generator
+from ganserve.training.nets import build_discriminator, build_generator, minibatch_std
 from ganserve.training.recipes import RECIPES
 from ganserve.training.train import load_checkpoint, train
 
@@ -53,6 +53,32 @@ def test_generator_and_discriminator_shapes(arch: str) -> None:
     assert images.shape == (5, 1, 28, 28)
     assert images.abs().max() <= 1.0
     assert logits.shape == (5,)
+
+
+def test_minibatch_std_feature() -> None:
+    h = torch.arange(8.0).reshape(8, 1).repeat(1, 3)  # sample i: all features = i
+    s = minibatch_std(h, group=4)  # groups {0,2,4,6} and {1,3,5,7}: std sqrt(5) each
+    assert s.shape == (8, 1)
+    torch.testing.assert_close(s, torch.full((8, 1), 5.0**0.5))
+    assert minibatch_std(h[:6], group=4).shape == (6, 1)  # group shrinks to 3
+    assert torch.equal(minibatch_std(h[:1]), torch.zeros(1, 1))
+    assert torch.equal(minibatch_std(torch.ones(8, 3)), torch.zeros(8, 1))  # no variety
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "cdcgan"])
+def test_discriminator_with_minibatch_std_sees_batch_variety(arch: str) -> None:
+    torch.manual_seed(0)
+    d = build_discriminator(arch, 10, width=8, mbstd=True)
+    assert d.head.in_features == 2 * 8 * 49 + 1
+    x = torch.randn(8, 1, 28, 28, requires_grad=True)
+    y = torch.eye(10)[torch.arange(8)]
+    d(x, y).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    d.eval()
+    with torch.no_grad():  # the same images in a more varied batch get other logits
+        a = d(x[:4].detach().repeat(2, 1, 1, 1), y[:4].repeat(2, 1))[:4]
+        b = d(x.detach(), y)[:4]
+    assert not torch.allclose(a, b)
 
 
 def test_mlp_is_the_lecture_network() -> None:
@@ -185,6 +211,12 @@ def test_same_seed_same_weights_and_resume_is_exact(tmp_path: Path, arch: str) -
 
     other = _weights(train(tiny(tmp_path / "d", arch=arch, epochs=2, seed=1), quiet=True))
     assert not _same(straight, other)
+
+
+def test_dry_run_with_minibatch_std(tmp_path: Path) -> None:
+    ckpt = load_checkpoint(train(tiny(tmp_path, arch="cdcgan", d_mbstd=True), quiet=True))
+    assert ckpt["config"]["d_mbstd"] is True
+    assert ckpt["discriminator"]["head.weight"].shape[1] == 2 * 8 * 49 + 1
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

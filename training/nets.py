@@ -134,10 +134,14 @@ class ConvDiscriminator(nn.Module):
 
     With ``num_classes > 0`` it is a projection discriminator: the class vector
     is embedded into the feature space and its inner product with the features
-    is added to the logit.
+    is added to the logit. ``mbstd``: a minibatch standard-deviation feature
+    (Karras et al. 2018) joins the features the head sees, so D can tell a batch
+    with too little variety from a real one (a remedy for low recall).
     """
 
-    def __init__(self, num_classes: int = 0, width: int = 64, norm: Norm = "batch") -> None:
+    def __init__(
+        self, num_classes: int = 0, width: int = 64, norm: Norm = "batch", mbstd: bool = False
+    ) -> None:
         super().__init__()
         features = 2 * width * 7 * 7
         self.body = nn.Sequential(
@@ -148,17 +152,33 @@ class ConvDiscriminator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Flatten(),
         )
-        self.head = nn.Linear(features, 1)
+        self.mbstd = mbstd
+        self.head = nn.Linear(features + int(mbstd), 1)
         self.embed = nn.Linear(num_classes, features, bias=False) if num_classes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.body(x)  # (N, 2w * 49)
-        logit = self.head(h).squeeze(1)  # (N,)
+        seen = torch.cat([h, minibatch_std(h)], dim=1) if self.mbstd else h
+        logit = self.head(seen).squeeze(1)  # (N,)
         if self.embed is not None:
             if y is None:
                 raise ValueError("conditional discriminator needs y (N, num_classes)")
             logit = logit + (self.embed(y) * h).sum(dim=1)
         return logit
+
+
+def minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Per sample, the mean over features of the standard deviation across its group
+    of ``group`` samples (samples i, i + N/g, ...): ``(N, 1)``. The group shrinks to
+    a divisor of N; a batch of one gets zeros."""
+    n = h.shape[0]
+    g = min(group, n)
+    while n % g:
+        g -= 1
+    if g < 2:
+        return h.new_zeros(n, 1)
+    per_group = h.reshape(g, n // g, -1).std(dim=0, unbiased=False).mean(dim=1)  # (N/g,)
+    return per_group.repeat(g).unsqueeze(1)
 
 
 def _dcgan_init(module: nn.Module) -> None:
@@ -196,12 +216,13 @@ def build_generator(
 
 
 def build_discriminator(
-    arch: str, num_classes: int = 10, width: int = 64, norm: Norm = "batch"
+    arch: str, num_classes: int = 10, width: int = 64, norm: Norm = "batch", mbstd: bool = False
 ) -> nn.Module:
-    """The discriminator (critic) of ``arch``; ``norm`` only applies to conv ones."""
+    """The discriminator (critic) of ``arch``; ``norm`` and ``mbstd`` only apply to
+    conv ones."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPDiscriminator()
-    net = ConvDiscriminator(classes, width, norm)
+    net = ConvDiscriminator(classes, width, norm, mbstd)
     net.apply(_dcgan_init)
     return net
