@@ -251,7 +251,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("runtime.warmup_batch_sizes", _parse_sizes, "batch sizes to warm up, e.g. 1,8,64"),
     _Option("batching.enabled", _parse_bool, "dynamic batching (default on)", True, "batching"),
     _Option("batching.max_batch_size", int, "largest merged batch (default 64)"),
-    _Option("batching.max_queue_delay_ms", float, "longest wait to fill a batch (default 2)"),
+    _Option("batching.max_queue_delay_ms", float, "longest wait to fill a batch, ms (default 0)"),
     _Option("batching.max_queue_size", int, "queued requests per model (default 1024)"),
     _Option(
         "batching.inline_max_images",
