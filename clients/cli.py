@@ -102,6 +102,8 @@ def _run(command: Command, args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             return command(client, args)
+    except BrokenPipeError:
+        raise  # the reader of stdout left (`| head`): ganserve.cli.main ends quietly
     except (GanServeError, ValueError, OSError) as exc:
         code = next(c for cls, c in _EXIT_CODES if isinstance(exc, cls))
         message = exc.details if isinstance(exc, GanServeError) else str(exc)

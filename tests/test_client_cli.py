@@ -90,6 +90,24 @@ def test_arithmetic_picture(server, tmp_path: Path) -> None:
         assert img.size == (4 * 56 + 3 * 28, 56 + 12)
 
 
+def test_closed_stdout_pipe_ends_quietly(server) -> None:
+    """`ganserve models | head -1`: the reader leaves early; no error text, SIGPIPE status."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganserve", "--target", server.target, "models", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env={**clean, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command writes anything
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == b""
+
+
 def test_health(server) -> None:
     assert ok("health", "--target", server.target).strip() == "SERVING"
 
