@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from certs import make_certs
 from PIL import Image
 
 from ganserve.clients import GanClient, images
@@ -83,28 +84,11 @@ def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ TLS, mTLS, token
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throw-away CA, a server certificate for ``ganserve.test`` only (so reaching
     127.0.0.1 needs --tls-server-name) and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make test certificates")
-    d = tmp_path_factory.mktemp("node-certs")
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=ganserve-node-test-ca", cwd=d)  # fmt: skip
-    (d / "san.ext").write_text(f"subjectAltName=DNS:{SERVER_NAME}\n")
-    for who in ("server", "client"):
-        _openssl("req", *ec, "-keyout", f"{who}.key", "-out", f"{who}.csr",
-                 "-subj", f"/CN={who}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{who}.pem", "-days", "2", "-extfile", "san.ext",
-                 cwd=d)  # fmt: skip
-    return d
+    return make_certs(tmp_path_factory.mktemp("node-certs"), f"DNS:{SERVER_NAME}")
 
 
 def _server_tls(certs: Path) -> tuple[str, ...]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from certs import make_certs
 from conftest import launch_server
 
 from ganserve.clients import (
@@ -340,26 +340,11 @@ def test_bearer_token(start_server, tiny_model_repo) -> None:
         assert c.sample(UNCOND, 1, seed=1).images.shape == (1, 28, 28)
 
 
-def make_certificates(directory: Path) -> dict[str, Path]:
-    """A CA, a server certificate for the name ``ganserve.test``, a client certificate."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=test-ca",
-            "-days", "1")  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=DNS:ganserve.test\n")
-    for name in ("server", "client"):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        sign = ("-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext")
-        openssl("x509", "-req", "-in", f"{name}.csr", *sign, "-out", f"{name}.crt", "-days", "1")
-    return {p.stem + p.suffix.replace(".", "_"): p for p in directory.glob("*.*")}
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not on PATH")
 def test_mutual_tls(start_server, tiny_model_repo, tmp_path: Path) -> None:
-    files = make_certificates(tmp_path)
+    d = make_certs(tmp_path, "DNS:ganserve.test")
+    files = {f"{who}_crt": d / f"{who}.pem" for who in ("ca", "server", "client")}
+    files.update({f"{who}_key": d / f"{who}.key" for who in ("server", "client")})
     secured = start_server(
         tiny_model_repo, "--tls-cert", str(files["server_crt"]), "--tls-key",
         str(files["server_key"]), "--tls-client-ca", str(files["ca_crt"]),
