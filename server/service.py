@@ -63,12 +63,13 @@ _NO_DEADLINE_S = 1e7
 class _Call:
     """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
 
-    __slots__ = ("code", "model", "start")
+    __slots__ = ("code", "model", "recorded", "start")
 
     def __init__(self) -> None:
         self.model = ""
         self.code = "OK"
         self.start = time.perf_counter()
+        self.recorded = False  # status and latency counted (once)
 
 
 def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
@@ -163,12 +164,17 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     def _track(self, method: str) -> Iterator[_Call]:
         """Count the RPC in flight; on exit record its status and latency."""
         call = _Call()
-        gauge = self._inflight[method]
-        gauge.inc()
+        self._inflight[method].inc()
         try:
             yield call
         finally:
-            gauge.dec()
+            self._record(method, call)
+
+    def _record(self, method: str, call: _Call) -> None:
+        """The RPC is over: out of the in-flight gauge, its status and latency counted (once)."""
+        if not call.recorded:
+            call.recorded = True
+            self._inflight[method].dec()
             key = (call.model, method, call.code)
             children = self._children.get(key)
             if children is None:  # cache the label lookups: they cost more than the update
@@ -198,6 +204,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         else:  # CancelledError / GeneratorExit: the client went away or its deadline passed
             call.code = "CANCELLED"
             raise exc
+        # Counted before the status goes out: a client that reads /metrics right after
+        # its error must find it there (the abort sends first and raises after).
+        self._record(method, call)
         await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
         raise AssertionError("unreachable: abort raises")
 
