@@ -242,10 +242,9 @@ class Batcher:
         deadline: float | None,
         is_cancelled: Callable[[], bool] | None,
     ) -> np.ndarray:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExceeded("deadline passed before the request was run")
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled("client cancelled the request")
+        gone = _gone(deadline, is_cancelled, time.monotonic())
+        if gone is not None:
+            raise gone
         self._m_wait.observe(0.0)
         start = time.perf_counter()
         out, error = self._compute(z, y)
@@ -339,11 +338,7 @@ class Batcher:
     def _dead(req: _Request, now: float) -> GanServeError | None:
         if req.future.done():  # the awaiting task was cancelled
             return Cancelled("request cancelled")
-        if req.deadline is not None and now >= req.deadline:
-            return DeadlineExceeded("deadline passed while the request was queued")
-        if req.is_cancelled is not None and req.is_cancelled():
-            return Cancelled("client cancelled the request")
-        return None
+        return _gone(req.deadline, req.is_cancelled, now)
 
     def _run(self, pieces: list[_Piece]) -> int:
         """Infer one batch and post the results; returns requests completed."""
@@ -430,6 +425,17 @@ class Batcher:
                 future.set_exception(error)
             else:
                 future.set_result(result)  # type: ignore[arg-type]
+
+
+def _gone(
+    deadline: float | None, is_cancelled: Callable[[], bool] | None, now: float
+) -> GanServeError | None:
+    """Why a request must not be computed any more (deadline passed, client gone), or None."""
+    if deadline is not None and now >= deadline:
+        return DeadlineExceeded("deadline passed before the request was run")
+    if is_cancelled is not None and is_cancelled():
+        return Cancelled("client cancelled the request")
+    return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

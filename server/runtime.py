@@ -12,7 +12,7 @@ import ctypes
 import functools
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,13 +146,9 @@ def _log_cpu_fallback() -> None:
     log.info("device auto: no usable CUDA GPU, running ONNX Runtime on CPU")
 
 
-def _session_options(
-    config: RuntimeConfig, intra_op_threads: int | None = None
-) -> ort.SessionOptions:
+def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = (
-        config.intra_op_threads if intra_op_threads is None else intra_op_threads
-    )
+    opts.intra_op_num_threads = config.intra_op_threads
     opts.inter_op_num_threads = config.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -186,7 +182,9 @@ class OrtRunner:
         self._small_max = 0
         if self.device == "cpu" and config.small_batch_max > 0 and config.intra_op_threads != 1:
             self._small = ort.InferenceSession(
-                str(self.path), sess_options=_session_options(config, 1), providers=[_CPU]
+                str(self.path),
+                sess_options=_session_options(replace(config, intra_op_threads=1)),
+                providers=[_CPU],
             )
             self._small_max = config.small_batch_max
         self._conditional = spec.num_classes > 0
