@@ -1,7 +1,10 @@
 """Closed-loop gRPC load generator (perf_analyzer's concurrency mode) and its statistics.
 
 C tasks share one grpc.aio channel (or a few); each sends its next request as soon as the
-previous one returns. The client shares the machine's cores with the server, so the hot
+previous one returns. At concurrency 1 a blocking (sync) stub in one thread drives the
+target instead: perf_analyzer's C++ client has no event loop either, and the asyncio
+round trip would add ~0.1 ms of the generator's own to every latency (both targets, the
+bare server and the real one, are measured the same way). The client shares the machine's cores with the server, so the hot
 loop is as lean as Python allows: one pre-serialized request, a generic multicallable with
 no (de)serializers (bytes in, bytes out), two list appends per request. The same generator
 drives the bare gRPC server and the real one, so their comparison is fair.
@@ -169,7 +172,21 @@ async def run_point(
                 end_append(t1)
                 lat_append(t1 - t0)
 
-        tasks = [asyncio.create_task(client(calls[i % channels])) for i in range(concurrency)]
+        def blocking_client() -> None:
+            with grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) as sync_channel:
+                call = sync_channel.unary_unary(SAMPLE_METHOD)
+                clock, end_append, lat_append = time.perf_counter, ends.append, lats.append
+                while running[0]:
+                    t0 = clock()
+                    call(payload)
+                    t1 = clock()
+                    end_append(t1)
+                    lat_append(t1 - t0)
+
+        if concurrency == 1:
+            tasks = [asyncio.create_task(asyncio.to_thread(blocking_client))]
+        else:
+            tasks = [asyncio.create_task(client(calls[i % channels])) for i in range(concurrency)]
         try:
             await asyncio.sleep(warmup_s)
             before = CpuSnapshot.take(server_pid)

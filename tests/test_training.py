@@ -219,6 +219,18 @@ def test_dry_run_with_minibatch_std(tmp_path: Path) -> None:
     assert ckpt["discriminator"]["head.weight"].shape[1] == 2 * 8 * 49 + 1
 
 
+def test_discriminator_blocks_deepen_the_conv_discriminator(tmp_path: Path) -> None:
+    plain = build_discriminator("dcgan", 10, width=8)
+    deep = build_discriminator("dcgan", 10, width=8, blocks=2)
+    convs = [m for m in deep.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 2 + 2 and all(c.kernel_size == (3, 3) for c in convs[2:])
+    assert deep.head.in_features == plain.head.in_features  # still (2w, 7, 7) features
+    assert deep(torch.randn(3, 1, 28, 28)).shape == (3,)
+    ckpt = load_checkpoint(train(tiny(tmp_path, arch="dcgan", d_blocks=1), quiet=True))
+    assert ckpt["config"]["d_blocks"] == 1
+    assert ckpt["discriminator"]["body.5.weight"].shape == (16, 16, 3, 3)
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         train(tiny(tmp_path), resume=True)

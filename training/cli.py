@@ -58,6 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--g-width", type=int, default=64, help="conv generator base channels")
     p.add_argument("--g-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv G")
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
+    p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
     p.add_argument("--n-critic", type=int, default=None, help="D steps per G step "
                    "(default: 5 for wgan-gp, else 1)")  # fmt: skip

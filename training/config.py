@@ -41,6 +41,7 @@ class TrainConfig:
     g_width: int = 64
     g_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv generators
     d_width: int = 64
+    d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators
     n_critic: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan-gp only

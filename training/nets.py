@@ -134,22 +134,34 @@ class ConvDiscriminator(nn.Module):
 
     With ``num_classes > 0`` it is a projection discriminator: the class vector
     is embedded into the feature space and its inner product with the features
-    is added to the logit. ``mbstd``: a minibatch standard-deviation feature
+    is added to the logit. ``blocks``: extra 3x3 conv blocks at 7x7 (norm + LeakyReLU),
+    a deeper D for a G that outpaces the two-layer one. ``mbstd``: a minibatch
+    standard-deviation feature
     (Karras et al. 2018) joins the features the head sees, so D can tell a batch
     with too little variety from a real one (a remedy for low recall).
     """
 
     def __init__(
-        self, num_classes: int = 0, width: int = 64, norm: Norm = "batch", mbstd: bool = False
+        self,
+        num_classes: int = 0,
+        width: int = 64,
+        norm: Norm = "batch",
+        mbstd: bool = False,
+        blocks: int = 0,
     ) -> None:
         super().__init__()
         features = 2 * width * 7 * 7
+        extra: list[nn.Module] = []
+        for _ in range(blocks):
+            extra += [nn.Conv2d(2 * width, 2 * width, 3, 1, 1, bias=norm == "none"),
+                      _norm2d(norm, 2 * width), nn.LeakyReLU(0.2)]  # fmt: skip
         self.body = nn.Sequential(
             nn.Conv2d(1, width, 4, 2, 1),  # 28 -> 14, no norm on the input layer
             nn.LeakyReLU(0.2),
             nn.Conv2d(width, 2 * width, 4, 2, 1, bias=norm == "none"),  # 14 -> 7
             _norm2d(norm, 2 * width),
             nn.LeakyReLU(0.2),
+            *extra,
             nn.Flatten(),
         )
         self.mbstd = mbstd
@@ -216,13 +228,18 @@ def build_generator(
 
 
 def build_discriminator(
-    arch: str, num_classes: int = 10, width: int = 64, norm: Norm = "batch", mbstd: bool = False
+    arch: str,
+    num_classes: int = 10,
+    width: int = 64,
+    norm: Norm = "batch",
+    mbstd: bool = False,
+    blocks: int = 0,
 ) -> nn.Module:
-    """The discriminator (critic) of ``arch``; ``norm`` and ``mbstd`` only apply to
-    conv ones."""
+    """The discriminator (critic) of ``arch``; ``norm``, ``mbstd`` and ``blocks`` (extra
+    3x3 blocks at 7x7) only apply to conv ones."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPDiscriminator()
-    net = ConvDiscriminator(classes, width, norm, mbstd)
+    net = ConvDiscriminator(classes, width, norm, mbstd, blocks)
     net.apply(_dcgan_init)
     return net

@@ -94,7 +94,9 @@ class _Run:
             device
         )
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
-        self.D = build_discriminator(cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd).to(device)
+        self.D = build_discriminator(
+            cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks
+        ).to(device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
