@@ -3,11 +3,12 @@
 C tasks share one grpc.aio channel (or a few); each sends its next request as soon as the
 previous one returns. At concurrency 1 a blocking (sync) stub in one thread drives the
 target instead: perf_analyzer's C++ client has no event loop either, and the asyncio
-round trip would add ~0.1 ms of the generator's own to every latency (both targets, the
-bare server and the real one, are measured the same way). The client shares the machine's cores with the server, so the hot
-loop is as lean as Python allows: one pre-serialized request, a generic multicallable with
-no (de)serializers (bytes in, bytes out), two list appends per request. The same generator
-drives the bare gRPC server and the real one, so their comparison is fair.
+round trip would add ~0.1 ms of the generator's own to every latency (the bare server and
+the real one are measured the same way). The client shares the machine's cores with the
+server, so the hot loop is as lean as Python allows: one pre-serialized request, a generic
+multicallable with no (de)serializers (bytes in, bytes out), two list appends per request.
+The same generator drives the bare gRPC server and the real one, so their comparison is
+fair.
 """
 
 from __future__ import annotations
