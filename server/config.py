@@ -23,7 +23,13 @@ if TYPE_CHECKING:  # the real imports are deferred: runtime.py pulls in onnxrunt
     from .batcher import BatchingConfig
     from .runtime import RuntimeConfig
 
-__all__ = ["ConfigError", "ServerConfig", "add_arguments", "default_model_dir"]
+__all__ = [
+    "ConfigError",
+    "ServerConfig",
+    "add_arguments",
+    "default_model_dir",
+    "environment_variables",
+]
 
 MIB = 1024 * 1024
 # A float32 28x28 grayscale image; used to check that max_images_per_request fits a message.
@@ -275,6 +281,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("log_level", _parse_level, "DEBUG | INFO | WARNING | ERROR (default INFO)"),
     _Option("ready_file", Path, "write JSON {port, metrics_port, pid} here once serving"),
 )
+
+
+def environment_variables() -> frozenset[str]:
+    """Every ``GANSERVE_*`` variable the server reads (one per flag)."""
+    return frozenset(opt.env for opt in _OPTIONS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
