@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,17 +133,21 @@ def _metadata(name: str, arch: str, note: str) -> dict[str, str]:
 def write_standin(repo: Path, name: str, kind: str) -> Path:
     """A stand-in ``<repo>/<name>/1/model.onnx`` of the conventions' shape.
 
-    ``dcgan``: a randomly initialised DCGAN generator from ``ganserve.training.nets``, the
-    same size (hence the same compute) as the bundled one. ``tiny``: z @ W -> tanh, built
-    with onnx.helper in milliseconds and without torch, for the smoke test.
+    ``dcgan``: a randomly initialised DCGAN generator from ``ganserve.training.nets`` with
+    the bundled ``mnist-dcgan`` recipe's architecture (the same compute as the bundled
+    model). ``dcgan-ref``: the reference size of issue 4 (fc -> two transposed
+    convolutions, no extra 3x3 blocks; about a third of the bundled model's compute), to
+    see what the server does with a model of the size its targets were set for.
+    ``tiny``: z @ W -> tanh, built with onnx.helper in milliseconds and without torch,
+    for the smoke test.
     """
     import onnx
     from onnx import TensorProto, helper
 
     out = repo / name / "1" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "dcgan":
-        _export_dcgan(out)
+    if kind in ("dcgan", "dcgan-ref"):
+        _export_dcgan(out, reference=kind == "dcgan-ref")
         model = onnx.load(str(out))
         # The tracer names the fixed image dims symbolically; the conventions want numbers.
         dims = model.graph.output[0].type.tensor_type.shape.dim
@@ -167,8 +172,8 @@ def write_standin(repo: Path, name: str, kind: str) -> Path:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
     else:
-        raise ValueError(f"unknown stand-in kind {kind!r}; choose dcgan or tiny")
-    arch = "dcgan" if kind == "dcgan" else "mlp"
+        raise ValueError(f"unknown stand-in kind {kind!r}; choose dcgan, dcgan-ref or tiny")
+    arch = "mlp" if kind == "tiny" else "dcgan"
     for key, value in _metadata(name, arch, f"benchmark stand-in ({kind})").items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -176,22 +181,27 @@ def write_standin(repo: Path, name: str, kind: str) -> Path:
     return out
 
 
-def _export_dcgan(out: Path) -> None:
+def _export_dcgan(out: Path, reference: bool = False) -> None:
     import torch
 
     from ganserve.training.nets import build_generator
+    from ganserve.training.recipes import get_recipe
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = build_generator("dcgan", latent_dim=100).eval()
-    z = torch.zeros(2, 100)  # (N, 100)
-    torch.onnx.export(
-        net,
-        (z,),
-        str(out),
-        input_names=["z"],
-        output_names=["image"],
-        dynamic_axes={"z": {0: "N"}, "image": {0: "N"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    cfg = get_recipe("mnist-dcgan").config
+    blocks = 0 if reference else cfg.g_blocks
+    net = build_generator("dcgan", cfg.latent_dim, width=cfg.g_width, blocks=blocks).eval()
+    z = torch.zeros(2, cfg.latent_dim)  # (N, latent_dim)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated (torch >= 2.9)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            (z,),
+            str(out),
+            input_names=["z"],
+            output_names=["image"],
+            dynamic_axes={"z": {0: "N"}, "image": {0: "N"}},
+            opset_version=17,
+            dynamo=False,
+        )

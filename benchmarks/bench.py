@@ -60,10 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=1, help="gRPC channels the clients share")
     p.add_argument(
         "--standin",
-        choices=("auto", "dcgan", "tiny"),
+        choices=("auto", "dcgan", "dcgan-ref", "tiny"),
         default="auto",
-        help="auto: a random DCGAN of the same size only if the model is missing; "
-        "dcgan/tiny: always use that stand-in",
+        help="auto: a random DCGAN of the bundled one's size only if the model is missing; "
+        "dcgan (that), dcgan-ref (issue 4's reference size, no extra 3x3 blocks) or tiny: "
+        "always use that stand-in",
     )
     p.add_argument("--intra-op-threads", type=int, help="ORT threads (server and raw-ort)")
     p.add_argument("--inter-op-threads", type=int)

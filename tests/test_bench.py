@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks" / "bench.py"
 TARGETS = ("bare-grpc", "batched", "unbatched")
+_CONVS = ("Conv", "ConvTranspose")
 
 
 def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -99,3 +100,24 @@ def test_profile_summary_charges_native_frames_to_their_owner() -> None:
     assert "no Python frames" in text  # thread 12: CPU seen only in /proc
     assert "90.0%  Sample (server/service.py:9)" not in text  # inclusive: 6 of 10 samples
     assert "60.0%  Sample (server/service.py:9)" in text
+
+
+def test_dcgan_standins_match_the_bundled_recipe_and_the_reference_size(tmp_path: Path) -> None:
+    import onnx
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _raw_ort import write_standin
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from ganserve.training.recipes import get_recipe
+
+    def convs(kind: str) -> list[str]:
+        model = onnx.load(str(write_standin(tmp_path / kind, "m", kind)))
+        return [n.op_type for n in model.graph.node if n.op_type in _CONVS]
+
+    blocks = get_recipe("mnist-dcgan").config.g_blocks
+    assert convs("dcgan-ref") == ["ConvTranspose", "ConvTranspose"]
+    assert convs("dcgan").count("Conv") == blocks  # the bundled model's extra 3x3 blocks
+    bundled = onnx.load(str(ROOT / "models" / "mnist-dcgan" / "1" / "model.onnx"))
+    assert [n.op_type for n in bundled.graph.node if n.op_type in _CONVS] == convs("dcgan")
