@@ -162,3 +162,49 @@ def test_image_runs_the_entry_point_as_the_pods_user() -> None:
 )
 def test_image_copies_files_that_exist(source: str) -> None:
     assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def _dashboard_exprs() -> list[str]:
+    import json
+
+    exprs: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("expr"), str):
+                exprs.append(node["expr"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in (ROOT / "deploy" / "grafana").glob("*.json"):
+        walk(json.loads(path.read_text()))
+    return exprs
+
+
+def test_dashboard_queries_series_and_labels_the_server_exports() -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from ganserve.server.metrics import Metrics
+
+    # Series name -> label names, for every ganserve metric (histograms: _bucket/_sum/
+    # _count, counters: _total). _labelnames is the client's declared label tuple.
+    labels: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            family = next(iter(metric.collect()))
+            names = set(metric._labelnames)
+            suffixes = {"histogram": ("_bucket", "_sum", "_count"), "counter": ("_total",)}
+            for suffix in ("", *suffixes.get(family.type, ())):
+                labels[family.name + suffix] = names | ({"le"} if suffix == "_bucket" else set())
+    exprs = _dashboard_exprs()
+    assert exprs, "no dashboard queries found"
+    for expr in exprs:
+        series = set(re.findall(r"\bganserve_[a-z_]+", expr))
+        assert series and series <= set(labels), f"not exported: {series - set(labels)} ({expr})"
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            wanted = {x.strip() for x in group.split(",")}
+            for name in series:
+                assert wanted <= labels[name], f"{name} has no label {wanted - labels[name]}"
