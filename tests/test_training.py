@@ -319,3 +319,70 @@ def test_reader_missing_and_corrupt_gzip(tmp_path: Path) -> None:
     (folder / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot read"):
         load_split(folder, "train")
+
+
+# --- D-input augmentation (DiffAugment) --------------------------------------------------
+
+
+def test_translate_shifts_each_image_and_fills_with_background() -> None:
+    from ganserve.training.augment import augment, translate
+
+    x = -torch.ones(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = torch.linspace(-0.5, 1.0, 64).view(64, 1, 1, 1)  # a square each
+    out = translate(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    offsets = set()
+    for k in range(64):
+        ys, xs = torch.nonzero(out[k, 0] > -1, as_tuple=True)
+        dy, dx = int(ys.min()) - 10, int(xs.min()) - 10
+        assert -2 <= dy <= 2 and -2 <= dx <= 2
+        # the whole square moved intact, nothing else changed from the background
+        assert torch.equal(out[k, 0, 10 + dy : 18 + dy, 10 + dx : 18 + dx], x[k, 0, 10:18, 10:18])
+        assert int((out[k, 0] > -1).sum()) == 64
+        offsets.add((dy, dx))
+    assert len(offsets) > 10  # independent offsets per image, not one for the batch
+    assert torch.equal(augment(x, "none", torch.Generator()), x)
+    assert torch.equal(translate(x, 0, torch.Generator()), x)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment(x, "flip", torch.Generator())
+
+
+def test_translate_is_differentiable_and_edges_come_from_the_padding() -> None:
+    from ganserve.training.augment import translate
+
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)
+    out = translate(x, 3, torch.Generator().manual_seed(1))
+    out.sum().backward()
+    assert x.grad is not None
+    # each kept input pixel gets gradient 1, each pixel shifted out of view 0
+    assert set(x.grad.unique().tolist()) <= {0.0, 1.0}
+    assert (x.grad.flatten(1).sum(1) >= 25 * 25).all()
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "cdcgan"])
+def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
+    tmp_path: Path, arch: str
+) -> None:
+    a = _weights(train(tiny(tmp_path / "a", arch=arch, augment="translate"), quiet=True))
+    b = _weights(train(tiny(tmp_path / "b", arch=arch, augment="translate"), quiet=True))
+    plain = _weights(train(tiny(tmp_path / "c", arch=arch), quiet=True))
+    assert _same(a, b)
+    assert not _same(a, plain)
+    ckpt = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
+    assert ckpt["config"]["augment"] == "translate"
+    assert "augment" in ckpt["rng"]
+    # the augmentation's random state is checkpointed: a resumed run is exact
+    two = _weights(
+        train(tiny(tmp_path / "d", arch=arch, augment="translate", epochs=2), quiet=True)
+    )
+    resumed = _weights(train(tiny(tmp_path / "a", arch=arch, epochs=2), resume=True, quiet=True))
+    assert _same(two, resumed)
+
+
+def test_cli_rejects_a_negative_augment_shift(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = ganserve_main(["train", "--dry-run", "--augment", "translate", "--augment-shift", "-1",
+                          "--out", str(tmp_path / "r"), "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "--augment-shift must be >= 0" in capsys.readouterr().err

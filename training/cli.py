@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ganserve.training.config import ARCHS, LOSSES
+from ganserve.training.config import ARCHS, AUGMENTS, LOSSES
 from ganserve.training.data import DATASETS, DataError
 from ganserve.training.recipes import RECIPES
 
@@ -60,6 +60,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
     p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
+    p.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default="none",
+        help="differentiable augmentation of D's real and fake inputs (DiffAugment)",
+    )
+    p.add_argument("--augment-shift", type=int, default=2,
+                   help="translate: max shift in pixels (default: %(default)s)")  # fmt: skip
     p.add_argument("--n-critic", type=int, default=None, help="D steps per G step "
                    "(default: 5 for wgan-gp, else 1)")  # fmt: skip
     p.add_argument("--gp-weight", type=float, default=10.0)
@@ -84,6 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
         if values[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
+    if values["augment_shift"] < 0:
+        raise ValueError(f"--augment-shift must be >= 0, got {values['augment_shift']}")
     path = train(TrainConfig.from_dict(values), resume=args.resume, quiet=args.quiet)
     print(f"checkpoint: {path}")
     return 0

@@ -11,11 +11,12 @@ from typing import Any
 
 from ganserve.training.data import DATASETS
 
-__all__ = ["ARCHS", "CONDITIONAL_ARCHS", "LOSSES", "TrainConfig", "is_conditional"]
+__all__ = ["ARCHS", "AUGMENTS", "CONDITIONAL_ARCHS", "LOSSES", "TrainConfig", "is_conditional"]
 
 ARCHS = ("mlp", "dcgan", "cdcgan")
 CONDITIONAL_ARCHS = frozenset({"cdcgan"})
 LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
+AUGMENTS = ("none", "translate")  # D-input augmentations (training/augment.py)
 
 
 def is_conditional(arch: str) -> bool:
@@ -43,6 +44,8 @@ class TrainConfig:
     d_width: int = 64
     d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators
+    augment: str = "none"  # D-input augmentation (DiffAugment): none | translate
+    augment_shift: int = 2  # translate: max shift in pixels per axis
     n_critic: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan-gp only
     ema_decay: float = 0.999

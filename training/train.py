@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ganserve.training.augment import augment
 from ganserve.training.config import TrainConfig
 from ganserve.training.data import DATASETS, load_split, synthetic_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
@@ -102,6 +103,7 @@ class _Run:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
         self.ema = EMA(self.G, cfg.ema_decay)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
+        self.aug_rng = torch.Generator().manual_seed(cfg.seed + 2)  # D-input augmentation
         self.epoch = 0
         self.train_seconds = 0.0
 
@@ -118,7 +120,11 @@ class _Run:
             "ema": self.ema.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "noise": self.noise.get_state()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "noise": self.noise.get_state(),
+                "augment": self.aug_rng.get_state(),
+            },
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -129,6 +135,8 @@ class _Run:
         self.opt_d.load_state_dict(ckpt["opt_d"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.noise.set_state(ckpt["rng"]["noise"])
+        if "augment" in ckpt["rng"]:  # checkpoints from before --augment have none
+            self.aug_rng.set_state(ckpt["rng"]["augment"])
         self.epoch = int(ckpt["epoch"])
         self.train_seconds = float(ckpt["train_seconds"])
 
@@ -137,10 +145,13 @@ class _Run:
         cfg, loss = self.cfg, self.loss
         z = torch.randn(x.size(0), cfg.latent_dim, generator=self.noise).to(self.device)
         fake = self.G(z, y)  # (B, 1, 28, 28); fake images carry the real batch's labels
-        real_out, fake_out = self.D(x, y), self.D(fake.detach(), y)
+        # D sees real and fake through the same (differentiable) augmentation, G's
+        # step included; "none" is the identity.
+        x_seen, fake_seen = self._augment(x), self._augment(fake.detach())
+        real_out, fake_out = self.D(x_seen, y), self.D(fake_seen, y)
         d_loss = loss.d_loss(real_out, fake_out)
         if loss.gp_weight:
-            d_loss = d_loss + loss.gp_weight * gradient_penalty(self.D, x, fake, y)
+            d_loss = d_loss + loss.gp_weight * gradient_penalty(self.D, x_seen, fake_seen, y)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
@@ -150,13 +161,16 @@ class _Run:
             "dgz": loss.score(fake_out),
         }
         if g_step:
-            g_loss = loss.g_loss(self.D(fake, y))
+            g_loss = loss.g_loss(self.D(self._augment(fake), y))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
             self.ema.update(self.G)
             stats["g"] = float(g_loss.detach())
         return stats
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        return augment(images, self.cfg.augment, self.aug_rng, self.cfg.augment_shift)
 
     def save_samples(self, path: Path) -> None:
         """The fixed-noise grid of the averaged generator (one row per class if conditional)."""
