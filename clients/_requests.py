@@ -19,6 +19,9 @@ from ganserve.v1 import generator_pb2 as pb
 ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "uint8": pb.ENCODING_UINT8, "png": pb.ENCODING_PNG}
 METHODS = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METHOD_LERP}
 _MAX_COUNT = 2**31 - 1  # SampleRequest.count is an int32
+_INT32 = (-(2**31), 2**31 - 1)
+_UINT32 = (0, 2**32 - 1)
+_SEED = (0, 2**64 - 1)  # the proto's uint64 (and the seed rule's range)
 
 E = TypeVar("E")
 # A keyframe / term source: a seed, seeds, or an explicit latent vector.
@@ -30,6 +33,19 @@ def _enum(table: Mapping[str, E], value: str, what: str) -> E:
         return table[value.lower()]
     except (KeyError, AttributeError):
         raise InvalidRequest(f"{what} must be one of {sorted(table)}, got {value!r}") from None
+
+
+def _ranged(value: Any, bounds: tuple[int, int], what: str) -> int:
+    """``int(value)`` if it fits the proto field, else InvalidRequest naming the field
+    (protobuf's own error names neither the field nor the range)."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{what} must be an integer, got {value!r}") from None
+    lo, hi = bounds
+    if not lo <= number <= hi:
+        raise InvalidRequest(f"{what} must be in [{lo}, {hi}], got {number}")
+    return number
 
 
 def sample_request(
@@ -56,21 +72,21 @@ def sample_request(
         version=version,
         encoding=_enum(ENCODINGS, encoding, "encoding"),
         return_latents=return_latents,
-        chunk_size=chunk_size,
+        chunk_size=_ranged(chunk_size, _UINT32, "chunk_size"),
     )
     if latents is not None:
         req.latents.CopyFrom(encode_latents(np.asarray(latents, dtype=np.float32)))
     elif seed is not None:
-        req.seed = int(seed)
+        req.seed = _ranged(seed, _SEED, "seed")
     if count is not None and int(count) > _MAX_COUNT:
         raise InvalidRequest(f"count must be at most {_MAX_COUNT}, got {count}")
     req.count = int(count) if count is not None else (req.latents.count or 1)
     if truncation is not None:
         req.truncation = float(truncation)
     if label is not None:
-        req.labels.append(int(label))
+        req.labels.append(_ranged(label, _INT32, "label"))
     elif labels is not None:
-        req.labels.extend(int(x) for x in labels)
+        req.labels.extend(_ranged(x, _INT32, f"labels[{i}]") for i, x in enumerate(labels))
     return req
 
 
@@ -92,7 +108,7 @@ def interpolate_request(
     req = pb.InterpolateRequest(
         model=model,
         version=version,
-        steps=steps,
+        steps=_ranged(steps, _INT32, "steps"),
         method=_enum(METHODS, method, "method"),
         encoding=_enum(ENCODINGS, encoding, "encoding"),
         return_latents=return_latents,
@@ -105,11 +121,11 @@ def interpolate_request(
         if vector is not None:
             frame.latent.values.extend(vector)
         elif len(seeds) == 1:
-            frame.seed = seeds[0]
+            frame.seed = _ranged(seeds[0], _SEED, f"keyframes[{i}] seed")
         else:
             raise InvalidRequest(f"keyframes[{i}] must be one seed or one latent vector")
         if labels is not None and labels[i] is not None:
-            frame.label = int(labels[i])  # type: ignore[arg-type]
+            frame.label = _ranged(labels[i], _INT32, f"labels[{i}]")
     return req
 
 
@@ -134,7 +150,7 @@ def arithmetic_request(
         return_latents=return_latents,
     )
     if label is not None:
-        req.label = int(label)
+        req.label = _ranged(label, _INT32, "label")
     if truncation is not None:
         req.truncation = float(truncation)
     for i, term in enumerate(terms):
@@ -147,7 +163,7 @@ def arithmetic_request(
         if vector is not None:
             msg.latent.values.extend(vector)
         else:
-            msg.seeds.seeds.extend(seeds)
+            msg.seeds.seeds.extend(_ranged(x, _SEED, f"terms[{i}] seed") for x in seeds)
     return req
 
 
@@ -155,6 +171,12 @@ def _split_source(source: Source, where: str) -> tuple[list[int], list[float] | 
     """(seeds, None) for integer sources, ([], vector) for float vectors."""
     if isinstance(source, (int, np.integer)) and not isinstance(source, bool):
         return [int(source)], None
+    if (
+        isinstance(source, (list, tuple))
+        and source
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in source)
+    ):  # seeds as Python ints (numpy would make ints beyond int64 an object array)
+        return [int(v) for v in source], None
     arr = np.asarray(source)
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidRequest(f"{where} must be a seed, a list of seeds or a 1-D latent vector")

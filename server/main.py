@@ -285,7 +285,7 @@ class _Server:
         if self.config.shutdown_delay_s > 0:
             # Probes now see NOT_SERVING; keep answering until the endpoint is gone.
             log.info("serving %.1f s more as NOT_SERVING", self.config.shutdown_delay_s)
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop_now.wait(), self.config.shutdown_delay_s)
         if self._reloading is not None:
             self._reloading.cancel()
@@ -293,5 +293,5 @@ class _Server:
         try:
             # A hung inference must not hold the exit past the grace period.
             await asyncio.wait_for(self.repository.close(), max(1.0, self.config.grace_period_s))
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):
             log.error("models did not close within the grace period; exiting anyway")

@@ -40,13 +40,34 @@ MODEL_FILE = "model.onnx"
 
 
 class LoadedModel:
-    """A READY model version: its spec, session and batcher."""
+    """A READY model version: its spec, session and batcher.
+
+    RPCs hold it (``acquire`` / ``release``) for as long as they use it, so that a
+    reload that replaces or removes the version closes it only once the last of them
+    is done: a stream started on version 1 finishes on version 1.
+    """
 
     def __init__(self, spec: ModelSpec, runner: OrtRunner, batcher: Batcher):
         self.spec = spec
         self.runner = runner
         self.batcher = batcher
         self.device = runner.device
+        self._users = 0
+        self._unused: asyncio.Event | None = None  # set when the last user leaves
+
+    def acquire(self) -> None:
+        """An RPC starts using this version (event-loop thread only)."""
+        self._users += 1
+
+    def release(self) -> None:
+        """That RPC is done with it."""
+        self._users -= 1
+        if self._users == 0 and self._unused is not None:
+            self._unused.set()
+
+    @property
+    def in_use(self) -> bool:
+        return self._users > 0
 
     async def generate(
         self,
@@ -79,6 +100,10 @@ class LoadedModel:
         return await self.batcher.submit(z, y, deadline, is_cancelled)
 
     async def close(self) -> None:
+        """Wait for the RPCs that hold it, drain the batcher, drop the session."""
+        if self._users:
+            self._unused = asyncio.Event()
+            await self._unused.wait()
         await self.batcher.stop(drain=True)
         self.runner.close()
 
@@ -147,6 +172,8 @@ class ModelRepository:
         # name -> the model get(name) serves; rebuilt after every change so the
         # per-request lookup is one dict access.
         self._serving: dict[str, LoadedModel] = {}
+        # Retired versions still held by RPCs: closed in the background once free.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- loading
 
@@ -237,7 +264,12 @@ class ModelRepository:
                 report["loaded"].append(key)
             self._refresh_serving()
             for old in retired:
-                await old.close()  # drained: its queued requests still finish
+                if old.in_use:  # e.g. a long stream: it finishes on this version
+                    task = asyncio.ensure_future(old.close())
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
+                else:
+                    await old.close()  # drained: its queued requests still finish
             if self._started:
                 self._metrics.reloads_total.labels("failed" if report["failed"] else "ok").inc()
             return report
@@ -291,6 +323,8 @@ class ModelRepository:
             self._refresh_serving()
         for model in models:
             await model.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     # ----------------------------------------------------------------- lookups
 

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 from grpc import aio
 
+from ganserve.seeds import latent_cost_us
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
@@ -49,27 +50,41 @@ _ENCODING_ENUM = {
 }
 _BYTES_PER_VALUE = {"float32": 4, "uint8": 1, "png": 1}
 _PNG_OVERHEAD = 256  # bytes per PNG beyond its raw pixels, an upper bound for small images
-_MESSAGE_MARGIN = 64 * 1024  # protobuf framing, labels and other small fields
+_MESSAGE_MARGIN = 64 * 1024  # protobuf framing and other small fields
+_LABEL_BYTES = 5  # a packed int32 label (varint), at most
 _KINDS = {"unconditional": pb.MODEL_KIND_UNCONDITIONAL, "conditional": pb.MODEL_KIND_CONDITIONAL}
 _STATES = {"LOADING": pb.LOAD_STATE_LOADING, "READY": pb.LOAD_STATE_READY}
 _STATES["FAILED"] = pb.LOAD_STATE_FAILED
 # Latent and encoding work above this many images leaves the event loop for a thread,
 # so one large request does not stall the small ones of other clients.
 _OFFLOAD_IMAGES = 256
+# The same for latents from seeds, by their estimated cost (truncation makes each dearer:
+# ~0.6 ms at psi 0.05): 15 ms is ~256 untruncated latents.
+_OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
+
+
+async def _plan(build: Callable[..., Any], request: Any, spec: ModelSpec, limits: Any, seeds: int):
+    """``build(request, spec, limits)``, in a thread when its ``seeds`` latents (as the
+    request states them, truncation included) are too costly for the event loop."""
+    psi = request.truncation if request.HasField("truncation") else None
+    if latent_cost_us(seeds, psi) > _OFFLOAD_LATENT_US:
+        return await asyncio.to_thread(build, request, spec, limits)
+    return build(request, spec, limits)
 
 
 class _Call:
     """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
 
-    __slots__ = ("code", "model", "recorded", "start")
+    __slots__ = ("code", "held", "model", "recorded", "start")
 
     def __init__(self) -> None:
         self.model = ""
         self.code = "OK"
         self.start = time.perf_counter()
         self.recorded = False  # status and latency counted (once)
+        self.held: LoadedModel | None = None  # released when the RPC ends
 
 
 def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
@@ -168,6 +183,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         try:
             yield call
         finally:
+            if call.held is not None:
+                call.held.release()
             self._record(method, call)
 
     def _record(self, method: str, call: _Call) -> None:
@@ -215,12 +232,23 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise InvalidArgument("model: give a model name (ListModels lists them)")
         model = self._repo.get(request.model, request.version)
         call.model = model.spec.name
+        model.acquire()  # a reload closes this version only after the RPC is done
+        call.held = model
         return model
 
-    def _check_size(self, spec: ModelSpec, n: int, encoding: str, with_latents: bool, hint: str):
-        """Fail before computing if ``n`` images cannot fit in one message."""
+    def _check_size(
+        self,
+        spec: ModelSpec,
+        n: int,
+        encoding: str,
+        with_latents: bool,
+        hint: str,
+        extra_per_image: int = 0,
+    ) -> None:
+        """Fail before computing if ``n`` images cannot fit in one message
+        (``extra_per_image``: bytes of other per-image fields, e.g. class weights)."""
         pixels = math.prod(spec.image_shape)  # np.prod costs ~10 us per call here
-        per_image = pixels * _BYTES_PER_VALUE[encoding]
+        per_image = pixels * _BYTES_PER_VALUE[encoding] + extra_per_image
         if encoding == "png":
             per_image += _PNG_OVERHEAD
         if with_latents:
@@ -261,7 +289,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     ) -> pb.SampleResponse:
         """Images [start, stop) of a sample plan as one response message."""
         n = stop - start
-        if n >= _OFFLOAD_IMAGES and plan.explicit is None:
+        if plan.explicit is None and latent_cost_us(n, plan.truncation) > _OFFLOAD_LATENT_US:
             z = await asyncio.to_thread(plan.z, start, stop)  # (n, D)
         else:
             z = plan.z(start, stop)
@@ -308,7 +336,12 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
         self._check_size(
-            model.spec, plan.count, plan.encoding, plan.return_latents, "use SampleStream"
+            model.spec,
+            plan.count,
+            plan.encoding,
+            plan.return_latents,
+            "use SampleStream",
+            extra_per_image=_LABEL_BYTES if model.spec.num_classes else 0,
         )
         return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
 
@@ -319,7 +352,12 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=True)
         self._check_size(
-            model.spec, plan.chunk_size, plan.encoding, plan.return_latents, "lower chunk_size"
+            model.spec,
+            plan.chunk_size,
+            plan.encoding,
+            plan.return_latents,
+            "lower chunk_size",
+            extra_per_image=_LABEL_BYTES if model.spec.num_classes else 0,
         )
         deadline = _deadline(context)
 
@@ -347,10 +385,16 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     @_rpc("Interpolate")
     async def Interpolate(self, request: Any, context: Any, call: _Call) -> pb.InterpolateResponse:
         model = self._model(request, call)
-        plan = plan_interpolate(request, model.spec, self._limits)
+        seeds = sum(k.WhichOneof("source") == "seed" for k in request.keyframes)
+        plan = await _plan(plan_interpolate, request, model.spec, self._limits, seeds)
         steps = plan.z.shape[0]
         self._check_size(
-            model.spec, steps, plan.encoding, plan.return_latents, "request fewer steps"
+            model.spec,
+            steps,
+            plan.encoding,
+            plan.return_latents,
+            "request fewer steps",
+            extra_per_image=4 * model.spec.num_classes,  # class_weights, conditional only
         )
         images, raw, pngs = await self._run(
             model, plan.z, plan.y, _deadline(context), context, plan.encoding
@@ -366,7 +410,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     @_rpc("Arithmetic")
     async def Arithmetic(self, request: Any, context: Any, call: _Call) -> pb.ArithmeticResponse:
         model = self._model(request, call)
-        plan = plan_arithmetic(request, model.spec, self._limits)
+        seeds = sum(len(t.seeds.seeds) for t in request.terms)
+        plan = await _plan(plan_arithmetic, request, model.spec, self._limits, seeds)
         self._check_size(
             model.spec, plan.n_images, plan.encoding, plan.return_latents, "use fewer terms"
         )

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ganserve.seeds import MAX_SEED, latent_from_seed, latents_from_seeds
+from ganserve.seeds import MAX_SEED, MIN_TRUNCATION, latent_from_seed, latents_from_seeds
 from ganserve.v1 import generator_pb2 as pb
 
 from .errors import InvalidArgument
@@ -125,8 +125,9 @@ def _truncation(req: Any) -> float | None:
     if not req.HasField("truncation"):
         return None
     psi = float(req.truncation)
-    if not (math.isfinite(psi) and psi > 0):
-        raise InvalidArgument(f"truncation: must be a finite number > 0, got {psi}")
+    # The floor bounds the redraw loop of the seed rule (see ganserve.seeds).
+    if not (math.isfinite(psi) and psi >= MIN_TRUNCATION):
+        raise InvalidArgument(f"truncation: must be a finite number >= {MIN_TRUNCATION}, got {psi}")
     return psi
 
 

@@ -190,6 +190,29 @@ def test_keyframes_and_terms() -> None:
         arithmetic_request("m", [5])
 
 
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (
+            lambda: sample_request("m", 1, seed=-1),
+            r"seed must be in \[0, 18446744073709551615\], got -1",
+        ),
+        (lambda: sample_request("m", 1, seed=2**64), "seed must be in"),
+        (lambda: sample_request("m", 1, seed="x"), "seed must be an integer"),
+        (lambda: sample_request("m", 5, chunk_size=-1), "chunk_size must be in"),
+        (lambda: sample_request("m", 2, labels=[1, 2**31]), r"labels\[1\] must be in"),
+        (lambda: interpolate_request("m", [1, 2], steps=2**31), "steps must be in"),
+        (lambda: interpolate_request("m", [1, -5]), r"keyframes\[1\] seed must be in"),
+        (lambda: arithmetic_request("m", [(1, [1, 2**64])]), r"terms\[0\] seed must be in"),
+        (lambda: arithmetic_request("m", [(1, 1)], label=2**40), "label must be in"),
+    ],
+)
+def test_out_of_range_fields_name_the_field(build, match: str) -> None:  # type: ignore[no-untyped-def]
+    """Not protobuf's bare ``ValueError('Value out of range: -1')``."""
+    with pytest.raises(errors.InvalidRequest, match=match):
+        build()
+
+
 def model(shape: tuple[int, ...] = (1, 28, 28)) -> ModelInfo:
     return ModelInfo("m", "1", ("1",), "unconditional", 100, (), shape, (-1.0, 1.0), "", "",
                      {}, {}, "ready", "", "cpu")  # fmt: skip

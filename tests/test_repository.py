@@ -257,6 +257,31 @@ async def test_removed_version_stops_taking_traffic(tmp_path: Path, repo: ModelR
         await old.generate(np.zeros((1, 8), np.float32), None)
 
 
+async def test_a_version_in_use_is_closed_only_after_its_last_user(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    path = make_tiny_generator(model_path(tmp_path, "tiny", "1"), seed=0)
+    await repo.start()
+    held = repo.get("tiny")
+    held.acquire()  # an RPC (e.g. a long stream) is using version 1's first file
+    z = np.ones((2, 8), np.float32)
+    before = await held.generate(z)
+    make_tiny_generator(path, seed=1)
+    os.utime(path, ns=(1, 1))
+    assert (await repo.reload())["loaded"] == ["tiny/1"]
+    assert repo.get("tiny") is not held  # new requests get the new file...
+    np.testing.assert_array_equal(await held.generate(z), before)  # ...the holder the old
+    assert held.batcher.accepting
+    held.release()
+    for _ in range(100):  # the background close runs once the holder lets go
+        if not held.batcher.accepting:
+            break
+        await asyncio.sleep(0.01)
+    assert not held.batcher.accepting
+    with pytest.raises(Unavailable):
+        await held.generate(z)
+
+
 async def test_concurrent_reloads_load_each_file_once(  # type: ignore[no-untyped-def]
     tmp_path: Path, repo: ModelRepository
 ) -> None:

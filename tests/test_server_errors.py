@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 UNCOND, COND = "tiny-uncond", "tiny-cond"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -71,6 +72,10 @@ CASES = [
     ("psi 0", "Sample", S(count=1, truncation=0.0), INVALID, "truncation"),
     ("psi < 0", "Sample", S(count=1, truncation=-1.0), INVALID, "truncation"),
     ("psi nan", "Sample", S(count=1, truncation=math.nan), INVALID, "truncation"),
+    # below the floor the seed rule's redraw loop would run (nearly) forever
+    ("psi tiny", "Sample", S(count=1, truncation=1e-30), INVALID, ">= 0.05"),
+    ("psi tiny", "SampleStream", S(count=9, truncation=0.01), INVALID, ">= 0.05"),
+    ("psi tiny", "Interpolate", interp(UNCOND, keys(None, None), truncation=1e-9), INVALID, "0.05"),
     ("label uncond", "Sample", S(count=1, labels=[1]), INVALID, "labels"),
     ("label range", "Sample", S(COND, count=1, labels=[10]), INVALID, "labels"),
     ("label < 0", "Sample", S(COND, count=2, labels=[1, -1]), INVALID, "labels"),
@@ -94,6 +99,13 @@ CASES = [
     ("no label", "Arithmetic", arith(COND, term(latent=vec())), INVALID, "label"),
     ("label uncond", "Arithmetic", arith(UNCOND, term(latent=vec()), label=1), INVALID, "label"),
     ("psi", "Arithmetic", arith(UNCOND, term(latent=vec()), truncation=-2), INVALID, "truncation"),
+    (
+        "psi tiny",
+        "Arithmetic",
+        arith(UNCOND, term(seeds=pb.SeedList(seeds=[1])), truncation=1e-30),
+        INVALID,
+        ">= 0.05",
+    ),
 ]
 
 
@@ -125,3 +137,46 @@ def test_deadline_exceeded_on_a_long_stream(grpc_stub) -> None:
             pass
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert grpc_stub.Sample(S(count=1, seed=0), timeout=5).images.count == 1
+
+
+def test_truncated_seed_work_leaves_the_event_loop(grpc_stub, grpc_channel) -> None:
+    """4,000 seeds at psi 0.05 (~2.5 s of latent work) run in a thread: health checks and
+    other clients' small requests are answered meanwhile, and the result is correct."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    seeds = pb.SeedList(seeds=list(range(4000)))
+    big = grpc_stub.Arithmetic.future(arith(UNCOND, term(seeds=seeds), truncation=0.05), timeout=60)
+    health = health_pb2_grpc.HealthStub(grpc_channel)
+    answered = 0  # small calls answered while the big one was still running
+    while not big.done():
+        health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+        assert grpc_stub.Sample(S(count=1, seed=answered), timeout=30).images.count == 1
+        answered += 0 if big.done() else 1
+    assert big.result().result.count == 1
+    # A blocked loop answers at most the one call that queued behind the big request.
+    assert answered >= 3
+
+
+def test_interpolate_too_big_for_a_message_fails_before_compute(start_server, tmp_path) -> None:
+    """The size check counts the class weights of conditional frames: 2,000 float32 RGB
+    32x32 frames fit exactly under this limit, but not with their 80 kB of weights."""
+    from tiny_onnx import make_tiny_generator, model_path
+
+    make_tiny_generator(
+        model_path(tmp_path / "m", "rgb", "1"), num_classes=10, name="rgb", image_shape=(3, 32, 32)
+    )
+    limit = 2000 * 3 * 32 * 32 * 4 + 64 * 1024
+    proc = start_server(
+        tmp_path / "m",
+        *("--max-message-bytes", str(limit), "--max-images-per-request", "2000"),
+        *("--stream-chunk-max", "2000"),
+    )
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(proc.target, options=options) as channel:
+        stub = pb_grpc.GeneratorStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Interpolate(interp("rgb", keys(1, 8), steps=2000), timeout=30)
+        assert info.value.code() == INVALID, info.value.details()  # not RESOURCE_EXHAUSTED
+        assert "max_message_bytes" in info.value.details()
+        ok = stub.Interpolate(interp("rgb", keys(1, 8), steps=1900), timeout=30)
+        assert ok.images.count == 1900 and len(ok.class_weights) == 1900 * 10

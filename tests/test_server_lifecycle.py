@@ -137,6 +137,31 @@ def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape,
         assert health(channel) == SERVING
 
 
+def test_a_stream_survives_a_reload_of_its_model(repo_copy, start_server, wait_until) -> None:
+    proc = start_server(repo_copy)
+    channel, client = stub(proc.target)
+    request = pb.SampleRequest(
+        model=UNCOND, count=4096, seed=3, chunk_size=64, encoding=pb.ENCODING_UINT8
+    )
+    with channel:
+        expected = b"".join(m.images.data for m in client.SampleStream(request))
+        got = []
+        for i, msg in enumerate(client.SampleStream(request, timeout=60)):
+            got.append(msg.images.data)
+            if i == 1:  # replace version 1's file mid-stream and reload
+                make_tiny_generator(
+                    model_path(repo_copy, UNCOND, "1"), latent_dim=8, name=UNCOND, seed=7
+                )
+                proc.send(signal.SIGHUP)
+                wait_until(lambda: "reload:" in proc.log(), "the reload to finish")
+        # the stream ran to the end on the file it started with
+        assert b"".join(got) == expected
+        after = b"".join(m.images.data for m in client.SampleStream(request))
+        assert after != expected  # new calls get the new file
+    proc.send(signal.SIGTERM)
+    assert proc.wait() == 0, proc.log()
+
+
 def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> None:
     repo = tmp_path / "models"
     write_broken_file(model_path(repo, UNCOND, "1"))
