@@ -148,6 +148,12 @@ def _version_key(version: str) -> int:
     return int(version)
 
 
+def _is_version(name: str) -> bool:
+    """A positive integer in canonical ASCII form: "1", "12"; not "0", "01" (it would
+    collide with "1") or "²" (str.isdigit accepts it, int() does not)."""
+    return name.isascii() and name.isdigit() and name[0] != "0"
+
+
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -185,7 +191,7 @@ class ModelRepository:
         found = []
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for vdir in model_dir.iterdir():
-                if not (vdir.is_dir() and vdir.name.isdigit() and int(vdir.name) > 0):
+                if not (vdir.is_dir() and _is_version(vdir.name)):
                     continue
                 path = vdir / MODEL_FILE
                 if path.is_file():

@@ -282,6 +282,15 @@ async def test_a_version_in_use_is_closed_only_after_its_last_user(
         await held.generate(z)
 
 
+async def test_only_canonical_version_folders_count(tmp_path: Path, repo: ModelRepository) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    for odd in ("01", "0", "²", "v2"):  # "01" would collide with "1"; int("²") raises
+        make_tiny_generator(model_path(tmp_path, "tiny", odd))
+    await repo.start()
+    assert repo.status("tiny").versions == ["1"]
+    assert repo.ready
+
+
 async def test_concurrent_reloads_load_each_file_once(  # type: ignore[no-untyped-def]
     tmp_path: Path, repo: ModelRepository
 ) -> None:
