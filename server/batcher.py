@@ -215,6 +215,8 @@ class Batcher:
                 return self._run_inline(z, y, deadline, is_cancelled)
             req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
             with self._cond:
+                if not self._accepting:  # the worker crashed since the check above
+                    raise Unavailable(f"model '{self._model}' is not accepting requests")
                 self._queue.append(req)
                 self._queued_images += req.n
                 self._cond.notify()
@@ -410,6 +412,8 @@ class Batcher:
 
     def _fail_all(self, error: GanServeError) -> None:
         with self._cond:
+            # Under the lock: submit() checks it there, so nothing joins a dead queue.
+            self._accepting = False
             dropped: list[_Delivery] = [(r.future, None, error) for r in self._queue]
             self._queue.clear()
             self._queued_images = 0
