@@ -60,13 +60,23 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "mnist-dcgan",
-            "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G, BCE.",
-            TrainConfig(arch="dcgan", dataset="mnist", loss="bce", epochs=120, g_blocks=2, **_CONV),
+            "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G, 1 in D, BCE.",
+            TrainConfig(
+                arch="dcgan",
+                dataset="mnist",
+                loss="bce",
+                epochs=150,
+                g_blocks=2,
+                d_blocks=1,
+                **_CONV,
+            ),
         ),
         Recipe(
             "mnist-cdcgan",
-            "Class-conditional DCGAN with a projection discriminator on MNIST.",
-            TrainConfig(arch="cdcgan", dataset="mnist", loss="bce", epochs=75, **_CONV),
+            "Class-conditional DCGAN with a projection discriminator (1 extra 3x3 block) on MNIST.",
+            TrainConfig(
+                arch="cdcgan", dataset="mnist", loss="bce", epochs=100, d_blocks=1, **_CONV
+            ),
         ),
         Recipe(
             "fashion-cdcgan",
