@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -63,9 +63,21 @@ _OFFLOAD_IMAGES = 256
 _OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
+_P = TypeVar("_P")
 
 
-async def _plan(build: Callable[..., Any], request: Any, spec: ModelSpec, limits: Any, seeds: int):
+def _label_bytes(spec: ModelSpec) -> int:
+    """Bytes of the per-image label a Sample response carries (conditional models)."""
+    return _LABEL_BYTES if spec.num_classes else 0
+
+
+async def _plan(
+    build: Callable[[Any, ModelSpec, Limits], _P],
+    request: Any,
+    spec: ModelSpec,
+    limits: Limits,
+    seeds: int,
+) -> _P:
     """``build(request, spec, limits)``, in a thread when its ``seeds`` latents (as the
     request states them, truncation included) are too costly for the event loop."""
     psi = request.truncation if request.HasField("truncation") else None
@@ -341,7 +353,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             plan.encoding,
             plan.return_latents,
             "use SampleStream",
-            extra_per_image=_LABEL_BYTES if model.spec.num_classes else 0,
+            extra_per_image=_label_bytes(model.spec),
         )
         return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
 
@@ -357,7 +369,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             plan.encoding,
             plan.return_latents,
             "lower chunk_size",
-            extra_per_image=_LABEL_BYTES if model.spec.num_classes else 0,
+            extra_per_image=_label_bytes(model.spec),
         )
         deadline = _deadline(context)
 
