@@ -102,7 +102,8 @@ class LoadedModel:
     async def close(self) -> None:
         """Wait for the RPCs that hold it, drain the batcher, drop the session."""
         if self._users:
-            self._unused = asyncio.Event()
+            if self._unused is None:  # one event, however many closers wait on it
+                self._unused = asyncio.Event()
             await self._unused.wait()
         await self.batcher.stop(drain=True)
         self.runner.close()
