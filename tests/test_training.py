@@ -6,6 +6,7 @@ Tiny widths and synthetic data keep every test to seconds on 2 CPU cores.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import struct
@@ -386,3 +387,45 @@ def test_cli_rejects_a_negative_augment_shift(
                           "--out", str(tmp_path / "r"), "--device", "cpu"])  # fmt: skip
     assert code == 2
     assert "--augment-shift must be >= 0" in capsys.readouterr().err
+
+
+# --- learning-rate annealing -------------------------------------------------------------
+
+
+def test_learning_rate_is_constant_then_falls_linearly_to_zero() -> None:
+    from ganserve.training.train import learning_rate
+
+    cfg = TrainConfig(lr=1e-3, epochs=4, lr_decay_start=2)
+    steps = 10
+    lrs = [learning_rate(cfg, b, steps) for b in range(1, 4 * steps + 1)]
+    assert lrs[: 2 * steps] == [1e-3] * (2 * steps)  # epochs 1-2: constant
+    tail = lrs[2 * steps :]
+    assert tail[0] == pytest.approx(1e-3) and tail[-1] == pytest.approx(1e-3 / 20)
+    assert all(a > b for a, b in itertools.pairwise(tail))  # strictly falling
+    assert all(learning_rate(TrainConfig(lr=1e-3, epochs=4), b, steps) == 1e-3 for b in (1, 40))
+
+
+def test_annealing_a_finished_run_on_resume_changes_the_weights_and_is_kept(
+    tmp_path: Path,
+) -> None:
+    train(tiny(tmp_path / "a", epochs=1), quiet=True)
+    train(tiny(tmp_path / "b", epochs=1), quiet=True)
+    plain = _weights(train(tiny(tmp_path / "a", epochs=2), resume=True, quiet=True))
+    annealed_path = train(tiny(tmp_path / "b", epochs=2, lr_decay_start=1), resume=True,
+                          quiet=True)  # fmt: skip
+    assert not _same(plain, _weights(annealed_path))
+    ckpt = load_checkpoint(annealed_path)
+    assert ckpt["config"]["lr_decay_start"] == 1
+    assert ckpt["opt_g"]["param_groups"][0]["lr"] < 2e-4  # the last batch's, falling
+    # a plain resume (no --lr-decay-start) keeps the run's own schedule
+    again = load_checkpoint(train(tiny(tmp_path / "b", epochs=3), resume=True, quiet=True))
+    assert again["config"]["lr_decay_start"] == 1
+
+
+def test_cli_rejects_a_decay_start_beyond_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code = ganserve_main(["train", "--dry-run", "--epochs", "2", "--lr-decay-start", "2",
+                          "--out", str(tmp_path / "r"), "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    assert "--lr-decay-start must be in [0, --epochs)" in capsys.readouterr().err

@@ -52,6 +52,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-decay-start", type=int, default=None, metavar="EPOCH",
+                   help="from this epoch on, lr falls linearly to 0 at --epochs (a resume "
+                   "may set it to anneal a finished run)")  # fmt: skip
     p.add_argument("--beta1", type=float, default=0.5)
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--latent-dim", type=int, default=100)
@@ -92,6 +95,9 @@ def _train(args: argparse.Namespace) -> int:
     for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
         if values[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
+    start = values["lr_decay_start"]
+    if start is not None and not 0 <= start < values["epochs"]:
+        raise ValueError(f"--lr-decay-start must be in [0, --epochs), got {start}")
     if values["augment_shift"] < 0:
         raise ValueError(f"--augment-shift must be >= 0, got {values['augment_shift']}")
     path = train(TrainConfig.from_dict(values), resume=args.resume, quiet=args.quiet)

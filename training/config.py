@@ -36,6 +36,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-4
+    # From this epoch on both lrs fall linearly to 0 at ``epochs``; 0/None: constant lr
+    # (None on a resume: keep the run's own schedule).
+    lr_decay_start: int | None = None
     beta1: float = 0.5
     beta2: float = 0.999
     latent_dim: int = 100

@@ -140,6 +140,11 @@ class _Run:
         self.epoch = int(ckpt["epoch"])
         self.train_seconds = float(ckpt["train_seconds"])
 
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
     def step(self, x: torch.Tensor, y: torch.Tensor | None, g_step: bool) -> dict[str, float]:
         """One D step (and optionally one G step) on real images x (B, 1, 28, 28) in [-1, 1]."""
         cfg, loss = self.cfg, self.loss
@@ -183,6 +188,17 @@ class _Run:
         save_grid(images.cpu().numpy(), path)
 
 
+def learning_rate(cfg: TrainConfig, batch_no: int, steps: int) -> float:
+    """The lr of (1-based) batch ``batch_no`` of a run with ``steps`` batches per epoch:
+    ``cfg.lr`` until epoch ``cfg.lr_decay_start``, then falling linearly to 0 at the end
+    of epoch ``cfg.epochs`` (the last batch gets ``cfg.lr / decay_batches``)."""
+    start = (cfg.lr_decay_start or 0) * steps
+    if not start or batch_no <= start:
+        return cfg.lr
+    total = max(cfg.epochs * steps - start, 1)
+    return cfg.lr * max(0.0, 1.0 - (batch_no - start - 1) / total)
+
+
 def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor | None:
     if not num_classes:
         return None
@@ -197,6 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
         saved = TrainConfig.from_dict(ckpt["config"])
         for name in ("epochs", "out", "data_dir", "sample_every", "device", "threads"):
             setattr(saved, name, getattr(cfg, name))
+        if cfg.lr_decay_start is not None:  # e.g. anneal a finished run: --epochs N+k
+            saved.lr_decay_start = cfg.lr_decay_start
         cfg = saved
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -230,6 +248,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
             x = (images[idx].float() / 127.5 - 1.0).to(device)  # (B, 1, 28, 28) in [-1, 1]
             y = _one_hot(labels[idx], cfg.num_classes, device)
             batch_no += 1
+            run.set_lr(learning_rate(cfg, batch_no, steps))
             stats = run.step(x, y, g_step=batch_no % cfg.n_critic == 0)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
