@@ -429,3 +429,16 @@ def test_cli_rejects_a_decay_start_beyond_the_run(
                           "--out", str(tmp_path / "r"), "--device", "cpu"])  # fmt: skip
     assert code == 2
     assert "--lr-decay-start must be in [0, --epochs)" in capsys.readouterr().err
+
+
+def test_r1_penalty_is_the_squared_input_gradient_and_changes_training(tmp_path: Path) -> None:
+    from ganserve.training.losses import r1_penalty
+
+    x = torch.randn(4, 1, 28, 28, requires_grad=True)
+    w = torch.randn(1, 1, 28, 28)
+    out = (x * w).flatten(1).sum(1)  # a linear "critic": its input gradient is w everywhere
+    assert float(r1_penalty(out, x)) == pytest.approx(float(w.pow(2).sum()), rel=1e-5)
+    plain = _weights(train(tiny(tmp_path / "a"), quiet=True))
+    r1 = _weights(train(tiny(tmp_path / "b", r1_gamma=1.0), quiet=True))
+    assert not _same(plain, r1) and all(torch.isfinite(v).all() for v in r1.values())
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["config"]["r1_gamma"] == 1.0

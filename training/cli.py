@@ -74,6 +74,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-critic", type=int, default=None, help="D steps per G step "
                    "(default: 5 for wgan-gp, else 1)")  # fmt: skip
     p.add_argument("--gp-weight", type=float, default=10.0)
+    p.add_argument("--r1", dest="r1_gamma", type=float, default=0.0, metavar="GAMMA",
+                   help="R1 penalty on real images, weight GAMMA / 2 (0: off)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/ARCH-DATASET)")
@@ -98,6 +100,8 @@ def _train(args: argparse.Namespace) -> int:
     start = values["lr_decay_start"]
     if start is not None and not 0 <= start < values["epochs"]:
         raise ValueError(f"--lr-decay-start must be in [0, --epochs), got {start}")
+    if values["r1_gamma"] < 0:
+        raise ValueError(f"--r1 must be >= 0, got {values['r1_gamma']}")
     if values["augment_shift"] < 0:
         raise ValueError(f"--augment-shift must be >= 0, got {values['augment_shift']}")
     path = train(TrainConfig.from_dict(values), resume=args.resume, quiet=args.quiet)

@@ -51,6 +51,7 @@ class TrainConfig:
     augment_shift: int = 2  # translate: max shift in pixels per axis
     n_critic: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan-gp only
+    r1_gamma: float = 0.0  # > 0: R1 penalty gamma / 2 * E ||grad D(real)||^2 in D's loss
     ema_decay: float = 0.999
     seed: int = 0
     out: str = "runs/run"

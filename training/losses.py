@@ -84,3 +84,10 @@ def gradient_penalty(
     out = critic(mixed, y)
     (grad,) = torch.autograd.grad(out.sum(), mixed, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(out: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean of ||∇_x D(x)||₂² on the real images ``real``
+    (which must require grad and be what produced ``out``); weighted by gamma / 2."""
+    (grad,) = torch.autograd.grad(out.sum(), real, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()

@@ -32,7 +32,7 @@ from ganserve.training.config import TrainConfig
 from ganserve.training.data import DATASETS, load_split, synthetic_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
-from ganserve.training.losses import get_loss, gradient_penalty
+from ganserve.training.losses import get_loss, gradient_penalty, r1_penalty
 from ganserve.training.nets import build_discriminator, build_generator
 
 __all__ = ["CHECKPOINT_NAME", "TrainConfig", "load_checkpoint", "resolve_device", "train"]
@@ -153,8 +153,12 @@ class _Run:
         # D sees real and fake through the same (differentiable) augmentation, G's
         # step included; "none" is the identity.
         x_seen, fake_seen = self._augment(x), self._augment(fake.detach())
+        if cfg.r1_gamma:
+            x_seen = x_seen.detach().requires_grad_(True)
         real_out, fake_out = self.D(x_seen, y), self.D(fake_seen, y)
         d_loss = loss.d_loss(real_out, fake_out)
+        if cfg.r1_gamma:
+            d_loss = d_loss + 0.5 * cfg.r1_gamma * r1_penalty(real_out, x_seen)
         if loss.gp_weight:
             d_loss = d_loss + loss.gp_weight * gradient_penalty(self.D, x_seen, fake_seen, y)
         self.opt_d.zero_grad(set_to_none=True)
