@@ -30,10 +30,13 @@ _TRAIN_KEYS = (
     ("loss", "loss"),
     ("real_label", "real label (< 1: one-sided smoothing)"),
     ("lr", "learning rate"),
+    ("lr_decay_start", "learning rate falls linearly to 0 from epoch"),
+    ("r1_gamma", "R1 penalty gamma"),
     ("ema", "exported weights are an EMA of G's"),
     ("ema_decay", "EMA decay"),
     ("seed", "seed"),
 )
+_OPTIONAL_KEYS = frozenset({"lr_decay_start", "r1_gamma"})  # a line only when in use
 
 
 def _duration(seconds: Any) -> str:
@@ -130,7 +133,11 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     train_images = cfg.get("train_images") or (report.train_images if report else 0)
     if train_images:
         lines[-2] += f", {int(train_images):,} images"
-    lines += [f"- {label}: {_value(cfg[key])}" for key, label in _TRAIN_KEYS if key in cfg]
+    lines += [
+        f"- {label}: {_value(cfg[key])}"
+        for key, label in _TRAIN_KEYS
+        if key in cfg and (cfg[key] or key not in _OPTIONAL_KEYS)
+    ]
     lines += [
         "",
         "<details><summary>full training configuration</summary>",
