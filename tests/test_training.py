@@ -414,6 +414,9 @@ def test_annealing_a_finished_run_on_resume_changes_the_weights_and_is_kept(
     annealed_path = train(tiny(tmp_path / "b", epochs=2, lr_decay_start=1), resume=True,
                           quiet=True)  # fmt: skip
     assert not _same(plain, _weights(annealed_path))
+    # the same as a run with that schedule from the start (the lr depends on epoch and end only)
+    fresh = train(tiny(tmp_path / "c", epochs=2, lr_decay_start=1), quiet=True)
+    assert _same(_weights(fresh), _weights(annealed_path))
     ckpt = load_checkpoint(annealed_path)
     assert ckpt["config"]["lr_decay_start"] == 1
     assert ckpt["opt_g"]["param_groups"][0]["lr"] < 2e-4  # the last batch's, falling
