@@ -60,14 +60,16 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "mnist-dcgan",
-            "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G, 1 in D, BCE.",
+            "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G and in D, "
+            "BCE, lr annealed to 0 over the second half.",
             TrainConfig(
                 arch="dcgan",
                 dataset="mnist",
                 loss="bce",
-                epochs=150,
+                epochs=100,
+                lr_decay_start=50,
                 g_blocks=2,
-                d_blocks=1,
+                d_blocks=2,
                 **_CONV,
             ),
         ),
