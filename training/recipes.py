@@ -1,9 +1,8 @@
 """Named training recipes of the bundled models (``ganserve build-model NAME``).
 
 Epoch counts are sized for this project's reference machine (2 CPU cores shared
-with other work, one torch thread per run, two runs at a time): the MNIST DCGANs
-train for one to two hours there, the others in well under an hour (the model
-cards give the measured time).
+with other work): each trains in under an hour there (the model cards give the
+measured time and the torch threads are a ``build-model --threads`` choice).
 The shared MNIST ``train`` split is a 10,000-image subset (156 batches of 64 per
 epoch); Fashion-MNIST's has 60,000 images, so ``fashion-cdcgan`` gets only 2
 (6x longer) epochs. On a GPU, or with more time, more epochs improve all of them:
