@@ -4,7 +4,10 @@ No docker engine or cluster runs here, so these are static checks of what drifts
 silently: every ``GANSERVE_*`` variable is one the server reads and parses; ports,
 probes, labels and the Prometheus annotations match the server's configuration; the
 pod's shutdown budget covers the server's drain; the image copies files that exist,
-runs the project's entry point as the user the pod requires.
+runs the project's entry point as the user the pod requires. Every manifest is also
+checked against the Kubernetes API's own schemas (``kubernetes-validate``, offline,
+strict: an unknown or misspelt field fails) for the oldest and newest versions we
+claim to support.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -72,6 +76,25 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = set(_one("kustomization.yaml", "Kustomization")["resources"])
     present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert listed == present
+
+
+# Oldest Kubernetes the manifests use features of (gRPC probes are GA in 1.27), newest.
+K8S_VERSIONS = ("1.27.0", kubernetes_validate.latest_version())
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+)
+def test_manifest_matches_the_kubernetes_schema(name: str, version: str) -> None:
+    docs = _docs(name)
+    assert docs, f"{name} holds no resource"
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            kind, meta = doc.get("kind"), doc.get("metadata", {}).get("name")
+            pytest.fail(f"{name}: {kind}/{meta} invalid for Kubernetes {version}: {err.message}")
 
 
 def test_every_ganserve_variable_is_one_the_server_reads() -> None:
