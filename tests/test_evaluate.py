@@ -30,6 +30,7 @@ from ganserve.training.classifier import (  # noqa: E402
     train_classifier,
 )
 from ganserve.training.evaluate import (  # noqa: E402
+    EvaluationError,
     add_arguments,
     evaluate_onnx,
     prior_labels,
@@ -311,6 +312,38 @@ def test_evaluate_unconditional_noise_is_far_from_the_floor(
     assert report.real["class_entropy"] > 3.0  # real digits are near uniform over 10 classes
     assert sum(report.histogram) == 200
     assert "NOT met" in report.table()  # mlp on mnist: min class share is required
+
+
+def test_repeats_report_the_mean_and_spread_of_disjoint_seed_sets(
+    small_mnist: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "models" / "tiny-mlp" / "1" / "model.onnx"
+    _tiny_generator(path, small_mnist, conditional=False)
+    report = evaluate_onnx(path, small_mnist, n=100, seed=7, repeats=3)
+    singles = [evaluate_onnx(path, small_mnist, n=100, seed=7 + 100 * r) for r in range(3)]
+    for key, value in report.generated.items():
+        values = [one.generated[key] for one in singles]
+        assert value == pytest.approx(float(np.mean(values)))
+        assert report.spread[key] == pytest.approx(float(np.std(values, ddof=1)))
+    assert report.spread["fid"] > 0  # the sets differ
+    assert report.real == pytest.approx(singles[0].real)  # one floor for all sets
+    assert sum(report.histogram) == 300 and report.last_seed == 306
+
+    q = report.quality()
+    assert q["repeats"] == 3 and q["fid_sd"] == pytest.approx(report.spread["fid"], abs=1e-6)
+    back = EvalReport.from_quality(report.info, q)
+    assert back.repeats == 3 and back.spread == pytest.approx(report.spread, abs=1e-6)
+    fid_row = next(line for line in report.table().splitlines() if line.startswith("| FID"))
+    assert " ± " in fid_row
+    card = write_model_card(path.parent.parent, path, report).read_text()
+    assert "3 disjoint sets of 100 images (seeds 7..306" in card
+    assert "± " in card
+
+    single = singles[0]
+    assert single.spread == {} and "repeats" not in single.quality()
+    assert " ± " not in single.table()
+    with pytest.raises(EvaluationError, match="repeats must be >= 1"):
+        evaluate_onnx(path, small_mnist, n=100, repeats=0)
 
 
 def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mnist: Path) -> None:

@@ -178,3 +178,13 @@ def test_build_model_one_data_dir_for_two_data_sets_is_refused(
     argv = ["build-model", "mnist-dcgan", "fashion-cdcgan", "--data-dir", str(tmp_path)]
     assert ganserve_main(argv) == 2
     assert "--data-root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--eval-repeats", "0"], ["--eval-n", "3"]])
+def test_build_model_refuses_a_bad_evaluation_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str]
+) -> None:
+    argv = ["build-model", "mnist-dcgan", "--runs-dir", str(tmp_path / "runs"), *flags]
+    assert ganserve_main(argv) == 2
+    assert "--eval-repeats" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing was trained

@@ -38,7 +38,13 @@ def _warn(message: str) -> None:
 
 
 def _evaluate(
-    model_root: Path, onnx_path: Path, data_dir: str | None, dataset: str, n: int, log: Callable
+    model_root: Path,
+    onnx_path: Path,
+    data_dir: str | None,
+    dataset: str,
+    n: int,
+    repeats: int,
+    log: Callable,
 ) -> Any:
     """Run the evaluation package if it is installed; None (with a warning) otherwise."""
     try:
@@ -51,7 +57,7 @@ def _evaluate(
         from ganserve.training.data import default_data_dir
 
         data_dir = str(default_data_dir(dataset))
-    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0)
+    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0, repeats=repeats)
     write_quality(onnx_path, report)
     card = write_model_card(model_root, onnx_path, report)
     print(f"{model_root.name}:\n{report.table()}", flush=True)
@@ -72,6 +78,7 @@ def build_model(
     version: str = "1",
     evaluate: bool = True,
     eval_n: int = 10_000,
+    eval_repeats: int = 5,
     quiet: bool = False,
     log: Callable[[str], None] = _warn,
 ) -> BuildResult:
@@ -82,6 +89,11 @@ def build_model(
     recipe = get_recipe(name)
     if not version.isdigit() or int(version) < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}")
+    if evaluate and (eval_n < 4 or eval_repeats < 1):  # checked before hours of training
+        raise ValueError(
+            "evaluation needs eval_n >= 4 and eval_repeats >= 1 (--eval-n, --eval-repeats), "
+            f"got {eval_n} and {eval_repeats}"
+        )
     run_dir = Path(runs_dir) / (f"{name}-dry-run" if dry_run else name)
     if dry_run and run_dir.exists():
         shutil.rmtree(run_dir)  # a dry run always starts from scratch
@@ -106,5 +118,5 @@ def build_model(
     if dry_run:
         log(f"{name}: dry run, evaluation skipped")
     elif evaluate:
-        report = _evaluate(model_root, onnx_path, data_dir, cfg.dataset, eval_n, log)
+        report = _evaluate(model_root, onnx_path, data_dir, cfg.dataset, eval_n, eval_repeats, log)
     return BuildResult(name, checkpoint, onnx_path, samples, diff, report)

@@ -66,7 +66,13 @@ def _evaluation(report: EvalReport | None) -> list[str]:
         verdict = "No quality target is required of this model (a baseline / guide figures only)."
     acc = report.classifier_accuracy
     return [
-        f"{report.n:,} images from seeds {report.seed}..{report.seed + report.n - 1}"
+        (
+            f"{report.repeats} disjoint sets of {report.n:,} images (seeds "
+            f"{report.seed}..{report.last_seed}; figures: mean ± standard deviation over "
+            "the sets)"
+            if report.repeats > 1
+            else f"{report.n:,} images from seeds {report.seed}..{report.last_seed}"
+        )
         + (
             " with labels in the class proportions of the training split"
             if report.info.conditional

@@ -147,6 +147,12 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="1")
     p.add_argument("--no-evaluate", action="store_true")
     p.add_argument("--eval-n", type=int, default=10_000, help="generated images to evaluate")
+    p.add_argument(
+        "--eval-repeats",
+        type=int,
+        default=5,
+        help="disjoint seed sets of --eval-n images; figures are their mean ± sd (default 5)",
+    )
     p.add_argument("--dry-run", action="store_true", help="a few steps on synthetic data")
     _add_runtime(p)
     p.set_defaults(func=_guarded("build-model", _build))
@@ -165,7 +171,7 @@ def _build(args: argparse.Namespace) -> int:
         build_model(name, data_dir, args.models_dir, args.runs_dir, epochs=args.epochs,
                     dry_run=args.dry_run, device=args.device, threads=args.threads,
                     version=args.version, evaluate=not args.no_evaluate, eval_n=args.eval_n,
-                    quiet=args.quiet)  # fmt: skip
+                    eval_repeats=args.eval_repeats, quiet=args.quiet)  # fmt: skip
     return 0
 
 

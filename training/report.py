@@ -178,6 +178,14 @@ class EvalReport:
     histogram: list[int] = field(default_factory=list)  # predicted classes of the samples
     seconds: float = 0.0
     train_images: int = 0  # size of the data set's train split (0: unknown)
+    # ``repeats`` disjoint seed sets of ``n`` images each: ``generated`` holds the means
+    # over the sets and ``spread`` their sample standard deviations (empty for 1 set)
+    repeats: int = 1
+    spread: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def last_seed(self) -> int:
+        return self.seed + self.repeats * self.n - 1
 
     def targets(self) -> list[Target]:
         return targets_for(self.info, self.real)
@@ -203,7 +211,10 @@ class EvalReport:
                 verdict = "met" if target.met(self.generated[key]) else "NOT met"
                 cell = f"{target.text}: {verdict}" if target.required else f"({target.text}, guide)"
             gen, real = self.generated.get(key), self.real.get(key)
-            lines.append(f"| {label} | {_fmt(key, gen)} | {_fmt(key, real)} | {cell} |")
+            shown = _fmt(key, gen)
+            if key in self.spread:
+                shown += f" ± {_fmt(key, self.spread[key])}"
+            lines.append(f"| {label} | {shown} | {_fmt(key, real)} | {cell} |")
         return "\n".join(lines)
 
     def quality(self) -> dict[str, float]:
@@ -214,9 +225,13 @@ class EvalReport:
                 out[key] = round(float(self.generated[key]), 6)
             if key in self.real:
                 out[f"{key}_real"] = round(float(self.real[key]), 6)
+            if key in self.spread:
+                out[f"{key}_sd"] = round(float(self.spread[key]), 6)
         out["classifier_accuracy"] = round(float(self.classifier_accuracy), 6)
         out["n"] = float(self.n)
         out["seed"] = float(self.seed)
+        if self.repeats > 1:
+            out["repeats"] = float(self.repeats)
         if self.train_images:
             out["train_images"] = float(self.train_images)
         return out
@@ -229,6 +244,7 @@ class EvalReport:
         q = dict(info.quality if quality is None else quality)
         generated = {k: float(q[k]) for k in METRICS if k in q}
         real = {k: float(q[f"{k}_real"]) for k in METRICS if f"{k}_real" in q}
+        spread = {k: float(q[f"{k}_sd"]) for k in METRICS if f"{k}_sd" in q}
         return cls(
             info=info,
             generated=generated,
@@ -237,4 +253,6 @@ class EvalReport:
             seed=int(q.get("seed", 0)),
             classifier_accuracy=float(q.get("classifier_accuracy", float("nan"))),
             train_images=int(q.get("train_images", 0)),
+            repeats=int(q.get("repeats", 1)),
+            spread=spread,
         )
