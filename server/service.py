@@ -256,9 +256,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         with_latents: bool,
         hint: str,
         extra_per_image: int = 0,
+        extra_latents: int = 0,
     ) -> None:
         """Fail before computing if ``n`` images cannot fit in one message
-        (``extra_per_image``: bytes of other per-image fields, e.g. class weights)."""
+        (``extra_per_image``: bytes of other per-image fields, e.g. class weights;
+        ``extra_latents``: latents returned beyond one per image, if latents are)."""
         pixels = math.prod(spec.image_shape)  # np.prod costs ~10 us per call here
         per_image = pixels * _BYTES_PER_VALUE[encoding] + extra_per_image
         if encoding == "png":
@@ -266,6 +268,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if with_latents:
             per_image += spec.latent_dim * 4
         size = n * per_image + _MESSAGE_MARGIN
+        if with_latents:
+            size += extra_latents * spec.latent_dim * 4
         if size > self._limits.max_message_bytes:
             # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
             raise InvalidArgument(
@@ -425,7 +429,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         seeds = sum(len(t.seeds.seeds) for t in request.terms)
         plan = await _plan(plan_arithmetic, request, model.spec, self._limits, seeds)
         self._check_size(
-            model.spec, plan.n_images, plan.encoding, plan.return_latents, "use fewer terms"
+            model.spec,
+            plan.n_images,
+            plan.encoding,
+            plan.return_latents,
+            "use fewer terms",
+            # the result's and every term's latent are returned, with or without their images
+            extra_latents=plan.latents.shape[0] - plan.n_images,
         )
         z = plan.latents[: plan.n_images]  # (1 [+ T], D)
         images, raw, pngs = await self._run(

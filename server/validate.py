@@ -161,6 +161,15 @@ def _finite_rows(field: str, values: np.ndarray) -> np.ndarray:
     return values
 
 
+def _representable(field: str, values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` computed from finite inputs, which may still have overflowed float32."""
+    if not np.isfinite(values).all():
+        raise InvalidArgument(
+            f"{field}: {what} overflows float32 (|value| > 3.4e38); use smaller values"
+        )
+    return values
+
+
 def _latent_vector(field: str, vec: pb.LatentVector, dim: int) -> np.ndarray:
     """A LatentVector as float32 (D,)."""
     if len(vec.values) != dim:
@@ -282,7 +291,10 @@ def plan_interpolate(
             labels.append(label)
     y = blend_path(one_hot(labels, spec.num_classes), steps) if spec.num_classes else None
     return InterpolatePlan(
-        z=interpolate_path(keys, steps, _METHODS[req.method]),
+        # SLERP rotates as it rescales: one entry can outgrow float32 between keyframes
+        z=_representable(
+            "keyframes", interpolate_path(keys, steps, _METHODS[req.method]), "the path"
+        ),
         y=y,
         encoding=encoding,
         return_latents=req.return_latents,
@@ -318,7 +330,7 @@ def plan_arithmetic(req: pb.ArithmeticRequest, spec: ModelSpec, limits: Limits) 
         else:
             raise InvalidArgument(f"{field}: set a latent or seeds")
     result = combine(weights, terms)
-    _finite_rows("terms", result)  # huge finite weights can still overflow float32
+    _representable("terms", result, "the weighted sum")  # e.g. weight 3e38 times a latent
     latents = np.concatenate([result[None, :], terms])  # (1 + T, D)
     n_images = latents.shape[0] if req.return_term_images else 1
     y = None

@@ -52,6 +52,11 @@ def arith(model: str, *terms: pb.ArithmeticTerm, **fields: object) -> pb.Arithme
 NAN_KEY = pb.Keyframe(latent=vec(8, math.nan))
 SHORT_KEY = pb.Keyframe(latent=vec(3))
 SHORT_DATA = pb.LatentBatch(count=2, dim=8, data=b"\0" * 60)
+# finite keyframes whose SLERP midpoint has an entry of ~4.2e38, beyond float32
+HUGE_KEYS = [
+    pb.Keyframe(latent=pb.LatentVector(values=[3e38, 3e38] + [0.0] * 6)),
+    pb.Keyframe(latent=pb.LatentVector(values=[3e38, -3e38] + [0.0] * 6)),
+]
 CASES = [
     # (id, method, request, code, text the message must contain)
     ("unknown model", "Sample", S("nope", count=1), NOT_FOUND, "nope"),
@@ -91,10 +96,18 @@ CASES = [
     ("key no label", "Interpolate", interp(COND, keys(1, None)), INVALID, "keyframes[1].label"),
     ("key label", "Interpolate", interp(UNCOND, keys(1, None)), INVALID, "keyframes[0].label"),
     ("key label range", "Interpolate", interp(COND, keys(1, 11)), INVALID, "keyframes[1].label"),
+    ("slerp overflow", "Interpolate", interp(UNCOND, HUGE_KEYS, 3), INVALID, "overflows"),
     ("no terms", "Arithmetic", arith(UNCOND), INVALID, "terms"),
     ("term no source", "Arithmetic", arith(UNCOND, term()), INVALID, "terms[0]"),
     ("empty seeds", "Arithmetic", arith(UNCOND, term(seeds=pb.SeedList())), INVALID, "terms[0]"),
     ("weight inf", "Arithmetic", arith(UNCOND, term(math.inf, latent=vec())), INVALID, "weight"),
+    (
+        "sum overflow",
+        "Arithmetic",
+        arith(UNCOND, term(3e38, latent=vec(fill=2.0))),
+        INVALID,
+        "weighted sum overflows",
+    ),
     ("term short", "Arithmetic", arith(UNCOND, term(latent=vec(9))), INVALID, "terms[0].latent"),
     ("no label", "Arithmetic", arith(COND, term(latent=vec())), INVALID, "label"),
     ("label uncond", "Arithmetic", arith(UNCOND, term(latent=vec()), label=1), INVALID, "label"),
@@ -180,3 +193,29 @@ def test_interpolate_too_big_for_a_message_fails_before_compute(start_server, tm
         assert "max_message_bytes" in info.value.details()
         ok = stub.Interpolate(interp("rgb", keys(1, 8), steps=1900), timeout=30)
         assert ok.images.count == 1900 and len(ok.class_weights) == 1900 * 10
+
+
+def test_arithmetic_latents_count_in_the_size_check(start_server, tmp_path) -> None:
+    """return_latents sends the result's and every term's latent even without term
+    images: 400 one-seed terms of a 2,048-d model are 3.3 MB of latents, over a 3 MiB
+    limit, so the request must fail before compute with a message, not with gRPC's
+    RESOURCE_EXHAUSTED on the way out."""
+    from tiny_onnx import make_tiny_generator, model_path
+
+    make_tiny_generator(model_path(tmp_path / "m", "wide", "1"), latent_dim=2048, name="wide")
+    proc = start_server(
+        tmp_path / "m",
+        *("--max-message-bytes", str(3 * 2**20), "--max-images-per-request", "400"),
+        *("--stream-chunk-max", "400"),
+    )
+    many = [term(seeds=pb.SeedList(seeds=[i])) for i in range(400)]
+    with grpc.insecure_channel(proc.target) as channel:
+        stub = pb_grpc.GeneratorStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Arithmetic(arith("wide", *many, return_latents=True), timeout=60)
+        assert info.value.code() == INVALID, info.value.details()
+        assert "max_message_bytes" in info.value.details()
+        ok = stub.Arithmetic(arith("wide", *many[:100], return_latents=True), timeout=60)
+        assert ok.latents.count == 101 and ok.result.count == 1
+        # without the latents the same 400 terms are one small image
+        assert stub.Arithmetic(arith("wide", *many), timeout=60).result.count == 1
