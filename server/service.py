@@ -26,7 +26,7 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
-from .errors import GanServeError, InvalidArgument
+from .errors import GanServeError, Internal, InvalidArgument
 from .latent import one_hot
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
@@ -84,6 +84,22 @@ async def _plan(
     if latent_cost_us(seeds, psi) > _OFFLOAD_LATENT_US:
         return await asyncio.to_thread(build, request, spec, limits)
     return build(request, spec, limits)
+
+
+# Far beyond any standard-normal latent (the seed rule's never exceed ~6.5).
+_LARGE_LATENT = 100.0
+
+
+def _non_finite_output(z: np.ndarray) -> GanServeError:
+    """The error for NaN/infinite model output: the caller's if its latents were huge
+    (finite, but overflowing inside the model), the model's otherwise."""
+    top = float(np.abs(z).max()) if z.size else 0.0
+    if top > _LARGE_LATENT:
+        return InvalidArgument(
+            f"latents: the model's output is not finite (NaN or infinity) for latents this "
+            f"large (max |z| = {top:.3g}); use values of the order of a standard normal's"
+        )
+    return Internal("the model produced non-finite values (NaN or infinity)")
 
 
 class _Call:
@@ -288,6 +304,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     ) -> tuple[np.ndarray, bytes, list[bytes]]:
         """Generate and encode: (images (N, C, H, W), raw bytes, pngs)."""
         images = await model.generate(z, y, deadline, context.done)
+        if not np.isfinite(images).all():  # ~1 us per image
+            raise _non_finite_output(z)
         if images.shape[0] >= _OFFLOAD_IMAGES:
             raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -219,3 +220,34 @@ def test_arithmetic_latents_count_in_the_size_check(start_server, tmp_path) -> N
         assert ok.latents.count == 101 and ok.result.count == 1
         # without the latents the same 400 terms are one small image
         assert stub.Arithmetic(arith("wide", *many), timeout=60).result.count == 1
+
+
+def test_latents_that_overflow_the_model_are_refused_not_nan(start_server, tmp_path) -> None:
+    """Finite latents of 3e38 overflow inside the bundled DCGAN: the request must fail
+    with INVALID_ARGUMENT instead of returning NaN images (or zeros as uint8) with OK."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1] / "models" / "mnist-dcgan" / "1"
+    shutil.copytree(root, tmp_path / "m" / "mnist-dcgan" / "1")
+    proc = start_server(tmp_path / "m")
+    huge = pb.LatentBatch(count=2, dim=100, data=np.full((2, 100), 3e38, "<f4").tobytes())
+    with grpc.insecure_channel(proc.target) as channel:
+        stub = pb_grpc.GeneratorStub(channel)
+        for encoding in (pb.ENCODING_FLOAT32, pb.ENCODING_UINT8):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Sample(S("mnist-dcgan", latents=huge, encoding=encoding), timeout=30)
+            assert info.value.code() == INVALID, info.value.details()
+            assert "not finite" in info.value.details() and "3e+38" in info.value.details()
+        # ordinary latents of the same request shape still work
+        ok = stub.Sample(S("mnist-dcgan", latents=latents(2, dim=100, fill=0.5)), timeout=30)
+        assert ok.images.count == 2
+
+
+def test_non_finite_output_blames_huge_latents_and_the_model_otherwise() -> None:
+    from ganserve.server.errors import Internal, InvalidArgument
+    from ganserve.server.service import _non_finite_output
+
+    assert isinstance(_non_finite_output(np.full((1, 8), 1e30, np.float32)), InvalidArgument)
+    # standard-normal latents cannot be at fault: the model is (status INTERNAL)
+    assert isinstance(_non_finite_output(np.full((1, 8), 6.0, np.float32)), Internal)
+    assert isinstance(_non_finite_output(np.zeros((0, 8), np.float32)), Internal)
