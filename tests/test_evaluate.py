@@ -344,6 +344,9 @@ def test_repeats_report_the_mean_and_spread_of_disjoint_seed_sets(
     assert " ± " not in single.table()
     with pytest.raises(EvaluationError, match="repeats must be >= 1"):
         evaluate_onnx(path, small_mnist, n=100, repeats=0)
+    # a negative batch size used to skip generation and score uninitialised memory
+    with pytest.raises(EvaluationError, match="batch_size and threads must be >= 1"):
+        evaluate_onnx(path, small_mnist, n=100, batch_size=-5)
 
 
 def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mnist: Path) -> None:

@@ -180,11 +180,19 @@ def test_build_model_one_data_dir_for_two_data_sets_is_refused(
     assert "--data-root" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags", [["--eval-repeats", "0"], ["--eval-n", "3"]])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--eval-repeats", "0"], "--eval-repeats"),
+        (["--eval-n", "3"], "--eval-repeats"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ],
+)
 def test_build_model_refuses_a_bad_evaluation_before_training(
-    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], message: str
 ) -> None:
     argv = ["build-model", "mnist-dcgan", "--runs-dir", str(tmp_path / "runs"), *flags]
     assert ganserve_main(argv) == 2
-    assert "--eval-repeats" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing was trained

@@ -250,6 +250,49 @@ def test_cli_train_dry_run_and_user_errors(tmp_path: Path, capsys: pytest.Captur
     assert ganserve_main(["train", "--epochs", "0", "--dry-run", "--out", str(out)]) == 2
 
 
+def test_cli_resume_keeps_the_runs_epochs_and_refuses_settings_it_would_ignore(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = tmp_path / "data"  # 16 blank images: no shared data needed
+    data.mkdir()
+    _idx(data / "train-images-idx3-ubyte", 2051, (16, 28, 28), bytes(16 * 784))
+    _idx(data / "train-labels-idx1-ubyte", 2049, (16,), bytes(i % 10 for i in range(16)))
+    out = str(tmp_path / "run")
+    base = ["train", "--arch", "mlp", "--batch-size", "8", "--data-dir", str(data),
+            "--out", out, "--quiet"]  # fmt: skip
+    assert ganserve_main([*base, "--epochs", "2", "--sample-every", "0"]) == 0
+    # a plain --resume of a finished run trains nothing more (it used to go on to 20)
+    assert ganserve_main(["train", "--resume", "--out", out, "--quiet"]) == 0
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2
+    assert not (tmp_path / "run" / "samples").exists() or not any(
+        (tmp_path / "run" / "samples").iterdir()
+    )
+    assert ganserve_main(["train", "--resume", "--out", out, "--epochs", "3", "--quiet"]) == 0
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 3
+    capsys.readouterr()
+    # settings the resumed run would silently ignore are refused, naming them
+    assert ganserve_main(["train", "--resume", "--out", out, "--lr", "0.1", "--epochs", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.1 (the run's: 0.0002)" in err and "Traceback" not in err
+    # the run's own values, repeated, are fine; --lr-decay-start is checked against its epochs
+    assert ganserve_main(["train", "--resume", "--out", out, "--arch", "mlp", "--quiet"]) == 0
+    assert ganserve_main(["train", "--resume", "--out", out, "--lr-decay-start", "3"]) == 2
+    assert "--lr-decay-start must be in [0, --epochs)" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: cannot read the checkpoint"):
+        load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ganserve_main(["train", "--resume", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the checkpoint" in err and "Traceback" not in err
+
+
 def test_command_line_registration_does_not_import_torch() -> None:
     code = "import sys, ganserve.cli; ganserve.cli.build_parser(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -297,6 +340,13 @@ def test_reader_truncated_file_names_the_file(tmp_path: Path) -> None:
     path = folder / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.*truncated"):
+        load_split(folder, "train")
+
+
+def test_reader_refuses_images_that_are_not_28x28(tmp_path: Path) -> None:
+    folder = _split(tmp_path)
+    _idx(folder / "train-images-idx3-ubyte", 2051, (3, 32, 32), bytes(3 * 32 * 32))
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: expected images \(N, 28, 28\)"):
         load_split(folder, "train")
 
 
@@ -386,6 +436,14 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--augment", "translate", "--augment-shift", "-1"], "--augment-shift must be >= 0"),
         (["--epochs", "2", "--lr-decay-start", "2"], "--lr-decay-start must be in [0, --epochs)"),
         (["--r1", "-1"], "--r1 must be >= 0"),
+        (["--max-steps", "-1"], "--max-steps must be >= 0"),
+        (["--gp-weight", "-1"], "--gp-weight must be >= 0"),
+        (["--d-blocks", "-1"], "--d-blocks must be >= 0"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
+        (["--real-label", "0"], "--real-label must be in (0, 1]"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--arch", "mlp", "--g-blocks", "2", "--d-mbstd"], "--g-blocks, --d-mbstd: conv-net"),
     ],
 )
 def test_cli_rejects_bad_training_flags(

@@ -89,6 +89,10 @@ def build_model(
     recipe = get_recipe(name)
     if not version.isdigit() or int(version) < 1:
         raise ValueError(f"version must be a positive integer, got {version!r}")
+    if epochs is not None and epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     if evaluate and (eval_n < 4 or eval_repeats < 1):  # checked before hours of training
         raise ValueError(
             "evaluation needs eval_n >= 4 and eval_repeats >= 1 (--eval-n, --eval-repeats), "

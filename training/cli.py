@@ -49,7 +49,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with train-* IDX files (default: shared data)")
     p.add_argument("--loss", choices=LOSSES, default="bce")
     p.add_argument("--real-label", type=float, default=1.0, help="< 1: label smoothing")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="last epoch (default 20; on --resume: the run's own)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-decay-start", type=int, default=None, metavar="EPOCH",
@@ -79,34 +80,97 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/ARCH-DATASET)")
-    p.add_argument("--sample-every", type=int, default=1, help="epochs between sample grids")
+    p.add_argument("--sample-every", type=int, default=None,
+                   help="epochs between sample grids (default 1, 0: none; on --resume: "
+                   "the run's own)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=0, help="batches per epoch (0: all)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt "
+                   "with the run's own settings; only --epochs, --sample-every, "
+                   "--lr-decay-start, --data-dir, --device and --threads may change")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="a few steps on synthetic data")
     _add_runtime(p)
-    p.set_defaults(func=_guarded("train", _train))
+    defaults = {a.dest: a.default for a in p._actions if a.dest != "help"}
+    p.set_defaults(func=_guarded("train", _train), train_defaults=defaults)
+
+
+# May differ on --resume (train() takes them from the command line); the rest is the run's.
+_RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
+_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd")
+
+
+def _flag(key: str) -> str:
+    return "--" + {"r1_gamma": "r1"}.get(key, key).replace("_", "-")
+
+
+def _resume_values(values: dict, defaults: dict) -> dict:
+    """The command line's values for a resumed run: the run's own settings, with the
+    flags that may change on resume; a flag set to anything else is an error."""
+    from ganserve.training.train import CHECKPOINT_NAME, load_checkpoint
+
+    saved = load_checkpoint(Path(values["out"]) / CHECKPOINT_NAME)["config"]
+    ignored = [
+        f"{_flag(k)} {v} (the run's: {saved.get(k)})"
+        for k, v in values.items()
+        if k in defaults
+        and k not in _RESUMABLE | {"quiet"}
+        and v != defaults[k]
+        and v != saved.get(k)
+    ]
+    if ignored:
+        raise ValueError(
+            "a resumed run keeps its own settings; only --epochs, --sample-every, "
+            f"--lr-decay-start, --data-dir, --device and --threads may change: {'; '.join(ignored)}"
+        )
+    out = {k: saved[k] for k in saved if k in values}
+    out.update({k: values[k] for k in _RESUMABLE if values[k] is not None})
+    if out.get("lr_decay_start") is None:
+        out["lr_decay_start"] = saved.get("lr_decay_start")
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:
     from ganserve.training.train import TrainConfig, train
 
-    values = {k: v for k, v in vars(args).items() if k not in ("func", "command", "resume")}
+    defaults = args.train_defaults
+    values = {k: v for k, v in vars(args).items() if k in defaults and k != "resume"}
+    values["out"] = values["out"] or f"runs/{args.arch}-{args.dataset}"
     if values["n_critic"] is None:
         values["n_critic"] = 5 if args.loss == "wgan-gp" else 1
-    values["out"] = values["out"] or f"runs/{args.arch}-{args.dataset}"
-    for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
-        if values[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {values[key]}")
-    start = values["lr_decay_start"]
-    if start is not None and not 0 <= start < values["epochs"]:
-        raise ValueError(f"--lr-decay-start must be in [0, --epochs), got {start}")
-    if values["r1_gamma"] < 0:
-        raise ValueError(f"--r1 must be >= 0, got {values['r1_gamma']}")
-    if values["augment_shift"] < 0:
-        raise ValueError(f"--augment-shift must be >= 0, got {values['augment_shift']}")
+        defaults = {**defaults, "n_critic": values["n_critic"]}
+    if args.resume:
+        values = _resume_values(values, defaults)
+    else:
+        values["epochs"] = 20 if values["epochs"] is None else values["epochs"]
+        values["sample_every"] = 1 if values["sample_every"] is None else values["sample_every"]
+        if values["arch"] == "mlp":
+            conv = [_flag(k) for k in _CONV_ONLY if values[k] != defaults[k]]
+            if conv:
+                raise ValueError(f"{', '.join(conv)}: conv-net settings, not for --arch mlp")
+    _check_train_values(values)
     path = train(TrainConfig.from_dict(values), resume=args.resume, quiet=args.quiet)
     print(f"checkpoint: {path}")
     return 0
+
+
+def _check_train_values(values: dict) -> None:
+    for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
+        if values[key] < 1:
+            raise ValueError(f"{_flag(key)} must be >= 1, got {values[key]}")
+    for key in ("g_blocks", "d_blocks", "max_steps", "sample_every", "augment_shift",
+                "gp_weight", "r1_gamma"):  # fmt: skip
+        if values[key] < 0:
+            raise ValueError(f"{_flag(key)} must be >= 0, got {values[key]}")
+    if values.get("threads") is not None and values["threads"] < 1:
+        raise ValueError(f"--threads must be >= 1, got {values['threads']}")
+    if not values["lr"] > 0:
+        raise ValueError(f"--lr must be > 0, got {values['lr']}")
+    if not 0 < values["real_label"] <= 1:
+        raise ValueError(f"--real-label must be in (0, 1], got {values['real_label']}")
+    if not 0 <= values["ema_decay"] < 1:
+        raise ValueError(f"--ema-decay must be in [0, 1), got {values['ema_decay']}")
+    start = values["lr_decay_start"]
+    if start is not None and not 0 <= start < values["epochs"]:
+        raise ValueError(f"--lr-decay-start must be in [0, --epochs), got {start}")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:

@@ -150,8 +150,8 @@ def load_split(data_dir: Path | str, split: Split) -> tuple[np.ndarray, np.ndarr
     lbl_path = _find(data_dir, f"{split}-labels-idx1-ubyte")
     images = read_idx(img_path, IMAGES_MAGIC)
     labels = read_idx(lbl_path, LABELS_MAGIC)
-    if images.ndim != 3:
-        raise DataError(f"{img_path}: expected 3 dimensions (N, H, W), got {images.shape}")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{img_path}: expected images (N, 28, 28), got {images.shape}")
     if labels.ndim != 1:
         raise DataError(f"{lbl_path}: expected 1 dimension (N,), got {labels.shape}")
     if len(images) != len(labels):

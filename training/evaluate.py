@@ -202,6 +202,8 @@ def evaluate_onnx(
         raise EvaluationError(f"n must be >= 4 (k-NN with k=3), got {n}")
     if repeats < 1:
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
+    if batch_size < 1 or threads < 1:
+        raise EvaluationError(f"batch_size and threads must be >= 1, got {batch_size}, {threads}")
     num_classes = len(DATASETS[dataset].class_names)
     if info.conditional and info.num_classes != num_classes:
         raise EvaluationError(f"model has {info.num_classes} classes, {dataset} {num_classes}")
