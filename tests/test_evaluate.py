@@ -338,6 +338,11 @@ def test_repeats_report_the_mean_and_spread_of_disjoint_seed_sets(
     card = write_model_card(path.parent.parent, path, report).read_text()
     assert "3 disjoint sets of 100 images (seeds 7..306" in card
     assert "± " in card
+    assert "the same number of real training images" in card
+    # n above the train split (1,000 images here): the floor used all of them, and says so
+    big = EvalReport.from_quality(report.info, {**q, "n": 5000.0})
+    text = write_model_card(path.parent.parent, path, big).read_text()
+    assert "all 1,000 real training images (fewer than the 5,000 generated per set)" in text
 
     single = singles[0]
     assert single.spread == {} and "repeats" not in single.quality()

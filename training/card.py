@@ -86,8 +86,14 @@ def _evaluation(report: EvalReport | None) -> list[str]:
         "",
         verdict,
         "",
-        "- *real floor*: the same figures for the same number of real training images "
-        "against the same t10k reference: what a generator reproducing its training data "
+        "- *real floor*: the same figures for "
+        + (
+            f"all {report.train_images:,} real training images (fewer than the "
+            f"{report.n:,} generated per set) "
+            if 0 < report.train_images < report.n
+            else "the same number of real training images "
+        )
+        + "against the same t10k reference: what a generator reproducing its training data "
         "exactly would score. For conditional accuracy the floor is the classifier's "
         "accuracy on real t10k images.",
         "- FID: Fréchet distance of Gaussians fitted to the 128-d penultimate features "
