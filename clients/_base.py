@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
+from ganserve.clients._sampling import PartFetch
 from ganserve.clients.errors import GanServeError
 from ganserve.clients.results import ModelInfo, ServerLimits
 from ganserve.v1 import generator_pb2 as pb
@@ -59,6 +60,13 @@ class ClientBase:
         # Shapes only (image_shape, latent_dim) are read from cached entries,
         # and they do not change while a version is served.
         self._infos: dict[tuple[str, str], ModelInfo] = {}
+
+    def _part_fetch(self, part: pb.SampleRequest, offset: int, info: ModelInfo) -> PartFetch:
+        """How one SampleStream part is fetched and resumed (the channel's retry budget)."""
+        c = self._config
+        return PartFetch(
+            part, offset, info, c.retries, c.retry_initial_backoff_s, c.retry_max_backoff_s
+        )
 
     @property
     def target(self) -> str | Sequence[str]:

@@ -86,30 +86,109 @@ def split_sample(
     if len(labels) not in (0, 1, count):
         raise InvalidRequest(f"labels: give one label or exactly count={count}, got {len(labels)}")
     seed = None if source == "latents" else _first_seed(req, count)
-    row = 4 * req.latents.dim  # bytes of one latent vector
+    template = _template(req)
+    for offset in range(0, count, size):
+        yield offset, _slice(req, template, seed, offset, min(size, count - offset), info)
+
+
+def _template(req: pb.SampleRequest) -> pb.SampleRequest:
+    """``req`` without its latents and labels (copied once, then per part)."""
     template = pb.SampleRequest()
     template.CopyFrom(req)
     template.ClearField("latents")
     del template.labels[:]
-    for offset in range(0, count, size):
-        n = min(size, count - offset)
-        part = pb.SampleRequest()
-        part.CopyFrom(template)
-        part.count = n
-        if seed is not None:
-            part.seed = seed + offset
-        else:
-            data = req.latents.data[offset * row : (offset + n) * row]
-            part.latents.CopyFrom(pb.LatentBatch(count=n, dim=req.latents.dim, data=data))
-        if len(labels) == 1:
-            part.labels.append(labels[0])
-        elif labels:
-            part.labels.extend(labels[offset : offset + n])
-        elif info.num_classes and offset % info.num_classes:
-            # The server's default (image i gets class i % num_classes) counts from the
-            # part's start; name the classes the whole request would have given.
-            part.labels.extend((offset + i) % info.num_classes for i in range(n))
-        yield offset, part
+    return template
+
+
+def _slice(
+    req: pb.SampleRequest,
+    template: pb.SampleRequest,
+    seed: int | None,
+    offset: int,
+    n: int,
+    info: ModelInfo,
+) -> pb.SampleRequest:
+    """Images ``[offset, offset + n)`` of ``req`` as a request of their own; ``seed``:
+    ``req``'s first seed (None: explicit latents)."""
+    labels = req.labels
+    row = 4 * req.latents.dim  # bytes of one latent vector
+    part = pb.SampleRequest()
+    part.CopyFrom(template)
+    part.count = n
+    if seed is not None:
+        part.seed = seed + offset
+    else:
+        data = req.latents.data[offset * row : (offset + n) * row]
+        part.latents.CopyFrom(pb.LatentBatch(count=n, dim=req.latents.dim, data=data))
+    if len(labels) == 1:
+        part.labels.append(labels[0])
+    elif labels:
+        part.labels.extend(labels[offset : offset + n])
+    elif info.num_classes and offset % info.num_classes:
+        # The server's default (image i gets class i % num_classes) counts from the
+        # part's start; name the classes the whole request would have given.
+        part.labels.extend((offset + i) % info.num_classes for i in range(n))
+    return part
+
+
+class PartFetch:
+    """The ``SampleStream`` calls of one part, resumed where a cut stream stopped.
+
+    A stream that fails UNAVAILABLE (the server restarted, or drained for a rolling
+    update, while it streamed) is called again for the images still missing: the same
+    seeds (the part's, or the one the server reported in the first chunk), latents
+    and labels, so the images are the ones the uncut stream would have given. At most
+    ``retries`` attempts in a row without a new chunk, ``backoff_s`` doubling up to
+    ``max_backoff_s`` between them; other errors are not retried here.
+    """
+
+    def __init__(
+        self,
+        part: pb.SampleRequest,
+        offset: int,
+        info: ModelInfo,
+        retries: int,
+        backoff_s: float,
+        max_backoff_s: float,
+    ) -> None:
+        self.part, self.offset, self.info = part, offset, info
+        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.done = 0  # images of the part received
+        self._start = 0  # images of the part received before the current call
+        self._seed: int | None = int(part.seed) if part.HasField("seed") else None
+        self._failures = 0  # failed calls since the last chunk
+        self.resumes = 0
+
+    def request(self) -> pb.SampleRequest:
+        """The next call's request: the part, or what is left of it."""
+        self._start = self.done
+        if self.done == 0:
+            return self.part
+        explicit = self.part.WhichOneof("source") == "latents"
+        count = _checked_count(self.part, "latents" if explicit else None)
+        seed = None if explicit else self._seed
+        template = _template(self.part)
+        return _slice(self.part, template, seed, self.done, count - self.done, self.info)
+
+    def place(self, msg: pb.SampleResponse) -> SampleResult:
+        """A chunk of the current call, placed in the whole request."""
+        chunk = SampleResult.from_proto(msg)
+        if self._seed is None and chunk.seed is not None:
+            self._seed = chunk.seed - self._start  # the part's first seed
+        self.done = self._start + msg.offset + msg.images.count
+        self._failures = 0
+        return rebase(chunk, self.offset + self._start)
+
+    def retry_delay(self, exc: grpc.RpcError) -> float | None:
+        """Seconds to wait before resuming after ``exc``, or None to give up."""
+        if exc.code() != grpc.StatusCode.UNAVAILABLE or self._failures >= self.retries:
+            return None
+        if self.done and not self.part.HasField("seed") and self._seed is None:
+            return None  # cannot happen: every chunk of a seeded stream names its seed
+        delay = min(self.backoff_s * 2**self._failures, self.max_backoff_s)
+        self._failures += 1
+        self.resumes += 1
+        return delay
 
 
 def _checked_count(req: pb.SampleRequest, source: str | None) -> int:

@@ -25,8 +25,8 @@ from ganserve.clients._requests import (
     interpolate_request,
     sample_request,
 )
-from ganserve.clients._sampling import SampleAccumulator, plan_sample, rebase, split_sample
-from ganserve.clients.errors import typed_errors
+from ganserve.clients._sampling import SampleAccumulator, plan_sample, split_sample
+from ganserve.clients.errors import from_rpc_error, typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
     InterpolateResult,
@@ -135,13 +135,22 @@ class AsyncGanClient(ClientBase):
     ) -> AsyncIterator[SampleResult]:
         limits, info = await self.limits(), await self._cached_info(req.model, req.version)
         for offset, part in split_sample(req, limits, info):
-            call = self._stub.SampleStream(part, **self._call_kwargs(timeout, stream=True))
-            try:
-                with typed_errors():
+            fetch = self._part_fetch(part, offset, info)
+            while True:
+                call = self._stub.SampleStream(
+                    fetch.request(), **self._call_kwargs(timeout, stream=True)
+                )
+                try:
                     async for msg in call:
-                        yield rebase(SampleResult.from_proto(msg), offset)
-            finally:
-                call.cancel()  # no-op after the end; stops the server when the consumer quits
+                        yield fetch.place(msg)
+                    break
+                except grpc.RpcError as exc:
+                    delay = fetch.retry_delay(exc)
+                    if delay is None:
+                        raise from_rpc_error(exc) from exc
+                finally:
+                    call.cancel()  # no-op after the end; stops the server when the consumer quits
+                await asyncio.sleep(delay)  # then resume the cut stream where it stopped
 
     # ---------------------------------------------------- latent operations
     async def interpolate(

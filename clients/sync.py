@@ -11,9 +11,12 @@ use it as a context manager, or call ``close()``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
+
+import grpc
 
 from ganserve.clients._base import ClientBase
 from ganserve.clients._requests import (
@@ -22,8 +25,8 @@ from ganserve.clients._requests import (
     interpolate_request,
     sample_request,
 )
-from ganserve.clients._sampling import SampleAccumulator, plan_sample, rebase, split_sample
-from ganserve.clients.errors import typed_errors
+from ganserve.clients._sampling import SampleAccumulator, plan_sample, split_sample
+from ganserve.clients.errors import from_rpc_error, typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
     InterpolateResult,
@@ -141,15 +144,24 @@ class GanClient(ClientBase):
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
         # A generator: the calls start at the first next(), like the async client's.
-        parts = split_sample(req, self.limits(), self._cached_info(req.model, req.version))
-        for offset, part in parts:
-            call = self._stub.SampleStream(part, **self._call_kwargs(timeout, stream=True))
-            try:
-                with typed_errors():
+        info = self._cached_info(req.model, req.version)
+        for offset, part in split_sample(req, self.limits(), info):
+            fetch = self._part_fetch(part, offset, info)
+            while True:
+                call = self._stub.SampleStream(
+                    fetch.request(), **self._call_kwargs(timeout, stream=True)
+                )
+                try:
                     for msg in call:
-                        yield rebase(SampleResult.from_proto(msg), offset)
-            finally:
-                call.cancel()  # no-op after the end; stops the server when the consumer quits
+                        yield fetch.place(msg)
+                    break
+                except grpc.RpcError as exc:
+                    delay = fetch.retry_delay(exc)
+                    if delay is None:
+                        raise from_rpc_error(exc) from exc
+                finally:
+                    call.cancel()  # no-op after the end; stops the server when the consumer quits
+                time.sleep(delay)  # then resume the cut stream where it stopped
 
     # ---------------------------------------------------- latent operations
     def interpolate(

@@ -178,3 +178,23 @@ async def test_deadline_exceeded() -> None:
     ):
         with pytest.raises(DeadlineExceeded):
             await client.list_models()
+
+
+async def test_a_stream_cut_by_a_server_restart_resumes(start_server, tiny_model_repo) -> None:
+    proc = start_server(tiny_model_repo)
+    async with AsyncGanClient(proc.target, timeout=20, retries=4) as client:
+        chunks = client.sample_stream("tiny-cond", 1000, chunk_size=16, seed=3)
+        got = [await chunks.__anext__() for _ in range(2)]
+        proc.proc.kill()  # cut the stream, then a new server on the same port
+        proc.wait()
+        proc.close()
+        await asyncio.to_thread(start_server, tiny_model_repo, "--port", str(proc.port))
+        got += [chunk async for chunk in chunks]
+        assert [c.offset for c in got] == list(range(0, 1000, 16))
+        images = np.concatenate([c.images for c in got])
+        # the images of an uncut request (500 per call; labels i % 10 restart in step)
+        for k in (0, 500):
+            part = await client.sample("tiny-cond", 500, seed=3 + k)
+            assert np.array_equal(images[k : k + 500], part.images)
+        labels = np.concatenate([c.labels for c in got])
+        assert np.array_equal(labels, np.arange(1000) % 10)

@@ -358,3 +358,62 @@ def test_mutual_tls(start_server, tiny_model_repo, tmp_path: Path) -> None:
         c.list_models()  # no client certificate: the handshake fails
     with GanClient(secured.target, retries=0) as c, pytest.raises(Unavailable):
         c.list_models()  # plaintext against a TLS port
+
+
+def _cut_and_restart(start_server, tiny_model_repo: Path) -> tuple[int, Callable[[], None]]:
+    """A server to stream from, and a function that kills it (SIGKILL: the stream is cut
+    mid-way) and starts another on the same port, serving before it returns."""
+    proc = start_server(tiny_model_repo)
+
+    def restart() -> None:
+        proc.proc.kill()
+        proc.wait()
+        proc.close()
+        start_server(tiny_model_repo, "--port", str(proc.port))
+
+    return proc.port, restart
+
+
+@pytest.mark.parametrize("model", [UNCOND, COND])
+@pytest.mark.parametrize("seeded", [True, False])
+def test_a_stream_cut_by_a_server_restart_resumes_where_it_stopped(
+    start_server, tiny_model_repo: Path, model: str, seeded: bool
+) -> None:
+    port, restart = _cut_and_restart(start_server, tiny_model_repo)
+    seed = {"seed": 11} if seeded else {}
+    with GanClient(f"127.0.0.1:{port}", timeout=20, retries=4) as c:
+        chunks = c.sample_stream(model, 2000, chunk_size=16, encoding="uint8", **seed)
+        got = [next(chunks) for _ in range(3)]
+        restart()  # the stream's server dies with 1,952 images still to come
+        got += list(chunks)
+        offsets = [ch.offset for ch in got]
+        assert offsets == sorted(offsets) and offsets[0] == 0
+        assert sum(len(ch.images) for ch in got) == 2000
+        first = got[0].seed
+        assert all(ch.seed == first for ch in got)  # one seed sequence across the cut
+        images = np.concatenate([ch.images for ch in got])
+        # the same images an uncut request gives (the new server, one call per 400)
+        whole = np.concatenate(
+            [
+                c.sample(model, 400, seed=first + k, encoding="uint8").images
+                for k in range(0, 2000, 400)
+            ]
+        )
+        assert np.array_equal(images, whole)
+        if model == COND:  # the server's default labels i % 10 continue across the cut
+            labels = np.concatenate([ch.labels for ch in got])
+            assert np.array_equal(labels, np.arange(2000) % 10)
+
+
+def test_a_stream_whose_server_stays_down_fails_unavailable(
+    start_server, tiny_model_repo: Path
+) -> None:
+    proc = start_server(tiny_model_repo)
+    with GanClient(proc.target, timeout=20, retries=2) as c:
+        chunks = c.sample_stream(UNCOND, 2000, chunk_size=16, seed=1)
+        next(chunks)
+        proc.proc.kill()
+        proc.wait()
+        proc.close()
+        with pytest.raises(Unavailable):
+            list(chunks)
