@@ -183,8 +183,8 @@ class PartFetch:
         """Seconds to wait before resuming after ``exc``, or None to give up."""
         if exc.code() != grpc.StatusCode.UNAVAILABLE or self._failures >= self.retries:
             return None
-        if self.done and not self.part.HasField("seed") and self._seed is None:
-            return None  # cannot happen: every chunk of a seeded stream names its seed
+        if self.done and self.part.WhichOneof("source") != "latents" and self._seed is None:
+            return None  # cannot happen: every chunk of a seed-based stream names its seed
         delay = min(self.backoff_s * 2**self._failures, self.max_backoff_s)
         self._failures += 1
         self.resumes += 1

@@ -417,3 +417,18 @@ def test_a_stream_whose_server_stays_down_fails_unavailable(
         proc.close()
         with pytest.raises(Unavailable):
             list(chunks)
+
+
+def test_a_cut_stream_of_explicit_latents_resumes_with_the_rest_of_them(
+    start_server, tiny_model_repo: Path
+) -> None:
+    port, restart = _cut_and_restart(start_server, tiny_model_repo)
+    z = latents_from_seeds(100, 600, 8)
+    with GanClient(f"127.0.0.1:{port}", timeout=20, retries=4) as c:
+        chunks = c.sample_stream(UNCOND, latents=z, chunk_size=16, encoding="uint8")
+        got = [next(chunks) for _ in range(2)]
+        restart()
+        got += list(chunks)
+        images = np.concatenate([ch.images for ch in got])
+        assert [ch.offset for ch in got] == list(range(0, 600, 16))
+        assert np.array_equal(images, c.sample(UNCOND, 600, seed=100, encoding="uint8").images)
