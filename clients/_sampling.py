@@ -23,7 +23,7 @@ import grpc
 import numpy as np
 from tqdm.auto import tqdm
 
-from ganserve.clients.errors import GanServeError, InvalidRequest
+from ganserve.clients.errors import GanServeError, InvalidRequest, from_rpc_error
 from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits
 from ganserve.seeds import MAX_SEED
 from ganserve.v1 import generator_pb2 as pb
@@ -157,16 +157,15 @@ class PartFetch:
         self._start = 0  # images of the part received before the current call
         self._seed: int | None = int(part.seed) if part.HasField("seed") else None
         self._failures = 0  # failed calls since the last chunk
-        self.resumes = 0
 
     def request(self) -> pb.SampleRequest:
         """The next call's request: the part, or what is left of it."""
         self._start = self.done
         if self.done == 0:
             return self.part
-        explicit = self.part.WhichOneof("source") == "latents"
-        count = _checked_count(self.part, "latents" if explicit else None)
-        seed = None if explicit else self._seed
+        source = self.part.WhichOneof("source")
+        count = _checked_count(self.part, source)
+        seed = None if source == "latents" else self._seed
         template = _template(self.part)
         return _slice(self.part, template, seed, self.done, count - self.done, self.info)
 
@@ -179,15 +178,17 @@ class PartFetch:
         self._failures = 0
         return rebase(chunk, self.offset + self._start)
 
-    def retry_delay(self, exc: grpc.RpcError) -> float | None:
-        """Seconds to wait before resuming after ``exc``, or None to give up."""
-        if exc.code() != grpc.StatusCode.UNAVAILABLE or self._failures >= self.retries:
-            return None
-        if self.done and self.part.WhichOneof("source") != "latents" and self._seed is None:
-            return None  # cannot happen: every chunk of a seed-based stream names its seed
+    def resume_delay(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before resuming after ``exc``; raises its typed error instead
+        when the stream is not to be resumed."""
+        give_up = exc.code() != grpc.StatusCode.UNAVAILABLE or self._failures >= self.retries
+        # (a seed-based stream whose chunks named no seed cannot be resumed exactly)
+        if give_up or (
+            self.done and self.part.WhichOneof("source") != "latents" and self._seed is None
+        ):
+            raise from_rpc_error(exc) from exc
         delay = min(self.backoff_s * 2**self._failures, self.max_backoff_s)
         self._failures += 1
-        self.resumes += 1
         return delay
 
 

@@ -26,7 +26,7 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import SampleAccumulator, plan_sample, split_sample
-from ganserve.clients.errors import from_rpc_error, typed_errors
+from ganserve.clients.errors import typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
     InterpolateResult,
@@ -156,9 +156,7 @@ class GanClient(ClientBase):
                         yield fetch.place(msg)
                     break
                 except grpc.RpcError as exc:
-                    delay = fetch.retry_delay(exc)
-                    if delay is None:
-                        raise from_rpc_error(exc) from exc
+                    delay = fetch.resume_delay(exc)  # or raises the typed error
                 finally:
                     call.cancel()  # no-op after the end; stops the server when the consumer quits
                 time.sleep(delay)  # then resume the cut stream where it stopped
