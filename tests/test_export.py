@@ -134,6 +134,31 @@ def test_sample_grid_follows_the_seed_rule(exported: dict, arch: str, tmp_path: 
     assert np.array_equal(grid[32:60, 62:90], tile)
 
 
+def test_generator_with_a_code_exports_with_z_alone(tmp_path: Path) -> None:
+    cfg = TrainConfig(arch="dcgan", codes=10, g_blocks=1, dry_run=True, epochs=1, g_width=8,
+                      d_width=8, out=str(tmp_path / "run"), threads=1, device="cpu",
+                      sample_every=0)  # fmt: skip
+    onnx_path = tmp_path / "models" / "coded" / "1" / "model.onnx"
+    diff = export_checkpoint(train(cfg, quiet=True), onnx_path, "coded")
+    assert diff <= 1e-4  # verified at batch 1, 7 and 256 (the code's argmax included)
+    model = onnx.load(str(onnx_path))
+    assert [i.name for i in model.graph.input] == ["z"]
+    assert {"ArgMax", "Equal"} <= {n.op_type for n in model.graph.node}
+    meta = read_metadata(onnx_path)
+    assert meta["ganserve.kind"] == "unconditional" and meta["ganserve.num_classes"] == "0"
+    assert json.loads(meta["ganserve.training_config"])["codes"] == 10
+    # ... and the served image of a seed is torch's image of that seed's latent
+    generator, _ = load_generator(tmp_path / "run" / "checkpoint.pt")
+    z = latents_from_seeds(3, 3, 100)  # seeds 3, 4, 5
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["image"], {"z": z})
+    with torch.no_grad():
+        want = generator(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_write_metadata_adds_and_replaces(exported: dict, tmp_path: Path) -> None:
     _, onnx_path, _ = exported["mlp"]
     copy = tmp_path / "model.onnx"

@@ -444,6 +444,10 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--real-label", "0"], "--real-label must be in (0, 1]"),
         (["--lr", "0"], "--lr must be > 0"),
         (["--arch", "mlp", "--g-blocks", "2", "--d-mbstd"], "--g-blocks, --d-mbstd: conv-net"),
+        (["--arch", "mlp", "--codes", "10"], "--codes: conv-net"),
+        (["--codes", "1"], "--codes must be 0 or in [2, --latent-dim]"),
+        (["--codes", "200"], "--codes must be 0 or in [2, --latent-dim]"),
+        (["--info-weight", "-1"], "--info-weight must be >= 0"),
     ],
 )
 def test_cli_rejects_bad_training_flags(
@@ -502,3 +506,58 @@ def test_r1_penalty_is_the_squared_input_gradient_and_changes_training(tmp_path:
     r1 = _weights(train(tiny(tmp_path / "b", r1_gamma=1.0), quiet=True))
     assert not _same(plain, r1) and all(torch.isfinite(v).all() for v in r1.values())
     assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["config"]["r1_gamma"] == 1.0
+
+
+# --- InfoGAN categorical code ------------------------------------------------------------
+
+
+def test_code_is_a_uniform_function_of_z_and_steers_the_generator() -> None:
+    torch.manual_seed(0)
+    g = build_generator("dcgan", 100, width=8, codes=10).eval()
+    basis = g.code_basis
+    torch.testing.assert_close(basis @ basis.T, torch.eye(10), atol=1e-5, rtol=0)
+    z = torch.randn(40_000, 100)
+    code = g.code(z)
+    shares = torch.bincount(code, minlength=10).float() / len(z)
+    assert shares.min() > 0.09 and shares.max() < 0.11  # B z ~ N(0, I_10): uniform argmax
+    assert torch.equal(g.code(z[:5]), code[:5])  # a function of z, no randomness
+    # the code reaches the image: the same z with another code's embedding differs
+    with torch.no_grad():
+        before = g(z[:4])
+        g.code_embed.weight[:, code[0]] += 1.0
+        after = g(z[:4])
+    changed = (before - after).flatten(1).abs().amax(1) > 0
+    assert changed.tolist() == (code[:4] == code[0]).tolist()
+    # a new generator has the same basis (fixed seed), so a checkpoint's is reproducible
+    assert torch.equal(build_generator("dcgan", 100, width=8, codes=10).code_basis, basis)
+
+
+def test_discriminator_code_head_reads_the_shared_features() -> None:
+    d = build_discriminator("dcgan", 10, width=8, codes=10)
+    x = torch.randn(3, 1, 28, 28)
+    logit, code_logits = d.forward_with_code(x)
+    assert logit.shape == (3,) and code_logits.shape == (3, 10)
+    d.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(d.forward_with_code(x)[0], d(x))
+    with pytest.raises(ValueError, match="no code head"):
+        build_discriminator("dcgan", 10, width=8).forward_with_code(x)
+
+
+def test_dry_run_with_codes_trains_the_code_and_resumes_exactly(tmp_path: Path) -> None:
+    path = train(tiny(tmp_path / "a", codes=4, epochs=2), quiet=True)
+    ckpt = load_checkpoint(path)
+    assert ckpt["config"]["codes"] == 4 and ckpt["num_classes"] == 0
+    assert ckpt["discriminator"]["code_head.weight"].shape == (4, 2 * 8 * 49)
+    log = (tmp_path / "a" / "run" / "log.jsonl").read_text()
+    records = [json.loads(x) for x in log.splitlines()]
+    # the code's cross-entropy is logged: finite, and log 4 = 1.39 would be chance
+    assert all(math.isfinite(r["info"]) and r["info"] > 0 for r in records)
+    plain = _weights(train(tiny(tmp_path / "b", epochs=2), quiet=True))
+    assert plain.keys() != _weights(path).keys()  # code_embed and code_basis
+    train(tiny(tmp_path / "c", codes=4, epochs=1), quiet=True)
+    resumed = train(tiny(tmp_path / "c", codes=4, epochs=2), resume=True, quiet=True)
+    assert _same(_weights(path), _weights(resumed))
+    # the info term is in both losses: a zero weight trains other weights
+    zero = _weights(train(tiny(tmp_path / "d", codes=4, epochs=2, info_weight=0.0), quiet=True))
+    assert not _same(_weights(path), zero)

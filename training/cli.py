@@ -64,6 +64,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
     p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
+    p.add_argument("--codes", type=int, default=0, metavar="K",
+                   help="InfoGAN categorical code with K values, chosen by z itself (conv "
+                   "nets; 0: off)")  # fmt: skip
+    p.add_argument("--info-weight", type=float, default=1.0,
+                   help="weight of the code's cross-entropy (default: %(default)s)")  # fmt: skip
     p.add_argument(
         "--augment",
         choices=AUGMENTS,
@@ -95,7 +100,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # May differ on --resume (train() takes them from the command line); the rest is the run's.
 _RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
-_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd")
+_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "codes")
 
 
 def _flag(key: str) -> str:
@@ -157,9 +162,11 @@ def _check_train_values(values: dict) -> None:
         if values[key] < 1:
             raise ValueError(f"{_flag(key)} must be >= 1, got {values[key]}")
     for key in ("g_blocks", "d_blocks", "max_steps", "sample_every", "augment_shift",
-                "gp_weight", "r1_gamma"):  # fmt: skip
+                "gp_weight", "r1_gamma", "info_weight"):  # fmt: skip
         if values[key] < 0:
             raise ValueError(f"{_flag(key)} must be >= 0, got {values[key]}")
+    if values["codes"] and not 2 <= values["codes"] <= values["latent_dim"]:
+        raise ValueError(f"--codes must be 0 or in [2, --latent-dim], got {values['codes']}")
     if values.get("threads") is not None and values["threads"] < 1:
         raise ValueError(f"--threads must be >= 1, got {values['threads']}")
     if not values["lr"] > 0:

@@ -47,6 +47,8 @@ class TrainConfig:
     d_width: int = 64
     d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators
+    codes: int = 0  # > 0: InfoGAN categorical code with this many values (conv nets)
+    info_weight: float = 1.0  # weight of the code's cross-entropy in D's and G's loss
     augment: str = "none"  # D-input augmentation (DiffAugment): none | translate
     augment_shift: int = 2  # translate: max shift in pixels per axis
     n_critic: int = 1  # discriminator steps per generator step

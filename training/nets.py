@@ -9,6 +9,13 @@
   linear embedding of a *float* class vector ``y`` (N, num_classes), so blends
   of one-hots are meaningful at serving time; D is a projection discriminator
   (Miyato & Koyama 2018): ``logit = head(h) + <embed(y), h>``.
+* ``codes=K`` (conv nets, no labels used): an InfoGAN categorical code (Chen et
+  al. 2016) that G derives from z itself, ``c = argmax(B z)`` for a fixed
+  orthonormal ``B`` (K, latent_dim), so c is uniform over K values and the model
+  still takes z alone; D gets a head that predicts c from the image. An
+  unconditional G must otherwise map one connected latent space onto disconnected
+  digit manifolds and spends samples on blends between them; a discrete input
+  lets it jump.
 
 Every generator is called ``G(z, y=None)`` and returns ``(N, 1, 28, 28)`` in
 [-1, 1]; every discriminator ``D(x, y=None)`` returns raw logits ``(N,)``.
@@ -86,7 +93,9 @@ class ConvGenerator(nn.Module):
     """DCGAN generator: fc -> (2w, 7, 7) -> convT -> (w, 14, 14) -> convT -> (1, 28, 28).
 
     With ``num_classes > 0`` the float class vector is embedded linearly and
-    concatenated with z, so ``y`` may be a one-hot or any blend of classes.
+    concatenated with z, so ``y`` may be a one-hot or any blend of classes. With
+    ``codes > 0`` the one-hot of the categorical code :meth:`code` (a function of z)
+    is embedded and concatenated the same way.
     """
 
     def __init__(
@@ -96,12 +105,20 @@ class ConvGenerator(nn.Module):
         width: int = 64,
         embed_dim: int = 50,
         blocks: int = 0,
+        codes: int = 0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.width = width
+        self.codes = codes
         self.embed = nn.Linear(num_classes, embed_dim, bias=False) if num_classes else None
-        n_in = latent_dim + (embed_dim if num_classes else 0)
+        self.code_embed = nn.Linear(codes, embed_dim, bias=False) if codes else None
+        if codes:
+            if not 2 <= codes <= latent_dim:
+                raise ValueError(f"codes must be in [2, latent_dim], got {codes}")
+            # A buffer, so the checkpoint (and the exported graph) carry the exact basis.
+            self.register_buffer("code_basis", code_basis(codes, latent_dim))
+        n_in = latent_dim + (embed_dim if num_classes else 0) + (embed_dim if codes else 0)
         self.fc = nn.Linear(n_in, 2 * width * 7 * 7, bias=False)
         # Optional 3x3 blocks at 7x7: without them z reaches the pixels through only two
         # non-linear stages, too few for an unconditional G to pick one digit cleanly.
@@ -121,12 +138,33 @@ class ConvGenerator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [z]  # (N, latent_dim)
         if self.embed is not None:
             if y is None:
                 raise ValueError("conditional generator needs y (N, num_classes)")
-            z = torch.cat([z, self.embed(y)], dim=1)  # (N, latent_dim + embed_dim)
+            parts.append(self.embed(y))  # (N, embed_dim)
+        if self.code_embed is not None:
+            index = self.code(z).unsqueeze(1)  # (N, 1)
+            one_hot = (index == torch.arange(self.codes, device=z.device)).to(z.dtype)
+            parts.append(self.code_embed(one_hot))  # (N, embed_dim)
+        z = torch.cat(parts, dim=1) if len(parts) > 1 else z  # (N, latent_dim [+ embeds])
         h = self.fc(z).view(-1, 2 * self.width, 7, 7)  # (N, 2w, 7, 7)
         return self.body(h)  # (N, 1, 28, 28) in [-1, 1]
+
+    def code(self, z: torch.Tensor) -> torch.Tensor:
+        """The categorical code of each latent: ``argmax(B z)``, int64 (N,)."""
+        if not self.codes:
+            raise ValueError("this generator has no categorical code")
+        basis: torch.Tensor = self.code_basis  # type: ignore[assignment]
+        return torch.argmax(z @ basis.T, dim=1)
+
+
+def code_basis(codes: int, latent_dim: int, seed: int = 20161206) -> torch.Tensor:
+    """K orthonormal directions (K, latent_dim), fixed by ``seed``: for z ~ N(0, I),
+    ``B z`` ~ N(0, I_K), so each of the K codes is equally likely."""
+    gaussian = torch.randn(latent_dim, codes, generator=torch.Generator().manual_seed(seed))
+    q, _ = torch.linalg.qr(gaussian)  # (latent_dim, K), orthonormal columns
+    return q.T.contiguous()
 
 
 class ConvDiscriminator(nn.Module):
@@ -138,7 +176,9 @@ class ConvDiscriminator(nn.Module):
     a deeper D for a G that outpaces the two-layer one. ``mbstd``: a minibatch
     standard-deviation feature
     (Karras et al. 2018) joins the features the head sees, so D can tell a batch
-    with too little variety from a real one (a remedy for low recall).
+    with too little variety from a real one (a remedy for low recall). ``codes``: an
+    InfoGAN head that predicts G's categorical code from the same features
+    (:meth:`forward_with_code`).
     """
 
     def __init__(
@@ -148,6 +188,7 @@ class ConvDiscriminator(nn.Module):
         norm: Norm = "batch",
         mbstd: bool = False,
         blocks: int = 0,
+        codes: int = 0,
     ) -> None:
         super().__init__()
         features = 2 * width * 7 * 7
@@ -167,9 +208,21 @@ class ConvDiscriminator(nn.Module):
         self.mbstd = mbstd
         self.head = nn.Linear(features + int(mbstd), 1)
         self.embed = nn.Linear(num_classes, features, bias=False) if num_classes else None
+        self.code_head = nn.Linear(features, codes) if codes else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self._logit(self.body(x), y)  # (N,)
+
+    def forward_with_code(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits ``(N,)`` and the code head's logits ``(N, codes)`` of one pass."""
+        if self.code_head is None:
+            raise ValueError("this discriminator has no code head")
         h = self.body(x)  # (N, 2w * 49)
+        return self._logit(h, y), self.code_head(h)
+
+    def _logit(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         seen = torch.cat([h, minibatch_std(h)], dim=1) if self.mbstd else h
         logit = self.head(seen).squeeze(1)  # (N,)
         if self.embed is not None:
@@ -215,14 +268,20 @@ def _check(arch: str, num_classes: int) -> int:
 
 
 def build_generator(
-    arch: str, latent_dim: int = 100, num_classes: int = 10, width: int = 64, blocks: int = 0
+    arch: str,
+    latent_dim: int = 100,
+    num_classes: int = 10,
+    width: int = 64,
+    blocks: int = 0,
+    codes: int = 0,
 ) -> nn.Module:
     """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones,
-    ``width`` and ``blocks`` (extra 3x3 blocks at 7x7) by the MLP."""
+    ``width``, ``blocks`` (extra 3x3 blocks at 7x7) and ``codes`` (InfoGAN categorical
+    code) by the MLP."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPGenerator(latent_dim)
-    net = ConvGenerator(latent_dim, classes, width, blocks=blocks)
+    net = ConvGenerator(latent_dim, classes, width, blocks=blocks, codes=codes)
     net.apply(_dcgan_init)
     return net
 
@@ -234,12 +293,13 @@ def build_discriminator(
     norm: Norm = "batch",
     mbstd: bool = False,
     blocks: int = 0,
+    codes: int = 0,
 ) -> nn.Module:
-    """The discriminator (critic) of ``arch``; ``norm``, ``mbstd`` and ``blocks`` (extra
-    3x3 blocks at 7x7) only apply to conv ones."""
+    """The discriminator (critic) of ``arch``; ``norm``, ``mbstd``, ``blocks`` (extra
+    3x3 blocks at 7x7) and ``codes`` (InfoGAN code head) only apply to conv ones."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPDiscriminator()
-    net = ConvDiscriminator(classes, width, norm, mbstd, blocks)
+    net = ConvDiscriminator(classes, width, norm, mbstd, blocks, codes)
     net.apply(_dcgan_init)
     return net

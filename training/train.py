@@ -94,12 +94,12 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.loss = get_loss(cfg.loss, cfg.real_label, cfg.gp_weight)
         classes = max(cfg.num_classes, 10)
-        self.G = build_generator(cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks).to(
-            device
-        )
+        self.G = build_generator(
+            cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes
+        ).to(device)
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
         self.D = build_discriminator(
-            cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks
+            cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks, cfg.codes
         ).to(device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
@@ -158,8 +158,16 @@ class _Run:
         x_seen, fake_seen = self._augment(x), self._augment(fake.detach())
         if cfg.r1_gamma:
             x_seen = x_seen.detach().requires_grad_(True)
-        real_out, fake_out = self.D(x_seen, y), self.D(fake_seen, y)
+        real_out, fake_out, info = self.D(x_seen, y), None, None
+        if cfg.codes:  # InfoGAN: D's code head learns to read G's code off the image
+            code = self.G.code(z)  # (B,) int64
+            fake_out, code_logits = self.D.forward_with_code(fake_seen, y)
+            info = F.cross_entropy(code_logits, code)
+        else:
+            fake_out = self.D(fake_seen, y)
         d_loss = loss.d_loss(real_out, fake_out)
+        if info is not None:
+            d_loss = d_loss + cfg.info_weight * info
         if cfg.r1_gamma:
             d_loss = d_loss + 0.5 * cfg.r1_gamma * r1_penalty(real_out, x_seen)
         if loss.gp_weight:
@@ -172,8 +180,14 @@ class _Run:
             "dx": loss.score(real_out),
             "dgz": loss.score(fake_out),
         }
+        if info is not None:
+            stats["info"] = float(info.detach())  # code cross-entropy, log K at chance
         if g_step:
-            g_loss = loss.g_loss(self.D(self._augment(fake), y))
+            if cfg.codes:  # ... and G is rewarded for making its code readable
+                g_out, code_logits = self.D.forward_with_code(self._augment(fake), y)
+                g_loss = loss.g_loss(g_out) + cfg.info_weight * F.cross_entropy(code_logits, code)
+            else:
+                g_loss = loss.g_loss(self.D(self._augment(fake), y))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
