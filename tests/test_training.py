@@ -528,6 +528,13 @@ def test_code_is_a_uniform_function_of_z_and_steers_the_generator() -> None:
         after = g(z[:4])
     changed = (before - after).flatten(1).abs().amax(1) > 0
     assert changed.tolist() == (code[:4] == code[0]).tolist()
+    # the gathered table is the textbook form: fc over [z, embed(one-hot of the code)]
+    with torch.no_grad():
+        one_hot = torch.eye(10)[code[:4]]
+        h = g.fc(torch.cat([z[:4], g.code_embed(one_hot)], dim=1)).view(-1, 16, 7, 7)
+        torch.testing.assert_close(g.body(h), after, atol=1e-5, rtol=0)
+        g.freeze_code_table()  # export's constant table: the same images
+        torch.testing.assert_close(g(z[:4]), after, atol=1e-6, rtol=0)
     # a new generator has the same basis (fixed seed), so a checkpoint's is reproducible
     assert torch.equal(build_generator("dcgan", 100, width=8, codes=10).code_basis, basis)
 

@@ -27,7 +27,7 @@ from torch import nn
 from ganserve.training.config import TrainConfig, is_conditional
 from ganserve.training.ema import recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
-from ganserve.training.nets import build_generator
+from ganserve.training.nets import ConvGenerator, build_generator
 from ganserve.training.train import load_checkpoint
 
 __all__ = [
@@ -179,6 +179,8 @@ def export_checkpoint(
 ) -> float:
     """Export, check and verify; returns the max torch/ORT difference seen."""
     generator, ckpt = load_generator(checkpoint, use_ema)
+    if isinstance(generator, ConvGenerator):
+        generator.freeze_code_table()  # an InfoGAN code's table: one constant in the graph
     cfg = TrainConfig.from_dict(ckpt["config"])
     num_classes = int(ckpt["num_classes"])
     conditional = is_conditional(cfg.arch)

@@ -27,6 +27,7 @@ import itertools
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ganserve.training.config import ARCHS, CONDITIONAL_ARCHS, is_conditional
@@ -113,6 +114,7 @@ class ConvGenerator(nn.Module):
         self.codes = codes
         self.embed = nn.Linear(num_classes, embed_dim, bias=False) if num_classes else None
         self.code_embed = nn.Linear(codes, embed_dim, bias=False) if codes else None
+        self.code_table: torch.Tensor | None = None  # see freeze_code_table()
         if codes:
             if not 2 <= codes <= latent_dim:
                 raise ValueError(f"codes must be in [2, latent_dim], got {codes}")
@@ -143,13 +145,30 @@ class ConvGenerator(nn.Module):
             if y is None:
                 raise ValueError("conditional generator needs y (N, num_classes)")
             parts.append(self.embed(y))  # (N, embed_dim)
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else z  # (N, latent_dim [+ embed_dim])
+        if self.code_embed is None:
+            h = self.fc(x)  # (N, 2w * 49)
+        else:
+            # fc([x, E onehot(c)]) = W_x x + (W_c E)[:, c]: the code's share is one row of
+            # a (K, 2w * 49) table, gathered, not a wider matmul; exported, the table is a
+            # folded constant and the served graph costs what it would without a code.
+            n = self.fc.in_features - self.code_embed.out_features  # a constant when traced
+            table = self.code_table if self.code_table is not None else self._code_table()
+            h = F.linear(x, self.fc.weight[:, :n]) + table[self.code(z)]
+        return self.body(h.view(-1, 2 * self.width, 7, 7))  # (N, 1, 28, 28) in [-1, 1]
+
+    def _code_table(self) -> torch.Tensor:
+        assert self.code_embed is not None
+        n = self.fc.in_features - self.code_embed.out_features
+        return (self.fc.weight[:, n:] @ self.code_embed.weight).T  # (K, 2w * 49)
+
+    def freeze_code_table(self) -> None:
+        """Store the code's (K, 2w * 49) table as a constant, for export: traced, it is
+        then one initializer rather than a matmul of weights. Weights changed afterwards
+        are not seen by it (export only)."""
         if self.code_embed is not None:
-            index = self.code(z).unsqueeze(1)  # (N, 1)
-            one_hot = (index == torch.arange(self.codes, device=z.device)).to(z.dtype)
-            parts.append(self.code_embed(one_hot))  # (N, embed_dim)
-        z = torch.cat(parts, dim=1) if len(parts) > 1 else z  # (N, latent_dim [+ embeds])
-        h = self.fc(z).view(-1, 2 * self.width, 7, 7)  # (N, 2w, 7, 7)
-        return self.body(h)  # (N, 1, 28, 28) in [-1, 1]
+            with torch.no_grad():
+                self.code_table = self._code_table().clone()
 
     def code(self, z: torch.Tensor) -> torch.Tensor:
         """The categorical code of each latent: ``argmax(B z)``, int64 (N,)."""
