@@ -60,7 +60,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mnist-dcgan",
             "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G and in D, "
-            "BCE, lr annealed to 0 over the second half.",
+            "a 10-value InfoGAN code chosen by z, BCE, lr annealed to 0 over the second half.",
             TrainConfig(
                 arch="dcgan",
                 dataset="mnist",
@@ -69,6 +69,7 @@ RECIPES: dict[str, Recipe] = {
                 lr_decay_start=50,
                 g_blocks=2,
                 d_blocks=2,
+                codes=10,
                 **_CONV,
             ),
         ),
