@@ -4,6 +4,7 @@ and ``build-model`` end to end on a dry run."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from ganserve.cli import main as ganserve_main
 from ganserve.seeds import latents_from_seeds
+from ganserve.training.build import run_mismatch
 from ganserve.training.config import ARCHS, TrainConfig
 from ganserve.training.export import (
     ExportError,
@@ -26,6 +28,7 @@ from ganserve.training.export import (
     write_samples,
 )
 from ganserve.training.grid import grid_image
+from ganserve.training.recipes import get_recipe
 from ganserve.training.train import train
 
 torch.set_num_threads(1)
@@ -223,3 +226,26 @@ def test_build_model_refuses_a_bad_evaluation_before_training(
     assert ganserve_main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_run_mismatch_names_what_differs_from_the_recipe() -> None:
+    cfg = get_recipe("mnist-dcgan").train_config("runs/mnist-dcgan", None, threads=2)
+    saved = asdict(cfg) | {"out": "elsewhere", "threads": 1, "data_dir": "/d"}  # run-only
+    assert run_mismatch(saved, cfg.epochs - 1, cfg) == []  # an unfinished run of the recipe
+    diff = run_mismatch(saved | {"codes": 0}, cfg.epochs + 50, cfg)
+    assert diff == ["codes=0 (recipe: 10)", f"{cfg.epochs + 50} epochs done (recipe: {cfg.epochs})"]
+
+
+def test_build_model_refuses_another_recipes_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A run folder left by another recipe is not resumed and exported under this name."""
+    runs = tmp_path / "runs"
+    dry = ["train", "--arch", "dcgan", "--dry-run", "--out", str(runs / "mnist-mlp"), "--quiet"]
+    assert ganserve_main(dry) == 0
+    argv = ["build-model", "mnist-mlp", "--runs-dir", str(runs), "--models-dir",
+            str(tmp_path / "models"), "--no-evaluate", "--quiet"]  # fmt: skip
+    assert ganserve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not the mnist-mlp recipe's" in err and "arch='dcgan' (recipe: 'mlp')" in err
+    assert not (tmp_path / "models").exists()  # nothing was exported

@@ -14,13 +14,17 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ganserve.training.config import TrainConfig
 from ganserve.training.recipes import get_recipe
 
-__all__ = ["BuildResult", "build_model"]
+__all__ = ["BuildResult", "build_model", "run_mismatch"]
+
+# Settings of a run that a resume may change (see train()); every other one defines the model.
+_RUN_ONLY = frozenset({"epochs", "out", "data_dir", "sample_every", "device", "threads"})
 
 
 @dataclass
@@ -31,6 +35,22 @@ class BuildResult:
     samples: Path
     max_abs_diff: float
     report: Any = None  # the evaluation report, None if not evaluated
+
+
+def run_mismatch(saved: dict[str, Any], epochs_done: int, cfg: TrainConfig) -> list[str]:
+    """How a run folder's checkpoint (its ``config`` dict and epochs done) differs from
+    the config ``cfg`` a build wants: resumed, such a run would keep its own settings and
+    be exported as this recipe's model. Empty when the run is this recipe's (perhaps
+    unfinished)."""
+    want = asdict(cfg)
+    diff = [
+        f"{f.name}={saved.get(f.name)!r} (recipe: {want[f.name]!r})"
+        for f in fields(TrainConfig)
+        if f.name not in _RUN_ONLY and saved.get(f.name, f.default) != want[f.name]
+    ]
+    if epochs_done > cfg.epochs:
+        diff.append(f"{epochs_done} epochs done (recipe: {cfg.epochs})")
+    return diff
 
 
 def _warn(message: str) -> None:
@@ -84,7 +104,7 @@ def build_model(
 ) -> BuildResult:
     """Train, export, sample, evaluate and document the bundled model ``name``."""
     from ganserve.training.export import export_checkpoint, write_samples
-    from ganserve.training.train import CHECKPOINT_NAME, train
+    from ganserve.training.train import CHECKPOINT_NAME, load_checkpoint, train
 
     recipe = get_recipe(name)
     if not version.isdigit() or int(version) < 1:
@@ -105,6 +125,14 @@ def build_model(
         str(run_dir), data_dir, epochs=epochs, device=device, threads=threads, dry_run=dry_run
     )
     checkpoint = run_dir / CHECKPOINT_NAME
+    if checkpoint.exists():  # an interrupted build resumes; another recipe's run must not
+        ckpt = load_checkpoint(checkpoint)
+        diff = run_mismatch(ckpt["config"], int(ckpt["epoch"]), cfg)
+        if diff:
+            raise ValueError(
+                f"{run_dir} holds a run that is not the {name} recipe's ({'; '.join(diff)}): "
+                "remove that folder to retrain, or pass another --runs-dir"
+            )
     log(
         f"{name}: training in {run_dir}"
         + (" (dry run)" if dry_run else f" (up to epoch {cfg.epochs})")
