@@ -95,7 +95,8 @@ def interpolate_path(keys: np.ndarray, steps: int, method: str = "slerp") -> np.
     frames = fn(keys[seg], keys[seg + 1], t)  # (steps, D)
     # Exact endpoints, free of the rounding in the trigonometry.
     frames[0], frames[-1] = keys[0], keys[-1]
-    return frames.astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which the caller rejects
+        return frames.astype(np.float32)
 
 
 def blend_path(weights: np.ndarray, steps: int) -> np.ndarray:
@@ -117,4 +118,5 @@ def combine(weights: Sequence[float] | np.ndarray, terms: np.ndarray) -> np.ndar
         )
     if w.size == 0:
         raise InvalidArgument("terms: need at least one term")
-    return (w @ terms).astype(np.float32)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which the caller rejects
+        return (w @ terms).astype(np.float32)

@@ -98,12 +98,10 @@ class _Server:
         from grpc_reflection.v1alpha import reflection
         from prometheus_client import CollectorRegistry
 
-        from ganserve.v1 import generator_pb2_grpc as pb_grpc
-
         from .auth import BearerTokenInterceptor
         from .metrics import Metrics
         from .repository import ModelRepository
-        from .service import GeneratorService
+        from .service import GeneratorService, add_to_server
         from .validate import Limits
 
         cfg = self.config
@@ -129,9 +127,7 @@ class _Server:
             ],
         )
         self._grpc = server
-        pb_grpc.add_GeneratorServicer_to_server(
-            GeneratorService(self.repository, metrics, limits), server
-        )
+        add_to_server(GeneratorService(self.repository, metrics, limits), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ganserve.seeds import latent_cost_us
@@ -38,7 +39,7 @@ from .validate import (
     plan_sample,
 )
 
-__all__ = ["GeneratorService", "model_info"]
+__all__ = ["GeneratorService", "add_to_server", "model_info"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ _OFFLOAD_IMAGES = 256
 _OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
+try:  # grpc's own error for a send on a call the client has left; not public API
+    from grpc._cython.cygrpc import ExecuteBatchError as _SendFailed
+except ImportError:  # pragma: no cover - a grpc without it: nothing to translate
+
+    class _SendFailed(Exception):  # type: ignore[no-redef]
+        pass
+
+
 _P = TypeVar("_P")
 
 
@@ -102,6 +111,51 @@ def _non_finite_output(z: np.ndarray) -> GanServeError:
     return Internal("the model produced non-finite values (NaN or infinity)")
 
 
+class _Undecodable:
+    """Request bytes that are not a valid message: the handler answers INVALID_ARGUMENT."""
+
+    __slots__ = ("error", "type_name")
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name, self.error = type_name, error
+
+    def invalid(self) -> InvalidArgument:
+        return InvalidArgument(f"request: not a valid {self.type_name} message ({self.error})")
+
+
+def _lenient_parser(cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Undecodable(cls.DESCRIPTOR.full_name, str(exc) or "undecodable bytes")
+
+    return parse
+
+
+def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
+    """Register ``servicer`` like the generated ``add_GeneratorServicer_to_server``, but
+    with request parsers that turn undecodable bytes into INVALID_ARGUMENT, counted like
+    any other bad input (grpc answers a parser's exception with UNKNOWN and logs it)."""
+    service = pb.DESCRIPTOR.services_by_name["Generator"]
+    handlers = {}
+    for method in service.methods:
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_lenient_parser(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 class _Call:
     """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
 
@@ -122,23 +176,43 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
         async def unary(self: GeneratorService, request: Any, context: aio.ServicerContext) -> Any:
             with self._track(method) as call:
                 try:
+                    if type(request) is _Undecodable:
+                        raise request.invalid()
                     return await fn(self, request, context, call)
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
 
         async def stream(
             self: GeneratorService, request: Any, context: aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        ) -> None:
+            # A coroutine that writes, not an async generator that yields: grpc sends what
+            # a generator yields itself, and a send that fails because the client left
+            # mid-write (a stalled reader that cancels) reaches its log as an ERROR
+            # traceback. Here it becomes the cancellation it is.
             with self._track(method) as call:
                 try:
-                    async for response in fn(self, request, context, call):
-                        yield response
+                    if type(request) is _Undecodable:
+                        raise request.invalid()
+                    async with contextlib.aclosing(fn(self, request, context, call)) as responses:
+                        async for response in responses:
+                            try:
+                                await context.write(response)
+                            except _SendFailed:
+                                raise asyncio.CancelledError("the client left mid-send") from None
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
 
         return functools.wraps(fn)(stream if streaming else unary)
 
     return decorate
+
+
+def _deadline_passed(context: aio.ServicerContext) -> bool:
+    """Whether the RPC has a deadline and it has passed (a cancel then is its expiry)."""
+    with contextlib.suppress(Exception):  # the call may be torn down already
+        remaining = context.time_remaining()
+        return remaining is not None and remaining <= 0
+    return False
 
 
 def _deadline(context: aio.ServicerContext) -> float | None:
@@ -247,7 +321,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             log.exception("%s failed", method)
             call.code, message = "INTERNAL", f"internal error in {method}: see the server log"
         else:  # CancelledError / GeneratorExit: the client went away or its deadline passed
-            call.code = "CANCELLED"
+            call.code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
             raise exc
         # Counted before the status goes out: a client that reads /metrics right after
         # its error must find it there (the abort sends first and raises after).

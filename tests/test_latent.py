@@ -103,3 +103,12 @@ def test_combine_weighted_sum() -> None:
         combine([1.0], terms)
     with pytest.raises(InvalidArgument, match="at least one"):
         combine([], np.zeros((0, 2)))
+
+
+def test_float32_overflow_becomes_inf_without_a_warning() -> None:
+    """Finite inputs whose result outgrows float32 give inf (the caller turns it into
+    INVALID_ARGUMENT) and no RuntimeWarning in the server log; pytest makes warnings errors."""
+    big = np.float32(3e38)
+    assert np.isinf(combine([1.0, 1.0], np.array([[big, 0.0], [big, 0.0]]))).any()
+    keys = np.array([[big, big], [-big, big]])
+    assert np.isinf(interpolate_path(keys, 3, "slerp")).any()

@@ -144,12 +144,21 @@ def test_bad_input_does_not_disturb_the_server(grpc_stub) -> None:
     assert grpc_stub.Sample(S(count=2, seed=1)).images.count == 2
 
 
-def test_deadline_exceeded_on_a_long_stream(grpc_stub) -> None:
+def test_deadline_exceeded_on_a_long_stream(grpc_stub, server, scrape, wait_until) -> None:
+    expired = (
+        "ganserve_requests_total",
+        (("code", "DEADLINE_EXCEEDED"), ("method", "SampleStream"), ("model", UNCOND)),
+    )
+    streams = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+    before = scrape(server).get(expired, 0.0)
     request = S(count=1_000_000, seed=0, chunk_size=4096)
     with pytest.raises(grpc.RpcError) as info:
         for _ in grpc_stub.SampleStream(request, timeout=0.3):
             pass
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The server counts it as what it was, not as a client cancel.
+    wait_until(lambda: scrape(server)[streams] == 0, "the stream handler to finish")
+    assert scrape(server).get(expired, 0.0) == before + 1
     assert grpc_stub.Sample(S(count=1, seed=0), timeout=5).images.count == 1
 
 
@@ -251,3 +260,28 @@ def test_non_finite_output_blames_huge_latents_and_the_model_otherwise() -> None
     # standard-normal latents cannot be at fault: the model is (status INTERNAL)
     assert isinstance(_non_finite_output(np.full((1, 8), 6.0, np.float32)), Internal)
     assert isinstance(_non_finite_output(np.zeros((0, 8), np.float32)), Internal)
+
+
+@pytest.mark.parametrize(("method", "streaming"), [("Sample", False), ("SampleStream", True)])
+def test_undecodable_request_bytes_are_invalid_argument(
+    grpc_channel, server, scrape, method, streaming
+) -> None:
+    """Bytes that are not a protobuf message (a client with a broken encoder, or another
+    service's message) get INVALID_ARGUMENT naming the message type, counted like any
+    other bad input; not UNKNOWN with a traceback in the server log."""
+    counted = (
+        "ganserve_requests_total",
+        (("code", "INVALID_ARGUMENT"), ("method", method), ("model", "")),
+    )
+    before = scrape(server).get(counted, 0.0)
+    path = f"/ganserve.v1.Generator/{method}"
+    garbage = b"\xff\xff\xff\xff"  # field 0x1fffffff... with a truncated varint
+    with pytest.raises(grpc.RpcError) as info:
+        if streaming:
+            list(grpc_channel.unary_stream(path)(garbage, timeout=5))
+        else:
+            grpc_channel.unary_unary(path)(garbage, timeout=5)
+    assert info.value.code() == INVALID
+    assert "ganserve.v1.SampleRequest" in info.value.details()
+    assert scrape(server).get(counted, 0.0) == before + 1
+    assert "DecodeError" not in server.log()

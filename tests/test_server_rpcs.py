@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import grpc
 import numpy as np
@@ -128,6 +129,27 @@ def test_sample_stream_cancel_stops_generation(grpc_stub, server, scrape, wait_u
     wait_until(lambda: scrape(server)[streams] == 0, "the stream handler to finish")
     assert scrape(server)[images] - before <= received + 4 * 64
     assert grpc_stub.Sample(pb.SampleRequest(model=UNCOND, count=1, seed=0)).images.count == 1
+
+
+def test_stalled_stream_reader_that_cancels_is_a_quiet_cancel(
+    grpc_stub, server, scrape, wait_until
+) -> None:
+    """A client that stops reading (the server blocks on flow control mid-send) and then
+    cancels: counted as CANCELLED, no ERROR traceback in the server log."""
+    cancelled = (
+        "ganserve_requests_total",
+        (("code", "CANCELLED"), ("method", "SampleStream"), ("model", UNCOND)),
+    )
+    streams = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+    before = scrape(server).get(cancelled, 0.0)
+    request = pb.SampleRequest(model=UNCOND, count=100_000, seed=0, chunk_size=4096, encoding=1)
+    call = grpc_stub.SampleStream(request)
+    assert next(call).images.count == 4096
+    time.sleep(1.5)  # the next 4096-image chunks overflow the HTTP/2 window: the send waits
+    call.cancel()
+    wait_until(lambda: scrape(server)[streams] == 0, "the stream handler to finish")
+    wait_until(lambda: scrape(server).get(cancelled, 0.0) == before + 1, "the cancel counted")
+    assert "ExecuteBatchError" not in server.log()
 
 
 def test_interpolate_seeds_lerp_and_class_blend(grpc_stub) -> None:
