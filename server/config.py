@@ -73,6 +73,11 @@ class ServerConfig:
     stream_chunk_default: int = 256  # SampleStream chunk_size = 0
     stream_chunk_max: int = 4096
     max_message_bytes: int = 64 * MIB  # send and receive limit; ListModels reports it
+    # RPCs the transport has taken but the event loop has not yet picked up (a burst).
+    # Beyond it gRPC core cancels new RPCs with a bare CANCELLED (its default: random
+    # from 1,000, all from 3,000); set well above the model queues, a burst reaches
+    # them and overload is the batcher's clear RESOURCE_EXHAUSTED.
+    max_pending_rpcs: int = 10_000
     grace_period_s: float = 10.0  # in-flight RPCs get this long after SIGTERM
     # After SIGTERM, keep serving this long with health NOT_SERVING, so that load
     # balancers and Kubernetes endpoints stop routing here before new RPCs are refused.
@@ -148,6 +153,7 @@ class ServerConfig:
             f"{self.max_message_bytes}: raise it or lower --max-images-per-request / "
             "--stream-chunk-max",
         )
+        _check(self.max_pending_rpcs >= 1, "--max-pending-rpcs must be >= 1")
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
@@ -269,7 +275,18 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
     _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),
     _Option("stream_chunk_max", int, "largest SampleStream chunk (default 4096)"),
-    _Option("max_message_bytes", int, "gRPC send/receive limit (default 64 MiB)"),
+    _Option(
+        "max_message_bytes",
+        int,
+        "gRPC send/receive limit (default 64 MiB; needs 1 MiB + 3136 B per image of the "
+        "larger of --max-images-per-request and --stream-chunk-max)",
+    ),
+    _Option(
+        "max_pending_rpcs",
+        int,
+        "RPCs received but not yet picked up by the server loop; beyond it gRPC cancels "
+        "new ones (default 10000)",
+    ),
     _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
     _Option("shutdown_delay_s", float, "on SIGTERM, serve N s more as NOT_SERVING (default 0)"),
     _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),

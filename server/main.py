@@ -124,6 +124,10 @@ class _Server:
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 # A port already in use must fail loudly, not be silently shared.
                 ("grpc.so_reuseport", 0),
+                # A burst beyond gRPC core's pending-call backlog (1,000 by default) is
+                # cancelled before any handler sees it: let it reach the model queues.
+                ("grpc.server.max_pending_requests", cfg.max_pending_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", cfg.max_pending_rpcs),
             ],
         )
         self._grpc = server

@@ -3,6 +3,8 @@ fit fails before compute with a message that says what to do."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import shutil
 from pathlib import Path
 
@@ -57,3 +59,37 @@ def test_too_large_response_says_to_stream(limits_server) -> None:
     request = pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=500, encoding=2)
     counts = [c.images.count for c in limits_server.SampleStream(request)]
     assert counts == [500] * 4
+
+
+def _burst(target: str, n: int) -> collections.Counter[str]:
+    """``n`` one-image Sample RPCs sent at once on one channel: their status codes."""
+
+    async def run() -> collections.Counter[str]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.GeneratorStub(channel)
+
+            async def one(seed: int) -> str:
+                request = pb.SampleRequest(model="tiny-uncond", count=1, seed=seed)
+                try:
+                    await stub.Sample(request, timeout=60)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code().name
+                return "OK"
+
+            return collections.Counter(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return asyncio.run(run())
+
+
+def test_a_burst_beyond_grpc_cores_backlog_is_served_or_refused_clearly(
+    server, start_server, tiny_model_repo
+) -> None:
+    """gRPC core cancels calls beyond its pending backlog (default: randomly from 1,000)
+    with a bare CANCELLED before any handler runs. The server raises that backlog, so a
+    burst of 2,500 reaches the model queues: each RPC is served or refused with the
+    batcher's RESOURCE_EXHAUSTED, none cancelled. --max-pending-rpcs is that backlog."""
+    codes = _burst(server.target, 2500)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert codes["OK"] > 0
+    small = start_server(tiny_model_repo, "--max-pending-rpcs", "1")
+    assert _burst(small.target, 300)["CANCELLED"] > 0
