@@ -2,13 +2,15 @@
 
 The session is built exactly as the server builds it (``ganserve.server.runtime``: same
 providers, thread counts, spinning and optimisation level), and driven by one caller in a
-tight loop, so the ratio "served images/s / raw images/s" isolates what serving costs.
+tight loop (or, for a server with ``--model-instances N``, N callers side by side), so the
+ratio "served images/s / raw images/s" isolates what serving costs.
 Also builds stand-in model repositories while the bundled model does not exist yet.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -68,6 +70,7 @@ def measure_raw_ort(
     warmup_s: float,
     runtime_kwargs: dict,
     ort_defaults: bool = False,
+    callers: int = 1,
 ) -> tuple[RawResult, str]:
     """Images/s of one caller running ``batch``-sized inputs; also the device ORT used.
 
@@ -97,18 +100,27 @@ def measure_raw_ort(
     end = clock() + warmup_s
     while clock() < end:
         run([output], feeds)
-    lats: list[float] = []
+    per_caller: list[list[float]] = [[] for _ in range(callers)]
+
+    def loop(lats: list[float]) -> None:  # ORT releases the GIL: callers run in parallel
+        t1 = clock()
+        while t1 < end:
+            t0 = clock()
+            run([output], feeds)
+            t1 = clock()
+            lats.append(t1 - t0)
+
     cpu0 = time.process_time()
     start = clock()
     end = start + duration_s
-    t1 = start
-    while t1 < end:
-        t0 = clock()
-        run([output], feeds)
-        t1 = clock()
-        lats.append(t1 - t0)
-    window, cpu = t1 - start, time.process_time() - cpu0
+    threads = [threading.Thread(target=loop, args=(lats,)) for lats in per_caller]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    window, cpu = clock() - start, time.process_time() - cpu0
     del session  # its thread pool must not linger during the gRPC measurements
+    lats = [x for caller in per_caller for x in caller]
     return RawResult(batch, len(lats), window, np.asarray(lats), cpu), device
 
 

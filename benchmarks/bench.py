@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "always use that stand-in",
     )
     p.add_argument("--intra-op-threads", type=int, help="ORT threads (server and raw-ort)")
+    p.add_argument(
+        "--model-instances",
+        type=int,
+        default=1,
+        help="the servers' --model-instances; raw-ort then runs as many callers side by side",
+    )
     p.add_argument("--inter-op-threads", type=int)
     p.add_argument("--allow-spinning", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument(
@@ -137,6 +143,8 @@ def runtime_kwargs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if args.allow_spinning is not None:
         kwargs["allow_spinning"] = args.allow_spinning
         flags.append("--allow-spinning" if args.allow_spinning else "--no-allow-spinning")
+    if getattr(args, "model_instances", 1) != 1:
+        flags += ["--model-instances", str(args.model_instances)]
     return kwargs, flags
 
 
@@ -175,7 +183,13 @@ async def measure(
             if count not in [c for c, _ in points[:i]]:
                 for label, defaults in (("raw-ort", False), ("raw-ort-dflt", True)):
                     r, _ = measure_raw_ort(
-                        model_path, count, args.duration, args.warmup, kwargs, defaults
+                        model_path,
+                        count,
+                        args.duration,
+                        args.warmup,
+                        kwargs,
+                        defaults,
+                        callers=args.model_instances,
                     )
                     raw_runs[(label, count)].append(r)
             for name, server in servers.items():

@@ -1,10 +1,15 @@
-"""Dynamic batching per model version: one queue, one worker thread, a Future per request.
+"""Dynamic batching per model version: one queue, worker threads, a Future per request.
 
 ``submit`` (on the event loop) appends a request to a bounded queue and awaits
-its asyncio Future. A single worker thread takes requests off the queue, merges
+its asyncio Future. A worker thread takes requests off the queue, merges
 them into one batch of at most ``max_batch_size`` images, runs inference (ONNX
 Runtime releases the GIL, so the loop keeps serving meanwhile) and hands every
-result of the batch back with one ``loop.call_soon_threadsafe``.
+result of the batch back with one ``loop.call_soon_threadsafe``. ``instances``
+workers (Triton's instance count) share the queue: with more than one, batches run
+side by side; with single-threaded ONNX Runtime sessions (``--intra-op-threads 1``)
+that is one core per batch and no thread hand-off per operator, which on the 2-core
+machine ran the bundled DCGAN at 10,200 images/s against 7,300-7,600 for one batch
+at a time on two intra-op threads (batch 16 and 64, in isolation).
 
 When to run a batch (adaptive, closed-loop aware):
 
@@ -80,8 +85,11 @@ class BatchingConfig:
     max_queue_delay_ms: float = 0.0  # 0: greedy, take what is queued (Triton's default too)
     max_queue_size: int = 1024  # requests
     inline_max_images: int = 8  # a lone request of at most this many runs on the loop
+    instances: int = 1  # worker threads taking batches off the queue, side by side
 
     def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:
@@ -130,12 +138,15 @@ class Batcher:
         self._queue: collections.deque[_Request] = collections.deque()
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._running = 0  # workers not yet exited
         self._exited: asyncio.Future[None] | None = None
         self._accepting = False
         self._stopping = False
         self._queued_images = 0
-        self._busy = False  # the worker holds a batch (taken off the queue, not yet posted)
+        # Per worker: it holds a batch (taken off the queue, not yet posted). One slot
+        # each, written by its worker only: the loop reads them without the lock.
+        self._busy = [False] * config.instances
         self._pending = 0  # submit() calls not yet returned
         self._last_done = 0.0  # monotonic time the last submit() returned
         self._inline_s = 0.0  # duration of the last inline inference
@@ -157,21 +168,30 @@ class Batcher:
         return self._accepting
 
     async def start(self) -> None:
-        """Start the worker thread; requests are accepted from now on."""
-        if self._thread is not None:
+        """Start the worker threads; requests are accepted from now on."""
+        if self._threads:
             return
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
-        self._thread = threading.Thread(
-            target=self._work, name=f"batcher-{self._model}", daemon=True
-        )
+        n = self._config.instances
+        self._threads = [
+            threading.Thread(
+                target=self._work,
+                args=(i,),
+                name=f"batcher-{self._model}" + (f"-{i}" if n > 1 else ""),
+                daemon=True,
+            )
+            for i in range(n)
+        ]
+        self._running = len(self._threads)
         self._accepting = True
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new requests; finish queued ones (``drain``) or fail them (Unavailable)."""
         self._accepting = False
-        if self._thread is None or self._exited is None:
+        if not self._threads or self._exited is None:
             return
         dropped: list[_Request] = []
         with self._cond:
@@ -232,7 +252,7 @@ class Batcher:
         return (
             n <= self._config.inline_max_images
             and self._pending == 1  # only the caller
-            and not self._busy
+            and not any(self._busy)
             and not self._queue
             and time.monotonic() - self._last_done > self._inline_s
         )
@@ -258,11 +278,11 @@ class Batcher:
 
     # ------------------------------------------------------------ worker thread
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         expect = 1  # requests answered by the last batch: closed-loop clients return
         try:
             while True:
-                pieces, dropped, waits = self._next_batch(expect)
+                pieces, dropped, waits = self._next_batch(expect, worker)
                 if dropped:
                     self._post(dropped)
                 if pieces is None:
@@ -273,15 +293,23 @@ class Batcher:
                     try:
                         expect = self._run(pieces)
                     finally:
-                        self._busy = False
+                        self._busy[worker] = False
         except Exception:  # a bug here must not leave waiters hanging silently
             log.exception("batcher worker of model %s crashed", self._model)
             self._fail_all(Internal(f"batcher of model '{self._model}' crashed"))
         finally:
-            self._accepting = False
-            self._post_exit()
+            with self._cond:
+                self._accepting = False
+                self._running -= 1
+                last = self._running == 0
+                self._stopping = True  # the other workers exit once the queue is empty
+                self._cond.notify_all()
+            if last:
+                self._post_exit()
 
-    def _next_batch(self, expect: int) -> tuple[list[_Piece] | None, list[_Delivery], list[float]]:
+    def _next_batch(
+        self, expect: int, worker: int = 0
+    ) -> tuple[list[_Piece] | None, list[_Delivery], list[float]]:
         """Block for work; returns (pieces or None to exit, dropped requests, queue waits)."""
         cfg = self._config
         with self._cond:
@@ -302,9 +330,9 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            return self._take()
+            return self._take(worker)
 
-    def _take(self) -> tuple[list[_Piece], list[_Delivery], list[float]]:
+    def _take(self, worker: int = 0) -> tuple[list[_Piece], list[_Delivery], list[float]]:
         """Pop up to max_batch_size images off the queue (lock held)."""
         limit = self._config.max_batch_size
         now = time.monotonic()
@@ -333,7 +361,7 @@ class Batcher:
                 q.popleft()
             if not self._config.enabled:
                 break  # batching off: one request (or one piece of it) per inference
-        self._busy = bool(pieces)
+        self._busy[worker] = bool(pieces)
         return pieces, dropped, waits
 
     @staticmethod

@@ -271,6 +271,13 @@ _OPTIONS: tuple[_Option, ...] = (
         "a lone request of <= N images runs on the event loop, no thread hand-off "
         "(default 8; 0 = off)",
     ),
+    _Option(
+        "batching.instances",
+        int,
+        "batches run side by side per model, each on its own worker thread (default 1; "
+        "on CPU pair it with --intra-op-threads 1)",
+        name="model_instances",
+    ),
     _Option("max_images_per_request", int, "Sample/Interpolate limit (default 4096)"),
     _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
     _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),

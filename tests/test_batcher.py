@@ -133,6 +133,38 @@ async def test_concurrent_requests_merge(make_batcher, infer, runner, metrics) -
     assert value("ganserve_queue_wait_seconds_count", {"model": "tiny"}) == 6
 
 
+async def test_instances_run_batches_side_by_side(make_batcher, infer, runner, metrics) -> None:  # type: ignore[no-untyped-def]
+    """instances=2: while one worker is parked inside an inference, the other takes the
+    next request, so two batches are in flight at once on two threads; each waiter
+    gets its own rows, and stop() (the fixture's) waits for both workers."""
+    batcher = await make_batcher(max_batch_size=64, instances=2)
+    first = await _hold_worker(batcher, infer)
+    z = _z(3, 1.0)
+    second = asyncio.create_task(batcher.submit(z, None))
+    # With one worker this second entry never comes while the gate is closed.
+    assert await asyncio.to_thread(infer.entered.acquire, True, 10)
+    assert batcher.queue_depth == 0
+    infer.open()
+    out = await second
+    await first
+    np.testing.assert_array_equal(out, runner.run(z, None))
+    assert sorted(infer.batches) == [1, 3]
+    assert len(set(infer.threads)) == 2
+    assert metrics.registry.get_sample_value("ganserve_images_total", {"model": "tiny"}) == 4
+
+
+async def test_one_worker_never_takes_a_second_batch_while_parked(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    """The counterpart of the test above: with instances=1 the request waits in the queue."""
+    batcher = await make_batcher(max_batch_size=64)
+    first = await _hold_worker(batcher, infer)
+    second = asyncio.create_task(batcher.submit(_z(3, 1.0), None))
+    assert not await asyncio.to_thread(infer.entered.acquire, True, 0.5)
+    assert batcher.queue_depth == 1
+    infer.open()
+    await asyncio.gather(first, second)
+    assert infer.batches == [1, 3]
+
+
 async def test_large_requests_split_and_reassemble_in_order(  # type: ignore[no-untyped-def]
     make_batcher, infer, runner
 ) -> None:

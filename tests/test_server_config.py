@@ -61,6 +61,8 @@ def test_token_file(tmp_path: Path) -> None:
         (["--metrics-port", "-2"], {}, "--metrics-port"),
         (["--device", "tpu"], {}, "device"),
         (["--max-batch-size", "0"], {}, "max_batch_size"),
+        (["--model-instances", "0"], {}, "instances"),
+        (["--max-pending-rpcs", "0"], {}, "--max-pending-rpcs"),
         (["--tls-cert", "cert.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca"),
         (["--auth-token", "a", "--auth-token-file", "f"], {}, "not both"),
