@@ -147,6 +147,7 @@ class Batcher:
         # Per worker: it holds a batch (taken off the queue, not yet posted). One slot
         # each, written by its worker only: the loop reads them without the lock.
         self._busy = [False] * config.instances
+        self._last_take = 1  # requests in the most recent batch any worker took
         self._pending = 0  # submit() calls not yet returned
         self._last_done = 0.0  # monotonic time the last submit() returned
         self._inline_s = 0.0  # duration of the last inline inference
@@ -313,8 +314,8 @@ class Batcher:
         """Block for work; returns (pieces or None to exit, dropped requests, queue waits)."""
         cfg = self._config
         with self._cond:
-            while not self._queue:
-                if self._stopping:
+            while not self._queue or self._leave_to_busy_worker(worker):
+                if self._stopping and not self._queue:
                     return None, [], []
                 self._cond.wait()
             self._m_depth.set(len(self._queue))
@@ -331,6 +332,22 @@ class Batcher:
                         break
                     self._cond.wait(left)
             return self._take(worker)
+
+    def _leave_to_busy_worker(self, worker: int) -> bool:
+        """With several instances, an idle worker leaves a small queue to the busy ones
+        (lock held): it starts a second batch side by side only once the queue holds as
+        many requests as the last batch took, or a full batch of images. Greedy, it
+        would take each arrival alone while the other runs (measured: mean batch 2.4 at
+        c=64, 23 % fewer requests/s than one worker). No wake-up is lost: a worker that
+        yields waits only while another is busy, and that one looks at the queue next."""
+        if len(self._busy) == 1 or self._stopping:
+            return False
+        if not any(busy for j, busy in enumerate(self._busy) if j != worker):
+            return False
+        return (
+            len(self._queue) < max(2, self._last_take)
+            and self._queued_images < self._config.max_batch_size
+        )
 
     def _take(self, worker: int = 0) -> tuple[list[_Piece], list[_Delivery], list[float]]:
         """Pop up to max_batch_size images off the queue (lock held)."""
@@ -362,6 +379,8 @@ class Batcher:
             if not self._config.enabled:
                 break  # batching off: one request (or one piece of it) per inference
         self._busy[worker] = bool(pieces)
+        if pieces:
+            self._last_take = len(pieces)
         return pieces, dropped, waits
 
     @staticmethod

@@ -135,22 +135,40 @@ async def test_concurrent_requests_merge(make_batcher, infer, runner, metrics) -
 
 async def test_instances_run_batches_side_by_side(make_batcher, infer, runner, metrics) -> None:  # type: ignore[no-untyped-def]
     """instances=2: while one worker is parked inside an inference, the other takes the
-    next request, so two batches are in flight at once on two threads; each waiter
-    gets its own rows, and stop() (the fixture's) waits for both workers."""
+    queued requests once they are a batch's worth (here: 2 requests, more than the
+    parked batch's 1), so two batches are in flight at once on two threads; each
+    waiter gets its own rows, and stop() (the fixture's) waits for both workers."""
     batcher = await make_batcher(max_batch_size=64, instances=2)
     first = await _hold_worker(batcher, infer)
-    z = _z(3, 1.0)
-    second = asyncio.create_task(batcher.submit(z, None))
+    zs = [_z(3, 1.0), _z(2, 2.0)]
+    tasks = [asyncio.create_task(batcher.submit(z, None)) for z in zs]
     # With one worker this second entry never comes while the gate is closed.
     assert await asyncio.to_thread(infer.entered.acquire, True, 10)
     assert batcher.queue_depth == 0
     infer.open()
-    out = await second
+    results = await asyncio.gather(*tasks)
     await first
-    np.testing.assert_array_equal(out, runner.run(z, None))
-    assert sorted(infer.batches) == [1, 3]
+    for z, out in zip(zs, results, strict=True):
+        np.testing.assert_array_equal(out, runner.run(z, None))
+    assert sorted(infer.batches) == [1, 5]
     assert len(set(infer.threads)) == 2
-    assert metrics.registry.get_sample_value("ganserve_images_total", {"model": "tiny"}) == 4
+    assert metrics.registry.get_sample_value("ganserve_images_total", {"model": "tiny"}) == 6
+
+
+async def test_idle_instance_leaves_a_lone_small_request_to_merge(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    """instances=2: one small request that arrives while a worker is busy is not run
+    alone by the idle worker (greedy, two workers would split the queue into batches of
+    one); it waits, and a full batch's worth of images does not."""
+    batcher = await make_batcher(max_batch_size=8, instances=2)
+    first = await _hold_worker(batcher, infer)
+    small = asyncio.create_task(batcher.submit(_z(1, 1.0), None))
+    assert not await asyncio.to_thread(infer.entered.acquire, True, 0.5)
+    assert batcher.queue_depth == 1
+    big = asyncio.create_task(batcher.submit(_z(8, 2.0), None))  # 9 images queued >= 8
+    assert await asyncio.to_thread(infer.entered.acquire, True, 10)
+    infer.open()
+    await asyncio.gather(first, small, big)
+    assert sorted(infer.batches) == [1, 1, 8]  # the gate releases parked workers in any order
 
 
 async def test_one_worker_never_takes_a_second_batch_while_parked(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
