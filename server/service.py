@@ -326,7 +326,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         # Counted before the status goes out: a client that reads /metrics right after
         # its error must find it there (the abort sends first and raises after).
         self._record(method, call)
-        await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
+        try:
+            await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
+        except _SendFailed:  # the client left as the status went out: no ERROR traceback
+            raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
 
     def _model(self, request: Any, call: _Call) -> LoadedModel:

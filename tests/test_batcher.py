@@ -171,6 +171,36 @@ async def test_idle_instance_leaves_a_lone_small_request_to_merge(make_batcher, 
     assert sorted(infer.batches) == [1, 1, 8]  # the gate releases parked workers in any order
 
 
+async def test_instances_with_batching_off_run_lone_requests_side_by_side(
+    make_batcher, infer
+) -> None:  # type: ignore[no-untyped-def]
+    """Batching off: nothing can merge, so an idle worker takes a lone request at once."""
+    batcher = await make_batcher(enabled=False, instances=2)
+    first = await _hold_worker(batcher, infer)
+    second = asyncio.create_task(batcher.submit(_z(1, 1.0), None))
+    assert await asyncio.to_thread(infer.entered.acquire, True, 10)
+    infer.open()
+    await asyncio.gather(first, second)
+    assert infer.batches == [1, 1]
+
+
+async def test_a_crashed_worker_fails_its_own_batch_too(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
+    """A bug in the worker (here: latents of two widths cannot be concatenated) fails
+    the requests of the batch in hand as well as the queued ones; none waits forever."""
+    batcher = await make_batcher(max_batch_size=64)
+    first = await _hold_worker(batcher, infer)
+    bad = [
+        asyncio.create_task(batcher.submit(z, None)) for z in (_z(1), np.zeros((1, 4), np.float32))
+    ]
+    await _wait_for(lambda: batcher.queue_depth == 2)
+    infer.open()
+    await first
+    for task in bad:
+        with pytest.raises(Internal, match="crashed"):
+            await asyncio.wait_for(task, timeout=10)
+    assert not batcher.accepting
+
+
 async def test_one_worker_never_takes_a_second_batch_while_parked(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
     """The counterpart of the test above: with instances=1 the request waits in the queue."""
     batcher = await make_batcher(max_batch_size=64)
