@@ -72,7 +72,7 @@ def measure_raw_ort(
     ort_defaults: bool = False,
     callers: int = 1,
 ) -> tuple[RawResult, str]:
-    """Images/s of one caller running ``batch``-sized inputs; also the device ORT used.
+    """Images/s of ``callers`` threads running ``batch``-sized inputs; also ORT's device.
 
     The session gets the server's own options, or with ``ort_defaults`` ONNX Runtime's
     (one thread per core, spinning on): a second reference, for context only.

@@ -143,7 +143,7 @@ def runtime_kwargs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if args.allow_spinning is not None:
         kwargs["allow_spinning"] = args.allow_spinning
         flags.append("--allow-spinning" if args.allow_spinning else "--no-allow-spinning")
-    if getattr(args, "model_instances", 1) != 1:
+    if args.model_instances != 1:
         flags += ["--model-instances", str(args.model_instances)]
     return kwargs, flags
 
