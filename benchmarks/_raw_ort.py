@@ -1,7 +1,8 @@
 """The compute limit: raw in-process ONNX Runtime throughput of the served model file.
 
 The session is built exactly as the server builds it (``ganserve.server.runtime``: same
-providers, thread counts, spinning and optimisation level), and driven by one caller in a
+providers, thread counts, spinning and optimisation level, and the same graph: on CPU the
+ConvTranspose rewrite unless it is switched off), and driven by one caller in a
 tight loop (or, for a server with ``--model-instances N``, N callers side by side), so the
 ratio "served images/s / raw images/s" isolates what serving costs.
 Also builds stand-in model repositories while the bundled model does not exist yet.
@@ -74,20 +75,23 @@ def measure_raw_ort(
 ) -> tuple[RawResult, str]:
     """Images/s of ``callers`` threads running ``batch``-sized inputs; also ORT's device.
 
-    The session gets the server's own options, or with ``ort_defaults`` ONNX Runtime's
-    (one thread per core, spinning on): a second reference, for context only.
+    The session gets the server's own options and graph, or with ``ort_defaults`` ONNX
+    Runtime's options (one thread per core, spinning on) on the file as it is: a second
+    reference, for context only.
     """
     import onnxruntime as ort
 
     from ganserve.server import runtime
 
     config = runtime.RuntimeConfig(**runtime_kwargs)
+    providers = runtime.resolve_providers(config.device)
     options = ort.SessionOptions() if ort_defaults else runtime._session_options(config)
-    if ort_defaults:
+    source: str | bytes = str(path)
+    if ort_defaults:  # ORT as it comes: the file as it is, default options
         options.log_severity_level = 3
-    session = ort.InferenceSession(
-        str(path), sess_options=options, providers=runtime.resolve_providers(config.device)
-    )
+    else:
+        source, _ = runtime.session_source(path, config, providers)
+    session = ort.InferenceSession(source, sess_options=options, providers=providers)
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     dims = _input_dims(path)
     rng = np.random.default_rng(0)

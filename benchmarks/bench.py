@@ -1,8 +1,8 @@
 """ganserve benchmark: a closed-loop concurrency sweep against the real server over loopback.
 
 Measured in one run, so that their ratios hold on a noisy shared machine:
-  raw-ort    the model file in ONNX Runtime in-process, one caller, the server's session
-             options (the compute limit); raw-ort-dflt: the same with ORT's default options
+  raw-ort    the model in ONNX Runtime in-process, one caller, the server's session options
+             and graph (the compute limit); raw-ort-dflt: the file as it is, ORT's default options
   bare-grpc  a grpc.aio server answering Sample with a pre-built response (transport limit)
   batched    ``ganserve serve`` with dynamic batching on
   unbatched  the same server with ``--no-batching``
@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inter-op-threads", type=int)
     p.add_argument("--allow-spinning", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument(
+        "--rewrite-conv-transpose",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the server's load-time ConvTranspose rewrite (default: the server's, on)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -143,6 +149,9 @@ def runtime_kwargs(args: argparse.Namespace) -> tuple[dict, list[str]]:
     if args.allow_spinning is not None:
         kwargs["allow_spinning"] = args.allow_spinning
         flags.append("--allow-spinning" if args.allow_spinning else "--no-allow-spinning")
+    if args.rewrite_conv_transpose is not None:
+        kwargs["rewrite_conv_transpose"] = args.rewrite_conv_transpose
+        flags.append(("--" if args.rewrite_conv_transpose else "--no-") + "rewrite-conv-transpose")
     if args.model_instances != 1:
         flags += ["--model-instances", str(args.model_instances)]
     return kwargs, flags

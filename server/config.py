@@ -260,6 +260,12 @@ _OPTIONS: tuple[_Option, ...] = (
         int,
         "on CPU, batches of <= N images run on a single-threaded twin session (default 8; 0 = off)",
     ),
+    _Option(
+        "runtime.rewrite_conv_transpose",
+        _parse_bool,
+        "on CPU, run stride-2 ConvTranspose layers as phase convolutions (default on)",
+        is_bool=True,
+    ),
     _Option("runtime.warmup_batch_sizes", _parse_sizes, "batch sizes to warm up, e.g. 1,8,64"),
     _Option("batching.enabled", _parse_bool, "dynamic batching (default on)", True, "batching"),
     _Option("batching.max_batch_size", int, "largest merged batch (default 64)"),

@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import Unavailable
+from .rewrite import rewritten_model
 from .spec import ModelSpecError
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "RuntimeConfig",
     "cuda_usable",
     "resolve_providers",
+    "session_source",
     "warmup_sizes",
 ]
 
@@ -61,6 +63,8 @@ class RuntimeConfig:
     and 1.5 vs 2.0 ms of server CPU per request. Results are bit-identical here
     (ORT's CPU kernels do not depend on the thread count or the batch size for these
     models; a test checks it for the tiny model).
+    ``rewrite_conv_transpose``: on CPU, run stride-2 ConvTranspose layers as phase
+    convolutions (``server/rewrite.py``; checked against the original at load).
     """
 
     device: str = "auto"
@@ -69,6 +73,7 @@ class RuntimeConfig:
     allow_spinning: bool = False
     warmup_batch_sizes: tuple[int, ...] | None = None
     small_batch_max: int = 8
+    rewrite_conv_transpose: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -159,6 +164,23 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return opts
 
 
+def session_source(
+    path: Path, config: RuntimeConfig, providers: list[Any]
+) -> tuple[str | bytes, int]:
+    """What to build the session from: the file, or on CPU with
+    ``rewrite_conv_transpose`` the rewritten graph as bytes; and how many layers the
+    rewrite changed (0: the file as is)."""
+    if not config.rewrite_conv_transpose or providers[0] != _CPU:
+        return str(path), 0
+    check_options = _session_options(replace(config, intra_op_threads=1))
+
+    def make_session(model: str | bytes) -> ort.InferenceSession:
+        return ort.InferenceSession(model, sess_options=check_options, providers=[_CPU])
+
+    found = rewritten_model(Path(path), make_session)
+    return found if found is not None else (str(path), 0)
+
+
 class OrtRunner:
     """One ONNX Runtime session of one model version."""
 
@@ -166,8 +188,9 @@ class OrtRunner:
         self.path = Path(path)
         self.spec = spec
         providers = resolve_providers(config.device)
+        source, self.rewritten = session_source(self.path, config, providers)
         self._session = ort.InferenceSession(
-            str(self.path), sess_options=_session_options(config), providers=providers
+            source, sess_options=_session_options(config), providers=providers
         )
         active = self._session.get_providers()
         self.device = "cuda" if active and active[0] == _CUDA else "cpu"
@@ -182,7 +205,7 @@ class OrtRunner:
         self._small_max = 0
         if self.device == "cpu" and config.small_batch_max > 0 and config.intra_op_threads != 1:
             self._small = ort.InferenceSession(
-                str(self.path),
+                source,
                 sess_options=_session_options(replace(config, intra_op_threads=1)),
                 providers=[_CPU],
             )

@@ -24,6 +24,15 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.runtime.device == "auto" and config.batching.enabled
     assert config.max_images_per_request == 4096 and config.max_message_bytes == 64 * 2**20
     assert config.auth_token is None and not config.tls
+    assert config.runtime.rewrite_conv_transpose
+
+
+def test_conv_transpose_rewrite_switch(tmp_path: Path) -> None:
+    off = {"GANSERVE_MODEL_DIR": str(tmp_path), "GANSERVE_REWRITE_CONV_TRANSPOSE": "0"}
+    assert not build([], off).runtime.rewrite_conv_transpose
+    assert build(["--rewrite-conv-transpose"], off).runtime.rewrite_conv_transpose
+    flag = ["--model-dir", str(tmp_path), "--no-rewrite-conv-transpose"]
+    assert not build(flag).runtime.rewrite_conv_transpose
 
 
 def test_flag_beats_env_beats_default(tmp_path: Path) -> None:

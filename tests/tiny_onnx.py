@@ -16,7 +16,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["OPSET", "make_tiny_generator", "model_path", "write_broken_file"]
+__all__ = [
+    "OPSET",
+    "make_tiny_dcgan",
+    "make_tiny_generator",
+    "model_path",
+    "write_broken_file",
+]
 
 OPSET = 17
 IR_VERSION = 8  # old enough for every ONNX Runtime the server supports
@@ -120,6 +126,77 @@ def make_tiny_generator(
             meta.pop(key, None)
         else:
             meta[key] = value
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_tiny_dcgan(
+    path: Path,
+    latent_dim: int = 8,
+    num_classes: int = 0,
+    name: str = "tiny-dcgan",
+    version: str = "1",
+    *,
+    seed: int = 0,
+    hidden: tuple[int, int] = (32, 16),
+) -> Path:
+    """A small DCGAN-shaped generator with the ganserve metadata: ``[z, y] -> MatMul ->
+    (N, C0, 7, 7) -> ConvTranspose(k4, s2, p1) -> BatchNorm -> Relu -> ConvTranspose(k4, s2,
+    p1, bias) -> Tanh -> (N, 1, 28, 28)``. The layers the server's ConvTranspose rewrite
+    handles, with random weights and BatchNorm statistics (seeded)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    c0, c1 = hidden
+    width = latent_dim + num_classes
+
+    def const(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+    inits = [
+        const("fc", rng.standard_normal((width, c0 * 49)) / np.sqrt(width)),
+        numpy_helper.from_array(np.array([-1, c0, 7, 7], dtype=np.int64), "grid"),
+        const("up1", rng.standard_normal((c0, c1, 4, 4)) / np.sqrt(4 * c0)),
+        const("bn_scale", rng.uniform(0.5, 1.5, c1)),
+        const("bn_bias", rng.normal(0, 0.1, c1)),
+        const("bn_mean", rng.normal(0, 0.1, c1)),
+        const("bn_var", rng.uniform(0.5, 1.5, c1)),
+        const("up2", rng.standard_normal((c1, 1, 4, 4)) / np.sqrt(4 * c1)),
+        const("up2_bias", rng.normal(0, 0.1, 1)),
+    ]
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", latent_dim])]
+    nodes = []
+    features = "z"
+    if num_classes:
+        inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", num_classes]))
+        nodes.append(helper.make_node("Concat", ["z", "y"], ["zy"], axis=1))
+        features = "zy"
+    up = {"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+    nodes += [
+        helper.make_node("MatMul", [features, "fc"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "grid"], ["h0"]),  # (N, C0, 7, 7)
+        helper.make_node("ConvTranspose", ["h0", "up1"], ["h1"], name="up1", **up),
+        helper.make_node(
+            "BatchNormalization", ["h1", "bn_scale", "bn_bias", "bn_mean", "bn_var"], ["h1n"]
+        ),
+        helper.make_node("Relu", ["h1n"], ["h1r"]),  # (N, C1, 14, 14)
+        helper.make_node("ConvTranspose", ["h1r", "up2", "up2_bias"], ["h2"], name="up2", **up),
+        helper.make_node("Tanh", ["h2"], ["image"]),  # (N, 1, 28, 28)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"{name}-generator",
+        inputs,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ganserve-tests"
+    )
+    model.ir_version = IR_VERSION
+    meta = _metadata(name, version, latent_dim, num_classes, (1, 28, 28))
+    meta["ganserve.architecture"] = "dcgan"
     helper.set_model_props(model, meta)
     onnx.save(model, str(path))
     return path

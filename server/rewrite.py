@@ -1,0 +1,326 @@
+"""Load-time graph rewrite: stride-2 ConvTranspose as phase (sub-pixel) convolutions.
+
+A DCGAN generator upsamples with ``ConvTranspose(kernel 4, stride 2, pad 1)``. ONNX
+Runtime's CPU kernel for it is a per-image GEMM plus col2im, about half as fast per
+multiply-add as its blocked (NCHWc) ``Conv``. The same layer is exactly four small
+convolutions, one per output phase, interleaved: output row ``2m + a`` only sees
+input rows ``m - 1, m`` (``a = 0``, kernel rows 3, 1) or ``m, m + 1`` (``a = 1``,
+kernel rows 2, 0), and the same for columns. So the layer becomes
+
+    4 x Conv(kernel 2x2, pads chosen per phase) -> Concat -> DepthToSpace(2, DCR)
+
+with the same number of multiply-adds. A following inference-mode BatchNormalization
+is folded into the phase weights, and element-wise activations (Relu, LeakyRelu, Tanh,
+Sigmoid) move before the interleave, where ORT fuses Relu into the Conv.
+
+A second ConvTranspose with few output channels (the image layer: 1 or 3) reads the
+phase stack directly instead of its interleaved form: one 3x3 Conv over the 2x2 phases
+produces the 4x4 output phases, and one DepthToSpace(4) builds the image. That skips
+the interleave of the wide hidden layer, which ORT's DepthToSpace does slowly.
+
+Measured on the 2-core CPU VM with the bundled mnist-dcgan: 1.14-1.18x images/s at
+batch 1-64, outputs within 1e-6 of the original graph (float rounding: not
+bit-identical to the unrewritten model). Only layers that match exactly are touched;
+the server checks the rewritten model against the original at load and keeps the
+original if they differ (:func:`rewritten_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["rewrite_conv_transpose", "rewritten_model"]
+
+log = logging.getLogger(__name__)
+
+# 1-D taps of ConvTranspose(k=4, s=2, p=1): output phase c (row 2u + c) reads input
+# row u + d through kernel index k, for each (d, k).
+_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+_ACTIVATIONS = {"Relu", "LeakyRelu", "Tanh", "Sigmoid"}
+_MIN_PHASE_CHANNELS = 16  # below it ORT's ConvTranspose wins (measured: 1 channel, 2.3x)
+_MAX_CHAINED_CHANNELS = 4  # the image layer: a dense 3x3 conv over 4 phases stays cheap
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _is_stride2_k4(node: onnx.NodeProto, inits: dict[str, np.ndarray]) -> bool:
+    if node.op_type != "ConvTranspose" or node.domain not in ("", "ai.onnx"):
+        return False
+    a = _attrs(node)
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+    bias_ok = len(node.input) < 3 or not node.input[2] or node.input[2] in inits
+    return (
+        weight is not None
+        and weight.ndim == 4
+        and weight.shape[2:] == (4, 4)
+        and bias_ok
+        and list(a.get("strides", [])) == [2, 2]
+        and list(a.get("pads", [])) == [1, 1, 1, 1]
+        and list(a.get("dilations", [1, 1])) == [1, 1]
+        and a.get("group", 1) == 1
+        and not a.get("output_padding")
+        and not a.get("output_shape")
+        and auto_pad in (b"NOTSET", "NOTSET")
+    )
+
+
+def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
+    """Rewrite eligible ConvTranspose layers of ``model`` in place; returns how many.
+
+    The caller checks the result numerically (:func:`rewritten_model` does).
+    """
+    graph = model.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
+    # interleaved tensor -> (its phase stack, phases per axis); filled as layers are rewritten
+    stacks: dict[str, tuple[str, int]] = {}
+    nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    absorbed: set[int] = set()
+    count = 0
+
+    def sole_consumer(name: str, ops: set[str]) -> onnx.NodeProto | None:
+        users = consumers.get(name, [])
+        if name in graph_outputs or len(users) != 1 or users[0].op_type not in ops:
+            return None
+        return users[0]
+
+    for node in graph.node:
+        if id(node) in absorbed:
+            continue
+        if not _is_stride2_k4(node, inits):
+            nodes.append(node)
+            continue
+        weight = inits[node.input[1]].astype(np.float64)  # (Cin, Cout, 4, 4)
+        c_out = weight.shape[1]
+        source, phases = stacks.get(node.input[0], (node.input[0], 1))
+        chained = phases == 2 and c_out <= _MAX_CHAINED_CHANNELS
+        if not chained and c_out < _MIN_PHASE_CHANNELS:
+            nodes.append(node)
+            continue
+        if not chained:
+            source = node.input[0]
+        has_bias = len(node.input) > 2 and node.input[2]
+        bias = inits[node.input[2]].astype(np.float64) if has_bias else np.zeros(c_out)
+        # Absorb BatchNormalization (inference mode, constant statistics) and activations.
+        out = node.output[0]
+        bn = sole_consumer(out, {"BatchNormalization"})
+        if (
+            bn is not None
+            and not _attrs(bn).get("training_mode", 0)
+            and len(bn.output) == 1
+            and all(name in inits for name in bn.input[1:5])
+        ):
+            scale, shift, mean, var = (inits[name].astype(np.float64) for name in bn.input[1:5])
+            k = scale / np.sqrt(var + _attrs(bn).get("epsilon", 1e-5))
+            weight = weight * k[None, :, None, None]
+            bias = (bias - mean) * k + shift
+            absorbed.add(id(bn))
+            out = bn.output[0]
+        activations = []
+        while (act := sole_consumer(out, _ACTIVATIONS)) is not None:
+            activations.append(act)
+            absorbed.add(id(act))
+            out = act.output[0]
+
+        prefix = f"{node.name or node.output[0]}/phase"
+        if chained:
+            stack, block = _chained_conv(nodes, new_inits, prefix, source, weight, bias)
+            stack = _activate(nodes, stack, activations)
+        else:
+            stack, block = _phase_convs(nodes, new_inits, prefix, source, weight, bias, activations)
+        nodes.append(
+            helper.make_node(
+                "DepthToSpace",
+                [stack],
+                [out],
+                name=f"{out}/interleave",
+                blocksize=block,
+                mode="DCR",
+            )
+        )
+        stacks[out] = (stack, block)
+        count += 1
+    if not count:
+        return 0
+    # Drop what nothing reads any more (interleaves a chained layer made redundant,
+    # the original weights), walking back from the graph outputs.
+    needed = set(graph_outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [t for t in (*graph.initializer, *new_inits) if t.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    _ensure_opset(model, 13)  # DepthToSpace mode, Concat/Conv as used here
+    return count
+
+
+def _constant(inits: list[onnx.TensorProto], name: str, value: np.ndarray) -> str:
+    inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+    return name
+
+
+def _activate(nodes: list[onnx.NodeProto], tensor: str, activations: list[onnx.NodeProto]) -> str:
+    """Apply copies of ``activations`` (element-wise) to ``tensor``; returns the result."""
+    for i, act in enumerate(activations):
+        nxt = f"{tensor}/act{i}"
+        node = helper.make_node(act.op_type, [tensor], [nxt], name=nxt, domain=act.domain or None)
+        node.attribute.extend(act.attribute)
+        nodes.append(node)
+        tensor = nxt
+    return tensor
+
+
+def _phase_convs(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    prefix: str,
+    source: str,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    activations: list[onnx.NodeProto],
+) -> tuple[str, int]:
+    """Four 2x2 Convs, one per output phase (a, b), activated and concatenated with
+    phase-major channels ((a*2 + b)*Cout + co); returns (the stack, 2)."""
+    c_in, c_out = weight.shape[:2]
+    parts = []
+    for ar in (0, 1):
+        for ac in (0, 1):
+            kernel = np.empty((c_out, c_in, 2, 2))
+            for r, (_, kr) in enumerate(_TAPS[ar]):
+                for s, (_, kc) in enumerate(_TAPS[ac]):
+                    kernel[:, :, r, s] = weight[:, :, kr, kc].T
+            name = f"{prefix}{ar}{ac}"
+            w, b = _constant(inits, name + "/w", kernel), _constant(inits, name + "/b", bias)
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [source, w, b],
+                    [name],
+                    name=name,
+                    kernel_shape=[2, 2],
+                    pads=[1 - ar, 1 - ac, ar, ac],  # top, left, bottom, right
+                )
+            )
+            parts.append(_activate(nodes, name, activations))
+    stack = prefix + "s"
+    nodes.append(helper.make_node("Concat", parts, [stack], name=stack, axis=1))
+    return stack, 2
+
+
+def _chained_conv(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    prefix: str,
+    source: str,
+    weight: np.ndarray,
+    bias: np.ndarray,
+) -> tuple[str, int]:
+    """One 3x3 Conv from a 2x2 phase stack to the 4x4 output phases; returns (it, 4).
+
+    Output row 2u + c, with u = 2i + a, reads input row u + d: phase (a + d) % 2 of the
+    stack at grid offset (a + d) // 2, in {-1, 0, 1}. So one 3x3 kernel covers every tap.
+    """
+    c_in, c_out = weight.shape[:2]
+    kernel = np.zeros((16 * c_out, 4 * c_in, 3, 3))
+    for ar, ac, cr, cc in np.ndindex(2, 2, 2, 2):
+        o = ((2 * ar + cr) * 4 + 2 * ac + cc) * c_out
+        for dr, kr in _TAPS[cr]:
+            for dc, kc in _TAPS[cc]:
+                pr, er = (ar + dr) % 2, (ar + dr) // 2
+                pc, ec = (ac + dc) % 2, (ac + dc) // 2
+                i = (pr * 2 + pc) * c_in
+                kernel[o : o + c_out, i : i + c_in, er + 1, ec + 1] += weight[:, :, kr, kc].T
+    name = prefix + "s4"
+    w = _constant(inits, name + "/w", kernel)
+    b = _constant(inits, name + "/b", np.tile(bias, 16))
+    nodes.append(
+        helper.make_node(
+            "Conv", [source, w, b], [name], name=name, kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        )
+    )
+    return name, 4
+
+
+def _ensure_opset(model: onnx.ModelProto, minimum: int) -> None:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < minimum:
+            opset.version = minimum
+
+
+def _check_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for value in model.graph.input:
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in value.type.tensor_type.shape.dim]
+        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+    return feeds
+
+
+def rewritten_model(
+    path: Path, make_session: Any, tolerance: float = 1e-4
+) -> tuple[bytes, int] | None:
+    """The model at ``path`` with its ConvTranspose layers rewritten, as bytes, and the
+    number rewritten; None when nothing applies or the check fails (logged).
+
+    ``make_session(model)`` builds an ONNX Runtime session from a path or bytes. Both
+    graphs run on the same random inputs (batches 1 and 5); the rewrite is kept only if
+    every output agrees within ``tolerance`` (absolute, scaled by the output's size).
+    """
+    model = onnx.load(str(path))
+    try:
+        count = rewrite_conv_transpose(model)
+    except Exception:  # a graph this code did not foresee: serve the original
+        log.warning(
+            "%s: ConvTranspose rewrite failed, serving the original graph", path, exc_info=True
+        )
+        return None
+    if not count:
+        return None
+    data = model.SerializeToString()
+    try:
+        original, rewritten = make_session(str(path)), make_session(data)
+        worst = 0.0
+        for batch in (1, 5):
+            feeds = _check_inputs(model, batch)
+            for a, b in zip(original.run(None, feeds), rewritten.run(None, feeds), strict=True):
+                scale = max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)
+                worst = max(worst, float(np.max(np.abs(a - b))) / scale if a.size else 0.0)
+    except Exception:
+        log.warning("%s: rewritten graph did not run, serving the original", path, exc_info=True)
+        return None
+    if not worst <= tolerance:
+        log.warning(
+            "%s: rewritten graph differs from the original by %.3g (> %.0e), serving the original",
+            path,
+            worst,
+            tolerance,
+        )
+        return None
+    log.info(
+        "%s: %d ConvTranspose layer(s) run as phase convolutions (max difference %.1e)",
+        path,
+        count,
+        worst,
+    )
+    return data, count

@@ -1,0 +1,276 @@
+"""The load-time ConvTranspose rewrite (server/rewrite.py): same outputs as the original
+graph under ONNX Runtime, only eligible layers touched, a failed check keeps the original."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tiny_onnx import OPSET, make_tiny_dcgan
+
+from ganserve.server import rewrite
+from ganserve.server.repository import read_spec
+from ganserve.server.rewrite import rewrite_conv_transpose, rewritten_model
+from ganserve.server.runtime import OrtRunner, RuntimeConfig
+
+UP = {"kernel_shape": [4, 4], "strides": [2, 2], "pads": [1, 1, 1, 1]}
+
+
+def _session(model: onnx.ModelProto | str | bytes) -> ort.InferenceSession:
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return _session(model).run(None, feeds)
+
+
+def _feeds(model: onnx.ModelProto, batch: int, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        i.name: rng.standard_normal(
+            [d.dim_value or batch for d in i.type.tensor_type.shape.dim]
+        ).astype(np.float32)
+        for i in model.graph.input
+    }
+
+
+def _ops(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
+
+
+class _Builder:
+    """x (N, C, H, W) -> the layers added -> the outputs named; seeded random weights."""
+
+    def __init__(self, channels: int, height: int = 5, width: int = 7, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.channels = channels
+        self.input = helper.make_tensor_value_info(
+            "x", TensorProto.FLOAT, ["N", channels, height, width]
+        )
+        self.last = "x"
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    def conv_t(
+        self, out: int, bias: bool = False, source: str | None = None, **attrs: object
+    ) -> str:
+        i = len(self.nodes)
+        kernel = attrs.pop("kernel", 4)
+        w = self.const(f"w{i}", self.rng.standard_normal((self.channels, out, kernel, kernel)))
+        inputs = [source or self.last, w]
+        if bias:
+            inputs.append(self.const(f"b{i}", self.rng.normal(0, 0.5, out)))
+        params = {**UP, **attrs} if kernel == 4 else attrs
+        self.nodes.append(helper.make_node("ConvTranspose", inputs, [f"t{i}"], **params))
+        self.channels, self.last = out, f"t{i}"
+        return self.last
+
+    def batch_norm(self) -> str:
+        i, c = len(self.nodes), self.channels
+        stats = [
+            self.const(f"bn{i}_{k}", v)
+            for k, v in enumerate(
+                (
+                    self.rng.uniform(0.5, 1.5, c),
+                    self.rng.normal(0, 0.2, c),
+                    self.rng.normal(0, 0.2, c),
+                    self.rng.uniform(0.5, 1.5, c),
+                )
+            )
+        ]
+        self.nodes.append(
+            helper.make_node("BatchNormalization", [self.last, *stats], [f"n{i}"], epsilon=1e-3)
+        )
+        self.last = f"n{i}"
+        return self.last
+
+    def act(self, op: str, **attrs: object) -> str:
+        i = len(self.nodes)
+        self.nodes.append(helper.make_node(op, [self.last], [f"a{i}"], **attrs))
+        self.last = f"a{i}"
+        return self.last
+
+    def model(self, *outputs: str) -> onnx.ModelProto:
+        graph = helper.make_graph(
+            self.nodes,
+            "g",
+            [self.input],
+            [
+                helper.make_tensor_value_info(o, TensorProto.FLOAT, ["N", "C", "H", "W"])
+                for o in outputs or [self.last]
+            ],
+            initializer=self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8
+        return model
+
+
+def _assert_same(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
+    onnx.checker.check_model(rewritten)
+    for batch in (1, 3):
+        feeds = _feeds(original, batch)
+        for a, b in zip(_outputs(original, feeds), _outputs(rewritten, feeds), strict=True):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(a).max()))
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_dcgan_generator_runs_as_phase_convolutions(tmp_path: Path, num_classes: int) -> None:
+    path = make_tiny_dcgan(tmp_path / "model.onnx", num_classes=num_classes)
+    original = onnx.load(str(path))
+    model = onnx.load(str(path))
+    assert rewrite_conv_transpose(model) == 2
+    ops = _ops(model)
+    # BatchNorm folded, Relu moved before the interleave, one interleave left (the chained
+    # image layer reads the hidden layer's phases directly).
+    assert "ConvTranspose" not in ops and "BatchNormalization" not in ops
+    assert ops.count("DepthToSpace") == 1 and ops.count("Conv") == 5
+    _assert_same(original, model)
+
+
+def _build(case: str) -> tuple[onnx.ModelProto, int]:
+    """A graph and how many layers the rewrite should change."""
+    b = _Builder(channels=8)
+    if case == "bias":
+        b.conv_t(16, bias=True)
+    elif case == "bn-leaky":
+        b.conv_t(16)
+        b.batch_norm()
+        b.act("LeakyRelu", alpha=0.2)
+    elif case == "sigmoid-then-tanh":
+        b.conv_t(24, bias=True)
+        b.act("Sigmoid")
+        b.act("Tanh")
+    elif case == "rgb-chain":  # hidden layer, then a 3-channel image layer from its phases
+        b.conv_t(16)
+        b.batch_norm()
+        b.act("Relu")
+        b.conv_t(3, bias=True)
+        b.act("Tanh")
+    elif case == "wide-second":  # the second layer is wide: from the interleaved tensor
+        b.conv_t(16)
+        b.act("Relu")
+        b.conv_t(16, bias=True)
+    elif case == "three-deep":  # a layer after a chained one reads its interleaved output
+        b.conv_t(16)
+        b.conv_t(2)
+        b.conv_t(16)
+    elif case == "narrow-alone":  # 1 channel without a phase stack: ORT's own kernel wins
+        b.conv_t(1, bias=True)
+        return b.model(), 0
+    return b.model(), {"rgb-chain": 2, "wide-second": 2, "three-deep": 3}.get(case, 1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bias",
+        "bn-leaky",
+        "sigmoid-then-tanh",
+        "rgb-chain",
+        "wide-second",
+        "three-deep",
+        "narrow-alone",
+    ],
+)
+def test_layers_rewrite_to_the_same_outputs(case: str) -> None:
+    original, expected = _build(case)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == expected
+    assert _ops(model).count("ConvTranspose") == _ops(original).count("ConvTranspose") - expected
+    _assert_same(original, model)
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"kernel": 3, "strides": [1, 1], "pads": [1, 1, 1, 1]},
+        {"output_padding": [1, 1]},
+        {"pads": [0, 0, 0, 0]},
+        {"strides": [1, 1]},
+        {"dilations": [2, 2]},
+    ],
+    ids=["k3s1", "output_padding", "pad0", "stride1", "dilated"],
+)
+def test_other_conv_transposes_are_left_alone(attrs: dict[str, object]) -> None:
+    b = _Builder(channels=8)
+    b.conv_t(16, bias=True, **attrs)
+    model = b.model()
+    before = model.SerializeToString()
+    assert rewrite_conv_transpose(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_weights_from_a_graph_input_are_left_alone() -> None:
+    b = _Builder(channels=8)
+    b.nodes.append(helper.make_node("ConvTranspose", ["x", "w"], ["y"], **UP))
+    model = b.model("y")
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [8, 16, 4, 4]))
+    assert rewrite_conv_transpose(model) == 0
+
+
+@pytest.mark.parametrize("raw_is_output", [True, False])
+def test_a_tensor_read_elsewhere_is_not_absorbed(raw_is_output: bool) -> None:
+    """A layer's pre-BatchNorm tensor that is a graph output keeps its BatchNorm (and the
+    image layer then reads the interleaved tensor, left alone); a post-Relu tensor that
+    feeds two nodes keeps its value for both."""
+    b = _Builder(channels=8)
+    raw = b.conv_t(16)
+    b.batch_norm()
+    relu = b.act("Relu")
+    b.nodes.append(helper.make_node("Neg", [relu], ["neg"]))
+    b.conv_t(1, source=relu, bias=True)
+    outputs = (raw, "neg", b.last) if raw_is_output else ("neg", b.last)
+    original = b.model(*outputs)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == (1 if raw_is_output else 2)
+    assert ("BatchNormalization" in _ops(model)) is raw_is_output
+    _assert_same(original, model)
+
+
+def test_rewritten_model_keeps_the_original_when_the_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = make_tiny_dcgan(tmp_path / "model.onnx")
+    found = rewritten_model(path, _session)
+    assert found is not None and found[1] == 2
+    real = rewrite.rewrite_conv_transpose
+
+    def off_by_a_bit(model: onnx.ModelProto) -> int:  # a rewrite with a wrong weight
+        count = real(model)
+        t = model.graph.initializer[-1]
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 0.01, t.name))
+        return count
+
+    monkeypatch.setattr(rewrite, "rewrite_conv_transpose", off_by_a_bit)
+    with caplog.at_level(logging.WARNING, logger="ganserve.server.rewrite"):
+        assert rewritten_model(path, _session) is None
+    assert "serving the original" in caplog.text
+
+
+def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
+    path = make_tiny_dcgan(tmp_path / "model.onnx", num_classes=10)
+    spec = read_spec(path, "tiny-dcgan", "1")
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((12, 8)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 12)]
+    on = OrtRunner(path, spec, RuntimeConfig(device="cpu", intra_op_threads=2))
+    off = OrtRunner(path, spec, RuntimeConfig(device="cpu", rewrite_conv_transpose=False))
+    assert (on.rewritten, off.rewritten) == (2, 0)
+    for n in (1, 12):  # the single-threaded small-batch twin and the main session
+        np.testing.assert_allclose(on.run(z[:n], y[:n]), off.run(z[:n], y[:n]), atol=1e-5)
+    # the same request gives the same bytes every time
+    assert on.run(z, y).tobytes() == on.run(z, y).tobytes()
