@@ -80,12 +80,18 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
     The caller checks the result numerically (:func:`rewritten_model` does).
     """
     graph = model.graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    graph_inputs = {i.name for i in graph.input}
+    # Constants only: an initializer also listed as a graph input can be fed (IR < 4).
+    inits = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in graph_inputs
+    }
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for node in graph.node:
         for name in node.input:
             consumers[name].append(node)
-    graph_outputs = {o.name for o in graph.output}
+    # Tensors read outside this graph's node inputs: graph outputs, names a control-flow
+    # subgraph uses from the outer scope. They keep their values and producers.
+    graph_outputs = {o.name for o in graph.output} | _subgraph_reads(graph)
     # interleaved tensor -> (its phase stack, phases per axis); filled as layers are rewritten
     stacks: dict[str, tuple[str, int]] = {}
     nodes: list[onnx.NodeProto] = []
@@ -168,7 +174,9 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
     kept.reverse()
     del graph.node[:]
     graph.node.extend(kept)
-    initializers = [t for t in (*graph.initializer, *new_inits) if t.name in needed]
+    initializers = [
+        t for t in (*graph.initializer, *new_inits) if t.name in needed or t.name in graph_inputs
+    ]
     del graph.initializer[:]
     graph.initializer.extend(initializers)
     _ensure_opset(model, 13)  # DepthToSpace mode, Concat/Conv as used here
@@ -268,12 +276,33 @@ def _ensure_opset(model: onnx.ModelProto, minimum: int) -> None:
             opset.version = minimum
 
 
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of a subgraph (If / Loop / Scan bodies, nested) reads."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
+                names.update(name for n in sub.node for name in n.input)
+                names |= _subgraph_reads(sub)
+    return names
+
+
 def _check_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random feeds for the graph inputs (not those with an initializer: those are
+    weights), symbolic dimensions set to ``batch``; normal floats, zero integers."""
     rng = np.random.default_rng(seed)
+    weights = {t.name for t in model.graph.initializer}
     feeds = {}
     for value in model.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else batch for d in value.type.tensor_type.shape.dim]
-        feeds[value.name] = rng.standard_normal(dims).astype(np.float32)
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in tensor.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(dims).astype(dtype)
+        else:
+            feeds[value.name] = np.zeros(dims, dtype=dtype)
     return feeds
 
 

@@ -274,3 +274,41 @@ def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
         np.testing.assert_allclose(on.run(z[:n], y[:n]), off.run(z[:n], y[:n]), atol=1e-5)
     # the same request gives the same bytes every time
     assert on.run(z, y).tobytes() == on.run(z, y).tobytes()
+
+
+def test_weights_that_can_be_fed_are_left_alone() -> None:
+    """Old exports list initializers among the graph inputs (overridable): not constants."""
+    b = _Builder(channels=8)
+    b.conv_t(16, bias=True)
+    model = b.model()
+    model.graph.input.extend(
+        helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims))
+        for t in model.graph.initializer
+    )
+    before = model.SerializeToString()
+    assert rewrite_conv_transpose(model) == 0
+    assert model.SerializeToString() == before
+
+
+def test_a_tensor_a_subgraph_reads_keeps_its_value() -> None:
+    """An If branch reads the pre-BatchNorm tensor from the outer scope: BatchNorm stays."""
+    b = _Builder(channels=8)
+    raw = b.conv_t(16)
+    b.batch_norm()
+    b.act("Relu")
+    branch = helper.make_graph(
+        [helper.make_node("Identity", [raw], ["picked"])],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["N", "C", "H", "W"])],
+    )
+    b.inits.append(numpy_helper.from_array(np.array(True), "cond"))
+    b.nodes.append(
+        helper.make_node("If", ["cond"], ["branch_out"], then_branch=branch, else_branch=branch)
+    )
+    original = b.model(b.last, "branch_out")
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == 1
+    assert "BatchNormalization" in _ops(model)
+    _assert_same(original, model)
