@@ -100,7 +100,7 @@ class _Builder:
         self.last = f"a{i}"
         return self.last
 
-    def model(self, *outputs: str) -> onnx.ModelProto:
+    def model(self, *outputs: str, opset: int = OPSET) -> onnx.ModelProto:
         graph = helper.make_graph(
             self.nodes,
             "g",
@@ -111,7 +111,7 @@ class _Builder:
             ],
             initializer=self.inits,
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
         return model
 
@@ -201,8 +201,11 @@ def test_layers_rewrite_to_the_same_outputs(case: str) -> None:
         {"pads": [0, 0, 0, 0]},
         {"strides": [1, 1]},
         {"dilations": [2, 2]},
+        {"group": 2},
+        {"auto_pad": "SAME_UPPER"},  # with pads too: only the auto_pad check stops it
+        {"output_shape": [10, 14]},
     ],
-    ids=["k3s1", "output_padding", "pad0", "stride1", "dilated"],
+    ids=["k3s1", "output_padding", "pad0", "stride1", "dilated", "group", "auto_pad", "out_shape"],
 )
 def test_other_conv_transposes_are_left_alone(attrs: dict[str, object]) -> None:
     b = _Builder(channels=8)
@@ -241,24 +244,126 @@ def test_a_tensor_read_elsewhere_is_not_absorbed(raw_is_output: bool) -> None:
     _assert_same(original, model)
 
 
+@pytest.mark.parametrize("fault", [0.01, np.nan])
 def test_rewritten_model_keeps_the_original_when_the_check_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fault: float,
 ) -> None:
     path = make_tiny_dcgan(tmp_path / "model.onnx")
     found = rewritten_model(path, _session)
     assert found is not None and found[1] == 2
     real = rewrite.rewrite_conv_transpose
 
-    def off_by_a_bit(model: onnx.ModelProto) -> int:  # a rewrite with a wrong weight
+    def faulty(model: onnx.ModelProto) -> int:  # a rewrite with a wrong weight
         count = real(model)
         t = model.graph.initializer[-1]
-        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 0.01, t.name))
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + fault, t.name))
         return count
 
-    monkeypatch.setattr(rewrite, "rewrite_conv_transpose", off_by_a_bit)
+    monkeypatch.setattr(rewrite, "rewrite_conv_transpose", faulty)
     with caplog.at_level(logging.WARNING, logger="ganserve.server.rewrite"):
         assert rewritten_model(path, _session) is None
     assert "serving the original" in caplog.text
+
+
+def test_the_check_compares_shapes_and_non_finite_values() -> None:
+    a = np.array([[0.5, np.inf, np.nan]])
+    assert rewrite._difference(a, a.copy()) == 0.0
+    assert rewrite._difference(a, a + np.array([[1e-6, 0, 0]])) == pytest.approx(1e-6)
+    assert rewrite._difference(a, np.array([[0.5, np.inf, 0.0]])) == np.inf
+    assert rewrite._difference(a, np.array([[np.nan, np.inf, np.nan]])) == np.inf
+    assert rewrite._difference(a, a[:, :2]) == np.inf
+    assert rewrite._difference(np.full(3, 10.0), np.full(3, 10.5)) == pytest.approx(0.05)
+
+
+def test_the_check_feeds_real_inputs_only() -> None:
+    b = _Builder(channels=8)
+    b.conv_t(16)
+    model = b.model()
+    model.graph.input.append(helper.make_tensor_value_info("k", TensorProto.INT64, ["N", 2]))
+    model.graph.input.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [8, 16, 4, 4]))
+    feeds = rewrite._check_inputs(model, batch=5)
+    assert set(feeds) == {"x", "k"}  # w0 is a weight (it has an initializer)
+    assert feeds["x"].shape == (5, 8, 5, 7) and feeds["x"].dtype == np.float32
+    assert feeds["k"].dtype == np.int64 and not feeds["k"].any()
+
+
+@pytest.mark.parametrize("opset", [9, 11, 12, 13])
+def test_older_opsets_keep_their_version(opset: int) -> None:
+    """Ops whose schema changed at opset 11-13 (Clip's attributes, Unsqueeze's axes) keep
+    working: the rewrite does not raise the opset, and DepthToSpace gets its ``mode``
+    attribute only where it exists (opset 11 on; before, DCR was the only mode)."""
+    b = _Builder(channels=8)
+    b.conv_t(16, bias=True)
+    b.act("Relu")
+    if opset < 11:
+        b.act("Clip", min=-0.5, max=0.5)
+    elif opset < 13:
+        b.act("Unsqueeze", axes=[0])
+        b.act("Squeeze", axes=[0])
+    original = b.model(opset=opset)
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == 1
+    assert [o.version for o in model.opset_import] == [opset]
+    d2s = next(n for n in model.graph.node if n.op_type == "DepthToSpace")
+    assert any(a.name == "mode" for a in d2s.attribute) is (opset >= 11)
+    _assert_same(original, model)
+
+
+def test_explicit_zero_output_padding_is_rewritten() -> None:
+    """torch's dynamo exporter writes output_padding=[0, 0] on every ConvTranspose."""
+    b = _Builder(channels=8)
+    b.conv_t(16, bias=True, output_padding=[0, 0])
+    original = b.model()
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == 1
+    _assert_same(original, model)
+
+
+def test_float16_layers_keep_their_dtype() -> None:
+    b = _Builder(channels=8)
+    b.nodes.append(helper.make_node("Cast", ["x"], ["x16"], to=TensorProto.FLOAT16))
+    w = np.random.default_rng(0).standard_normal((8, 16, 4, 4)) / 8
+    b.inits.append(numpy_helper.from_array(w.astype(np.float16), "w16"))
+    b.nodes.append(helper.make_node("ConvTranspose", ["x16", "w16"], ["t16"], **UP))
+    b.nodes.append(helper.make_node("Relu", ["t16"], ["r16"]))
+    b.nodes.append(helper.make_node("Cast", ["r16"], ["y"], to=TensorProto.FLOAT))
+    original = b.model("y")
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == 1
+    assert {t.data_type for t in model.graph.initializer} == {TensorProto.FLOAT16}
+    feeds = _feeds(original, 3)
+    a, r = _outputs(original, feeds)[0], _outputs(model, feeds)[0]
+    np.testing.assert_allclose(r, a, atol=2e-2 * max(1.0, float(np.abs(a).max())))
+
+
+def test_new_names_do_not_collide() -> None:
+    """An unnamed layer's new nodes are named after its output; a tensor of that name
+    already exists."""
+    b = _Builder(channels=8)
+    b.nodes.append(helper.make_node("Identity", ["x"], ["t1/phase00"], name="t1/phase01"))
+    b.conv_t(16, bias=True)
+    original = b.model(b.last, "t1/phase00")
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    assert rewrite_conv_transpose(model) == 1
+    onnx.checker.check_model(model)
+    assert len({n.name for n in model.graph.node}) == len(model.graph.node)
+    _assert_same(original, model)
+
+
+def test_an_unsorted_graph_is_left_alone() -> None:
+    b = _Builder(channels=8)
+    b.conv_t(16, bias=True)
+    b.act("Relu")
+    b.nodes.reverse()  # valid for ONNX Runtime, which sorts it
+    model = b.model()
+    assert rewrite_conv_transpose(model) == 0
 
 
 def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
