@@ -146,8 +146,13 @@ def _topologically_sorted(graph: onnx.GraphProto) -> bool:
     return True
 
 
-def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
+def rewrite_conv_transpose(model: onnx.ModelProto, chain: bool = True) -> int:
     """Rewrite eligible ConvTranspose layers of ``model`` in place; returns how many.
+
+    ``chain``: an image layer after a rewritten one reads its phases (one dense 3x3 Conv)
+    instead of staying a ConvTranspose after the interleave. Measured with the bundled
+    DCGAN, images/s against not chaining: 0.92x on one thread (the dense Conv wastes 8/9
+    of its multiply-adds), 1.0-1.05x on two (ORT's ConvTranspose does not parallelise).
 
     The caller checks the result numerically (:func:`rewritten_model` does). A graph
     whose nodes are not in topological order (ONNX Runtime sorts such graphs itself)
@@ -190,7 +195,7 @@ def rewrite_conv_transpose(model: onnx.ModelProto) -> int:
         weight = inits[node.input[1]].astype(np.float64)  # (Cin, Cout, 4, 4)
         c_out = weight.shape[1]
         source, phases = stacks.get(node.input[0], (node.input[0], 1))
-        chained = phases == 2 and c_out <= _MAX_CHAINED_CHANNELS
+        chained = chain and phases == 2 and c_out <= _MAX_CHAINED_CHANNELS
         if not chained and c_out < _MIN_PHASE_CHANNELS:
             emit.nodes.append(node)
             continue
@@ -334,7 +339,7 @@ def _check_inputs(model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[str
 
 
 def rewritten_model(
-    path: Path, make_session: Any, tolerance: float = 1e-4
+    path: Path, make_session: Any, tolerance: float = 1e-4, chain: bool = True
 ) -> tuple[bytes, int] | None:
     """The model at ``path`` with its ConvTranspose layers rewritten, as bytes, and the
     number rewritten; None when nothing applies or the check fails (logged).
@@ -347,7 +352,7 @@ def rewritten_model(
     """
     try:
         model = onnx.load(str(path))
-        count = rewrite_conv_transpose(model)
+        count = rewrite_conv_transpose(model, chain)
         data = model.SerializeToString() if count else b""  # ValueError over 2 GiB
     except Exception:  # a graph this code did not foresee: serve the original
         log.warning(

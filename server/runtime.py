@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,7 +170,10 @@ def session_source(
 ) -> tuple[str | bytes, int]:
     """What to build the session from: the file, or on CPU with
     ``rewrite_conv_transpose`` the rewritten graph as bytes; and how many layers the
-    rewrite changed (0: the file as is)."""
+    rewrite changed (0: the file as is). The image layer is chained onto the phases when
+    the session has more than one intra-op thread (``rewrite_conv_transpose``). A
+    runner's small-batch twin gets the same graph: one graph per runner keeps a
+    request's bytes independent of the batch it ran in."""
     if not config.rewrite_conv_transpose or providers[0] != _CPU:
         return str(path), 0
     check_options = _session_options(replace(config, intra_op_threads=1))
@@ -177,7 +181,8 @@ def session_source(
     def make_session(model: str | bytes) -> ort.InferenceSession:
         return ort.InferenceSession(model, sess_options=check_options, providers=[_CPU])
 
-    found = rewritten_model(Path(path), make_session)
+    threads = config.intra_op_threads or os.cpu_count() or 1  # 0: ORT takes every core
+    found = rewritten_model(Path(path), make_session, chain=threads > 1)
     return found if found is not None else (str(path), 0)
 
 

@@ -126,16 +126,20 @@ def _assert_same(original: onnx.ModelProto, rewritten: onnx.ModelProto) -> None:
 
 
 @pytest.mark.parametrize("num_classes", [0, 10])
-def test_dcgan_generator_runs_as_phase_convolutions(tmp_path: Path, num_classes: int) -> None:
+@pytest.mark.parametrize("chain", [True, False])
+def test_dcgan_generator_runs_as_phase_convolutions(
+    tmp_path: Path, num_classes: int, chain: bool
+) -> None:
     path = make_tiny_dcgan(tmp_path / "model.onnx", num_classes=num_classes)
     original = onnx.load(str(path))
     model = onnx.load(str(path))
-    assert rewrite_conv_transpose(model) == 2
+    assert rewrite_conv_transpose(model, chain=chain) == (2 if chain else 1)
     ops = _ops(model)
-    # BatchNorm folded, Relu moved before the interleave, one interleave left (the chained
-    # image layer reads the hidden layer's phases directly).
-    assert "ConvTranspose" not in ops and "BatchNormalization" not in ops
-    assert ops.count("DepthToSpace") == 1 and ops.count("Conv") == 5
+    # BatchNorm folded, Relu moved before the interleave; chained, the image layer reads
+    # the hidden layer's phases directly (one interleave left, of the image); else it
+    # stays a ConvTranspose after the hidden layer's interleave.
+    assert "BatchNormalization" not in ops and ops.count("DepthToSpace") == 1
+    assert (ops.count("ConvTranspose"), ops.count("Conv")) == ((0, 5) if chain else (1, 4))
     _assert_same(original, model)
 
 
@@ -377,6 +381,8 @@ def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
     assert (on.rewritten, off.rewritten) == (2, 0)
     for n in (1, 12):  # the single-threaded small-batch twin and the main session
         np.testing.assert_allclose(on.run(z[:n], y[:n]), off.run(z[:n], y[:n]), atol=1e-5)
+    # one graph for both sessions: an image's bytes do not depend on the batch it ran in
+    assert on.run(z[:1], y[:1]).tobytes() == on.run(z, y)[:1].tobytes()
     # the same request gives the same bytes every time
     assert on.run(z, y).tobytes() == on.run(z, y).tobytes()
 
@@ -417,3 +423,12 @@ def test_a_tensor_a_subgraph_reads_keeps_its_value() -> None:
     assert rewrite_conv_transpose(model) == 1
     assert "BatchNormalization" in _ops(model)
     _assert_same(original, model)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_image_layer_is_chained_only_with_several_threads(tmp_path: Path, threads: int) -> None:
+    path = make_tiny_dcgan(tmp_path / "model.onnx")
+    runner = OrtRunner(
+        path, read_spec(path, "tiny-dcgan", "1"), RuntimeConfig(intra_op_threads=threads)
+    )
+    assert runner.rewritten == (2 if threads > 1 else 1)
