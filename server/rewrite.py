@@ -194,26 +194,26 @@ def rewrite_conv_transpose(model: onnx.ModelProto, chain: bool = True) -> int:
         emit.dtype = inits[node.input[1]].dtype
         weight = inits[node.input[1]].astype(np.float64)  # (Cin, Cout, 4, 4)
         c_out = weight.shape[1]
-        source, phases = stacks.get(node.input[0], (node.input[0], 1))
+        stack_in, phases = stacks.get(node.input[0], (node.input[0], 1))
         chained = chain and phases == 2 and c_out <= _MAX_CHAINED_CHANNELS
         if not chained and c_out < _MIN_PHASE_CHANNELS:
             emit.nodes.append(node)
             continue
-        if not chained:
-            source = node.input[0]
+        source = stack_in if chained else node.input[0]
         has_bias = len(node.input) > 2 and node.input[2]
         bias = inits[node.input[2]].astype(np.float64) if has_bias else np.zeros(c_out)
         # Absorb BatchNormalization (inference mode, constant statistics) and activations.
         out = node.output[0]
         bn = sole_consumer(out, {"BatchNormalization"})
+        bn_attrs = _attrs(bn) if bn is not None else {}
         if (
             bn is not None
-            and not _attrs(bn).get("training_mode", 0)
+            and not bn_attrs.get("training_mode", 0)
             and len(bn.output) == 1
             and all(name in inits for name in bn.input[1:5])
         ):
             scale, shift, mean, var = (inits[name].astype(np.float64) for name in bn.input[1:5])
-            k = scale / np.sqrt(var + _attrs(bn).get("epsilon", 1e-5))
+            k = scale / np.sqrt(var + bn_attrs.get("epsilon", 1e-5))
             weight = weight * k[None, :, None, None]
             bias = (bias - mean) * k + shift
             absorbed.add(id(bn))

@@ -116,19 +116,13 @@ def make_tiny_generator(
             numpy_helper.from_array(out_shape, "out_shape"),
         ],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ganserve-tests"
-    )
-    model.ir_version = IR_VERSION
     meta = _metadata(name, version, latent_dim, num_classes, image_shape)
     for key, value in (metadata_overrides or {}).items():
         if value is None:
             meta.pop(key, None)
         else:
             meta[key] = value
-    helper.set_model_props(model, meta)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, meta, path)
 
 
 def make_tiny_dcgan(
@@ -191,12 +185,17 @@ def make_tiny_dcgan(
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 28, 28])],
         initializer=inits,
     )
+    meta = _metadata(name, version, latent_dim, num_classes, (1, 28, 28))
+    meta["ganserve.architecture"] = "dcgan"
+    return _save(graph, meta, path)
+
+
+def _save(graph: onnx.GraphProto, meta: dict[str, str], path: Path) -> Path:
+    """The graph as a model of the tests' opset and IR version, with ``meta``, at ``path``."""
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="ganserve-tests"
     )
     model.ir_version = IR_VERSION
-    meta = _metadata(name, version, latent_dim, num_classes, (1, 28, 28))
-    meta["ganserve.architecture"] = "dcgan"
     helper.set_model_props(model, meta)
     onnx.save(model, str(path))
     return path
