@@ -310,10 +310,12 @@ class Batcher:
         except Exception:  # a bug here must not leave waiters hanging silently
             log.exception("batcher worker of model %s crashed", self._model)
             crashed = Internal(f"batcher of model '{self._model}' crashed")
+            # Stop accepting (and fail the queue) before any waiter hears of the crash,
+            # so a caller told "crashed" never finds the batcher still accepting.
+            self._fail_all(crashed)
             # The batch in hand is off the queue: its waiters are told here (a result
             # already posted for one of them arrives first and wins).
             self._post([(req.future, None, crashed) for req, _, _ in pieces or ()])
-            self._fail_all(crashed)
         finally:
             with self._cond:
                 self._accepting = False
