@@ -90,7 +90,7 @@ def measure_raw_ort(
     if ort_defaults:  # ORT as it comes: the file as it is, default options
         options.log_severity_level = 3
     else:
-        source, _ = runtime.session_source(path, config, providers)
+        source, _, _ = runtime.session_source(path, config, providers)
     session = ort.InferenceSession(source, sess_options=options, providers=providers)
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     dims = _input_dims(path)

@@ -95,6 +95,13 @@ class Metrics:
             ("model", "version", "state"),
             registry=r,
         )
+        self.model_rewritten_layers = Gauge(
+            "ganserve_model_rewritten_layers",
+            "ConvTranspose layers of a loaded model version that run as phase convolutions "
+            "(0: the graph as exported).",
+            ("model", "version"),
+            registry=r,
+        )
         self.model_load_failures_total = Counter(
             "ganserve_model_load_failures_total",
             "Model files that failed to load or warm up.",
@@ -110,6 +117,9 @@ class Metrics:
 
     def set_model_state(self, model: str, version: str, state: str | None) -> None:
         """Mark ``state`` as current for a version; ``None`` removes the version's series."""
+        if state is None:
+            with contextlib.suppress(KeyError):
+                self.model_rewritten_layers.remove(model, version)
         for s in STATES:
             if state is None:
                 with contextlib.suppress(KeyError):

@@ -226,8 +226,10 @@ class ModelRepository:
         batcher = Batcher(runner.run, self._batching, self._metrics, scan.name)
         await batcher.start()
         log.info(
-            "loaded model %s version %s (%s, latent %d, %d classes) on %s",
+            "loaded model %s version %s (%s, latent %d, %d classes) on %s, "
+            "%d ConvTranspose layer(s) rewritten",
             spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes, runner.device,
+            runner.rewritten,
         )  # fmt: skip
         return LoadedModel(spec, runner, batcher), ""
 
@@ -268,6 +270,9 @@ class ModelRepository:
                     retired.append(entry.model)
                 entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
                 self._set_state(scan.name, scan.version, entry, "READY", "")
+                self._metrics.model_rewritten_layers.labels(scan.name, scan.version).set(
+                    model.runner.rewritten
+                )
                 report["loaded"].append(key)
             self._refresh_serving()
             for old in retired:

@@ -167,23 +167,30 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
 
 def session_source(
     path: Path, config: RuntimeConfig, providers: list[Any]
-) -> tuple[str | bytes, int]:
+) -> tuple[str | bytes, int, ort.InferenceSession | None]:
     """What to build the session from: the file, or on CPU with
-    ``rewrite_conv_transpose`` the rewritten graph as bytes; and how many layers the
-    rewrite changed (0: the file as is). The image layer is chained onto the phases when
-    the session has more than one intra-op thread (``rewrite_conv_transpose``). A
-    runner's small-batch twin gets the same graph: one graph per runner keeps a
-    request's bytes independent of the batch it ran in."""
+    ``rewrite_conv_transpose`` the rewritten graph as bytes; how many layers the
+    rewrite changed (0: the file as is); and the single-threaded session the load check
+    built from that graph (None without a rewrite). The image layer is chained onto the
+    phases when the session has more than one intra-op thread. A runner's small-batch
+    twin gets the same graph (one graph per runner keeps a request's bytes independent
+    of the batch it ran in) and reuses the check's session: its options are the twin's."""
     if not config.rewrite_conv_transpose or providers[0] != _CPU:
-        return str(path), 0
+        return str(path), 0, None
     check_options = _session_options(replace(config, intra_op_threads=1))
+    built: list[ort.InferenceSession] = []  # sessions of rewritten graphs, in order
 
     def make_session(model: str | bytes) -> ort.InferenceSession:
-        return ort.InferenceSession(model, sess_options=check_options, providers=[_CPU])
+        session = ort.InferenceSession(model, sess_options=check_options, providers=[_CPU])
+        if isinstance(model, bytes):
+            built.append(session)
+        return session
 
     threads = config.intra_op_threads or os.cpu_count() or 1  # 0: ORT takes every core
     found = rewritten_model(Path(path), make_session, chain=threads > 1)
-    return found if found is not None else (str(path), 0)
+    if found is None:
+        return str(path), 0, None
+    return found[0], found[1], built[-1]
 
 
 class OrtRunner:
@@ -193,7 +200,7 @@ class OrtRunner:
         self.path = Path(path)
         self.spec = spec
         providers = resolve_providers(config.device)
-        source, self.rewritten = session_source(self.path, config, providers)
+        source, self.rewritten, checked = session_source(self.path, config, providers)
         self._session = ort.InferenceSession(
             source, sess_options=_session_options(config), providers=providers
         )
@@ -209,10 +216,14 @@ class OrtRunner:
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
         if self.device == "cpu" and config.small_batch_max > 0 and config.intra_op_threads != 1:
-            self._small = ort.InferenceSession(
-                source,
-                sess_options=_session_options(replace(config, intra_op_threads=1)),
-                providers=[_CPU],
+            self._small = (
+                checked
+                if checked is not None
+                else ort.InferenceSession(
+                    source,
+                    sess_options=_session_options(replace(config, intra_op_threads=1)),
+                    providers=[_CPU],
+                )
             )
             self._small_max = config.small_batch_max
         self._conditional = spec.num_classes > 0

@@ -17,6 +17,7 @@ EXPECTED = {
     "ganserve_images": "counter",
     "ganserve_queue_depth": "gauge",
     "ganserve_model_state": "gauge",
+    "ganserve_model_rewritten_layers": "gauge",
     "ganserve_model_load_failures": "counter",
     "ganserve_reloads": "counter",
 }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_onnx import make_tiny_generator, model_path, write_broken_file
+from tiny_onnx import make_tiny_dcgan, make_tiny_generator, model_path, write_broken_file
 
 from ganserve.server.batcher import BatchingConfig
 from ganserve.server.errors import InvalidArgument, NotFound, Unavailable
@@ -255,6 +255,21 @@ async def test_removed_version_stops_taking_traffic(tmp_path: Path, repo: ModelR
     assert not old.batcher.accepting
     with pytest.raises(Unavailable):
         await old.generate(np.zeros((1, 8), np.float32), None)
+
+
+async def test_rewritten_layers_metric_follows_the_loaded_versions(  # type: ignore[no-untyped-def]
+    tmp_path: Path, repo: ModelRepository, metrics
+) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    make_tiny_dcgan(model_path(tmp_path, "conv", "1"))
+    await repo.start()
+    layers = "ganserve_model_rewritten_layers"
+    # single-threaded session (RUNTIME): the hidden layer is rewritten, the image layer not
+    assert _value(metrics, layers, model="conv", version="1") == 1
+    assert _value(metrics, layers, model="tiny", version="1") == 0  # no ConvTranspose
+    model_path(tmp_path, "conv", "1").unlink()
+    await repo.reload()
+    assert _value(metrics, layers, model="conv", version="1") is None
 
 
 async def test_a_version_in_use_is_closed_only_after_its_last_user(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -385,6 +386,28 @@ def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
     assert on.run(z[:1], y[:1]).tobytes() == on.run(z, y)[:1].tobytes()
     # the same request gives the same bytes every time
     assert on.run(z, y).tobytes() == on.run(z, y).tobytes()
+
+
+def test_the_twin_reuses_the_load_check_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load check's single-threaded session of the rewritten graph is the twin:
+    original + rewritten for the check, the main session, and no fourth."""
+    path = make_tiny_dcgan(tmp_path / "model.onnx")
+    sources: list[str | bytes] = []
+    real = ort.InferenceSession
+
+    def counting(source: str | bytes, *args: Any, **kwargs: Any) -> ort.InferenceSession:
+        sources.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    config = RuntimeConfig(device="cpu", intra_op_threads=2, small_batch_max=4)
+    runner = OrtRunner(path, read_spec(path, "tiny-dcgan", "1"), config)
+    assert runner.rewritten == 2 and runner.small_batch_max == 4
+    assert [isinstance(s, bytes) for s in sources] == [False, True, True]
+    z = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    assert runner.run(z[:1]).tobytes() == runner.run(z)[:1].tobytes()  # twin and main agree
 
 
 def test_weights_that_can_be_fed_are_left_alone() -> None:
