@@ -30,10 +30,14 @@ __all__ = ["MAX_SEED", "MIN_TRUNCATION", "latent_cost_us", "latent_from_seed", "
 
 
 def latent_cost_us(count: int, truncation: float | None = None) -> float:
-    """A rough CPU cost of ``count`` latents from the seed rule, in microseconds (measured
-    on the 2-core development VM: ~60 us each, ~30 + 30 / psi with truncation psi); used
-    to decide when the work leaves an event loop."""
-    per = 60.0 if truncation is None else 30.0 + 30.0 / max(truncation, MIN_TRUNCATION)
+    """A rough CPU cost of ``count`` 100-d latents from the seed rule, in microseconds;
+    used to decide when the work leaves an event loop. Measured on the 2-core development
+    VM (2026-12-04): ~7 us each seed by seed (under ``_VECTOR_MIN``), ~3 us each with the
+    vectorised hash, plus ~13 / psi us each for truncation psi's redraws (psi 1: 12-17
+    us in all, psi 0.05: 165-260 us); rounded up, not down."""
+    per = 7.0 if count < _VECTOR_MIN else 3.0
+    if truncation is not None:
+        per += 13.0 / max(truncation, MIN_TRUNCATION)
     return count * per
 
 

@@ -60,7 +60,7 @@ _STATES["FAILED"] = pb.LOAD_STATE_FAILED
 # so one large request does not stall the small ones of other clients.
 _OFFLOAD_IMAGES = 256
 # The same for latents from seeds, by their estimated cost (truncation makes each dearer:
-# ~0.6 ms at psi 0.05): 15 ms is ~256 untruncated latents.
+# ~0.26 ms at psi 0.05): 15 ms is ~5,000 untruncated latents, ~57 at psi 0.05.
 _OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7

@@ -54,3 +54,14 @@ def test_the_vectorised_path_is_used_and_checks_its_arguments() -> None:
         latents_from_seeds(-1, 40, 4)
     with pytest.raises(ValueError, match="2\\*\\*64"):
         latents_from_seeds(MAX_SEED - 10, 40, 4)
+
+
+def test_latent_cost_estimate_follows_the_measured_shape() -> None:
+    """Seed by seed is dearer per latent than the vectorised hash; truncation adds a
+    redraw cost that grows as psi shrinks and stops growing at MIN_TRUNCATION."""
+    per = [seeds.latent_cost_us(n) / n for n in (1, seeds._VECTOR_MIN - 1, seeds._VECTOR_MIN)]
+    assert per[0] == per[1] > per[2] > 0
+    assert seeds.latent_cost_us(64, 2.0) < seeds.latent_cost_us(64, 0.5)
+    assert seeds.latent_cost_us(64, 0.5) < seeds.latent_cost_us(64, seeds.MIN_TRUNCATION)
+    assert seeds.latent_cost_us(64, 0.01) == seeds.latent_cost_us(64, seeds.MIN_TRUNCATION)
+    assert seeds.latent_cost_us(0) == 0
