@@ -145,6 +145,17 @@ class _Scan:
     fingerprint: tuple[int, int] = field(default=(0, 0))
 
 
+# Longest client-given name or version echoed back in an error message: the message
+# travels in the trailers, and a client's metadata limit (8 KiB soft, 16 KiB hard in
+# gRPC core, after percent-encoding) turns a longer one into RESOURCE_EXHAUSTED.
+_ECHO_MAX = 100
+
+
+def _shown(text: str) -> str:
+    """A client-given name as quoted in an error message, cut to ``_ECHO_MAX``."""
+    return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"
+
+
 def _version_key(version: str) -> int:
     return int(version)
 
@@ -344,7 +355,7 @@ class ModelRepository:
         versions = self._models.get(name)
         if not versions:
             available = ", ".join(sorted(self._models)) or "none"
-            raise NotFound(f"model '{name}' not found; available: {available}")
+            raise NotFound(f"model '{_shown(name)}' not found; available: {available}")
         return versions
 
     def _pick(self, name: str, version: str) -> tuple[str, _Version]:
@@ -353,7 +364,9 @@ class ModelRepository:
         if version:
             if version not in versions:
                 available = ", ".join(sorted(versions, key=_version_key))
-                raise NotFound(f"model '{name}' has no version '{version}'; available: {available}")
+                raise NotFound(
+                    f"model '{name}' has no version '{_shown(version)}'; available: {available}"
+                )
             return version, versions[version]
         ordered = sorted(versions, key=_version_key, reverse=True)
         ready = [v for v in ordered if versions[v].model is not None]

@@ -99,13 +99,14 @@ async def _plan(
 _LARGE_LATENT = 100.0
 
 
-def _non_finite_output(z: np.ndarray) -> GanServeError:
+def _non_finite_output(z: np.ndarray, field: str = "latents") -> GanServeError:
     """The error for NaN/infinite model output: the caller's if its latents were huge
-    (finite, but overflowing inside the model), the model's otherwise."""
+    (finite, but overflowing inside the model), the model's otherwise. ``field``: the
+    request field the latents came from."""
     top = float(np.abs(z).max()) if z.size else 0.0
     if top > _LARGE_LATENT:
         return InvalidArgument(
-            f"latents: the model's output is not finite (NaN or infinity) for latents this "
+            f"{field}: the model's output is not finite (NaN or infinity) for latents this "
             f"large (max |z| = {top:.3g}); use values of the order of a standard normal's"
         )
     return Internal("the model produced non-finite values (NaN or infinity)")
@@ -378,11 +379,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         deadline: float | None,
         context: aio.ServicerContext,
         encoding: str,
+        field: str = "latents",
     ) -> tuple[np.ndarray, bytes, list[bytes]]:
-        """Generate and encode: (images (N, C, H, W), raw bytes, pngs)."""
+        """Generate and encode: (images (N, C, H, W), raw bytes, pngs); ``field`` names
+        the request field of ``z`` in the error for non-finite output."""
         images = await model.generate(z, y, deadline, context.done)
         if not np.isfinite(images).all():  # ~1 us per image
-            raise _non_finite_output(z)
+            raise _non_finite_output(z, field)
         if images.shape[0] >= _OFFLOAD_IMAGES:
             raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
         else:
@@ -496,7 +499,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     @_rpc("Interpolate")
     async def Interpolate(self, request: Any, context: Any, call: _Call) -> pb.InterpolateResponse:
         model = self._model(request, call)
-        seeds = sum(k.WhichOneof("source") == "seed" for k in request.keyframes)
+        # Counted only under the limit: millions of (empty) keyframes fit in one message,
+        # and a Python loop over them would stall the event loop for seconds;
+        # plan_interpolate rejects more keyframes than steps (<= the limit) at once.
+        keys = request.keyframes
+        seeds = 0
+        if len(keys) <= self._limits.max_images_per_request:
+            seeds = sum(k.WhichOneof("source") == "seed" for k in keys)
         plan = await _plan(plan_interpolate, request, model.spec, self._limits, seeds)
         steps = plan.z.shape[0]
         self._check_size(
@@ -508,7 +517,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             extra_per_image=4 * model.spec.num_classes,  # class_weights, conditional only
         )
         images, raw, pngs = await self._run(
-            model, plan.z, plan.y, _deadline(context), context, plan.encoding
+            model, plan.z, plan.y, _deadline(context), context, plan.encoding, "keyframes"
         )
         response = pb.InterpolateResponse(model=model.spec.name, version=model.spec.version)
         _fill_images(response.images, images, raw, pngs, plan.encoding)
@@ -521,7 +530,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     @_rpc("Arithmetic")
     async def Arithmetic(self, request: Any, context: Any, call: _Call) -> pb.ArithmeticResponse:
         model = self._model(request, call)
-        seeds = sum(len(t.seeds.seeds) for t in request.terms)
+        # As in Interpolate: plan_arithmetic rejects more terms than the limit at once.
+        terms = request.terms
+        seeds = 0
+        if len(terms) <= self._limits.max_images_per_request:
+            seeds = sum(len(t.seeds.seeds) for t in terms)
         plan = await _plan(plan_arithmetic, request, model.spec, self._limits, seeds)
         self._check_size(
             model.spec,
@@ -534,7 +547,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         )
         z = plan.latents[: plan.n_images]  # (1 [+ T], D)
         images, raw, pngs = await self._run(
-            model, z, plan.y, _deadline(context), context, plan.encoding
+            model, z, plan.y, _deadline(context), context, plan.encoding, "terms"
         )
         # One encode for the result and the term images: split the bytes afterwards.
         per_image = len(raw) // images.shape[0]
