@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ganserve.clients import images
-from ganserve.clients.errors import InvalidRequest
+from ganserve.clients.errors import InvalidRequest, ModelNotFound
 from ganserve.clients.sync import GanClient
 
-__all__ = ["COMMANDS", "Command"]
+__all__ = ["COMMANDS", "Command", "positive_float"]
 
 Command = Callable[[GanClient, argparse.Namespace], int]
 
@@ -116,7 +117,7 @@ def _add_interpolate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=("slerp", "lerp"), default="slerp")
     parser.add_argument("--truncation", type=float, help="truncation psi > 0")
     parser.add_argument("--out", default="morph.gif", help=".gif animation, .png strip, .npy")
-    parser.add_argument("--fps", type=float, default=12.0, help="GIF frames per second")
+    parser.add_argument("--fps", type=positive_float, default=12.0, help="GIF frames per second")
     parser.add_argument("--boomerang", action="store_true", help="GIF plays forward then back")
     _picture_options(parser, scale=4)
 
@@ -213,12 +214,26 @@ def _add_health(parser: argparse.ArgumentParser) -> None:
 
 
 def _health(client: GanClient, args: argparse.Namespace) -> int:
-    status = client.health(args.service)
+    try:
+        status = client.health(args.service)
+    except ModelNotFound as exc:  # the health protocol's answer for a service it does not know
+        raise ModelNotFound(f"unknown service {args.service!r}", exc.code) from exc
     print(status)
     return 0 if status == "SERVING" else 4
 
 
 # ------------------------------------------------------------------ helpers
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (an --fps of 0 or -5 was taken silently)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name, e.g. mnist-cdcgan")
     parser.add_argument("--model-version", default="", help="version (default: latest)")

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from ganserve.clients._channel import DEFAULT_TARGET
-from ganserve.clients._commands import COMMANDS, Command
+from ganserve.clients._commands import COMMANDS, Command, positive_float
 from ganserve.clients.errors import (
     DeadlineExceeded,
     GanServeError,
@@ -78,7 +78,10 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "--token", default=default(None), help="bearer token (default $GANSERVE_TOKEN)"
     )
     group.add_argument(
-        "--timeout", type=float, default=default(30.0), help="seconds per call (default 30)"
+        "--timeout",
+        type=positive_float,
+        default=default(30.0),
+        help="seconds per call (default 30)",
     )
 
 

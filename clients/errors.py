@@ -108,7 +108,9 @@ def from_rpc_error(error: grpc.RpcError) -> GanServeError:
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
-    details = (details_fn() if callable(details_fn) else None) or str(error) or code.name
+    details = details_fn() if callable(details_fn) else None
+    if not details:  # str() of a grpc.Call is its multi-line repr, not a message
+        details = f"{code.name} (no message)" if callable(code_fn) else str(error) or code.name
     cls = _BY_CODE.get(code, GanServeError)
     return cls(details, code)
 

@@ -112,6 +112,10 @@ def test_health(server) -> None:
     assert ok("health", "--target", server.target).strip() == "SERVING"
 
 
+GIF = ("--from-seed", "1", "--to-seed", "2")
+FPS, BAD = "--fps: must be a finite number > 0", ("0", "-5", "nan")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
@@ -121,6 +125,12 @@ def test_health(server) -> None:
         (("sample", "--model", "tiny-cond", "--out", "/no/such/dir/x.png"), 1, "/no/such/dir"),
         (("arithmetic", "--model", "tiny-cond", "--term", "1:colors=3"), 2, "bad term"),
         (("interpolate", "--model", "tiny-cond", "--from-seed", "1"), 2, "--to-seed"),
+        # was: a GIF at 12 fps (0) or 50 fps (-5), and "cannot convert float NaN" (nan)
+        *((("interpolate", "--model", "tiny-uncond", *GIF, "--fps", fps), 2, FPS) for fps in BAD),
+        # was: "Deadline Exceeded", exit 4, as if the server had been too slow
+        (("models", "--timeout", "-1"), 2, "--timeout: must be a finite number > 0"),
+        # was: the repr of grpc's _InactiveRpcError (the health service sends no message)
+        (("health", "--service", "nope"), 3, "unknown service 'nope'"),
     ],
 )
 def test_user_errors_exit_codes_without_traceback(server, args, code, message, capsys) -> None:
