@@ -309,6 +309,9 @@ def plan_arithmetic(req: pb.ArithmeticRequest, spec: ModelSpec, limits: Limits) 
     n_terms = len(req.terms)
     if n_terms < 1:
         raise InvalidArgument("terms: need at least one term")
+    if req.return_term_images:  # one image per term and the result's
+        hint = " (return_term_images: one image per term plus the result)"
+        _over_limit("terms", n_terms, limits.max_images_per_request - 1, hint)
     _over_limit("terms", n_terms, limits.max_images_per_request)
     n_seeds = sum(len(t.seeds.seeds) for t in req.terms)
     _over_limit("terms[].seeds.seeds (total)", n_seeds, limits.max_images_per_request)

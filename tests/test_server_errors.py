@@ -229,6 +229,13 @@ def test_arithmetic_latents_count_in_the_size_check(start_server, tmp_path) -> N
         assert ok.latents.count == 101 and ok.result.count == 1
         # without the latents the same 400 terms are one small image
         assert stub.Arithmetic(arith("wide", *many), timeout=60).result.count == 1
+        # term images: the result and 400 term images are 401, one over the limit
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Arithmetic(arith("wide", *many, return_term_images=True), timeout=60)
+        assert info.value.code() == INVALID, info.value.details()
+        assert "terms: 400 is over the server's limit of 399" in info.value.details()
+        ok = stub.Arithmetic(arith("wide", *many[:399], return_term_images=True), timeout=60)
+        assert ok.term_images.count == 399 and ok.result.count == 1
 
 
 def test_latents_that_overflow_the_model_are_refused_not_nan(start_server, tmp_path) -> None:
