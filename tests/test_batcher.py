@@ -367,8 +367,12 @@ async def test_back_to_back_arrivals_after_an_inline_run_are_batched(  # type: i
     """Arrivals that queued while an inline inference blocked the loop must batch."""
     infer.delay = 0.05  # far longer than the gap between the tasks below
     batcher = await make_batcher(inline_max_images=4, max_queue_delay_ms=200)
+    start = time.perf_counter()
     await batcher.submit(_z(1), None)  # sets the inline inference time
-    await asyncio.sleep(0.06)  # a pause longer than one inference: the next one is "idle"
+    took = time.perf_counter() - start  # that inference and then some
+    # A pause longer than that inference as measured: the next one is "idle". (A fixed
+    # 0.06 s left 10 ms of slack: a first run slowed by more went to the worker.)
+    await asyncio.sleep(2 * took)
     zs = [_z(1, i) for i in range(4)]
     results = await asyncio.gather(*(batcher.submit(z, None) for z in zs))
     assert infer.threads[:2] == [threading.current_thread().name] * 2

@@ -59,7 +59,10 @@ def test_same_seed_same_bytes_across_two_processes(server, tiny_model_repo, star
 
 def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait_until) -> None:
     proc = start_server(repo_copy, "--grace-period-s", "30")
-    channel, client = stub(proc.target)
+    # No BDP probing: with it grpc may grow the HTTP/2 window past a whole stream (a loaded
+    # machine saw all three handlers finish, 15 MB each unread), and nothing is in flight.
+    channel = grpc.insecure_channel(proc.target, options=[("grpc.http2.bdp_probe", 0)])
+    client = pb_grpc.GeneratorStub(channel)
     with channel:
         streams = [
             client.SampleStream(pb.SampleRequest(model=UNCOND, count=5000, seed=i, chunk_size=500))
