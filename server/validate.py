@@ -312,7 +312,8 @@ def plan_arithmetic(req: pb.ArithmeticRequest, spec: ModelSpec, limits: Limits) 
     if req.return_term_images:  # one image per term and the result's
         hint = " (return_term_images: one image per term plus the result)"
         _over_limit("terms", n_terms, limits.max_images_per_request - 1, hint)
-    _over_limit("terms", n_terms, limits.max_images_per_request)
+    else:
+        _over_limit("terms", n_terms, limits.max_images_per_request)
     n_seeds = sum(len(t.seeds.seeds) for t in req.terms)
     _over_limit("terms[].seeds.seeds (total)", n_seeds, limits.max_images_per_request)
     weights = np.empty(n_terms, dtype=np.float64)

@@ -19,8 +19,8 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def stub(target: str) -> tuple[grpc.Channel, pb_grpc.GeneratorStub]:
-    channel = grpc.insecure_channel(target)
+def stub(target: str, *options: tuple[str, int]) -> tuple[grpc.Channel, pb_grpc.GeneratorStub]:
+    channel = grpc.insecure_channel(target, options=options)
     return channel, pb_grpc.GeneratorStub(channel)
 
 
@@ -61,8 +61,7 @@ def test_sigterm_drains_in_flight_requests(repo_copy, start_server, scrape, wait
     proc = start_server(repo_copy, "--grace-period-s", "30")
     # No BDP probing: with it grpc may grow the HTTP/2 window past a whole stream (a loaded
     # machine saw all three handlers finish, 15 MB each unread), and nothing is in flight.
-    channel = grpc.insecure_channel(proc.target, options=[("grpc.http2.bdp_probe", 0)])
-    client = pb_grpc.GeneratorStub(channel)
+    channel, client = stub(proc.target, ("grpc.http2.bdp_probe", 0))
     with channel:
         streams = [
             client.SampleStream(pb.SampleRequest(model=UNCOND, count=5000, seed=i, chunk_size=500))
