@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
-from ganserve.clients._sampling import PartFetch
+from ganserve.clients._sampling import ALWAYS_FITS_BYTES, PartFetch
 from ganserve.clients.errors import GanServeError
 from ganserve.clients.results import ModelInfo, ServerLimits
 from ganserve.v1 import generator_pb2 as pb
@@ -79,11 +79,21 @@ class ClientBase:
 
     def _remember_limits(self, msg: pb.ListModelsResponse) -> ServerLimits:
         limits = ServerLimits.from_proto(msg.limits)
-        # Plan with the smaller of the two receive limits: ours and the server's.
+        # Plan with the smaller limit of each direction: our receive limit and the
+        # server's send limit for responses, our send limit and its receive limit for
+        # requests (the channel uses max_message_bytes for both of ours).
         ours = self._config.max_message_bytes
-        theirs = limits.max_message_bytes or ours
-        self._limits = replace(limits, max_message_bytes=min(ours, theirs))
+        self._limits = replace(
+            limits,
+            max_message_bytes=min(ours, limits.max_message_bytes or ours),
+            max_request_bytes=min(ours, limits.request_bytes or ours),
+        )
         return self._limits
+
+    def _large_request(self, req: pb.InterpolateRequest | pb.ArithmeticRequest) -> int | None:
+        """The size of a request that may be over a receive limit (else None: it fits)."""
+        size = req.ByteSize()
+        return size if size > min(ALWAYS_FITS_BYTES, self._config.max_message_bytes) else None
 
     @staticmethod
     def _health_modules() -> tuple[Any, Any]:

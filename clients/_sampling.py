@@ -50,7 +50,25 @@ def _budget(limits: ServerLimits) -> int:
 def _request_fit(req: pb.SampleRequest, limits: ServerLimits) -> int:
     """Images whose latents and labels fit in one request message."""
     per_image = 4 * req.latents.dim + _LABEL_BYTES  # latents.dim is 0 for seeds
-    return max(1, _budget(limits) // per_image)
+    return max(1, int(limits.request_bytes * _MESSAGE_SLACK) // per_image)
+
+
+# The smallest receive limit a server can have (--max-request-bytes >= 1 MiB): a request
+# no larger always fits, and needs no look at the server's limits.
+ALWAYS_FITS_BYTES = 1 << 20
+
+
+def check_request_size(
+    req: pb.InterpolateRequest | pb.ArithmeticRequest, size: int, limits: ServerLimits
+) -> None:
+    """Refuse, before sending, a request over the server's receive limit: gRPC would
+    fail it with RESOURCE_EXHAUSTED, which the channel's retry policy would resend."""
+    if size > limits.request_bytes:
+        what = "keyframes" if isinstance(req, pb.InterpolateRequest) else "terms"
+        raise InvalidRequest(
+            f"the request is {size} bytes, over the server's max_request_bytes "
+            f"{limits.request_bytes}: send seeds instead of latent vectors, or fewer {what}"
+        )
 
 
 def plan_sample(req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo) -> SamplePlan:

@@ -25,7 +25,12 @@ from ganserve.clients._requests import (
     interpolate_request,
     sample_request,
 )
-from ganserve.clients._sampling import SampleAccumulator, plan_sample, split_sample
+from ganserve.clients._sampling import (
+    SampleAccumulator,
+    check_request_size,
+    plan_sample,
+    split_sample,
+)
 from ganserve.clients.errors import typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
@@ -162,6 +167,8 @@ class AsyncGanClient(ClientBase):
     ) -> InterpolateResult:
         """Frames through ``keyframes``; keywords as in ``GanClient.interpolate``."""
         req = interpolate_request(model, keyframes, labels=labels, **kwargs)
+        if (size := self._large_request(req)) is not None:
+            check_request_size(req, size, await self.limits())
         msg = await self._unary(self._stub.Interpolate, req, timeout)
         return InterpolateResult.from_proto(msg)
 
@@ -176,6 +183,8 @@ class AsyncGanClient(ClientBase):
     ) -> ArithmeticResult:
         """``G(sum_k weight_k * term_k)``; keywords as in ``GanClient.arithmetic``."""
         req = arithmetic_request(model, terms, label=label, **kwargs)
+        if (size := self._large_request(req)) is not None:
+            check_request_size(req, size, await self.limits())
         msg = await self._unary(self._stub.Arithmetic, req, timeout)
         return ArithmeticResult.from_proto(msg)
 

@@ -43,7 +43,8 @@ class ServerLimits:
     max_images_per_request: int
     max_images_per_stream: int
     max_stream_chunk: int
-    max_message_bytes: int
+    max_message_bytes: int  # largest response
+    max_request_bytes: int = 0  # largest request; 0: max_message_bytes (older servers)
 
     @classmethod
     def from_proto(cls, msg: pb.ServerLimits) -> ServerLimits:
@@ -52,7 +53,13 @@ class ServerLimits:
             msg.max_images_per_stream,
             msg.max_stream_chunk,
             msg.max_message_bytes,
+            msg.max_request_bytes,
         )
+
+    @property
+    def request_bytes(self) -> int:
+        """The largest request message the server takes."""
+        return self.max_request_bytes or self.max_message_bytes
 
 
 @dataclass(frozen=True)

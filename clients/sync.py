@@ -25,7 +25,12 @@ from ganserve.clients._requests import (
     interpolate_request,
     sample_request,
 )
-from ganserve.clients._sampling import SampleAccumulator, plan_sample, split_sample
+from ganserve.clients._sampling import (
+    SampleAccumulator,
+    check_request_size,
+    plan_sample,
+    split_sample,
+)
 from ganserve.clients.errors import typed_errors
 from ganserve.clients.results import (
     ArithmeticResult,
@@ -178,6 +183,8 @@ class GanClient(ClientBase):
         ``return_latents``, ``version``.
         """
         req = interpolate_request(model, keyframes, labels=labels, **kwargs)
+        if (size := self._large_request(req)) is not None:
+            check_request_size(req, size, self.limits())
         return InterpolateResult.from_proto(self._unary(self._stub.Interpolate, req, timeout))
 
     def arithmetic(
@@ -195,6 +202,8 @@ class GanClient(ClientBase):
         ``return_term_images``, ``return_latents``, ``version``.
         """
         req = arithmetic_request(model, terms, label=label, **kwargs)
+        if (size := self._large_request(req)) is not None:
+            check_request_size(req, size, self.limits())
         return ArithmeticResult.from_proto(self._unary(self._stub.Arithmetic, req, timeout))
 
     # --------------------------------------------------------------- health

@@ -72,7 +72,11 @@ class ServerConfig:
     max_images_per_stream: int = 1_000_000  # SampleStream count
     stream_chunk_default: int = 256  # SampleStream chunk_size = 0
     stream_chunk_max: int = 4096
-    max_message_bytes: int = 64 * MIB  # send and receive limit; ListModels reports it
+    max_message_bytes: int = 64 * MIB  # send limit (largest response); ListModels reports it
+    # Receive limit (largest request). Parsing runs on the event loop before any check,
+    # so it bounds how long one message can hold it; 16 MiB holds 4,096 explicit latents
+    # of up to ~1,000 dimensions.
+    max_request_bytes: int = 16 * MIB
     # RPCs the transport has taken but the event loop has not yet picked up (a burst).
     # Beyond it gRPC core cancels new RPCs with a bare CANCELLED (its default: random
     # from 1,000, all from 3,000); set well above the model queues, a burst reaches
@@ -145,6 +149,8 @@ class ServerConfig:
         )
         _check(self.max_message_bytes >= 1 * MIB, "--max-message-bytes must be >= 1 MiB")
         _check(self.max_message_bytes < 2**31, "--max-message-bytes must be < 2 GiB")
+        _check(self.max_request_bytes >= 1 * MIB, "--max-request-bytes must be >= 1 MiB")
+        _check(self.max_request_bytes < 2**31, "--max-request-bytes must be < 2 GiB")
         largest = max(self.max_images_per_request, self.stream_chunk_max)
         need = largest * _MNIST_FLOAT32_IMAGE_BYTES + MIB
         _check(
@@ -291,8 +297,13 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "max_message_bytes",
         int,
-        "gRPC send/receive limit (default 64 MiB; needs 1 MiB + 3136 B per image of the "
+        "largest response message (default 64 MiB; needs 1 MiB + 3136 B per image of the "
         "larger of --max-images-per-request and --stream-chunk-max)",
+    ),
+    _Option(
+        "max_request_bytes",
+        int,
+        "largest request message, e.g. explicit latents (default 16 MiB; >= 1 MiB)",
     ),
     _Option(
         "max_pending_rpcs",

@@ -115,13 +115,14 @@ class _Server:
             stream_chunk_default=cfg.stream_chunk_default,
             stream_chunk_max=cfg.stream_chunk_max,
             max_message_bytes=cfg.max_message_bytes,
+            max_request_bytes=cfg.max_request_bytes,
         )
         interceptors = [BearerTokenInterceptor(cfg.auth_token, metrics)] if cfg.auth_token else []
         server = aio.server(
             interceptors=interceptors,
             options=[
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
+                ("grpc.max_receive_message_length", cfg.max_request_bytes),
                 # A port already in use must fail loudly, not be silently shared.
                 ("grpc.so_reuseport", 0),
                 # A burst beyond gRPC core's pending-call backlog (1,000 by default) is

@@ -434,6 +434,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                 max_images_per_stream=lim.max_images_per_stream,
                 max_stream_chunk=lim.stream_chunk_max,
                 max_message_bytes=lim.max_message_bytes,
+                max_request_bytes=lim.max_request_bytes,
             ),
         )
 

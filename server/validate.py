@@ -56,7 +56,8 @@ class Limits:
     max_images_per_stream: int = 1_000_000
     stream_chunk_default: int = 256
     stream_chunk_max: int = 4096
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 64 * 1024 * 1024  # send limit
+    max_request_bytes: int = 16 * 1024 * 1024  # receive limit
 
 
 @dataclass

@@ -15,6 +15,7 @@ import ganserve.seeds
 from ganserve import clients
 from ganserve.cli import build_parser
 from ganserve.clients import errors, images
+from ganserve.clients._base import ClientBase
 from ganserve.clients._channel import ChannelConfig, resolve_target
 from ganserve.clients._requests import arithmetic_request, interpolate_request, sample_request
 from ganserve.clients._sampling import plan_sample, rebase, split_sample
@@ -353,3 +354,34 @@ def test_term_syntax() -> None:
         ["arithmetic", "--model", "m", "--term", "+1:seeds=1,2", "--term", "-0.5:seed=3"]
     )
     assert args.term == [(1.0, [1, 2]), (-0.5, [3])]
+
+
+def test_explicit_latents_are_split_by_the_servers_receive_limit() -> None:
+    """A request of 4,000 100-d latents (1.6 MB) is one Sample under a 64 MiB receive
+    limit, and parts of at most 0.9 MiB of latents under a 1 MiB one."""
+    z = np.zeros((4000, 100), np.float32)
+    req = sample_request("m", None, latents=z, encoding="uint8")
+    roomy = ServerLimits(4096, 10**6, 4096, 64 << 20, 64 << 20)
+    assert not plan_sample(req, roomy, model()).stream
+    tight = ServerLimits(4096, 10**6, 4096, 64 << 20, 1 << 20)
+    assert plan_sample(req, tight, model()).stream
+    sizes = [p.count for _, p in split_sample(req, tight, model())]
+    assert sum(sizes) == 4000 and max(sizes) == int((1 << 20) * 0.9) // 405
+    assert all(p.ByteSize() < 1 << 20 for _, p in split_sample(req, tight, model()))
+
+
+@pytest.mark.parametrize(
+    ("ours", "send", "receive", "planned"),
+    [
+        (64 << 20, 64 << 20, 16 << 20, (64 << 20, 16 << 20)),
+        (8 << 20, 64 << 20, 16 << 20, (8 << 20, 8 << 20)),  # our limit is both of ours
+        (64 << 20, 64 << 20, 0, (64 << 20, 64 << 20)),  # older server: one limit for both
+    ],
+)
+def test_limits_are_the_smaller_of_each_direction(ours, send, receive, planned) -> None:
+    client = ClientBase("h:1", max_message_bytes=ours)
+    msg = pb.ListModelsResponse(
+        limits=pb.ServerLimits(max_message_bytes=send, max_request_bytes=receive)
+    )
+    limits = client._remember_limits(msg)
+    assert (limits.max_message_bytes, limits.request_bytes) == planned

@@ -23,6 +23,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 50051, 8000)
     assert config.runtime.device == "auto" and config.batching.enabled
     assert config.max_images_per_request == 4096 and config.max_message_bytes == 64 * 2**20
+    assert config.max_request_bytes == 16 * 2**20
     assert config.auth_token is None and not config.tls
     assert config.runtime.rewrite_conv_transpose
 
@@ -78,6 +79,7 @@ def test_token_file(tmp_path: Path) -> None:
         (["--auth-token", ""], {}, "--auth-token"),
         (["--stream-chunk-default", "9000"], {}, "--stream-chunk-default"),
         (["--max-images-per-request", "100000"], {}, "--max-message-bytes"),
+        (["--max-request-bytes", "1000"], {}, "--max-request-bytes must be >= 1 MiB"),
         (["--log-level", "loud"], {}, "--log-level"),
         ([], {"GANSERVE_BATCHING": "maybe"}, "GANSERVE_BATCHING"),
     ],

@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from conftest import launch_server
 from tiny_onnx import make_tiny_generator, model_path
 
+from ganserve.clients import AsyncGanClient, GanClient, InvalidRequest
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
@@ -21,24 +23,30 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * MIB)]
 
 
 @pytest.fixture(scope="module")
-def limits_server(tiny_model_repo, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """Tiny models plus a 3x64x64 RGB one (48 KiB a float32 image); 10,000 images allowed,
-    set through the environment."""
+def limits_proc(tiny_model_repo, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Tiny models plus a 3x64x64 RGB one (48 KiB a float32 image); 10,000 images allowed
+    and requests of at most 1 MiB, set through the environment."""
     work = tmp_path_factory.mktemp("limits")
     repo = Path(shutil.copytree(tiny_model_repo, work / "models"))
     make_tiny_generator(model_path(repo, "tiny-rgb", "1"), name="tiny-rgb", image_shape=(3, 64, 64))
-    env = {"GANSERVE_MAX_IMAGES_PER_REQUEST": "10000"}
+    env = {"GANSERVE_MAX_IMAGES_PER_REQUEST": "10000", "GANSERVE_MAX_REQUEST_BYTES": str(MIB)}
     proc = launch_server(repo, work_dir=work, env=env)
     try:
-        with grpc.insecure_channel(proc.target, options=CHANNEL_OPTIONS) as channel:
-            yield pb_grpc.GeneratorStub(channel)
+        yield proc
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope="module")
+def limits_server(limits_proc):  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(limits_proc.target, options=CHANNEL_OPTIONS) as channel:
+        yield pb_grpc.GeneratorStub(channel)
 
 
 def test_ten_thousand_float32_images_fit(limits_server) -> None:
     limits = limits_server.ListModels(pb.ListModelsRequest()).limits
     assert limits.max_images_per_request == 10_000 and limits.max_message_bytes == 64 * MIB
+    assert limits.max_request_bytes == MIB  # the receive limit is its own
     response = limits_server.Sample(pb.SampleRequest(model="tiny-uncond", count=10_000, seed=0))
     assert len(response.images.data) == 10_000 * 28 * 28 * 4  # 31 MB
 
@@ -59,6 +67,56 @@ def test_too_large_response_says_to_stream(limits_server) -> None:
     request = pb.SampleRequest(model="tiny-rgb", count=2000, seed=0, chunk_size=500, encoding=2)
     counts = [c.images.count for c in limits_server.SampleStream(request)]
     assert counts == [500] * 4
+
+
+def _keyframes(n: int) -> pb.InterpolateRequest:
+    """An Interpolate request of ``n`` latent keyframes of the tiny models' 8 dimensions."""
+    latent = pb.LatentVector(values=[0.0] * 8)
+    return pb.InterpolateRequest(
+        model="tiny-uncond", steps=2, keyframes=[pb.Keyframe(latent=latent)] * n
+    )
+
+
+def test_a_request_over_the_receive_limit_fails_in_the_transport(limits_server) -> None:
+    """--max-request-bytes bounds requests (parsed on the event loop before any check)
+    apart from the 64 MiB response limit; the server goes on serving."""
+    under, over = _keyframes(20_000), _keyframes(30_000)
+    assert under.ByteSize() < MIB < over.ByteSize()
+    with pytest.raises(grpc.RpcError) as info:
+        limits_server.Interpolate(under)  # parsed: our own check names the field
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "keyframes" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        limits_server.Interpolate(over)  # refused unparsed by gRPC
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in info.value.details()
+    assert len(limits_server.Interpolate(_keyframes(2)).images.data) == 2 * 28 * 28 * 4
+
+
+def test_the_client_refuses_a_request_over_the_receive_limit_before_sending(
+    limits_proc,
+) -> None:
+    """The Python client learns the receive limit from ListModels and refuses a larger
+    Interpolate / Arithmetic itself (INVALID_ARGUMENT, no send): gRPC's RESOURCE_EXHAUSTED
+    would be retried by the channel's retry policy, and cannot succeed."""
+    latents = np.zeros((30_000, 8), np.float32)
+    with GanClient(limits_proc.target, timeout=20) as client:
+        assert client.limits().max_request_bytes == MIB
+        with pytest.raises(InvalidRequest, match=r"max_request_bytes 1048576.*fewer keyframes"):
+            client.interpolate("tiny-uncond", list(latents), steps=2)
+        with pytest.raises(InvalidRequest, match=r"max_request_bytes 1048576.*fewer terms"):
+            client.arithmetic("tiny-uncond", [(1.0, z) for z in latents])
+        # Explicit latents for Sample are split into requests that fit instead.
+        many = np.random.default_rng(0).standard_normal((40_000, 8)).astype(np.float32)
+        result = client.sample("tiny-uncond", latents=many, encoding="uint8", return_latents=True)
+        np.testing.assert_array_equal(result.latents, many)
+
+    async def refused_by_the_async_client() -> None:
+        async with AsyncGanClient(limits_proc.target, timeout=20) as client:
+            with pytest.raises(InvalidRequest, match="max_request_bytes"):
+                await client.interpolate("tiny-uncond", list(latents), steps=2)
+
+    asyncio.run(refused_by_the_async_client())
 
 
 def _burst(target: str, n: int) -> collections.Counter[str]:

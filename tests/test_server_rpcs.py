@@ -42,6 +42,7 @@ def test_list_models_reports_models_and_limits(grpc_stub) -> None:
     assert response.limits.max_images_per_stream == 1_000_000
     assert response.limits.max_stream_chunk == 4096
     assert response.limits.max_message_bytes == 64 * 1024 * 1024
+    assert response.limits.max_request_bytes == 16 * 1024 * 1024
 
 
 def test_get_model(grpc_stub) -> None:

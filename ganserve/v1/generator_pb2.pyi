@@ -90,16 +90,18 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_images_per_request", "max_images_per_stream", "max_stream_chunk", "max_message_bytes")
+    __slots__ = ("max_images_per_request", "max_images_per_stream", "max_stream_chunk", "max_message_bytes", "max_request_bytes")
     MAX_IMAGES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     MAX_STREAM_CHUNK_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_images_per_request: int
     max_images_per_stream: int
     max_stream_chunk: int
     max_message_bytes: int
-    def __init__(self, max_images_per_request: _Optional[int] = ..., max_images_per_stream: _Optional[int] = ..., max_stream_chunk: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_request_bytes: int
+    def __init__(self, max_images_per_request: _Optional[int] = ..., max_images_per_stream: _Optional[int] = ..., max_stream_chunk: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("model", "version")
