@@ -11,6 +11,18 @@ that is one core per batch and no thread hand-off per operator, which on the 2-c
 machine ran the bundled DCGAN at 10,200 images/s against 7,300-7,600 for one batch
 at a time on two intra-op threads (batch 16 and 64, in isolation).
 
+Side batches (the default with one instance, when the runner has a single-threaded
+twin session, i.e. on CPU with more than one intra-op thread): a second worker starts
+a batch only when a full batch of images is queued while the first worker's batch
+runs, and a batch that runs beside another one (or leaves a full batch queued for the
+other worker) runs on the twin, one core each, instead of on the intra-op thread pool
+that two batches would share. So concurrent large requests (several count=64 clients,
+a request of thousands of images split into full batches) use both cores without one
+batch's per-operator thread hand-offs, while a lone batch still gets every thread and
+small requests at high concurrency still merge into one batch (the queue behind a
+running batch then never holds a full one). The twin runs the same graph, so a
+request's bytes do not depend on where its batch ran.
+
 When to run a batch (adaptive, closed-loop aware):
 
 * An idle model never waits: if the requests answered by the previous batch
@@ -86,6 +98,9 @@ class BatchingConfig:
     max_queue_size: int = 1024  # requests
     inline_max_images: int = 8  # a lone request of at most this many runs on the loop
     instances: int = 1  # worker threads taking batches off the queue, side by side
+    # With one instance and a single-threaded twin (``infer_side``): a second worker runs
+    # a full batch queued behind a running one, both then on one thread each.
+    side_batches: bool = True
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -131,8 +146,25 @@ _Delivery = tuple["asyncio.Future[np.ndarray]", "np.ndarray | None", "BaseExcept
 class Batcher:
     """The batch queue and worker of one model version."""
 
-    def __init__(self, infer: InferFn, config: BatchingConfig, metrics: Metrics, model: str):
+    def __init__(
+        self,
+        infer: InferFn,
+        config: BatchingConfig,
+        metrics: Metrics,
+        model: str,
+        infer_side: InferFn | None = None,
+    ):
         self._infer = infer
+        # Side batches: see the module docstring. ``infer_side`` runs a batch on one
+        # thread (the runner's single-threaded twin session).
+        self._infer_side = infer_side
+        self._side = (
+            infer_side is not None
+            and config.side_batches
+            and config.enabled
+            and config.instances == 1
+        )
+        self._workers = 2 if self._side else config.instances
         self._config = config
         self._model = model
         self._queue: collections.deque[_Request] = collections.deque()
@@ -146,7 +178,11 @@ class Batcher:
         self._queued_images = 0
         # Per worker: it holds a batch (taken off the queue, not yet posted). One slot
         # each, written by its worker only: the loop reads them without the lock.
-        self._busy = [False] * config.instances
+        self._busy = [False] * self._workers
+        # Per worker: its batch in hand runs beside another one (on ``infer_side``).
+        self._beside = [False] * self._workers
+        # Split requests filled by batches on two workers at once: their bookkeeping.
+        self._fill_lock = threading.Lock()
         self._last_take = 1  # requests in the most recent batch any worker took
         self._pending = 0  # submit() calls not yet returned
         self._last_done = 0.0  # monotonic time the last submit() returned
@@ -174,7 +210,7 @@ class Batcher:
             return
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
-        n = self._config.instances
+        n = self._workers
         self._threads = [
             threading.Thread(
                 target=self._work,
@@ -247,10 +283,8 @@ class Batcher:
                     raise Unavailable(f"model '{self._model}' is not accepting requests")
                 self._queue.append(req)
                 self._queued_images += req.n
-                if self._config.instances == 1:
+                if self._workers == 1 or self._wake_another():
                     self._cond.notify()
-                else:  # a yielding worker must not swallow the wake-up of a waiting one
-                    self._cond.notify_all()
             return await req.future
         finally:
             self._pending -= 1
@@ -304,7 +338,7 @@ class Batcher:
                     for w in waits:
                         self._m_wait.observe(w)
                     try:
-                        expect = self._run(pieces)
+                        expect = self._run(pieces, worker)
                     finally:
                         self._busy[worker] = False
         except Exception:  # a bug here must not leave waiters hanging silently
@@ -358,14 +392,24 @@ class Batcher:
         would take each arrival alone while the other runs (measured: mean batch 2.4 at
         c=64, 23 % fewer requests/s than one worker). No wake-up is lost: a worker that
         yields waits only while another is busy, and that one looks at the queue next."""
-        if self._config.instances == 1 or self._stopping or not self._config.enabled:
+        if self._workers == 1 or self._stopping or not self._config.enabled:
             return False  # batching off: each batch is one request, there is nothing to merge
-        if not any(busy for j, busy in enumerate(self._busy) if j != worker):
-            return False
-        return (
-            len(self._queue) < max(2, self._last_take)
-            and self._queued_images < self._config.max_batch_size
-        )
+        return self._other_busy(worker) and not self._second_batch_ready()
+
+    def _second_batch_ready(self) -> bool:
+        """Is the queue worth a batch beside a running one? (lock held)"""
+        full = self._queued_images >= self._config.max_batch_size
+        if self._side:  # side batches: only a full batch starts beside a running one
+            return full
+        return full or len(self._queue) >= max(2, self._last_take)
+
+    def _wake_another(self) -> bool:
+        """Several workers, a request just queued (lock held): must a waiting worker
+        wake? Only if it would take a batch: when every worker is idle, or when the queue
+        is worth a batch beside the running ones. Otherwise a busy worker looks at the
+        queue when its batch is done; a worker woken for nothing would only take the
+        GIL from the event loop (at count=1 c=64: once per request)."""
+        return not self._config.enabled or not any(self._busy) or self._second_batch_ready()
 
     def _take(self, worker: int = 0) -> tuple[list[_Piece], list[_Delivery], list[float]]:
         """Pop up to max_batch_size images off the queue (lock held)."""
@@ -399,7 +443,15 @@ class Batcher:
         self._busy[worker] = bool(pieces)
         if pieces:
             self._last_take = len(pieces)
+            # Beside another batch: one running now, or a full one left queued that the
+            # other worker is about to take.
+            self._beside[worker] = self._side and (
+                self._other_busy(worker) or self._queued_images >= limit
+            )
         return pieces, dropped, waits
+
+    def _other_busy(self, worker: int) -> bool:
+        return any(busy for j, busy in enumerate(self._busy) if j != worker)
 
     @staticmethod
     def _dead(req: _Request, now: float) -> GanServeError | None:
@@ -407,7 +459,7 @@ class Batcher:
             return Cancelled("request cancelled")
         return _gone(req.deadline, req.is_cancelled, now)
 
-    def _run(self, pieces: list[_Piece]) -> int:
+    def _run(self, pieces: list[_Piece], worker: int = 0) -> int:
         """Infer one batch and post the results; returns requests completed."""
         first, a0, b0 = pieces[0]
         if len(pieces) == 1 and a0 == 0 and b0 == first.n:
@@ -415,7 +467,7 @@ class Batcher:
         else:
             z = np.concatenate([r.z[a:b] for r, a, b in pieces])  # (B, D)
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
-        out, error = self._compute(z, y)
+        out, error = self._compute(z, y, self._infer_side if self._beside[worker] else None)
         deliveries: list[_Delivery] = []
         completed = 0
         offset = 0
@@ -429,26 +481,33 @@ class Batcher:
                 deliveries.append((req.future, out[offset : offset + k], None))  # a view
                 completed += 1
             elif not req.failed:
-                if req.out is None:
-                    req.out = np.empty((req.n, *out.shape[1:]), dtype=out.dtype)
-                req.out[a:b] = out[offset : offset + k]
-                req.filled += k
-                if req.filled == req.n:
-                    deliveries.append((req.future, req.out, None))
+                # Pieces of one request may finish on two workers at once: the buffer
+                # is made once and the count kept under a lock; the rows are disjoint.
+                with self._fill_lock:
+                    if req.out is None:
+                        req.out = np.empty((req.n, *out.shape[1:]), dtype=out.dtype)
+                    buffer = req.out
+                buffer[a:b] = out[offset : offset + k]
+                with self._fill_lock:
+                    req.filled += k
+                    done = req.filled == req.n
+                if done:
+                    deliveries.append((req.future, buffer, None))
                     completed += 1
             offset += k
         self._post(deliveries)
         return max(completed, 1)
 
     def _compute(
-        self, z: np.ndarray, y: np.ndarray | None
+        self, z: np.ndarray, y: np.ndarray | None, infer: InferFn | None = None
     ) -> tuple[np.ndarray | None, GanServeError | None]:
-        """Run one batch and record its metrics: (images, None) or (None, the error)."""
+        """Run one batch (on ``infer``, default the main one) and record its metrics:
+        (images, None) or (None, the error)."""
         start = time.perf_counter()
         out: np.ndarray | None
         error: GanServeError | None = None
         try:
-            out = self._infer(z, y)  # (B, C, H, W)
+            out = (infer or self._infer)(z, y)  # (B, C, H, W)
             if out.shape[0] != z.shape[0]:  # a model bug; slicing would misroute rows
                 raise ValueError(
                     f"model returned {out.shape[0]} images for a batch of {z.shape[0]}"

@@ -290,6 +290,13 @@ _OPTIONS: tuple[_Option, ...] = (
         "on CPU pair it with --intra-op-threads 1)",
         name="model_instances",
     ),
+    _Option(
+        "batching.side_batches",
+        _parse_bool,
+        "with one instance on CPU, a full batch queued behind a running one runs beside it, "
+        "both single-threaded (default on)",
+        is_bool=True,
+    ),
     _Option("max_images_per_request", int, "Sample/Interpolate limit (default 4096)"),
     _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
     _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),

@@ -234,7 +234,8 @@ class ModelRepository:
             log.error("failed to load model %s version %s: %s", scan.name, scan.version, message)
             self._metrics.model_load_failures_total.labels(scan.name).inc()
             return None, message
-        batcher = Batcher(runner.run, self._batching, self._metrics, scan.name)
+        side = runner.run_single_threaded if runner.has_single_threaded_twin else None
+        batcher = Batcher(runner.run, self._batching, self._metrics, scan.name, infer_side=side)
         await batcher.start()
         log.info(
             "loaded model %s version %s (%s, latent %d, %d classes) on %s, "

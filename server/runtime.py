@@ -212,10 +212,11 @@ class OrtRunner:
             if config.device == "cuda":
                 raise Unavailable(f"{self.path}: ONNX Runtime could not start its CUDA provider")
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
-        # Small batches on a single-threaded twin session (CPU only; see RuntimeConfig).
+        # A single-threaded twin session (CPU only): small batches run on it (see
+        # RuntimeConfig), and so do batches the batcher runs side by side.
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
-        if self.device == "cpu" and config.small_batch_max > 0 and config.intra_op_threads != 1:
+        if self.device == "cpu" and config.intra_op_threads != 1:
             self._small = (
                 checked
                 if checked is not None
@@ -230,18 +231,34 @@ class OrtRunner:
         self._output = self._session.get_outputs()[0].name
         self.warmed: tuple[int, ...] = ()  # batch sizes run by warmup(), for checks
 
-    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        """Generate: z (N, D) float32, y (N, C) float32 or None -> (N, C, H, W) float32."""
+    def _feeds(self, z: np.ndarray, y: np.ndarray | None) -> dict[str, np.ndarray]:
         feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
         if self._conditional:
             if y is None:
                 raise ValueError("conditional model needs class vectors y")
             feeds["y"] = np.ascontiguousarray(y, dtype=np.float32)
+        return feeds
+
+    def run(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """Generate: z (N, D) float32, y (N, C) float32 or None -> (N, C, H, W) float32."""
+        feeds = self._feeds(z, y)
         if self.device == "cuda":
             return self._run_bound(feeds)
         if self._small is not None and feeds["z"].shape[0] <= self._small_max:
             return self._small.run([self._output], feeds)[0]
         return self._session.run([self._output], feeds)[0]
+
+    def run_single_threaded(self, z: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        """``run`` on the single-threaded twin, whatever the batch size (for batches run
+        side by side, one core each); bit-identical to ``run``."""
+        if self._small is None:
+            return self.run(z, y)
+        return self._small.run([self._output], self._feeds(z, y))[0]
+
+    @property
+    def has_single_threaded_twin(self) -> bool:
+        """A single-threaded twin session exists (CPU, more than one intra-op thread)."""
+        return self._small is not None
 
     @property
     def small_batch_max(self) -> int:
@@ -260,7 +277,8 @@ class OrtRunner:
         return binding.copy_outputs_to_cpu()[0]
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
-        """Run every batch size once so no real request pays first-run costs."""
+        """Run every batch size once so no real request pays first-run costs (on both
+        sessions where there is a single-threaded twin: side batches run on it)."""
         sizes = tuple(batch_sizes)
         for n in sizes:
             z = np.zeros((n, self.spec.latent_dim), dtype=np.float32)  # (n, D)
@@ -269,12 +287,16 @@ class OrtRunner:
                 if self._conditional
                 else None
             )
-            out = self.run(z, y)
-            if out.shape != (n, *self.spec.image_shape):
-                raise ModelSpecError(
-                    f"{self.path}: output has shape {out.shape} at batch {n}, expected "
-                    f"(N, C, H, W) = {(n, *self.spec.image_shape)}"
-                )
+            runs = [self.run]
+            if self._small is not None and n > self._small_max:
+                runs.append(self.run_single_threaded)
+            for run in runs:
+                out = run(z, y)
+                if out.shape != (n, *self.spec.image_shape):
+                    raise ModelSpecError(
+                        f"{self.path}: output has shape {out.shape} at batch {n}, expected "
+                        f"(N, C, H, W) = {(n, *self.spec.image_shape)}"
+                    )
         self.warmed = self.warmed + sizes
 
     def close(self) -> None:

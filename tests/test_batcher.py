@@ -184,6 +184,63 @@ async def test_instances_with_batching_off_run_lone_requests_side_by_side(
     assert infer.batches == [1, 1]
 
 
+async def _side_batcher(infer: GatedInfer, side: GatedInfer, metrics: Metrics) -> Batcher:
+    config = BatchingConfig(max_batch_size=4, inline_max_images=0)
+    batcher = Batcher(infer, config, metrics, "tiny", infer_side=side)  # type: ignore[arg-type]
+    await batcher.start()
+    return batcher
+
+
+async def test_a_full_batch_queued_behind_a_running_one_runs_beside_it(
+    infer, runner, metrics
+) -> None:  # type: ignore[no-untyped-def]
+    """Side batches (one instance plus a single-threaded twin): a lone batch runs on the
+    main session; while it runs, a partial batch waits (to merge), and a full batch
+    starts at once on the second worker, on the twin."""
+    side = GatedInfer(runner)
+    batcher = await _side_batcher(infer, side, metrics)
+    try:
+        first = await _hold_worker(batcher, infer)  # alone: the main session
+        small = asyncio.create_task(batcher.submit(_z(2, 1.0), None))
+        assert not await asyncio.to_thread(side.entered.acquire, True, 0.5)
+        assert batcher.queue_depth == 1
+        side.close()
+        more = asyncio.create_task(batcher.submit(_z(2, 2.0), None))  # 4 queued: a full batch
+        assert await asyncio.to_thread(side.entered.acquire, True, 10)
+        assert batcher.queue_depth == 0
+        infer.open()
+        side.open()
+        out_small, out_more = await asyncio.gather(small, more)
+        await first
+        assert infer.batches == [1] and side.batches == [4]
+        np.testing.assert_array_equal(out_small, runner.run(_z(2, 1.0), None))
+        np.testing.assert_array_equal(out_more, runner.run(_z(2, 2.0), None))
+        # Both idle again: a lone full batch runs on the main session.
+        await batcher.submit(_z(4, 3.0), None)
+        assert infer.batches == [1, 4] and side.batches == [4]
+    finally:
+        infer.open()
+        side.open()
+        await batcher.stop()
+
+
+async def test_a_split_request_runs_on_both_workers_and_reassembles(infer, runner, metrics) -> None:  # type: ignore[no-untyped-def]
+    """A request of 25 full batches: the first take leaves full batches queued, so both
+    workers take pieces side by side (each on the twin) and fill one buffer; every row
+    lands where it belongs, request after request."""
+    side = GatedInfer(runner)
+    infer.delay = side.delay = 0.002  # let the two workers overlap
+    batcher = await _side_batcher(infer, side, metrics)
+    try:
+        for i in range(5):
+            big = _z(100, float(i))
+            np.testing.assert_array_equal(await batcher.submit(big, None), runner.run(big, None))
+        assert len(set(side.threads)) == 2  # pieces ran on both workers
+        assert sum(side.batches) + sum(infer.batches) == 500
+    finally:
+        await batcher.stop()
+
+
 async def test_a_crashed_worker_fails_its_own_batch_too(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
     """A bug in the worker (here: latents of two widths cannot be concatenated) fails
     the requests of the batch in hand as well as the queued ones; none waits forever."""

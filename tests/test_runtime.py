@@ -124,8 +124,14 @@ def test_small_batches_run_on_a_single_threaded_twin_with_identical_results(
         z = rng.standard_normal((n, 8)).astype(np.float32)
         y = np.eye(10, dtype=np.float32)[np.arange(n) % 10] if num_classes else None
         np.testing.assert_array_equal(small.run(z, y), plain.run(z, y))
+        # the twin runs any batch size for side batches, to the same bytes
+        np.testing.assert_array_equal(plain.run_single_threaded(z, y), plain.run(z, y))
+    assert plain.has_single_threaded_twin  # kept for side batches with small batches off
     one = _runner(tmp_path, device="cpu", intra_op_threads=1)
     assert one.small_batch_max == 0  # already single-threaded: no twin
+    assert not one.has_single_threaded_twin
+    z = rng.standard_normal((3, 8)).astype(np.float32)
+    np.testing.assert_array_equal(one.run_single_threaded(z), one.run(z))
 
 
 @pytest.mark.parametrize(

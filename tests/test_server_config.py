@@ -26,6 +26,14 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.max_request_bytes == 16 * 2**20
     assert config.auth_token is None and not config.tls
     assert config.runtime.rewrite_conv_transpose
+    assert config.batching.side_batches and config.batching.instances == 1
+
+
+def test_side_batches_switch(tmp_path: Path) -> None:
+    env = {"GANSERVE_MODEL_DIR": str(tmp_path), "GANSERVE_SIDE_BATCHES": "off"}
+    assert not build([], env).batching.side_batches
+    assert build(["--side-batches"], env).batching.side_batches
+    assert not build(["--model-dir", str(tmp_path), "--no-side-batches"]).batching.side_batches
 
 
 def test_conv_transpose_rewrite_switch(tmp_path: Path) -> None:
