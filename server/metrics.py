@@ -115,6 +115,11 @@ class Metrics:
             registry=r,
         )
 
+    def set_rewritten_layers(self, model: str, version: str, layers: int) -> None:
+        """A version went READY running ``layers`` rewritten layers (removed with its
+        state series by ``set_model_state(..., None)``)."""
+        self.model_rewritten_layers.labels(model, version).set(layers)
+
     def set_model_state(self, model: str, version: str, state: str | None) -> None:
         """Mark ``state`` as current for a version; ``None`` removes the version's series."""
         if state is None:

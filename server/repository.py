@@ -282,9 +282,7 @@ class ModelRepository:
                     retired.append(entry.model)
                 entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
                 self._set_state(scan.name, scan.version, entry, "READY", "")
-                self._metrics.model_rewritten_layers.labels(scan.name, scan.version).set(
-                    model.runner.rewritten
-                )
+                self._metrics.set_rewritten_layers(scan.name, scan.version, model.runner.rewritten)
                 report["loaded"].append(key)
             self._refresh_serving()
             for old in retired:
