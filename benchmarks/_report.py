@@ -179,11 +179,14 @@ def context_lines(results: Results, top_c: int, low_c: int, large: int, big_c: i
     big = results.get(("batched", large, big_c))
     infer_ms = big.extra.get("mean_infer_ms") if big is not None else None
     if big is not None and infer_ms:
-        # What the server's own ORT calls could deliver back to back, from its /metrics.
+        # What the server's own ORT calls could deliver back to back, from its /metrics:
+        # the ratio is the mean number of batches in inference at once (1: one batch
+        # always running; up to 2 with side batches, two single-threaded at a time).
         own = big.extra.get("mean_batch", large) / infer_ms * 1e3
         lines.append(
             f"(1) count={large} c={big_c}: served img/s / (batch / the server's mean "
-            f"inference time) = {big.images_per_s / own:.3f}: share of time in inference"
+            f"inference time) = {big.images_per_s / own:.3f}: batches in inference at once "
+            "(share of time in inference; up to 2 with side batches)"
         )
     lines += [
         f"(2a) CPU-normalised: bare / batched CPU per request at c={top_c}: "
