@@ -448,6 +448,10 @@ class Batcher:
             self._beside[worker] = self._side and (
                 self._other_busy(worker) or self._queued_images >= limit
             )
+        if self._workers > 1 and q and self._wake_another():
+            # What is left is worth a second batch (e.g. the rest of a split request,
+            # which was one submit and so one wake-up): hand it to a waiting worker.
+            self._cond.notify()
         return pieces, dropped, waits
 
     def _other_busy(self, worker: int) -> bool:

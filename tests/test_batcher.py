@@ -225,18 +225,27 @@ async def test_a_full_batch_queued_behind_a_running_one_runs_beside_it(
 
 
 async def test_a_split_request_runs_on_both_workers_and_reassembles(infer, runner, metrics) -> None:  # type: ignore[no-untyped-def]
-    """A request of 25 full batches: the first take leaves full batches queued, so both
-    workers take pieces side by side (each on the twin) and fill one buffer; every row
-    lands where it belongs, request after request."""
+    """A request of several full batches: the first take leaves full batches queued, so
+    both workers take pieces side by side (each on the twin; the first take wakes the
+    other worker, as the request was one submit) and fill one buffer; every row lands
+    where it belongs, request after request."""
     side = GatedInfer(runner)
-    infer.delay = side.delay = 0.002  # let the two workers overlap
     batcher = await _side_batcher(infer, side, metrics)
     try:
+        side.close()
+        one = _z(16, 9.0)
+        task = asyncio.create_task(batcher.submit(one, None))
+        for _ in range(2):  # two pieces of the one request in inference at once
+            assert await asyncio.to_thread(side.entered.acquire, True, 10)
+        side.open()
+        np.testing.assert_array_equal(await task, runner.run(one, None))
+        assert infer.batches == [] and side.batches == [4, 4, 4, 4]
+        infer.delay = side.delay = 0.002  # let the two workers overlap
         for i in range(5):
             big = _z(100, float(i))
             np.testing.assert_array_equal(await batcher.submit(big, None), runner.run(big, None))
         assert len(set(side.threads)) == 2  # pieces ran on both workers
-        assert sum(side.batches) + sum(infer.batches) == 500
+        assert sum(side.batches) + sum(infer.batches) == 516
     finally:
         await batcher.stop()
 
