@@ -66,8 +66,9 @@ def check_request_size(
     if size > limits.request_bytes:
         what = "keyframes" if isinstance(req, pb.InterpolateRequest) else "terms"
         raise InvalidRequest(
-            f"the request is {size} bytes, over the server's max_request_bytes "
-            f"{limits.request_bytes}: send seeds instead of latent vectors, or fewer {what}"
+            f"the request is {size} bytes, over the request limit {limits.request_bytes} "
+            "(the smaller of the server's max_request_bytes and this client's "
+            f"max_message_bytes): send seeds instead of latent vectors, or fewer {what}"
         )
 
 

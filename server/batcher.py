@@ -366,24 +366,28 @@ class Batcher:
         """Block for work; returns (pieces or None to exit, dropped requests, queue waits)."""
         cfg = self._config
         with self._cond:
-            while not self._queue or self._leave_to_busy_worker(worker):
-                if self._stopping and not self._queue:
-                    return None, [], []
-                self._cond.wait()
-            self._m_depth.set(len(self._queue))
-            target = min(expect, cfg.max_batch_size)
-            if cfg.enabled and target > 1 and not self._stopping:
-                until = self._queue[0].enqueued + cfg.max_queue_delay_ms / 1000.0
-                while (
-                    len(self._queue) < target
-                    and self._queued_images < cfg.max_batch_size
-                    and not self._stopping
-                ):
-                    left = until - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-            return self._take(worker)
+            while True:
+                while not self._queue or self._leave_to_busy_worker(worker):
+                    if self._stopping and not self._queue:
+                        return None, [], []
+                    self._cond.wait()
+                self._m_depth.set(len(self._queue))
+                target = min(expect, cfg.max_batch_size)
+                if cfg.enabled and target > 1 and not self._stopping:
+                    until = self._queue[0].enqueued + cfg.max_queue_delay_ms / 1000.0
+                    while (
+                        len(self._queue) < target
+                        and self._queued_images < cfg.max_batch_size
+                        and not self._stopping
+                    ):
+                        left = until - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                # Waiting for the batch to fill let go of the lock: another worker may
+                # have taken the queue or started a batch since. Look again.
+                if self._queue and not self._leave_to_busy_worker(worker):
+                    return self._take(worker)
 
     def _leave_to_busy_worker(self, worker: int) -> bool:
         """With several instances, an idle worker leaves a small queue to the busy ones

@@ -217,7 +217,9 @@ class ModelRepository:
         """Read, check and warm one file (runs in a worker thread)."""
         spec = read_spec(scan.path, scan.name, scan.version)
         try:
-            runner = OrtRunner(scan.path, spec, self._runtime)
+            b = self._batching
+            side = b.side_batches and b.enabled and b.instances == 1
+            runner = OrtRunner(scan.path, spec, self._runtime, side_batches=side)
             runner.warmup(warmup_sizes(self._runtime, self._batching.max_batch_size))
         except ModelSpecError:
             raise
@@ -234,14 +236,14 @@ class ModelRepository:
             log.error("failed to load model %s version %s: %s", scan.name, scan.version, message)
             self._metrics.model_load_failures_total.labels(scan.name).inc()
             return None, message
-        side = runner.run_single_threaded if runner.has_single_threaded_twin else None
+        side = runner.run_single_threaded if runner.side_batches else None
         batcher = Batcher(runner.run, self._batching, self._metrics, scan.name, infer_side=side)
         await batcher.start()
         log.info(
             "loaded model %s version %s (%s, latent %d, %d classes) on %s, "
-            "%d ConvTranspose layer(s) rewritten",
+            "%d ConvTranspose layer(s) rewritten, side batches %s",
             spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes, runner.device,
-            runner.rewritten,
+            runner.rewritten, "on" if runner.side_batches else "off",
         )  # fmt: skip
         return LoadedModel(spec, runner, batcher), ""
 

@@ -194,9 +194,15 @@ def session_source(
 
 
 class OrtRunner:
-    """One ONNX Runtime session of one model version."""
+    """One ONNX Runtime session of one model version (plus, on CPU, a single-threaded
+    twin). ``side_batches``: the batcher would run batches side by side on the twin
+    (``run_single_threaded``); granted (the ``side_batches`` attribute) only where that
+    was measured to pay, on CPU with exactly two intra-op threads. With more, a batch on
+    one thread would leave the other cores idle."""
 
-    def __init__(self, path: Path, spec: ModelSpec, config: RuntimeConfig):
+    def __init__(
+        self, path: Path, spec: ModelSpec, config: RuntimeConfig, side_batches: bool = False
+    ):
         self.path = Path(path)
         self.spec = spec
         providers = resolve_providers(config.device)
@@ -214,9 +220,15 @@ class OrtRunner:
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
         # A single-threaded twin session (CPU only): small batches run on it (see
         # RuntimeConfig), and so do batches the batcher runs side by side.
+        threads = config.intra_op_threads or os.cpu_count() or 1  # 0: ORT takes every core
+        self.side_batches = side_batches and self.device == "cpu" and threads == 2
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
-        if self.device == "cpu" and config.intra_op_threads != 1:
+        if (
+            self.device == "cpu"
+            and config.intra_op_threads != 1
+            and (config.small_batch_max > 0 or self.side_batches)
+        ):
             self._small = (
                 checked
                 if checked is not None
@@ -256,11 +268,6 @@ class OrtRunner:
         return self._small.run([self._output], self._feeds(z, y))[0]
 
     @property
-    def has_single_threaded_twin(self) -> bool:
-        """A single-threaded twin session exists (CPU, more than one intra-op thread)."""
-        return self._small is not None
-
-    @property
     def small_batch_max(self) -> int:
         """Largest batch run on the single-threaded session (0: there is none)."""
         return self._small_max
@@ -277,8 +284,8 @@ class OrtRunner:
         return binding.copy_outputs_to_cpu()[0]
 
     def warmup(self, batch_sizes: Iterable[int]) -> None:
-        """Run every batch size once so no real request pays first-run costs (on both
-        sessions where there is a single-threaded twin: side batches run on it)."""
+        """Run every batch size once so no real request pays first-run costs (with side
+        batches on both sessions: any batch size may run on the twin)."""
         sizes = tuple(batch_sizes)
         for n in sizes:
             z = np.zeros((n, self.spec.latent_dim), dtype=np.float32)  # (n, D)
@@ -288,7 +295,7 @@ class OrtRunner:
                 else None
             )
             runs = [self.run]
-            if self._small is not None and n > self._small_max:
+            if self.side_batches and n > self._small_max:
                 runs.append(self.run_single_threaded)
             for run in runs:
                 out = run(z, y)

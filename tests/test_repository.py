@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -270,6 +271,34 @@ async def test_rewritten_layers_metric_follows_the_loaded_versions(  # type: ign
     model_path(tmp_path, "conv", "1").unlink()
     await repo.reload()
     assert _value(metrics, layers, model="conv", version="1") is None
+
+
+@pytest.mark.parametrize(
+    ("threads", "batching", "side"),
+    [
+        (2, BatchingConfig(max_batch_size=4), True),
+        (2, BatchingConfig(max_batch_size=4, side_batches=False), False),
+        (2, BatchingConfig(max_batch_size=4, instances=2), False),
+        (2, BatchingConfig(max_batch_size=4, enabled=False), False),
+        (4, BatchingConfig(max_batch_size=4), False),  # one thread of four per batch: no
+    ],
+)
+async def test_side_batches_are_wired_where_they_pay(  # type: ignore[no-untyped-def]
+    tmp_path: Path, metrics, caplog, threads, batching, side
+) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    runtime = RuntimeConfig(device="cpu", intra_op_threads=threads, warmup_batch_sizes=(1, 4))
+    repository = ModelRepository(tmp_path, runtime, batching, metrics)
+    with caplog.at_level(logging.INFO, logger="ganserve.server.repository"):
+        await repository.start()
+    try:
+        model = repository.get("tiny")
+        assert model.runner.side_batches is side
+        assert f"side batches {'on' if side else 'off'}" in caplog.text
+        z = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+        np.testing.assert_array_equal(await model.generate(z), model.runner.run(z))
+    finally:
+        await repository.close()
 
 
 async def test_a_version_in_use_is_closed_only_after_its_last_user(

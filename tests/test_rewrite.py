@@ -387,7 +387,6 @@ def test_runner_serves_the_rewritten_graph_on_cpu(tmp_path: Path) -> None:
     # the same request gives the same bytes every time
     assert on.run(z, y).tobytes() == on.run(z, y).tobytes()
     # and on the twin whatever the batch size (side batches run there)
-    assert on.has_single_threaded_twin
     assert on.run_single_threaded(z, y).tobytes() == on.run(z, y).tobytes()
 
 

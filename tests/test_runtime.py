@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -125,13 +126,32 @@ def test_small_batches_run_on_a_single_threaded_twin_with_identical_results(
         y = np.eye(10, dtype=np.float32)[np.arange(n) % 10] if num_classes else None
         np.testing.assert_array_equal(small.run(z, y), plain.run(z, y))
         # the twin runs any batch size for side batches, to the same bytes
-        np.testing.assert_array_equal(plain.run_single_threaded(z, y), plain.run(z, y))
-    assert plain.has_single_threaded_twin  # kept for side batches with small batches off
+        np.testing.assert_array_equal(small.run_single_threaded(z, y), plain.run(z, y))
     one = _runner(tmp_path, device="cpu", intra_op_threads=1)
     assert one.small_batch_max == 0  # already single-threaded: no twin
-    assert not one.has_single_threaded_twin
-    z = rng.standard_normal((3, 8)).astype(np.float32)
-    np.testing.assert_array_equal(one.run_single_threaded(z), one.run(z))
+
+
+def test_side_batches_only_on_two_intra_op_threads(tmp_path: Path) -> None:
+    """Side batches run on the single-threaded twin: granted with two intra-op threads
+    (measured), not with one (no twin) or more (a batch on one thread would idle the
+    rest); the twin then exists even with small batches off, and is warmed at every size."""
+    path = make_tiny_generator(tmp_path / "model.onnx", latent_dim=8)
+    spec = read_spec(path, "tiny", "1")
+
+    def runner(threads: int, **config: Any) -> OrtRunner:
+        runtime = RuntimeConfig(device="cpu", intra_op_threads=threads, **config)
+        return OrtRunner(path, spec, runtime, side_batches=True)
+
+    two = runner(2, small_batch_max=0)
+    assert two.side_batches and not OrtRunner(path, spec, RuntimeConfig(device="cpu")).side_batches
+    assert not runner(1).side_batches and not runner(4).side_batches
+    z = np.random.default_rng(4).standard_normal((16, 8)).astype(np.float32)
+    np.testing.assert_array_equal(two.run_single_threaded(z), two.run(z))
+    calls: list[int] = []
+    real = two.run_single_threaded
+    two.run_single_threaded = lambda z, y=None: calls.append(len(z)) or real(z, y)  # type: ignore[method-assign]
+    two.warmup((1, 4, 16))
+    assert calls == [1, 4, 16]  # small_batch_max 0: every size also on the twin
 
 
 @pytest.mark.parametrize(

@@ -102,9 +102,9 @@ def test_the_client_refuses_a_request_over_the_receive_limit_before_sending(
     latents = np.zeros((30_000, 8), np.float32)
     with GanClient(limits_proc.target, timeout=20) as client:
         assert client.limits().max_request_bytes == MIB
-        with pytest.raises(InvalidRequest, match=r"max_request_bytes 1048576.*fewer keyframes"):
+        with pytest.raises(InvalidRequest, match=r"request limit 1048576.*fewer keyframes"):
             client.interpolate("tiny-uncond", list(latents), steps=2)
-        with pytest.raises(InvalidRequest, match=r"max_request_bytes 1048576.*fewer terms"):
+        with pytest.raises(InvalidRequest, match=r"request limit 1048576.*fewer terms"):
             client.arithmetic("tiny-uncond", [(1.0, z) for z in latents])
         # Explicit latents for Sample are split into requests that fit instead.
         many = np.random.default_rng(0).standard_normal((40_000, 8)).astype(np.float32)
