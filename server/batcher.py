@@ -200,6 +200,11 @@ class Batcher:
         return len(self._queue)
 
     @property
+    def running_batches(self) -> int:
+        """Workers holding a batch (taken off the queue, results not yet posted)."""
+        return sum(self._busy)
+
+    @property
     def accepting(self) -> bool:
         """True between start() and stop(): submit() takes requests."""
         return self._accepting

@@ -215,7 +215,9 @@ async def test_a_full_batch_queued_behind_a_running_one_runs_beside_it(
         assert infer.batches == [1] and side.batches == [4]
         np.testing.assert_array_equal(out_small, runner.run(_z(2, 1.0), None))
         np.testing.assert_array_equal(out_more, runner.run(_z(2, 2.0), None))
-        # Both idle again: a lone full batch runs on the main session.
+        # Both idle again (a worker clears its flag just after posting its results): a
+        # lone full batch runs on the main session.
+        await _wait_for(lambda: batcher.running_batches == 0)
         await batcher.submit(_z(4, 3.0), None)
         assert infer.batches == [1, 4] and side.batches == [4]
     finally:
@@ -239,7 +241,8 @@ async def test_a_split_request_runs_on_both_workers_and_reassembles(infer, runne
             assert await asyncio.to_thread(side.entered.acquire, True, 10)
         side.open()
         np.testing.assert_array_equal(await task, runner.run(one, None))
-        assert infer.batches == [] and side.batches == [4, 4, 4, 4]
+        # the last piece may find the other worker done already and run alone, on main
+        assert side.batches[:3] == [4, 4, 4] and sum(side.batches + infer.batches) == 16
         infer.delay = side.delay = 0.002  # let the two workers overlap
         for i in range(5):
             big = _z(100, float(i))
