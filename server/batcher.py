@@ -192,6 +192,7 @@ class Batcher:
         self._m_infer = metrics.inference_seconds.labels(model)
         self._m_batch = metrics.batch_size.labels(model)
         self._m_images = metrics.images_total.labels(model)
+        self._m_side = metrics.side_batches_total.labels(model)
         self._m_depth = metrics.queue_depth.labels(model)
 
     @property
@@ -480,6 +481,8 @@ class Batcher:
         else:
             z = np.concatenate([r.z[a:b] for r, a, b in pieces])  # (B, D)
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
+        if self._beside[worker]:
+            self._m_side.inc()
         out, error = self._compute(z, y, self._infer_side if self._beside[worker] else None)
         deliveries: list[_Delivery] = []
         completed = 0

@@ -86,6 +86,12 @@ class Metrics:
         self.images_total = Counter(
             "ganserve_images_total", "Images generated, by model.", ("model",), registry=r
         )
+        self.side_batches_total = Counter(
+            "ganserve_side_batches_total",
+            "Batches run beside another one, on the single-threaded twin session.",
+            ("model",),
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "ganserve_queue_depth", "Requests waiting in the batch queue.", ("model",), registry=r
         )

@@ -213,6 +213,8 @@ async def test_a_full_batch_queued_behind_a_running_one_runs_beside_it(
         out_small, out_more = await asyncio.gather(small, more)
         await first
         assert infer.batches == [1] and side.batches == [4]
+        side_total = metrics.registry.get_sample_value
+        assert side_total("ganserve_side_batches_total", {"model": "tiny"}) == 1
         np.testing.assert_array_equal(out_small, runner.run(_z(2, 1.0), None))
         np.testing.assert_array_equal(out_more, runner.run(_z(2, 2.0), None))
         # Both idle again (a worker clears its flag just after posting its results): a
