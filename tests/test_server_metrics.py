@@ -58,3 +58,18 @@ def test_batch_size_histogram(tiny_model_repo, start_server, scrape, batching) -
     assert m[("ganserve_inference_seconds_count", LABEL)] == batches
     assert m[("ganserve_model_state", (("model", MODEL), ("state", "READY"), ("version", "1")))]
     assert ("process_cpu_seconds_total", ()) in m
+
+
+def test_side_batches_are_counted_and_change_no_byte(tiny_model_repo, start_server, scrape) -> None:
+    """A 256-image request is four full batches: with side batches (two intra-op threads)
+    the pieces run two at a time on the single-threaded twin, counted by
+    ganserve_side_batches_total; the bytes are those of a server without side batches."""
+    request = pb.SampleRequest(model=MODEL, count=256, seed=7)
+    images = {}
+    for flag in ("--side-batches", "--no-side-batches"):
+        proc = start_server(tiny_model_repo, "--intra-op-threads", "2", flag)
+        with grpc.insecure_channel(proc.target) as channel:
+            images[flag] = pb_grpc.GeneratorStub(channel).Sample(request, timeout=30).images.data
+        side = scrape(proc)[("ganserve_side_batches_total", LABEL)]
+        assert side >= 1 if flag == "--side-batches" else side == 0
+    assert images["--side-batches"] == images["--no-side-batches"]
