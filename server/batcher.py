@@ -11,13 +11,14 @@ that is one core per batch and no thread hand-off per operator, which on the 2-c
 machine ran the bundled DCGAN at 10,200 images/s against 7,300-7,600 for one batch
 at a time on two intra-op threads (batch 16 and 64, in isolation).
 
-Side batches (the default with one instance, when the runner has a single-threaded
-twin session, i.e. on CPU with more than one intra-op thread): a second worker starts
-a batch only when a full batch of images is queued while the first worker's batch
-runs, and a batch that runs beside another one (or leaves a full batch queued for the
-other worker) runs on the twin, one core each, instead of on the intra-op thread pool
-that two batches would share. So concurrent large requests (several count=64 clients,
-a request of thousands of images split into full batches) use both cores without one
+Side batches (the default with one instance, when the runner grants them: on CPU with
+exactly two intra-op threads, where it has a single-threaded twin session): a second
+worker starts a batch only when a full batch of images is queued while the other
+worker's batch runs, and a batch that runs beside another one (or leaves a full
+batch queued for the other worker) runs on the twin, one core each, instead of on the
+intra-op thread pool that two batches would share. So concurrent large requests
+(several count=64 clients, a request of thousands of images split into full batches)
+use both cores without one
 batch's per-operator thread hand-offs, while a lone batch still gets every thread and
 small requests at high concurrency still merge into one batch (the queue behind a
 running batch then never holds a full one). The twin runs the same graph, so a
@@ -102,6 +103,12 @@ class BatchingConfig:
     # a full batch queued behind a running one, both then on one thread each.
     side_batches: bool = True
 
+    @property
+    def wants_side_batches(self) -> bool:
+        """Side batches asked for, and possible with these settings (one instance,
+        batching on); the runner then says whether the hardware grants them."""
+        return self.side_batches and self.enabled and self.instances == 1
+
     def __post_init__(self) -> None:
         if self.instances < 1:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
@@ -158,12 +165,7 @@ class Batcher:
         # Side batches: see the module docstring. ``infer_side`` runs a batch on one
         # thread (the runner's single-threaded twin session).
         self._infer_side = infer_side
-        self._side = (
-            infer_side is not None
-            and config.side_batches
-            and config.enabled
-            and config.instances == 1
-        )
+        self._side = infer_side is not None and config.wants_side_batches
         self._workers = 2 if self._side else config.instances
         self._config = config
         self._model = model

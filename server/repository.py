@@ -217,8 +217,7 @@ class ModelRepository:
         """Read, check and warm one file (runs in a worker thread)."""
         spec = read_spec(scan.path, scan.name, scan.version)
         try:
-            b = self._batching
-            side = b.side_batches and b.enabled and b.instances == 1
+            side = self._batching.wants_side_batches
             runner = OrtRunner(scan.path, spec, self._runtime, side_batches=side)
             runner.warmup(warmup_sizes(self._runtime, self._batching.max_batch_size))
         except ModelSpecError:

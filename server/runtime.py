@@ -165,6 +165,11 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return opts
 
 
+def _intra_threads(config: RuntimeConfig) -> int:
+    """The intra-op threads a session of ``config`` gets (0: ORT takes every core)."""
+    return config.intra_op_threads or os.cpu_count() or 1
+
+
 def session_source(
     path: Path, config: RuntimeConfig, providers: list[Any]
 ) -> tuple[str | bytes, int, ort.InferenceSession | None]:
@@ -186,8 +191,7 @@ def session_source(
             built.append(session)
         return session
 
-    threads = config.intra_op_threads or os.cpu_count() or 1  # 0: ORT takes every core
-    found = rewritten_model(Path(path), make_session, chain=threads > 1)
+    found = rewritten_model(Path(path), make_session, chain=_intra_threads(config) > 1)
     if found is None:
         return str(path), 0, None
     return found[0], found[1], built[-1]
@@ -220,8 +224,7 @@ class OrtRunner:
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
         # A single-threaded twin session (CPU only): small batches run on it (see
         # RuntimeConfig), and so do batches the batcher runs side by side.
-        threads = config.intra_op_threads or os.cpu_count() or 1  # 0: ORT takes every core
-        self.side_batches = side_batches and self.device == "cpu" and threads == 2
+        self.side_batches = side_batches and self.device == "cpu" and _intra_threads(config) == 2
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
         if (
