@@ -107,6 +107,28 @@ def _evaluation(report: EvalReport | None) -> list[str]:
     ]
 
 
+def _quantization(recipe: dict[str, Any]) -> list[str]:
+    if not recipe:
+        return []
+    return [
+        "## Quantization",
+        "",
+        f"An int8 copy of `{recipe.get('source', '?')}` made by `ganserve quantize` "
+        "(ONNX Runtime's static quantizer, QDQ format): the convolutions run on 8-bit "
+        "integers, everything else in float; the training below is the source's.",
+        "",
+        f"- layers: {', '.join(recipe.get('op_types', []))}; weights "
+        f"{recipe.get('weights', '?')}; activations {recipe.get('activations', '?')}",
+        f"- calibration: {recipe.get('calibration_images', '?')} generated inputs from seed "
+        f"{recipe.get('calibration_seed', '?')}",
+        f"- difference from the float model on {recipe.get('check_images', '?')} held-out "
+        f"inputs (images in [-1, 1]): mean {recipe.get('mean_abs_difference', '?')}, p99 "
+        f"{recipe.get('p99_abs_difference', '?')}, max {recipe.get('max_abs_difference', '?')}",
+        f"- ONNX Runtime {recipe.get('onnxruntime', '?')}",
+        "",
+    ]
+
+
 def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     """The card's markdown for the model at ``onnx_path``."""
     info = ModelInfo.from_onnx(onnx_path)
@@ -138,6 +160,7 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
         f"- file: `{onnx_path.parent.name}/{onnx_path.name}`, {size_mb:.1f} MB, "
         f"created {info.created or 'unknown'}",
         "",
+        *_quantization(info.quantization),
         "## Training",
         "",
         f"- data: {info.dataset} `train-*` split only (`t10k` is kept for evaluation)",

@@ -1,4 +1,5 @@
-"""The training sub-commands of ``ganserve``: train, export, build-model, download, evaluate.
+"""The training sub-commands of ``ganserve``: train, export, quantize, build-model, download,
+evaluate.
 
 Registration imports nothing heavy: torch, onnx and ONNX Runtime are imported
 inside the handlers, so ``ganserve --help`` stays fast and a client-only
@@ -195,13 +196,58 @@ def _export(args: argparse.Namespace) -> int:
     from ganserve.training.export import export_checkpoint, write_samples
 
     out = Path(args.out)
-    layout = out.parent.name.isdigit()  # models/NAME/VERSION/model.onnx
-    name = args.name or (out.parent.parent.name if layout else out.stem)
-    version = args.version or (out.parent.name if layout else "1")
+    name, version, samples = _out_name_version(out, args.name, args.version)
     diff = export_checkpoint(args.checkpoint, out, name, version, use_ema=not args.no_ema)
-    samples = args.samples or (out.parent.parent if layout else out.parent) / "samples.png"
+    samples = Path(args.samples) if args.samples else samples
     write_samples(out, samples)
     print(f"{out}: ok (torch vs ONNX Runtime max |diff| {diff:.1e}); samples: {samples}")
+    return 0
+
+
+def _out_name_version(out: Path, name: str | None, version: str | None) -> tuple[str, str, Path]:
+    """Model name, version and sample-grid path for an ``--out`` file: from the folders of
+    ``models/NAME/VERSION/model.onnx``, else the file's stem and version 1."""
+    layout = out.parent.name.isdigit()
+    name = name or (out.parent.parent.name if layout else out.stem)
+    version = version or (out.parent.name if layout else "1")
+    return name, version, (out.parent.parent if layout else out.parent) / "samples.png"
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize", help="write an int8 (QDQ) copy of an exported generator for fast CPU serving"
+    )
+    p.add_argument("--model", required=True, help="ONNX file or models/NAME (latest version)")
+    p.add_argument("--out", required=True, help="e.g. models/NAME-int8/1/model.onnx")
+    p.add_argument("--name", help="model name (default: the folder above the version)")
+    p.add_argument("--version", default=None, help="default: the version folder's name, or 1")
+    p.add_argument("--calibration-images", type=int, default=2048,
+                   help="inputs that set activation ranges (default: %(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=1_000_000, help="first calibration seed")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="7-bit weights, for CPUs without VNNI (no int16 saturation)")  # fmt: skip
+    p.set_defaults(func=_guarded("quantize", _quantize))
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from ganserve.training.card import write_model_card
+    from ganserve.training.evaluate import resolve_model_path
+    from ganserve.training.export import write_samples
+    from ganserve.training.quantize import quantize_model
+
+    out = Path(args.out)
+    name, version, samples = _out_name_version(out, args.name, args.version)
+    result = quantize_model(resolve_model_path(args.model), out, name, version,
+                            args.calibration_images, args.seed, args.reduce_range)  # fmt: skip
+    write_samples(out, samples)
+    print(
+        f"{out}: {result.quantized_convs} int8 convolutions; |float - int8| over 1,024 held-out "
+        f"images: mean {result.mean_difference:.4f}, p99 {result.p99_difference:.4f}, "
+        f"max {result.max_difference:.3f}; samples: {samples}"
+    )
+    if out.parent.name.isdigit():
+        print(f"model card: {write_model_card(out.parent.parent, out)}")
+    print(f"next: ganserve evaluate --model {out} --repeats 5 --write")
     return 0
 
 
@@ -274,5 +320,5 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def register(root: argparse.ArgumentParser, subparsers: argparse._SubParsersAction) -> None:
     """Add the training sub-commands to the ``ganserve`` parser."""
-    for add in (_add_train, _add_export, _add_build, _add_download, _add_evaluate):
+    for add in (_add_train, _add_export, _add_quantize, _add_build, _add_download, _add_evaluate):
         add(subparsers)

@@ -34,6 +34,7 @@ __all__ = [
     "ExportError",
     "export_checkpoint",
     "load_generator",
+    "random_inputs",
     "read_metadata",
     "verify_onnx",
     "write_metadata",
@@ -77,7 +78,7 @@ def load_generator(checkpoint: Path | str, use_ema: bool = True) -> tuple[nn.Mod
     return generator.eval(), ckpt
 
 
-def _inputs(latent_dim: int, num_classes: int, n: int, seed: int) -> dict[str, np.ndarray]:
+def random_inputs(latent_dim: int, num_classes: int, n: int, seed: int) -> dict[str, np.ndarray]:
     """Random inputs: z ~ N(0, 1) and, if conditional, y a mix of one-hots and blends."""
     rng = np.random.default_rng(seed)
     feeds = {"z": rng.standard_normal((n, latent_dim)).astype(np.float32)}
@@ -105,7 +106,7 @@ def verify_onnx(
     session = _session(onnx_path)
     worst = 0.0
     for n in VERIFY_BATCHES:
-        feeds = _inputs(latent_dim, num_classes, n, seed=n)
+        feeds = random_inputs(latent_dim, num_classes, n, seed=n)
         (got,) = session.run(["image"], feeds)
         with torch.no_grad():
             want = generator(*(torch.from_numpy(v) for v in feeds.values())).numpy()
@@ -184,7 +185,7 @@ def export_checkpoint(
     cfg = TrainConfig.from_dict(ckpt["config"])
     num_classes = int(ckpt["num_classes"])
     conditional = is_conditional(cfg.arch)
-    feeds = _inputs(cfg.latent_dim, num_classes, 2, seed=0)
+    feeds = random_inputs(cfg.latent_dim, num_classes, 2, seed=0)
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     names = list(feeds)
     out = Path(out)

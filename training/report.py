@@ -79,6 +79,7 @@ class ModelInfo:
     training_config: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     created: str = ""
+    quantization: dict[str, Any] = field(default_factory=dict)  # {} for a float model
 
     @property
     def conditional(self) -> bool:
@@ -113,6 +114,7 @@ class ModelInfo:
             training_config=dict(_json(props, "ganserve.training_config", {})),
             quality={k: float(v) for k, v in _json(props, "ganserve.quality", {}).items()},
             created=props.get("ganserve.created", ""),
+            quantization=dict(_json(props, "ganserve.quantization", {})),
         )
 
     @classmethod
