@@ -446,11 +446,30 @@ async def test_back_to_back_arrivals_after_an_inline_run_are_batched(  # type: i
     await asyncio.sleep(2 * took)
     zs = [_z(1, i) for i in range(4)]
     results = await asyncio.gather(*(batcher.submit(z, None) for z in zs))
-    assert infer.threads[:2] == [threading.current_thread().name] * 2
-    assert infer.threads[2:] == ["batcher-tiny"] * (len(infer.threads) - 2)
-    assert infer.batches[1] == 1 and sum(infer.batches[2:]) == 3 and len(infer.batches) < 5
+    # The first of them would find the model idle, but the other three wait for the
+    # loop (their tasks are ready): it goes to the worker too, and they all batch.
+    assert infer.threads[0] == threading.current_thread().name
+    assert infer.threads[1:] == ["batcher-tiny"] * (len(infer.threads) - 1)
+    assert sum(infer.batches[1:]) == 4 and len(infer.batches) < 5
     for z, out in zip(zs, results, strict=True):
         np.testing.assert_array_equal(out, runner.run(z, None))
+
+
+async def test_no_inline_while_other_work_waits_for_the_loop(  # type: ignore[no-untyped-def]
+    make_batcher, infer, runner
+) -> None:
+    """An idle model, but other callbacks are ready on the loop (under load: other RPCs'
+    reads and writes): an inline inference would hold them up, so the worker runs it."""
+    batcher = await make_batcher(inline_max_images=4)
+    ran: list[bool] = []
+    asyncio.get_running_loop().call_soon(ran.append, True)
+    z = _z(2, 3.0)
+    out = await batcher.submit(z, None)
+    assert infer.threads == ["batcher-tiny"] and ran == [True]
+    np.testing.assert_array_equal(out, runner.run(z, None))
+    await asyncio.sleep(0.05)  # a pause longer than that inference: idle again
+    await batcher.submit(z, None)
+    assert infer.threads[1:] == [threading.current_thread().name]
 
 
 async def test_no_inline_while_the_worker_is_busy(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
