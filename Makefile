@@ -1,8 +1,10 @@
 # ganserve — every target creates .venv and installs what it needs.
 #   make run    serve the bundled models on localhost:50051 (metrics on :8000)
 #   make test   lint, types, stub drift, the whole test suite
-#   make bench  closed-loop benchmark against the real server (figures printed)
-#   make models re-train, export and evaluate the bundled models from DATA_DIR
+#   make bench  closed-loop benchmark against the real server (figures printed;
+#               BENCH_MODEL=mnist-dcgan-int8 for the int8 copy)
+#   make models re-train, export and evaluate the bundled models from DATA_DIR (and the
+#               int8 copy of mnist-dcgan)
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,6 +15,7 @@ DATA_DIR ?= ../shared/data
 MODELS ?= mnist-mlp mnist-dcgan mnist-cdcgan fashion-cdcgan
 PORT ?= 50051
 METRICS_PORT ?= 8000
+BENCH_MODEL ?= mnist-dcgan
 
 .PHONY: run test lint typecheck bench models protos docker clean help
 
@@ -50,10 +53,12 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev
-	$(BIN)/python benchmarks/bench.py --model-dir models --model mnist-dcgan
+	$(BIN)/python benchmarks/bench.py --model-dir models --model $(BENCH_MODEL)
 
 models: $(VENV)/.dev
 	$(BIN)/ganserve build-model $(MODELS) --data-root $(DATA_DIR) --models-dir models
+	$(BIN)/ganserve quantize --model models/mnist-dcgan --out models/mnist-dcgan-int8/1/model.onnx
+	$(BIN)/ganserve evaluate --model models/mnist-dcgan-int8 --repeats 5 --write --data-dir $(DATA_DIR)/mnist
 
 protos: $(VENV)/.dev
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/ganserve/v1/generator.proto

@@ -239,9 +239,10 @@ class ModelRepository:
         batcher = Batcher(runner.run, self._batching, self._metrics, scan.name, infer_side=side)
         await batcher.start()
         log.info(
-            "loaded model %s version %s (%s, latent %d, %d classes) on %s, "
+            "loaded model %s version %s (%s, latent %d, %d classes%s) on %s, "
             "%d ConvTranspose layer(s) rewritten, side batches %s",
-            spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes, runner.device,
+            spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes,
+            ", int8" if "ganserve.quantization" in spec.metadata else "", runner.device,
             runner.rewritten, "on" if runner.side_batches else "off",
         )  # fmt: skip
         return LoadedModel(spec, runner, batcher), ""

@@ -138,4 +138,11 @@ def test_the_server_serves_an_int8_model_beside_its_float_source(
     assert np.array_equal(np.concatenate(pieces), first)
     diff = np.abs(first - float_images)
     assert 0 < diff.mean() < 0.02
-    assert "tiny-dcgan-int8" in server.log() and "READY" in server.log().upper()
+    assert (
+        "loaded model tiny-dcgan-int8 version 1 (unconditional, latent 100, 0 classes, int8)"
+        in server.log()
+    )
+    assert (
+        "loaded model tiny-dcgan version 1 (unconditional, latent 100, 0 classes) on"
+        in server.log()
+    )
