@@ -89,11 +89,12 @@ class AsyncGanClient(ClientBase):
         self._remember_limits(msg)
         return [ModelInfo.from_proto(m) for m in msg.models]
 
-    async def limits(self) -> ServerLimits:
-        """The server's limits (fetched once with ``ListModels``, then cached)."""
+    async def limits(self, *, timeout: float | None = None) -> ServerLimits:
+        """The server's limits (fetched once with ``ListModels`` under ``timeout``, then
+        cached)."""
         async with self._limits_lock:  # concurrent first calls share one fetch
             if self._limits is None:
-                await self.list_models()
+                await self.list_models(timeout=timeout)
         assert self._limits is not None
         return self._limits
 
@@ -104,9 +105,13 @@ class AsyncGanClient(ClientBase):
         req = pb.GetModelRequest(model=model, version=version)
         return self._remember_info(await self._unary(self._stub.GetModel, req, timeout), version)
 
-    async def _cached_info(self, model: str, version: str) -> ModelInfo:
+    async def _cached_info(
+        self, model: str, version: str, timeout: float | None = None
+    ) -> ModelInfo:
         info = self._infos.get((model, version))
-        return info if info is not None else await self.model_info(model, version)
+        if info is not None:
+            return info
+        return await self.model_info(model, version, timeout=timeout)
 
     # --------------------------------------------------------------- sample
     async def sample(
@@ -120,7 +125,8 @@ class AsyncGanClient(ClientBase):
     ) -> SampleResult:
         """``count`` images; keywords, streams and parts as in ``GanClient.sample``."""
         req = sample_request(model, count, **kwargs)
-        plan = plan_sample(req, await self.limits(), await self._cached_info(model, req.version))
+        limits = await self.limits(timeout=timeout)
+        plan = plan_sample(req, limits, await self._cached_info(model, req.version, timeout))
         if not plan.stream:
             return SampleResult.from_proto(await self._unary(self._stub.Sample, req, timeout))
         req.chunk_size = plan.chunk_size
@@ -138,7 +144,8 @@ class AsyncGanClient(ClientBase):
     async def _stream(
         self, req: pb.SampleRequest, timeout: float | None
     ) -> AsyncIterator[SampleResult]:
-        limits, info = await self.limits(), await self._cached_info(req.model, req.version)
+        limits = await self.limits(timeout=timeout)
+        info = await self._cached_info(req.model, req.version, timeout)
         for offset, part in split_sample(req, limits, info):
             fetch = self._part_fetch(part, offset, info)
             while True:
@@ -168,7 +175,7 @@ class AsyncGanClient(ClientBase):
         """Frames through ``keyframes``; keywords as in ``GanClient.interpolate``."""
         req = interpolate_request(model, keyframes, labels=labels, **kwargs)
         if (size := self._large_request(req)) is not None:
-            check_request_size(req, size, await self.limits())
+            check_request_size(req, size, await self.limits(timeout=timeout))
         msg = await self._unary(self._stub.Interpolate, req, timeout)
         return InterpolateResult.from_proto(msg)
 
@@ -184,7 +191,7 @@ class AsyncGanClient(ClientBase):
         """``G(sum_k weight_k * term_k)``; keywords as in ``GanClient.arithmetic``."""
         req = arithmetic_request(model, terms, label=label, **kwargs)
         if (size := self._large_request(req)) is not None:
-            check_request_size(req, size, await self.limits())
+            check_request_size(req, size, await self.limits(timeout=timeout))
         msg = await self._unary(self._stub.Arithmetic, req, timeout)
         return ArithmeticResult.from_proto(msg)
 

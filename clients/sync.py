@@ -80,12 +80,13 @@ class GanClient(ClientBase):
             self._remember_limits(msg)
         return [ModelInfo.from_proto(m) for m in msg.models]
 
-    def limits(self) -> ServerLimits:
-        """The server's limits (fetched once with ``ListModels``, then cached)."""
+    def limits(self, *, timeout: float | None = None) -> ServerLimits:
+        """The server's limits (fetched once with ``ListModels`` under ``timeout``, then
+        cached)."""
         with self._lock:
             cached = self._limits
         if cached is None:
-            self.list_models()
+            self.list_models(timeout=timeout)
             with self._lock:
                 cached = self._limits
         assert cached is not None
@@ -100,10 +101,10 @@ class GanClient(ClientBase):
         with self._lock:
             return self._remember_info(msg, version)
 
-    def _cached_info(self, model: str, version: str) -> ModelInfo:
+    def _cached_info(self, model: str, version: str, timeout: float | None = None) -> ModelInfo:
         with self._lock:
             info = self._infos.get((model, version))
-        return info if info is not None else self.model_info(model, version)
+        return info if info is not None else self.model_info(model, version, timeout=timeout)
 
     # --------------------------------------------------------------- sample
     def sample(
@@ -127,7 +128,8 @@ class GanClient(ClientBase):
         applies to each call; ``progress=True`` shows a progress bar then.
         """
         req = sample_request(model, count, **kwargs)
-        plan = plan_sample(req, self.limits(), self._cached_info(model, req.version))
+        limits = self.limits(timeout=timeout)
+        plan = plan_sample(req, limits, self._cached_info(model, req.version, timeout))
         if not plan.stream:
             return SampleResult.from_proto(self._unary(self._stub.Sample, req, timeout))
         req.chunk_size = plan.chunk_size
@@ -149,8 +151,8 @@ class GanClient(ClientBase):
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
         # A generator: the calls start at the first next(), like the async client's.
-        info = self._cached_info(req.model, req.version)
-        for offset, part in split_sample(req, self.limits(), info):
+        info = self._cached_info(req.model, req.version, timeout)
+        for offset, part in split_sample(req, self.limits(timeout=timeout), info):
             fetch = self._part_fetch(part, offset, info)
             while True:
                 call = self._stub.SampleStream(
@@ -184,7 +186,7 @@ class GanClient(ClientBase):
         """
         req = interpolate_request(model, keyframes, labels=labels, **kwargs)
         if (size := self._large_request(req)) is not None:
-            check_request_size(req, size, self.limits())
+            check_request_size(req, size, self.limits(timeout=timeout))
         return InterpolateResult.from_proto(self._unary(self._stub.Interpolate, req, timeout))
 
     def arithmetic(
@@ -203,7 +205,7 @@ class GanClient(ClientBase):
         """
         req = arithmetic_request(model, terms, label=label, **kwargs)
         if (size := self._large_request(req)) is not None:
-            check_request_size(req, size, self.limits())
+            check_request_size(req, size, self.limits(timeout=timeout))
         return ArithmeticResult.from_proto(self._unary(self._stub.Arithmetic, req, timeout))
 
     # --------------------------------------------------------------- health

@@ -3,9 +3,11 @@ over several streams, retries, round robin, token and TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from certs import make_certs
 from conftest import launch_server
 
 from ganserve.clients import (
+    AsyncGanClient,
     DeadlineExceeded,
     GanClient,
     InvalidRequest,
@@ -317,6 +320,42 @@ def test_deadline_exceeded() -> None:
     try:
         with GanClient(fake.target, timeout=0.2) as c, pytest.raises(DeadlineExceeded):
             c.list_models()
+    finally:
+        fake.server.stop(None)
+
+
+def test_the_limits_fetch_of_a_first_call_keeps_the_callers_timeout() -> None:
+    """A first Sample/Interpolate/Arithmetic fetches the server's limits with ListModels:
+    under the call's own timeout, not the client's default (30 s here)."""
+
+    def hang(n: int, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        done = threading.Event()
+        context.add_callback(done.set)
+        done.wait()
+        return pb.ListModelsResponse()
+
+    fake = ScriptedServer(hang)
+    big = np.zeros((4000, 100), dtype=np.float32)  # 1.6 MB: checked against the limits
+    try:
+        with GanClient(fake.target, timeout=30) as c:
+            for call in (
+                lambda: c.sample("m", 1, seed=0, timeout=0.3),
+                lambda: c.interpolate("m", list(big), timeout=0.3),
+                lambda: c.arithmetic("m", [(1.0, v) for v in big], timeout=0.3),
+            ):
+                start = time.monotonic()
+                with pytest.raises(DeadlineExceeded):
+                    call()
+                assert time.monotonic() - start < 10
+
+        async def first_async_call() -> None:
+            async with AsyncGanClient(fake.target, timeout=30) as a:
+                await a.sample("m", 1, seed=0, timeout=0.3)
+
+        start = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            asyncio.run(first_async_call())
+        assert time.monotonic() - start < 10
     finally:
         fake.server.stop(None)
 
