@@ -57,8 +57,10 @@ bench: $(VENV)/.dev
 
 models: $(VENV)/.dev
 	$(BIN)/ganserve build-model $(MODELS) --data-root $(DATA_DIR) --models-dir models
+ifneq ($(filter mnist-dcgan,$(MODELS)),)
 	$(BIN)/ganserve quantize --model models/mnist-dcgan --out models/mnist-dcgan-int8/1/model.onnx
 	$(BIN)/ganserve evaluate --model models/mnist-dcgan-int8 --repeats 5 --write --data-dir $(DATA_DIR)/mnist
+endif
 
 protos: $(VENV)/.dev
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/ganserve/v1/generator.proto

@@ -110,20 +110,24 @@ def _evaluation(report: EvalReport | None) -> list[str]:
 def _quantization(recipe: dict[str, Any]) -> list[str]:
     if not recipe:
         return []
+    levels = recipe.get("grey_levels", {})
     return [
         "## Quantization",
         "",
         f"An int8 copy of `{recipe.get('source', '?')}` made by `ganserve quantize` "
-        "(ONNX Runtime's static quantizer, QDQ format): the convolutions run on 8-bit "
-        "integers, everything else in float; the training below is the source's.",
+        "(ONNX Runtime's static quantizer, QDQ format): the hidden convolutions run on "
+        "8-bit integers, everything else (the image layer included) in float; the "
+        "training below is the source's.",
         "",
-        f"- layers: {', '.join(recipe.get('op_types', []))}; weights "
+        f"- layers: {', '.join(recipe.get('op_types', []))}, except the image layer(s) "
+        f"{', '.join(recipe.get('float_layers', [])) or '—'}; weights "
         f"{recipe.get('weights', '?')}; activations {recipe.get('activations', '?')}",
         f"- calibration: {recipe.get('calibration_images', '?')} generated inputs from seed "
         f"{recipe.get('calibration_seed', '?')}",
         f"- difference from the float model on {recipe.get('check_images', '?')} held-out "
         f"inputs (images in [-1, 1]): mean {recipe.get('mean_abs_difference', '?')}, p99 "
-        f"{recipe.get('p99_abs_difference', '?')}, max {recipe.get('max_abs_difference', '?')}",
+        f"{recipe.get('p99_abs_difference', '?')}, max {recipe.get('max_abs_difference', '?')}; "
+        f"distinct 8-bit grey levels {levels.get('int8', '?')} (float: {levels.get('float', '?')})",
         f"- ONNX Runtime {recipe.get('onnxruntime', '?')}",
         "",
     ]

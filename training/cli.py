@@ -233,7 +233,7 @@ def _quantize(args: argparse.Namespace) -> int:
     from ganserve.training.card import write_model_card
     from ganserve.training.evaluate import resolve_model_path
     from ganserve.training.export import write_samples
-    from ganserve.training.quantize import quantize_model
+    from ganserve.training.quantize import CHECK_IMAGES, quantize_model
 
     out = Path(args.out)
     name, version, samples = _out_name_version(out, args.name, args.version)
@@ -241,9 +241,11 @@ def _quantize(args: argparse.Namespace) -> int:
                             args.calibration_images, args.seed, args.reduce_range)  # fmt: skip
     write_samples(out, samples)
     print(
-        f"{out}: {result.quantized_convs} int8 convolutions; |float - int8| over 1,024 held-out "
-        f"images: mean {result.mean_difference:.4f}, p99 {result.p99_difference:.4f}, "
-        f"max {result.max_difference:.3f}; samples: {samples}"
+        f"{out}: {result.quantized_convs} int8 convolutions, {result.float_convs} float image "
+        f"layer(s); |float - int8| over {CHECK_IMAGES:,} held-out images: mean "
+        f"{result.mean_difference:.4f}, p99 {result.p99_difference:.4f}, max "
+        f"{result.max_difference:.3f}; grey levels {result.levels[0]} (float "
+        f"{result.levels[1]}); samples: {samples}"
     )
     if out.parent.name.isdigit():
         print(f"model card: {write_model_card(out.parent.parent, out)}")
