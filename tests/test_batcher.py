@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -470,6 +471,16 @@ async def test_no_inline_while_other_work_waits_for_the_loop(  # type: ignore[no
     await asyncio.sleep(0.05)  # a pause longer than that inference: idle again
     await batcher.submit(z, None)
     assert infer.threads[1:] == [threading.current_thread().name]
+
+
+def test_the_event_loop_exposes_its_ready_queue() -> None:
+    """The inline path's loop check reads asyncio's ``loop._ready``; on a Python whose
+    loop lacks it the check would read every loop as idle (the check off): fail here."""
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop._ready, collections.deque)  # type: ignore[attr-defined]
+    finally:
+        loop.close()
 
 
 async def test_no_inline_while_the_worker_is_busy(make_batcher, infer) -> None:  # type: ignore[no-untyped-def]
