@@ -1,8 +1,8 @@
 # ganserve — every target creates .venv and installs what it needs.
 #   make run    serve the bundled models on localhost:50051 (metrics on :8000)
 #   make test   lint, types, stub drift, the whole test suite
-#   make bench  closed-loop benchmark against the real server (figures printed;
-#               BENCH_MODEL=mnist-dcgan-int8 for the int8 copy)
+#   make bench  closed-loop benchmark against the real server (figures printed), the
+#               bundled DCGAN and its int8 copy (BENCH_MODELS=... for others)
 #   make models re-train, export and evaluate the bundled models from DATA_DIR (and the
 #               int8 copy of mnist-dcgan)
 
@@ -15,7 +15,7 @@ DATA_DIR ?= ../shared/data
 MODELS ?= mnist-mlp mnist-dcgan mnist-cdcgan fashion-cdcgan
 PORT ?= 50051
 METRICS_PORT ?= 8000
-BENCH_MODEL ?= mnist-dcgan
+BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
 
 .PHONY: run test lint typecheck bench models protos docker clean help
 
@@ -53,7 +53,9 @@ test: lint typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev
-	$(BIN)/python benchmarks/bench.py --model-dir models --model $(BENCH_MODEL)
+	for model in $(BENCH_MODELS); do \
+		$(BIN)/python benchmarks/bench.py --model-dir models --model $$model || exit 1; \
+	done
 
 models: $(VENV)/.dev
 	$(BIN)/ganserve build-model $(MODELS) --data-root $(DATA_DIR) --models-dir models
