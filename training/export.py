@@ -32,6 +32,7 @@ from ganserve.training.train import load_checkpoint
 
 __all__ = [
     "ExportError",
+    "cpu_session",
     "export_checkpoint",
     "load_generator",
     "random_inputs",
@@ -89,13 +90,17 @@ def random_inputs(latent_dim: int, num_classes: int, n: int, seed: int) -> dict[
     return feeds
 
 
-def _session(onnx_path: Path | str) -> Any:
+def cpu_session(model: Path | str | bytes, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session of a file or serialized model, ``threads`` intra-op
+    threads (0: one per core), quiet logs."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def verify_onnx(
@@ -103,7 +108,7 @@ def verify_onnx(
 ) -> float:
     """Max abs difference between torch and ONNX Runtime over batches 1, 7 and 256;
     raises :class:`ExportError` above 1e-4."""
-    session = _session(onnx_path)
+    session = cpu_session(onnx_path)
     worst = 0.0
     for n in VERIFY_BATCHES:
         feeds = random_inputs(latent_dim, num_classes, n, seed=n)
@@ -167,7 +172,7 @@ def write_samples(onnx_path: Path | str, png_path: Path | str) -> Path:
     meta = read_metadata(onnx_path)
     z, y = sample_plan(int(meta["ganserve.latent_dim"]), int(meta["ganserve.num_classes"]))
     feeds = {"z": z} if y is None else {"z": z, "y": y}
-    (images,) = _session(onnx_path).run(["image"], feeds)
+    (images,) = cpu_session(onnx_path).run(["image"], feeds)
     return save_grid(images, png_path)
 
 

@@ -64,16 +64,6 @@ class QuantizeResult:
     levels: tuple[int, int]  # distinct 8-bit grey levels: int8 images, float images
 
 
-def _session(model: str | bytes, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 class _Calibration:
     """ONNX Runtime's CalibrationDataReader protocol over generated inputs."""
 
@@ -93,11 +83,11 @@ def _check(float_path: Path, quantized: Path, latent_dim: int, num_classes: int,
     """|float - int8| mean, p99, max over held-out inputs, and the distinct 8-bit grey
     levels of each model's images."""
     from ganserve.imaging import to_uint8
-    from ganserve.training.export import random_inputs
+    from ganserve.training.export import cpu_session, random_inputs
 
     feeds = random_inputs(latent_dim, num_classes, CHECK_IMAGES, seed)
-    (want,) = _session(str(float_path), threads=0).run(["image"], feeds)
-    (got,) = _session(str(quantized), threads=0).run(["image"], feeds)
+    (want,) = cpu_session(float_path, threads=0).run(["image"], feeds)
+    (got,) = cpu_session(quantized, threads=0).run(["image"], feeds)
     if got.shape != want.shape or not np.isfinite(got).all():
         raise ValueError(f"{quantized}: the quantized graph gave {got.shape} or non-finite values")
     diff = np.abs(got.astype(np.float64) - want)
@@ -120,12 +110,10 @@ def _image_layers(graph: Any) -> list[str]:
 
 
 def _refuse_quantized(source: Path, meta: dict[str, str], graph: Any) -> None:
-    try:
-        recipe = json.loads(meta.get("ganserve.quantization", "{}"))
-    except ValueError:
-        recipe = {"unreadable": True}
+    """Quantized: the ``ganserve.quantization`` entry is there (the convention the server's
+    load log uses too), or the graph has quantize/dequantize nodes (another tool's)."""
     ops = sorted({n.op_type for n in graph.node} & _QUANTIZED_OPS)
-    if recipe or ops:
+    if "ganserve.quantization" in meta or ops:
         found = f" ({', '.join(ops)})" if ops else ""
         raise ValueError(f"{source} is already quantized{found}; quantize its float source instead")
 
@@ -174,21 +162,22 @@ def quantize_model(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ganserve.server.rewrite import rewritten_model
-    from ganserve.training.export import read_metadata
+    from ganserve.training.export import cpu_session
 
     source, out = Path(source), Path(out)
     if calibration_images < 1:
         raise ValueError(f"--calibration-images must be >= 1, got {calibration_images}")
     _refuse_own_folder(source, out)
-    meta = read_metadata(source)
+    original = onnx.load(str(source), load_external_data=False)
+    meta = {p.key: p.value for p in original.metadata_props}
     if "ganserve.latent_dim" not in meta:
         raise ValueError(f"{source}: no ganserve metadata; was it exported by `ganserve export`?")
-    _refuse_quantized(source, meta, onnx.load(str(source), load_external_data=False).graph)
+    _refuse_quantized(source, meta, original.graph)
     latent_dim, num_classes = int(meta["ganserve.latent_dim"]), int(meta["ganserve.num_classes"])
     # ConvTranspose -> Conv, checked (None: as is). Not chained: the image layer stays
     # float, and unchained it runs faster on one thread (77 vs 91 us per image at batch
     # 12 for the bundled DCGAN; equal on two).
-    found = rewritten_model(source, _session, chain=False)
+    found = rewritten_model(source, cpu_session, chain=False)
     with tempfile.TemporaryDirectory() as tmp:
         float_graph = Path(tmp) / "float.onnx"
         float_graph.write_bytes(found[0] if found else source.read_bytes())
