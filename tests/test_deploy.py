@@ -29,7 +29,7 @@ from ganserve.server.config import ServerConfig, environment_variables
 from ganserve.server.main import SERVICE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = ROOT / "deploy" / "k8s"
+K8S = ROOT / "deploy" / "base"
 
 
 def _docs(name: str) -> list[dict[str, Any]]:
