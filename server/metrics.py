@@ -8,15 +8,19 @@ low cardinality only (model, version, method, code, state, result).
 from __future__ import annotations
 
 import contextlib
+import platform
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
 )
+
+from ganserve import __version__
 
 __all__ = ["LATENCY_BUCKETS", "STATES", "Metrics"]
 
@@ -38,6 +42,17 @@ def _powers_of_two(limit: int) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _build_labels() -> dict[str, str]:
+    """Version labels of ``ganserve_build_info``; ONNX Runtime is only named if installed."""
+    try:
+        import onnxruntime
+
+        ort = str(onnxruntime.__version__)
+    except ImportError:
+        ort = ""
+    return {"version": __version__, "onnxruntime": ort, "python": platform.python_version()}
+
+
 class Metrics:
     """All server metrics; ``registry`` is what ``/metrics`` exposes."""
 
@@ -46,6 +61,12 @@ class Metrics:
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        # Which build answers: dashboards and alerts join on it, and a rolling update
+        # shows as two versions side by side.
+        self.build_info = Info(
+            "ganserve_build", "The ganserve build serving: version and runtimes.", registry=r
+        )
+        self.build_info.info(_build_labels())
         self.requests_total = Counter(
             "ganserve_requests_total",
             "RPCs finished, by model, method and status code.",

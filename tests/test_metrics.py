@@ -20,6 +20,7 @@ EXPECTED = {
     "ganserve_model_rewritten_layers": "gauge",
     "ganserve_model_load_failures": "counter",
     "ganserve_reloads": "counter",
+    "ganserve_build_info": "gauge",
 }
 
 
@@ -37,6 +38,17 @@ def test_names_types_and_process_metrics() -> None:
         assert families[name].type == kind, name  # type: ignore[attr-defined]
     assert "process_cpu_seconds" in families
     assert "python_info" in families
+
+
+def test_build_info_names_this_version() -> None:
+    import onnxruntime
+
+    from ganserve import __version__
+
+    (sample,) = _families(Metrics())["ganserve_build_info"].samples  # type: ignore[attr-defined]
+    assert sample.name == "ganserve_build_info" and sample.value == 1.0
+    assert sample.labels["version"] == __version__
+    assert sample.labels["onnxruntime"] == onnxruntime.__version__
 
 
 def test_batch_size_buckets_are_powers_of_two_up_to_max() -> None:
