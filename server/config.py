@@ -65,6 +65,14 @@ class ServerConfig:
     host: str = "127.0.0.1"  # plaintext on localhost by default; the container uses 0.0.0.0
     port: int = 50051  # 0: pick a free port (see ready_file)
     metrics_port: int = 8000  # 0: free port, -1: no metrics HTTP server
+    # None: the gRPC --host. "127.0.0.1" keeps /metrics to the pod (a sidecar scrapes it)
+    # while gRPC listens on every interface.
+    metrics_host: str | None = None
+    # /metrics over HTTPS (and, with a CA, only for scrapers with a client certificate):
+    # the gRPC TLS settings do not cover it, it is a separate HTTP server.
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
+    metrics_tls_client_ca: Path | None = None
     model_dir: Path = field(default_factory=default_model_dir)
     runtime: RuntimeConfig = field(default_factory=_runtime_config)
     batching: BatchingConfig = field(default_factory=_batching_config)
@@ -171,10 +179,25 @@ class ServerConfig:
             self.tls_client_ca is None or self.tls_cert is not None,
             "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key",
         )
+        _check(
+            (self.metrics_tls_cert is None) == (self.metrics_tls_key is None),
+            "--metrics-tls-cert and --metrics-tls-key must be given together",
+        )
+        _check(
+            self.metrics_tls_client_ca is None or self.metrics_tls_cert is not None,
+            "--metrics-tls-client-ca needs --metrics-tls-cert and --metrics-tls-key",
+        )
+        _check(
+            self.metrics_tls_cert is None or self.metrics_port >= 0,
+            "--metrics-tls-cert needs the metrics server (--metrics-port is -1)",
+        )
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
             ("--tls-client-ca", self.tls_client_ca),
+            ("--metrics-tls-cert", self.metrics_tls_cert),
+            ("--metrics-tls-key", self.metrics_tls_key),
+            ("--metrics-tls-client-ca", self.metrics_tls_client_ca),
         ):
             _check(path is None or path.is_file(), f"{flag} {path} is not a readable file")
         _check(self.auth_token is None or bool(self.auth_token), "--auth-token must not be empty")
@@ -186,6 +209,11 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def metrics_address(self) -> str:
+        """The address /metrics binds: ``--metrics-host``, else ``--host``."""
+        return self.host if self.metrics_host is None else self.metrics_host
 
     def describe(self) -> str:
         """One log line with every setting; the auth token is never printed."""
@@ -256,6 +284,14 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)"),
     _Option("port", int, "gRPC port (default 50051; 0 = a free port)"),
     _Option("metrics_port", int, "Prometheus /metrics port (default 8000; 0 = free, -1 = off)"),
+    _Option("metrics_host", str, "address /metrics binds (default: --host; 127.0.0.1 = pod only)"),
+    _Option("metrics_tls_cert", Path, "PEM certificate: serve /metrics over HTTPS"),
+    _Option("metrics_tls_key", Path, "PEM private key of --metrics-tls-cert"),
+    _Option(
+        "metrics_tls_client_ca",
+        Path,
+        "PEM CA: /metrics only for scrapers with a client certificate it signed",
+    ),
     _Option("model_dir", Path, "model repository: <name>/<version>/model.onnx (default models/)"),
     _Option("runtime.device", str, "auto | cuda | cpu (default auto)"),
     _Option("runtime.intra_op_threads", int, "ONNX Runtime intra-op threads (0 = ORT default)"),

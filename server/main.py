@@ -80,6 +80,10 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 class _Server:
     """One server process: its gRPC server, repository, health, metrics and signals."""
 
@@ -156,7 +160,13 @@ class _Server:
 
             try:
                 metrics_http, _ = start_http_server(
-                    cfg.metrics_port, addr=cfg.host, registry=metrics.registry
+                    cfg.metrics_port,
+                    addr=cfg.metrics_address,
+                    registry=metrics.registry,
+                    certfile=_optional_str(cfg.metrics_tls_cert),
+                    keyfile=_optional_str(cfg.metrics_tls_key),
+                    client_cafile=_optional_str(cfg.metrics_tls_client_ca),
+                    client_auth_required=cfg.metrics_tls_client_ca is not None,
                 )
             except OSError as exc:
                 log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
@@ -169,7 +179,11 @@ class _Server:
             _address(cfg.host, port),
             scheme,
             "bearer token" if cfg.auth_token else "off",
-            f"http://{_address(cfg.host, metrics_port)}/metrics" if metrics_http else "off",
+            f"{'https' if cfg.metrics_tls_cert else 'http'}://"
+            f"{_address(cfg.metrics_address, metrics_port)}/metrics"
+            + (" (client certificates required)" if cfg.metrics_tls_client_ca else "")
+            if metrics_http
+            else "off",
         )
         try:
             if await self._start_repository():

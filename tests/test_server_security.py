@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import ssl
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -148,3 +152,36 @@ def test_mutual_tls(tiny_model_repo, start_server, certs) -> None:
         assert code_of(pb_grpc.GeneratorStub(anonymous).Sample, REQUEST) == (
             grpc.StatusCode.UNAVAILABLE
         )
+
+
+def _get(url: str, context: ssl.SSLContext | None = None) -> str:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        return response.read().decode()
+
+
+def test_metrics_over_https_with_client_certificates(tiny_model_repo, start_server, certs) -> None:
+    proc = start_server(
+        tiny_model_repo,
+        *("--metrics-tls-cert", str(certs / "server.pem")),
+        *("--metrics-tls-key", str(certs / "server.key")),
+        *("--metrics-tls-client-ca", str(certs / "ca.pem")),
+    )
+    url = f"https://127.0.0.1:{proc.metrics_port}/metrics"
+    trusting = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        _get(url, trusting)  # the server asks for a client certificate
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        _get(f"http://127.0.0.1:{proc.metrics_port}/metrics")  # no plaintext beside it
+    trusting.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    assert "ganserve_build_info{" in _get(url, trusting)
+    assert "https://" in proc.log() and "client certificates required" in proc.log()
+
+
+def test_metrics_host_binds_metrics_apart_from_grpc(tiny_model_repo, start_server) -> None:
+    # 127.0.0.2 is loopback too on Linux: gRPC on one address, /metrics on another.
+    proc = start_server(tiny_model_repo, "--metrics-host", "127.0.0.2")
+    assert "ganserve_requests_total" in _get(f"http://127.0.0.2:{proc.metrics_port}/metrics")
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        _get(f"http://127.0.0.1:{proc.metrics_port}/metrics")
+    with grpc.insecure_channel(proc.target) as channel:
+        assert health(channel) == health_pb2.HealthCheckResponse.SERVING
