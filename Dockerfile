@@ -1,12 +1,21 @@
 # ganserve serving image: ONNX Runtime (CUDA EP when a GPU is present, CPU otherwise),
 # gRPC and Prometheus. No torch: training is not part of the serving image.
 #
-#   docker build -t ganserve .
+#   docker build -t ganserve .                                              # GPU-capable
+#   docker build --build-arg ONNXRUNTIME=onnxruntime -t ganserve:cpu .      # CPU only
 #   docker run --gpus all -p 50051:50051 -p 8000:8000 ganserve        # GPU
 #   docker run -p 50051:50051 -p 8000:8000 ganserve                   # CPU fallback
-ARG PYTHON_VERSION=3.11
+#
+# BASE_IMAGE must provide `python` (3.10+) with the venv module, and useradd; both
+# stages use it, since the venv links to the base's interpreter. make image-test
+# builds one from Debian packages (deploy/image/). See docs/image.md.
+ARG BASE_IMAGE=python:3.11-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
+# The ONNX Runtime package, any pip requirement: onnxruntime-gpu's [cuda,cudnn] extras
+# bring the CUDA and cuDNN runtime libraries as wheels (no CUDA base image needed, but
+# ~2.4 GB of the image); "onnxruntime" makes a CPU-only image without them.
+ARG ONNXRUNTIME="onnxruntime-gpu[cuda,cudnn]"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/ganserve
@@ -16,15 +25,17 @@ COPY server server
 COPY clients clients
 COPY training training
 COPY protos protos
-# [server] brings onnxruntime-gpu; its [cuda,cudnn] extras bring the CUDA 12 and cuDNN
-# runtime libraries as wheels, so the image needs no CUDA base image.
+# [server-core] is [server] without its ONNX Runtime; one resolve for both, so the
+# ORT package chosen above is the only one installed.
 RUN /opt/ganserve/bin/pip install --upgrade pip \
- && /opt/ganserve/bin/pip install ".[server]" \
- && /opt/ganserve/bin/pip install "onnxruntime-gpu[cuda,cudnn]"
+ && /opt/ganserve/bin/pip install ".[server-core]" "${ONNXRUNTIME}"
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${BASE_IMAGE}
+# The image's version label; make image-test passes the package's version.
+ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="ganserve" \
-      org.opencontainers.image.description="gRPC serving of GAN generators on ONNX Runtime"
+      org.opencontainers.image.description="gRPC serving of GAN generators on ONNX Runtime" \
+      org.opencontainers.image.version="${VERSION}"
 RUN useradd --system --uid 10001 --home /srv/ganserve ganserve
 COPY --from=build /opt/ganserve /opt/ganserve
 COPY --chown=ganserve models /srv/ganserve/models
