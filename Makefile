@@ -5,6 +5,7 @@
 #               bundled DCGAN and its int8 copy (BENCH_MODELS=... for others)
 #   make models re-train, export and evaluate the bundled models from DATA_DIR (and the
 #               int8 copy of mnist-dcgan)
+#   make image-test  build and run the image with podman, checked by the client (root, minutes)
 
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +18,7 @@ PORT ?= 50051
 METRICS_PORT ?= 8000
 BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
 
-.PHONY: run test lint typecheck bench models protos docker clean help
+.PHONY: run test lint typecheck bench models protos docker image-test clean help
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -69,6 +70,9 @@ protos: $(VENV)/.dev
 
 docker:
 	docker build -t ganserve:latest .
+
+image-test: $(VENV)/.server
+	VENV=$(VENV) deploy/image/image-test.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
