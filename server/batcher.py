@@ -200,7 +200,8 @@ class Batcher:
         self._m_batch = metrics.batch_size.labels(model)
         self._m_images = metrics.images_total.labels(model)
         self._m_side = metrics.side_batches_total.labels(model)
-        self._m_depth = metrics.queue_depth.labels(model)
+        self._metrics = metrics
+        metrics.queue_capacity.labels(model).set(config.max_queue_size)
 
     @property
     def queue_depth(self) -> int:
@@ -223,6 +224,7 @@ class Batcher:
             return
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
+        self._metrics.track_queue(self._model, id(self), self._queue.__len__)
         n = self._workers
         self._threads = [
             threading.Thread(
@@ -261,7 +263,7 @@ class Batcher:
         gone = Unavailable(f"model '{self._model}' is shutting down")
         self._deliver([(r.future, None, gone) for r in dropped])  # on the loop already
         await asyncio.shield(self._exited)
-        self._m_depth.set(0)
+        self._metrics.track_queue(self._model, id(self), None)
 
     async def submit(
         self,
@@ -385,7 +387,6 @@ class Batcher:
                     if self._stopping and not self._queue:
                         return None, [], []
                     self._cond.wait()
-                self._m_depth.set(len(self._queue))
                 target = min(expect, cfg.max_batch_size)
                 if cfg.enabled and target > 1 and not self._stopping:
                     until = self._queue[0].enqueued + cfg.max_queue_delay_ms / 1000.0

@@ -8,7 +8,10 @@ low cardinality only (model, version, method, code, state, result).
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
+import threading
+from collections.abc import Callable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -116,6 +119,17 @@ class Metrics:
         self.queue_depth = Gauge(
             "ganserve_queue_depth", "Requests waiting in the batch queue.", ("model",), registry=r
         )
+        self.queue_capacity = Gauge(
+            "ganserve_queue_capacity",
+            "Requests the batch queue holds before refusing with RESOURCE_EXHAUSTED.",
+            ("model",),
+            registry=r,
+        )
+        # Queue lengths of each model's running batchers (one per loaded version), read at
+        # scrape time: the gauge is what the queues hold then, idle included, and the
+        # request path pays nothing for it.
+        self._queues: dict[str, dict[int, Callable[[], int]]] = {}
+        self._queues_lock = threading.Lock()
         self.model_state = Gauge(
             "ganserve_model_state",
             "1 for the current load state of a model version, 0 for the others.",
@@ -141,6 +155,28 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        # Both results exist from the start: a first failed reload is an increase from 0
+        # that increase() and alerts see, not a series that appears already at 1.
+        for result in ("ok", "failed"):
+            self.reloads_total.labels(result)
+
+    def track_queue(self, model: str, key: int, depth: Callable[[], int] | None) -> None:
+        """Count ``depth()`` (a batcher's queue length) in ``model``'s queue depth until it
+        is tracked again with ``None``; ``key`` tells the batchers of one model apart."""
+        with self._queues_lock:
+            queues = self._queues.setdefault(model, {})
+            if depth is None:
+                queues.pop(key, None)
+            else:
+                queues[key] = depth
+            if not queues:
+                del self._queues[model]
+            self.queue_depth.labels(model).set_function(functools.partial(self._depth, model))
+
+    def _depth(self, model: str) -> float:
+        with self._queues_lock:
+            depths = list(self._queues.get(model, {}).values())
+        return float(sum(depth() for depth in depths))
 
     def set_rewritten_layers(self, model: str, version: str, layers: int) -> None:
         """A version went READY running ``layers`` rewritten layers (removed with its

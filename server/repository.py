@@ -334,6 +334,9 @@ class ModelRepository:
                 entry = _Version(scan.path)
                 self._models.setdefault(scan.name, {})[scan.version] = entry
                 self._set_state(scan.name, scan.version, entry, "LOADING", "")
+                # The failure counter exists at 0 from the model's first sight, so that a
+                # later failure is an increase that alerts see.
+                self._metrics.model_load_failures_total.labels(scan.name)
             pending.append((scan, entry, digest))
         return pending
 

@@ -27,7 +27,7 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
-from .errors import GanServeError, Internal, InvalidArgument
+from .errors import GanServeError, Internal, InvalidArgument, Unavailable
 from .latent import one_hot
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
@@ -336,7 +336,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     def _model(self, request: Any, call: _Call) -> LoadedModel:
         if not request.model:
             raise InvalidArgument("model: give a model name (ListModels lists them)")
-        model = self._repo.get(request.model, request.version)
+        try:
+            model = self._repo.get(request.model, request.version)
+        except Unavailable:
+            # A name the repository holds (not ready): a bounded label value, unlike the
+            # unknown names of NOT_FOUND, which stay model="".
+            call.model = request.model
+            raise
         call.model = model.spec.name
         model.acquire()  # a reload closes this version only after the RPC is done
         call.held = model

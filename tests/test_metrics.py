@@ -16,6 +16,7 @@ EXPECTED = {
     "ganserve_batch_size": "histogram",
     "ganserve_images": "counter",
     "ganserve_queue_depth": "gauge",
+    "ganserve_queue_capacity": "gauge",
     "ganserve_model_state": "gauge",
     "ganserve_model_rewritten_layers": "gauge",
     "ganserve_model_load_failures": "counter",
@@ -49,6 +50,30 @@ def test_build_info_names_this_version() -> None:
     assert sample.name == "ganserve_build_info" and sample.value == 1.0
     assert sample.labels["version"] == __version__
     assert sample.labels["onnxruntime"] == onnxruntime.__version__
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_reload_results_exist_before_any_reload() -> None:
+    m = Metrics()
+    assert _sample(m, "ganserve_reloads_total", result="ok") == 0
+    assert _sample(m, "ganserve_reloads_total", result="failed") == 0
+
+
+def test_queue_depth_is_read_from_the_queues_at_scrape_time() -> None:
+    m = Metrics()
+    v1, v2 = [1, 2, 3], [4]  # two versions' queues of one model
+    m.track_queue("tiny", 1, v1.__len__)
+    m.track_queue("tiny", 2, v2.__len__)
+    assert _sample(m, "ganserve_queue_depth", model="tiny") == 4
+    v1.clear()
+    assert _sample(m, "ganserve_queue_depth", model="tiny") == 1  # no update call needed
+    m.track_queue("tiny", 2, None)
+    assert _sample(m, "ganserve_queue_depth", model="tiny") == 0
+    m.track_queue("tiny", 1, None)
+    assert _sample(m, "ganserve_queue_depth", model="tiny") == 0  # stopped: not stuck
 
 
 def test_batch_size_buckets_are_powers_of_two_up_to_max() -> None:

@@ -108,6 +108,11 @@ def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape,
     proc = start_server(repo_copy)
     channel, client = stub(proc.target)
     request = pb.SampleRequest(model=UNCOND, count=4, seed=9)
+    failures = ("ganserve_model_load_failures_total", (("model", UNCOND),))
+    before = scrape(proc)
+    # Series that exist at 0 before anything failed: a first failure is an increase.
+    assert before[failures] == 0
+    assert before[("ganserve_reloads_total", (("result", "failed"),))] == 0
     with channel:
         v1 = client.Sample(request)
         assert v1.version == "1"
@@ -127,7 +132,6 @@ def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape,
 
         write_broken_file(model_path(repo_copy, UNCOND, "3"))
         proc.send(signal.SIGHUP)
-        failures = ("ganserve_model_load_failures_total", (("model", UNCOND),))
         wait_until(lambda: scrape(proc).get(failures, 0) >= 1, "the broken file to be counted")
         broken = client.GetModel(pb.GetModelRequest(model=UNCOND, version="3"))
         assert broken.state == pb.LOAD_STATE_FAILED and "onnx" in broken.state_message.lower()
@@ -135,7 +139,11 @@ def test_hot_reload_new_version_and_broken_file(repo_copy, start_server, scrape,
         with pytest.raises(grpc.RpcError) as info3:
             client.Sample(pb.SampleRequest(model=UNCOND, version="3", count=1))
         assert info3.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert scrape(proc)[("ganserve_reloads_total", (("result", "failed"),))] >= 1
+        after = scrape(proc)
+        assert after[("ganserve_reloads_total", (("result", "failed"),))] >= 1
+        # A call refused for the FAILED version is the model's error, not an unknown name's.
+        refused = (("code", "UNAVAILABLE"), ("method", "Sample"), ("model", UNCOND))
+        assert after[("ganserve_requests_total", refused)] == 1
         assert health(channel) == SERVING
 
 

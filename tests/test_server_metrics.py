@@ -54,6 +54,9 @@ def test_batch_size_histogram(tiny_model_repo, start_server, scrape, batching) -
         images + 1
     )
     assert m[("ganserve_inflight_requests", (("method", "Sample"),))] == 0
+    # Idle now: the gauges say so (the queue held requests during the burst).
+    assert m[("ganserve_queue_depth", LABEL)] == 0
+    assert m[("ganserve_queue_capacity", LABEL)] == 1024
     assert m[("ganserve_queue_wait_seconds_count", LABEL)] == images
     assert m[("ganserve_inference_seconds_count", LABEL)] == batches
     assert m[("ganserve_model_state", (("model", MODEL), ("state", "READY"), ("version", "1")))]
