@@ -159,10 +159,10 @@ def runtime_kwargs(args: argparse.Namespace) -> tuple[dict, list[str]]:
 
 def _metric_extra(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     d = {k: after[k] - before.get(k, 0.0) for k in after}
-    if d.get("ganserve_batch_size_count", 0) <= 0:
+    if d.get("ganserve_batch_size_images_count", 0) <= 0:
         return {}
     return {
-        "mean_batch": d["ganserve_batch_size_sum"] / d["ganserve_batch_size_count"],
+        "mean_batch": d["ganserve_batch_size_images_sum"] / d["ganserve_batch_size_images_count"],
         "mean_infer_ms": 1e3
         * d["ganserve_inference_seconds_sum"]
         / max(d["ganserve_inference_seconds_count"], 1),

@@ -73,6 +73,9 @@ class ServerConfig:
     metrics_tls_cert: Path | None = None
     metrics_tls_key: Path | None = None
     metrics_tls_client_ca: Path | None = None
+    # The `*_created` sample of every counter and histogram (a timestamp per series):
+    # useful to some backends, a third more series to store for the others.
+    metrics_created: bool = True
     model_dir: Path = field(default_factory=default_model_dir)
     runtime: RuntimeConfig = field(default_factory=_runtime_config)
     batching: BatchingConfig = field(default_factory=_batching_config)
@@ -291,6 +294,12 @@ _OPTIONS: tuple[_Option, ...] = (
         "metrics_tls_client_ca",
         Path,
         "PEM CA: /metrics only for scrapers with a client certificate it signed",
+    ),
+    _Option(
+        "metrics_created",
+        _parse_bool,
+        "export the *_created series of counters and histograms (default on)",
+        is_bool=True,
     ),
     _Option("model_dir", Path, "model repository: <name>/<version>/model.onnx (default models/)"),
     _Option("runtime.device", str, "auto | cuda | cpu (default auto)"),

@@ -111,6 +111,10 @@ class _Server:
         cfg = self.config
         log.info("config: %s", cfg.describe())
         self._install_signals()  # first: a SIGTERM while loading must still drain cleanly
+        if not cfg.metrics_created:
+            from prometheus_client import disable_created_metrics
+
+            disable_created_metrics()  # process-wide: this process serves one registry
         metrics = Metrics(CollectorRegistry(), max_batch_size=cfg.batching.max_batch_size)
         self.repository = ModelRepository(cfg.model_dir, cfg.runtime, cfg.batching, metrics)
         limits = Limits(

@@ -101,7 +101,7 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "ganserve_batch_size",
+            "ganserve_batch_size_images",
             "Images per batched inference.",
             ("model",),
             buckets=_powers_of_two(max(1, max_batch_size)),

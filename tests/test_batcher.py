@@ -127,9 +127,9 @@ async def test_concurrent_requests_merge(make_batcher, infer, runner, metrics) -
     for z, out in zip(zs, results, strict=True):  # each waiter gets its own rows
         np.testing.assert_array_equal(out, runner.run(z, None))
     value = metrics.registry.get_sample_value
-    assert value("ganserve_batch_size_sum", {"model": "tiny"}) == 9
-    assert value("ganserve_batch_size_count", {"model": "tiny"}) == 2
-    assert value("ganserve_batch_size_bucket", {"model": "tiny", "le": "1.0"}) == 1
+    assert value("ganserve_batch_size_images_sum", {"model": "tiny"}) == 9
+    assert value("ganserve_batch_size_images_count", {"model": "tiny"}) == 2
+    assert value("ganserve_batch_size_images_bucket", {"model": "tiny", "le": "1.0"}) == 1
     assert value("ganserve_images_total", {"model": "tiny"}) == 9
     assert value("ganserve_queue_wait_seconds_count", {"model": "tiny"}) == 6
 
@@ -419,7 +419,7 @@ async def test_lone_small_request_runs_inline_on_the_loop(  # type: ignore[no-un
     np.testing.assert_array_equal(out, runner.run(z, None))
     assert infer.threads == [threading.current_thread().name]  # no worker hand-off
     value = metrics.registry.get_sample_value
-    assert value("ganserve_batch_size_sum", {"model": "tiny"}) == 3
+    assert value("ganserve_batch_size_images_sum", {"model": "tiny"}) == 3
     assert value("ganserve_images_total", {"model": "tiny"}) == 3
     assert value("ganserve_queue_wait_seconds_count", {"model": "tiny"}) == 1
     assert value("ganserve_inference_seconds_count", {"model": "tiny"}) == 1

@@ -13,7 +13,7 @@ EXPECTED = {
     "ganserve_inflight_requests": "gauge",
     "ganserve_queue_wait_seconds": "histogram",
     "ganserve_inference_seconds": "histogram",
-    "ganserve_batch_size": "histogram",
+    "ganserve_batch_size_images": "histogram",
     "ganserve_images": "counter",
     "ganserve_queue_depth": "gauge",
     "ganserve_queue_capacity": "gauge",
@@ -81,7 +81,7 @@ def test_batch_size_buckets_are_powers_of_two_up_to_max() -> None:
     m.batch_size.labels("tiny").observe(5)
     text = generate_latest(m.registry).decode()
     for le in ("1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "48.0", "+Inf"):
-        assert f'ganserve_batch_size_bucket{{le="{le}",model="tiny"}}' in text
+        assert f'ganserve_batch_size_images_bucket{{le="{le}",model="tiny"}}' in text
     assert 'le="64.0"' not in text
 
 

@@ -37,10 +37,10 @@ def test_batch_size_histogram(tiny_model_repo, start_server, scrape, batching) -
     burst(proc.target, clients, rounds)
     m = scrape(proc)
     images = clients * rounds
-    batches = m[("ganserve_batch_size_count", LABEL)]
-    assert m[("ganserve_batch_size_sum", LABEL)] == images
+    batches = m[("ganserve_batch_size_images_count", LABEL)]
+    assert m[("ganserve_batch_size_images_sum", LABEL)] == images
     assert m[("ganserve_images_total", LABEL)] == images
-    singles = m[("ganserve_batch_size_bucket", (("le", "1.0"), ("model", MODEL)))]
+    singles = m[("ganserve_batch_size_images_bucket", (("le", "1.0"), ("model", MODEL)))]
     if batching == "--batching":
         assert singles < batches, "no batch merged two or more concurrent requests"
         assert batches < images
@@ -76,3 +76,19 @@ def test_side_batches_are_counted_and_change_no_byte(tiny_model_repo, start_serv
         side = scrape(proc)[("ganserve_side_batches_total", LABEL)]
         assert side >= 1 if flag == "--side-batches" else side == 0
     assert images["--side-batches"] == images["--no-side-batches"]
+
+
+@pytest.mark.parametrize("created", ["--metrics-created", "--no-metrics-created"])
+def test_created_series_can_be_turned_off(tiny_model_repo, start_server, created) -> None:
+    import urllib.request
+
+    proc = start_server(tiny_model_repo, created)
+    burst(proc.target, clients=2, rounds=1)
+    assert proc.metrics_url is not None
+    with urllib.request.urlopen(proc.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    assert "ganserve_requests_total{" in text
+    has_created = (
+        "ganserve_requests_created{" in text and "ganserve_request_seconds_created" in text
+    )
+    assert has_created == (created == "--metrics-created")
