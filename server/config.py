@@ -29,6 +29,7 @@ __all__ = [
     "add_arguments",
     "default_model_dir",
     "environment_variables",
+    "option_table",
 ]
 
 MIB = 1024 * 1024
@@ -379,6 +380,33 @@ _OPTIONS: tuple[_Option, ...] = (
 def environment_variables() -> frozenset[str]:
     """Every ``GANSERVE_*`` variable the server reads (one per flag)."""
     return frozenset(opt.env for opt in _OPTIONS)
+
+
+@dataclass(frozen=True)
+class OptionRow:
+    """One setting as the documentation lists it."""
+
+    flag: str  # "--max-batch-size"; booleans also take "--no-..."
+    env: str  # "GANSERVE_MAX_BATCH_SIZE"
+    default: str  # as ServerConfig() holds it; "" when unset
+    help: str
+    is_bool: bool
+
+
+def option_table() -> list[OptionRow]:
+    """Every ``ganserve serve`` option with its variable and default, in ``--help`` order
+    (the manual's configuration table is generated from it)."""
+    # The dataclass default of model_dir is this install's absolute path: name it instead.
+    defaults: dict[str, Any] = _flatten(ServerConfig(model_dir=Path("models/")))
+    defaults["model_dir"] = "the repository's models/"
+    rows = []
+    for opt in _OPTIONS:
+        value = defaults.get(opt.dest)
+        if isinstance(value, tuple):
+            value = ",".join(str(v) for v in value) if value else ""
+        text = "" if value is None else str(value).lower() if isinstance(value, bool) else value
+        rows.append(OptionRow(opt.flag, opt.env, str(text), opt.help, opt.is_bool))
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

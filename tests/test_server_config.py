@@ -115,3 +115,16 @@ def test_cli_reports_config_errors_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "--model-dir" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_option_table_lists_every_option_with_its_default() -> None:
+    from ganserve.server.config import environment_variables, option_table
+
+    rows = {row.env: row for row in option_table()}
+    assert set(rows) == environment_variables()
+    assert rows["GANSERVE_PORT"].default == str(ServerConfig().port)
+    assert rows["GANSERVE_MAX_BATCH_SIZE"].default == "64"
+    assert rows["GANSERVE_BATCHING"].is_bool and rows["GANSERVE_BATCHING"].default == "true"
+    assert rows["GANSERVE_TLS_CERT"].default == ""
+    assert all(row.flag.startswith("--") and row.help for row in rows.values())
+    assert not rows["GANSERVE_MODEL_DIR"].default.startswith("/")  # no path of this install
