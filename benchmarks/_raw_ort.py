@@ -151,7 +151,7 @@ def write_standin(repo: Path, name: str, kind: str) -> Path:
 
     ``dcgan``: a randomly initialised DCGAN generator from ``ganserve.training.nets`` with
     the bundled ``mnist-dcgan`` recipe's architecture (the same compute as the bundled
-    model). ``dcgan-ref``: the reference size of issue 4 (fc -> two transposed
+    model). ``dcgan-ref``: the reference size the serving targets were set for (fc -> two transposed
     convolutions, no extra 3x3 blocks; about a third of the bundled model's compute), to
     see what the server does with a model of the size its targets were set for.
     ``tiny``: z @ W -> tanh, built with onnx.helper in milliseconds and without torch,

@@ -1,4 +1,4 @@
-"""The benchmark's printed report: machine, results table, the issue's three target ratios."""
+"""The benchmark's printed report: machine, results table, the serving targets as ratios."""
 
 from __future__ import annotations
 
@@ -124,7 +124,8 @@ class Ratio:
 def ratios(
     results: Results, raw: Raw, large: int, big_c: int, top_c: int, low_c: int
 ) -> list[Ratio]:
-    """The issue's targets, from points measured in this run (NaN where a point is missing)."""
+    """The serving targets as ratios, from points measured in this run (NaN where a point
+    is missing)."""
 
     def get(target: str, count: int, conc: int, fn: Callable[[PointResult], float]) -> float:
         p = results.get((target, count, conc))

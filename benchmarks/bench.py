@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("auto", "dcgan", "dcgan-ref", "tiny"),
         default="auto",
         help="auto: a random DCGAN of the bundled one's size only if the model is missing; "
-        "dcgan (that), dcgan-ref (issue 4's reference size, no extra 3x3 blocks) or tiny: "
+        "dcgan (that), dcgan-ref (the targets' reference size, no extra 3x3 blocks) or tiny: "
         "always use that stand-in",
     )
     p.add_argument("--intra-op-threads", type=int, help="ORT threads (server and raw-ort)")
@@ -255,7 +255,7 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
         "cpu columns in cores (1.00 = one core), 'other' = rest of the machine"
     )
     print(format_table(results, raw))
-    print("\ntargets (issue 4):")
+    print("\ntargets:")
     for ratio in targets:
         print("  " + ratio.line())
     print("context (same run):")

@@ -38,18 +38,16 @@ When to run a batch (adaptive, closed-loop aware):
   inline inference blocked the loop come in back to back, so they fail the gap
   test and go to the worker, where they batch. Nor does a request run inline while
   other callbacks are ready on the loop (other RPCs' reads and writes, under load):
-  with a model faster than the loop's own work per request (the int8 DCGAN: ~0.15 ms
-  at batch 1), the gap test alone let most requests at c=64 run inline one after
-  another on the loop (mean batch 2.5-2.9, 3,422-3,443 req/s; with this check 5.7-6.3
-  and 3,703-3,861). ``inline_max_images`` bounds the loop's blocking (0 turns the path
-  off).
+  with a model faster than the loop's own work per request, the gap test alone lets
+  most requests under load run inline one after another on the loop, unbatched, while
+  the worker idles (figures in the manual's batching page). ``inline_max_images``
+  bounds the loop's blocking (0 turns the path off).
 * Under load the worker expects the ``k`` clients it just answered to come back;
   it waits for up to ``k`` queued requests (or a full batch), but never longer
   than ``max_queue_delay_ms`` after the oldest queued request arrived. The
   default 0 is greedy: a batch is whatever queued up during the previous
-  inference. On the 2-core benchmark machine a 2 ms wait made count=1 at c=4
-  0.81 x the rate of batching off (two quiet runs) while greedy was at par, and
-  c=64 was within noise (1,600-1,670 req/s either way).
+  inference: a fixed wait costs every request its length at low concurrency and
+  buys little under load, where batches fill during the previous inference anyway.
 
 A request larger than ``max_batch_size`` is split; its pieces may share
 batches with other requests and are reassembled in order. Expired (deadline)
@@ -408,8 +406,8 @@ class Batcher:
         """With several instances, an idle worker leaves a small queue to the busy ones
         (lock held): it starts a second batch side by side only once the queue holds as
         many requests as the last batch took, or a full batch of images. Greedy, it
-        would take each arrival alone while the other runs (measured: mean batch 2.4 at
-        c=64, 23 % fewer requests/s than one worker). No wake-up is lost: a worker that
+        would take each arrival alone while the other runs, and small batches cost more
+        per image than one worker's larger ones. No wake-up is lost: a worker that
         yields waits only while another is busy, and that one looks at the queue next."""
         if self._workers == 1 or self._stopping or not self._config.enabled:
             return False  # batching off: each batch is one request, there is nothing to merge

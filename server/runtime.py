@@ -60,10 +60,9 @@ class RuntimeConfig:
     this many images run on a second, single-threaded session of the same model (0 =
     off). A small batch gains little from a second thread but pays a wake-up of the
     pool thread per operator, and that thread competes with the gRPC threads for the
-    cores: measured on the 2-core VM with the bundled DCGAN at c=1, p99 2.5 vs 3.8 ms
-    and 1.5 vs 2.0 ms of server CPU per request. Results are bit-identical here
-    (ORT's CPU kernels do not depend on the thread count or the batch size for these
-    models; a test checks it for the tiny model).
+    cores (lower p99 and server CPU per request at concurrency 1: figures in the
+    manual). Results are bit-identical (ORT's CPU kernels do not depend on the thread
+    count or the batch size for these models; a test checks it for the tiny model).
     ``rewrite_conv_transpose``: on CPU, run stride-2 ConvTranspose layers as phase
     convolutions (``server/rewrite.py``; checked against the original at load).
     """

@@ -49,7 +49,7 @@ def test_quick_run_prints_the_table_and_targets(tmp_path: Path) -> None:
         assert measured == {(1, 1), (1, 4), (64, 1)}, (target, text)
     for reference in ("raw-ort", "raw-ort-dflt"):
         assert {int(r[1]) for r in rows if r and r[0] == reference} == {1, 64}, text
-    targets, context = text.split("targets (issue 4):")[1].split("context (same run):")
+    targets, context = text.split("\ntargets:")[1].split("context (same run):")
     verdicts = [line.split()[0] for line in targets.strip().splitlines()]
     assert len(verdicts) == 4 and set(verdicts) <= {"PASS", "MISS", "N/A"}, text
     assert "CPU-normalised" in context and "bare gRPC p50" in context
