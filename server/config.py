@@ -175,22 +175,21 @@ class ServerConfig:
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
-        _check(
-            (self.tls_cert is None) == (self.tls_key is None),
-            "--tls-cert and --tls-key must be given together",
-        )
-        _check(
-            self.tls_client_ca is None or self.tls_cert is not None,
-            "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key",
-        )
-        _check(
-            (self.metrics_tls_cert is None) == (self.metrics_tls_key is None),
-            "--metrics-tls-cert and --metrics-tls-key must be given together",
-        )
-        _check(
-            self.metrics_tls_client_ca is None or self.metrics_tls_cert is not None,
-            "--metrics-tls-client-ca needs --metrics-tls-cert and --metrics-tls-key",
-        )
+        # gRPC and /metrics have the same three TLS settings and the same rules.
+        for p, cert, key, ca in (
+            ("--tls", self.tls_cert, self.tls_key, self.tls_client_ca),
+            (
+                "--metrics-tls",
+                self.metrics_tls_cert,
+                self.metrics_tls_key,
+                self.metrics_tls_client_ca,
+            ),
+        ):
+            _check((cert is None) == (key is None), f"{p}-cert and {p}-key must be given together")
+            _check(
+                ca is None or cert is not None,
+                f"{p}-client-ca (mutual TLS) needs {p}-cert and {p}-key",
+            )
         _check(
             self.metrics_tls_cert is None or self.metrics_port >= 0,
             "--metrics-tls-cert needs the metrics server (--metrics-port is -1)",

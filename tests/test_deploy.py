@@ -32,6 +32,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from dockerfile import instructions
 
 from ganserve.server.config import ServerConfig, environment_variables
 from ganserve.server.main import SERVICE_NAME
@@ -102,21 +103,9 @@ def container(target: str) -> dict[str, Any]:
     return c  # type: ignore[no-any-return]
 
 
-def _dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            rows.append((word.upper(), rest.strip()))
-    return rows
-
-
 def _docker_env() -> dict[str, str]:
     env: dict[str, str] = {}
-    for word, rest in _dockerfile():
+    for word, rest in instructions():
         if word == "ENV":
             for item in shlex.split(rest):
                 key, _, value = item.partition("=")
@@ -226,7 +215,7 @@ def test_ports_probes_and_scrape_annotations_match_the_server(target: str, tmp_p
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}
     assert ServerConfig().port == config.port and ServerConfig().metrics_port == config.metrics_port
-    exposed = {int(p) for word, rest in _dockerfile() if word == "EXPOSE" for p in rest.split()}
+    exposed = {int(p) for word, rest in instructions() if word == "EXPOSE" for p in rest.split()}
     assert exposed == set(ports.values())
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         handler = c[probe]
@@ -315,7 +304,7 @@ def test_termination_budget_covers_the_drain(target: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize("target", TARGETS)
 def test_pod_runs_locked_down_as_the_images_user(target: str) -> None:
     spec = pod_spec(target)
-    (user,) = [rest for word, rest in _dockerfile() if word == "USER"]
+    (user,) = [rest for word, rest in instructions() if word == "USER"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == int(user)
     assert spec["securityContext"]["fsGroup"] == int(user)  # mounted secrets readable
@@ -456,7 +445,7 @@ def test_gateway_component_routes_grpc_to_the_service() -> None:
 
 
 def test_image_runs_the_entry_point_as_the_pods_user() -> None:
-    rows = _dockerfile()
+    rows = instructions()
     (entry,) = [rest for word, rest in rows if word == "ENTRYPOINT"]
     command = yaml.safe_load(entry)  # JSON exec form
     assert command[:2] == ["ganserve", "serve"]
@@ -484,7 +473,7 @@ def test_dockerfile_passes_hadolint() -> None:
     "source",
     [
         source
-        for word, rest in _dockerfile()
+        for word, rest in instructions()
         if word == "COPY" and "--from=" not in rest
         for source in rest.split()[:-1]
         if not source.startswith("--")

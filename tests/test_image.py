@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from dockerfile import instructions
 
 # Python 3.11+ (the project supports 3.10, whose tomllib is the tomli package).
 tomllib = pytest.importorskip("tomllib")
@@ -30,23 +31,11 @@ IMAGE = ROOT / "deploy" / "image"
 SCRIPTS = sorted(IMAGE.glob("*.sh"))
 
 
-def _instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    rows = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            rows.append((word.upper(), rest.strip()))
-    return rows
-
-
 def _stages() -> tuple[dict[str, str], list[list[tuple[str, str]]]]:
     """The global ARG defaults (before the first FROM), and each stage's instructions."""
     global_args: dict[str, str] = {}
     stages: list[list[tuple[str, str]]] = []
-    for word, rest in _instructions():
+    for word, rest in instructions():
         if word == "FROM":
             stages.append([])
         if stages:
@@ -211,7 +200,7 @@ def test_base_recipe_provides_what_the_dockerfile_uses() -> None:
     # `python -m venv` needs python (python-is-python3) and ensurepip (python3-venv).
     assert {"python3", "python3-venv", "python-is-python3"} <= set(packages.split(","))
     assert "--variant=minbase" in recipe
-    runs = " ".join(rest for word, rest in _instructions() if word == "RUN")
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
     assert "python -m venv" in runs and "useradd" in runs
 
 

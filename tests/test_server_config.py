@@ -84,7 +84,7 @@ def test_token_file(tmp_path: Path) -> None:
         (["--tls-cert", "cert.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca"),
         (["--metrics-tls-key", "k.pem"], {}, "--metrics-tls-cert and --metrics-tls-key"),
-        (["--metrics-tls-client-ca", "ca.pem"], {}, "--metrics-tls-client-ca needs"),
+        (["--metrics-tls-client-ca", "ca.pem"], {}, "--metrics-tls-client-ca .mutual TLS. needs"),
         (["--metrics-tls-cert", "c", "--metrics-tls-key", "k"], {}, "--metrics-tls-cert c is not"),
         (
             ["--metrics-port", "-1", "--metrics-tls-cert", "c", "--metrics-tls-key", "k"],
