@@ -2,27 +2,59 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import grpc
+import numpy as np
 
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
 from ganserve.clients._sampling import ALWAYS_FITS_BYTES, PartFetch
-from ganserve.clients.errors import GanServeError
+from ganserve.clients.errors import GanServeError, InvalidRequest
 from ganserve.clients.results import ModelInfo, ServerLimits
 from ganserve.v1 import generator_pb2 as pb
+
+
+def check_labels(label: object, labels: object, per: str = "image") -> None:
+    """Refuse a list given to ``label`` or one number given to ``labels``, naming the
+    keyword meant (the request builder would say only "must be an integer")."""
+    if label is not None and _is_many(label):
+        raise InvalidRequest(
+            f"label takes one class for every {per}, got {_show(label)}; "
+            f"for one class per {per} use labels=[...]"
+        )
+    if labels is not None and not _is_many(labels):
+        raise InvalidRequest(
+            f"labels takes one class per {per} (a list), got {labels!r}; "
+            f"for one class for every {per} use label={labels!r}"
+        )
+
+
+def check_label(label: object) -> None:
+    """``arithmetic``'s single label: one class for the result and every term."""
+    if label is not None and _is_many(label):
+        raise InvalidRequest(
+            f"label takes one class (for the result and every term), got {_show(label)}"
+        )
+
+
+def _is_many(value: object) -> bool:
+    if isinstance(value, np.ndarray):
+        return value.ndim > 0
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
+def _show(value: object) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class ClientBase:
     """Connection options and the caches of server limits and model shapes.
 
-    ``target``: ``"host:port"``, ``"dns:///name:port"`` (round robin over every
-    address, e.g. a headless Kubernetes Service), or several ``host:port``
-    (a list, or one comma-separated string). ``timeout``: default deadline in
-    seconds of each unary call (``None``: none); streams have no deadline
-    unless a call passes ``timeout``. See ``ChannelConfig`` for the rest.
+    The public clients document the options; see ``ChannelConfig`` for how each
+    becomes a channel setting.
     """
 
     def __init__(
@@ -70,6 +102,7 @@ class ClientBase:
 
     @property
     def target(self) -> str | Sequence[str]:
+        """The target(s) as given to the constructor."""
         return self._config.target
 
     def _call_kwargs(self, timeout: float | None, stream: bool = False) -> dict[str, Any]:

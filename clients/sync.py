@@ -14,11 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
+import numpy as np
 
-from ganserve.clients._base import ClientBase
+from ganserve.clients._base import ClientBase, check_label, check_labels
+from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
 from ganserve.clients._requests import (
     Source,
     arithmetic_request,
@@ -48,10 +50,75 @@ T = TypeVar("T")
 
 
 class GanClient(ClientBase):
-    """Blocking client of ``ganserve.v1.Generator``; arguments as in ``ClientBase``."""
+    """Blocking client of the ``ganserve.v1.Generator`` service.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    Failures raise ``GanServeError`` subclasses (``ModelNotFound``,
+    ``InvalidRequest``, ``Overloaded``, ``Unavailable``, ``DeadlineExceeded``,
+    ``Unauthenticated``, ``Cancelled``) that keep the gRPC status code and message.
+    """
+
+    def __init__(
+        self,
+        target: str | Sequence[str] = DEFAULT_TARGET,
+        *,
+        tls: bool = False,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        keepalive: float | None = 300.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = 3,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Open a channel to the server(s); nothing is sent until the first call.
+
+        Args:
+            target: ``"host:port"``; a bare host (``"localhost"``, ``"[::1]"``) means
+                port 50051. ``"dns:///name:port"`` balances round robin over every
+                address of the name (e.g. a headless Kubernetes Service); several
+                ``host:port`` (a list, or one comma-separated string) are balanced
+                round robin too.
+            tls: Use TLS with the system's root certificates (also on when any
+                ``tls_*`` option is given).
+            tls_ca: PEM file of the CA that signed the server's certificate.
+            tls_cert: PEM client certificate, for mutual TLS (with ``tls_key``).
+            tls_key: PEM private key of ``tls_cert``.
+            tls_server_name: The name expected in the server's certificate when it
+                differs from the target's host.
+            token: Bearer token, sent as ``authorization: Bearer <token>`` on every call.
+            timeout: Default deadline in seconds of each unary call (``None``: none);
+                streams have no deadline unless a call passes ``timeout``.
+            keepalive: Seconds between keepalive pings on an idle connection
+                (``None``: off); servers refuse pings more often than every 5 minutes
+                unless configured otherwise.
+            max_message_bytes: Largest message this client sends or receives; the
+                client plans with the smaller of it and the server's limits.
+            retries: Extra attempts (0 to 4) of a call that fails ``UNAVAILABLE`` or
+                ``RESOURCE_EXHAUSTED``, with exponential backoff; also the attempts to
+                resume a stream cut by ``UNAVAILABLE``.
+            options: Extra gRPC channel options ``(name, value)``, appended last.
+
+        Raises:
+            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), ``retries``
+                out of range, an unreadable TLS file or an unresolvable target list.
+        """
+        super().__init__(
+            target,
+            tls=tls,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+            token=token,
+            timeout=timeout,
+            keepalive=keepalive,
+            max_message_bytes=max_message_bytes,
+            retries=retries,
+            options=options,
+        )
         self._channel = self._config.channel()
         self._stub = pb_grpc.GeneratorStub(self._channel)
         self._lock = threading.Lock()
@@ -74,15 +141,29 @@ class GanClient(ClientBase):
 
     # --------------------------------------------------------------- models
     def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """Every model in the server's repository (also refreshes ``limits()``)."""
+        """Every model in the server's repository (also refreshes ``limits()``).
+
+        Args:
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            The latest version of each model, sorted by name.
+        """
         msg = self._unary(self._stub.ListModels, pb.ListModelsRequest(), timeout)
         with self._lock:
             self._remember_limits(msg)
         return [ModelInfo.from_proto(m) for m in msg.models]
 
     def limits(self, *, timeout: float | None = None) -> ServerLimits:
-        """The server's limits (fetched once with ``ListModels`` under ``timeout``, then
-        cached)."""
+        """The server's request limits, fetched once with ``ListModels`` and cached.
+
+        Args:
+            timeout: Deadline in seconds of the first fetch (default: the client's
+                ``timeout``).
+
+        Returns:
+            The limits, each the smaller of the server's and this client's.
+        """
         with self._lock:
             cached = self._limits
         if cached is None:
@@ -92,19 +173,49 @@ class GanClient(ClientBase):
         assert cached is not None
         return cached
 
-    def model_info(
+    def get_model(
         self, model: str, version: str = "", *, timeout: float | None = None
     ) -> ModelInfo:
-        """One model (latest ready version unless ``version``); ``ModelNotFound`` if unknown."""
+        """One model (the ``GetModel`` call).
+
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            version: Model version (default: the latest ready one).
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            The model's metadata, shapes, quality figures and load state.
+
+        Raises:
+            ModelNotFound: No such model or version.
+        """
         req = pb.GetModelRequest(model=model, version=version)
         msg = self._unary(self._stub.GetModel, req, timeout)
         with self._lock:
             return self._remember_info(msg, version)
 
+    def model_info(
+        self, model: str, version: str = "", *, timeout: float | None = None
+    ) -> ModelInfo:
+        """Alias of ``get_model``, kept for existing code.
+
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            version: Model version (default: the latest ready one).
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            The model's metadata, shapes, quality figures and load state.
+
+        Raises:
+            ModelNotFound: No such model or version.
+        """
+        return self.get_model(model, version, timeout=timeout)
+
     def _cached_info(self, model: str, version: str, timeout: float | None = None) -> ModelInfo:
         with self._lock:
             info = self._infos.get((model, version))
-        return info if info is not None else self.model_info(model, version, timeout=timeout)
+        return info if info is not None else self.get_model(model, version, timeout=timeout)
 
     # --------------------------------------------------------------- sample
     def sample(
@@ -112,22 +223,66 @@ class GanClient(ClientBase):
         model: str,
         count: int | None = None,
         *,
+        seed: int | None = None,
+        latents: np.ndarray | Sequence[Sequence[float]] | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        label: int | None = None,
+        truncation: float | None = None,
+        encoding: Literal["float32", "uint8", "png"] = "float32",
+        return_latents: bool = False,
+        chunk_size: int = 0,
+        version: str = "",
         progress: bool = False,
         timeout: float | None = None,
-        **kwargs: Any,
     ) -> SampleResult:
-        """``count`` images (default ``len(latents)`` or 1).
+        """Generate ``count`` images.
 
-        Keywords: ``version``, ``seed`` (image i uses ``seed + i``; absent: the
-        server picks one and returns it), ``latents`` ``(N, latent_dim)``,
-        ``truncation``, ``labels`` (one per image) or ``label`` (for all),
-        ``encoding`` ("float32" | "uint8" | "png"), ``return_latents``,
-        ``chunk_size``. Counts beyond one response go through ``SampleStream``
-        transparently, and counts beyond one stream through several consecutive
-        streams (the client then picks a missing seed itself); ``timeout``
-        applies to each call; ``progress=True`` shows a progress bar then.
+        Counts beyond one response go through ``SampleStream`` transparently, and
+        counts beyond one stream through consecutive streams whose images are
+        concatenated in order; the result is the one a single call would give.
+
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            count: Number of images (default: ``len(latents)``, or 1).
+            seed: First seed; image ``i`` uses ``seed + i``. Default: the server (or,
+                when the count is split, the client) picks one; see ``result.seed``.
+            latents: Explicit latent vectors, shape ``(count, latent_dim)``, instead
+                of a seed.
+            labels: One class per image (conditional models).
+            label: One class for every image (conditional models); not with ``labels``.
+                Default for both: image ``i`` gets class ``i % num_classes``.
+            truncation: Truncation psi (at least 0.05) of seed-derived latents.
+            encoding: Wire encoding: ``"float32"`` (the model's value range),
+                ``"uint8"`` (``[-1, 1]`` mapped to ``[0, 255]``) or ``"png"``.
+            return_latents: Also return the latent vectors in ``result.latents``.
+            chunk_size: Images per streamed chunk (0: the server's default).
+            version: Model version (default: the latest ready one).
+            progress: Show a progress bar on stderr while a streamed count arrives.
+            timeout: Deadline in seconds of each call (default: the client's
+                ``timeout`` for a single ``Sample``; none for a stream).
+
+        Returns:
+            The images, ``(count, H, W)`` (grayscale) or ``(count, H, W, C)``, with
+            their seeds, labels and (if asked) latents.
+
+        Raises:
+            InvalidRequest: A bad argument (checked before sending or by the server).
+            ModelNotFound: No such model or version.
         """
-        req = sample_request(model, count, **kwargs)
+        check_labels(label, labels)
+        req = sample_request(
+            model,
+            count,
+            version=version,
+            seed=seed,
+            latents=latents,
+            truncation=truncation,
+            labels=labels,
+            label=label,
+            encoding=encoding,
+            return_latents=return_latents,
+            chunk_size=chunk_size,
+        )
         limits = self.limits(timeout=timeout)
         plan = plan_sample(req, limits, self._cached_info(model, req.version, timeout))
         if not plan.stream:
@@ -139,15 +294,68 @@ class GanClient(ClientBase):
         return acc.result()
 
     def sample_stream(
-        self, model: str, count: int | None = None, *, timeout: float | None = None, **kwargs: Any
+        self,
+        model: str,
+        count: int | None = None,
+        *,
+        seed: int | None = None,
+        latents: np.ndarray | Sequence[Sequence[float]] | None = None,
+        labels: Sequence[int] | np.ndarray | None = None,
+        label: int | None = None,
+        truncation: float | None = None,
+        encoding: Literal["float32", "uint8", "png"] = "float32",
+        return_latents: bool = False,
+        chunk_size: int = 0,
+        version: str = "",
+        timeout: float | None = None,
     ) -> Iterator[SampleResult]:
-        """The chunks of ``SampleStream`` as they arrive (``chunk.offset`` places them).
+        """The chunks of ``SampleStream`` as they arrive.
 
-        Same keywords as ``sample``; a count beyond one stream is fetched as
-        consecutive streams, with offsets in the whole request. Stop iterating
-        (or ``close()`` the iterator) to cancel the call and the server's work.
+        A count beyond one stream is fetched as consecutive streams; a stream cut
+        by ``UNAVAILABLE`` is resumed where it stopped. Stop iterating (or
+        ``close()`` the iterator) to cancel the call and the server's work.
+
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            count: Number of images (default: ``len(latents)``, or 1).
+            seed: First seed; image ``i`` uses ``seed + i``. Default: the server (or,
+                when the count is split, the client) picks one; see ``chunk.seed``.
+            latents: Explicit latent vectors, shape ``(count, latent_dim)``, instead
+                of a seed.
+            labels: One class per image (conditional models).
+            label: One class for every image (conditional models); not with ``labels``.
+                Default for both: image ``i`` gets class ``i % num_classes``.
+            truncation: Truncation psi (at least 0.05) of seed-derived latents.
+            encoding: Wire encoding: ``"float32"`` (the model's value range),
+                ``"uint8"`` (``[-1, 1]`` mapped to ``[0, 255]``) or ``"png"``.
+            return_latents: Also return the latent vectors in ``chunk.latents``.
+            chunk_size: Images per chunk (0: the server's default).
+            version: Model version (default: the latest ready one).
+            timeout: Deadline in seconds of each call (default: none).
+
+        Yields:
+            Chunks in order; ``chunk.offset`` is the index of the chunk's first image
+            in the whole request, ``chunk.seed`` the whole request's first seed.
+
+        Raises:
+            InvalidRequest: A bad argument (checked before sending or by the server).
+            ModelNotFound: No such model or version.
         """
-        return self._stream(sample_request(model, count, **kwargs), timeout)
+        check_labels(label, labels)
+        req = sample_request(
+            model,
+            count,
+            version=version,
+            seed=seed,
+            latents=latents,
+            truncation=truncation,
+            labels=labels,
+            label=label,
+            encoding=encoding,
+            return_latents=return_latents,
+            chunk_size=chunk_size,
+        )
+        return self._stream(req, timeout)
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
         # A generator: the calls start at the first next(), like the async client's.
@@ -175,16 +383,48 @@ class GanClient(ClientBase):
         keyframes: Sequence[Source],
         *,
         labels: Sequence[int | None] | None = None,
+        steps: int = 16,
+        method: Literal["slerp", "lerp"] = "slerp",
+        truncation: float | None = None,
+        encoding: Literal["float32", "uint8", "png"] = "float32",
+        return_latents: bool = False,
+        version: str = "",
         timeout: float | None = None,
-        **kwargs: Any,
     ) -> InterpolateResult:
-        """``steps`` frames (default 16) through ``keyframes`` (seeds or latent vectors).
+        """Frames along a path through two or more keyframes.
 
-        Keywords: ``labels`` (one per keyframe, conditional models), ``steps``,
-        ``method`` ("slerp" | "lerp"), ``truncation``, ``encoding``,
-        ``return_latents``, ``version``.
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            keyframes: Seeds (int) or latent vectors (``latent_dim`` floats).
+            labels: One class per keyframe (conditional models: required there; the
+                class input is blended between keyframes).
+            steps: Frames over the whole path, the first and last keyframes included.
+            method: ``"slerp"`` (along the great circle) or ``"lerp"`` (straight line).
+            truncation: Truncation psi (at least 0.05) of seed keyframes.
+            encoding: Wire encoding: ``"float32"``, ``"uint8"`` or ``"png"``.
+            return_latents: Also return each frame's latent vector.
+            version: Model version (default: the latest ready one).
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            ``steps`` frames, with the class blend weights of a conditional model.
+
+        Raises:
+            InvalidRequest: A bad argument (checked before sending or by the server).
+            ModelNotFound: No such model or version.
         """
-        req = interpolate_request(model, keyframes, labels=labels, **kwargs)
+        check_labels(None, labels, per="keyframe")
+        req = interpolate_request(
+            model,
+            keyframes,
+            labels=labels,
+            version=version,
+            steps=steps,
+            method=method,
+            truncation=truncation,
+            encoding=encoding,
+            return_latents=return_latents,
+        )
         if (size := self._large_request(req)) is not None:
             check_request_size(req, size, self.limits(timeout=timeout))
         return InterpolateResult.from_proto(self._unary(self._stub.Interpolate, req, timeout))
@@ -195,22 +435,64 @@ class GanClient(ClientBase):
         terms: Sequence[tuple[float, Source]],
         *,
         label: int | None = None,
+        truncation: float | None = None,
+        encoding: Literal["float32", "uint8", "png"] = "float32",
+        return_term_images: bool = False,
+        return_latents: bool = False,
+        version: str = "",
         timeout: float | None = None,
-        **kwargs: Any,
     ) -> ArithmeticResult:
-        """``G(sum_k weight_k * term_k)``; a term is ``(weight, seed | seeds | vector)``.
+        """The image of ``sum_k weight_k * term_k`` in latent space.
 
-        Keywords: ``label`` (conditional models), ``truncation``, ``encoding``,
-        ``return_term_images``, ``return_latents``, ``version``.
+        Args:
+            model: Model name, e.g. ``"mnist-cdcgan"``.
+            terms: ``(weight, source)`` pairs; a source is a seed, a list of seeds
+                (their mean latent) or a latent vector of floats.
+            label: Class of the result and of every term image (conditional models:
+                required there).
+            truncation: Truncation psi (at least 0.05) of seed latents.
+            encoding: Wire encoding: ``"float32"``, ``"uint8"`` or ``"png"``.
+            return_term_images: Also return one image per term (its unweighted latent).
+            return_latents: Also return the latents: the result's, then each term's.
+            version: Model version (default: the latest ready one).
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            The result image, and the term images and latents if asked for.
+
+        Raises:
+            InvalidRequest: A bad argument (checked before sending or by the server).
+            ModelNotFound: No such model or version.
         """
-        req = arithmetic_request(model, terms, label=label, **kwargs)
+        check_label(label)
+        req = arithmetic_request(
+            model,
+            terms,
+            label=label,
+            version=version,
+            truncation=truncation,
+            encoding=encoding,
+            return_term_images=return_term_images,
+            return_latents=return_latents,
+        )
         if (size := self._large_request(req)) is not None:
             check_request_size(req, size, self.limits(timeout=timeout))
         return ArithmeticResult.from_proto(self._unary(self._stub.Arithmetic, req, timeout))
 
     # --------------------------------------------------------------- health
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        """The standard health check: "SERVING", "NOT_SERVING", ... of ``service``."""
+        """The standard gRPC health check.
+
+        Args:
+            service: Service name (default: the whole server).
+            timeout: Deadline in seconds (default: the client's ``timeout``).
+
+        Returns:
+            ``"SERVING"``, ``"NOT_SERVING"``, ... of ``service``.
+
+        Raises:
+            ModelNotFound: The server does not know ``service``.
+        """
         health_pb2, health_pb2_grpc = self._health_modules()
         stub = health_pb2_grpc.HealthStub(self._channel)
         req = health_pb2.HealthCheckRequest(service=service)

@@ -28,8 +28,9 @@ async def test_every_method(server) -> None:
     async with AsyncGanClient(server.target, timeout=20) as client:
         assert {m.name for m in await client.list_models()} == {UNCOND, COND}
         assert (await client.limits()).max_images_per_request == 4096
-        info = await client.model_info(COND)
+        info = await client.get_model(COND)
         assert info.conditional and info.latent_dim == 8
+        assert await client.model_info(COND, version="1") == info
         assert await client.health() == "SERVING"
 
         sample = await client.sample(COND, 4, seed=11, label=6, return_latents=True)
@@ -103,6 +104,11 @@ async def test_count_over_the_stream_limit_is_split(start_server, tiny_model_rep
 
 async def test_errors(server) -> None:
     async with AsyncGanClient(server.target) as client:
+        with pytest.raises(InvalidRequest, match=r"use labels=\[\.\.\.\]"):
+            await client.sample(COND, 2, label=[1, 2])  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest, match="use label=1"):
+            async for _ in client.sample_stream(COND, 2, labels=1):  # type: ignore[arg-type]
+                pass
         with pytest.raises(ModelNotFound, match="no-such-model"):
             await client.sample("no-such-model", 1)
         with pytest.raises(InvalidRequest) as invalid:

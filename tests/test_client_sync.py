@@ -97,7 +97,31 @@ def test_local_seed_rule_reproduces_server_latents(client: GanClient) -> None:
 def test_labels(client: GanClient) -> None:
     assert list(client.sample(COND, 3, seed=1, label=4).labels) == [4, 4, 4]
     assert list(client.sample(COND, 3, seed=1, labels=[7, 8, 9]).labels) == [7, 8, 9]
+    assert list(client.sample(COND, 3, seed=1, labels=np.array([7, 8, 9])).labels) == [7, 8, 9]
     assert list(client.sample(COND, 12, seed=1).labels) == [i % 10 for i in range(12)]
+
+
+def test_label_and_labels_mixed_up_name_the_keyword_meant(client: GanClient) -> None:
+    """label is one class for every image, labels one per image; swapping them used to
+    say only "label must be an integer" (or fail in protobuf with a bare TypeError)."""
+    with pytest.raises(InvalidRequest, match=r"label takes one class .* use labels=\[\.\.\.\]"):
+        client.sample(COND, 3, seed=1, label=[7, 8, 9])  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=r"labels takes one class per image .* use label=7"):
+        client.sample(COND, 3, seed=1, labels=7)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="use labels="):
+        next(client.sample_stream(COND, 3, seed=1, label=np.array([1, 2, 3])))  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="labels takes one class per keyframe"):
+        client.interpolate(COND, [1, 2], labels=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="label takes one class"):
+        client.arithmetic(COND, [(1.0, 1)], label=[1, 2])  # type: ignore[arg-type]
+
+
+def test_get_model_is_the_rpcs_name_and_model_info_its_alias(client: GanClient) -> None:
+    info = client.get_model(COND)
+    assert info == client.model_info(COND) == client.get_model(COND, "1", timeout=5)
+    assert info.name == COND and info.version == "1"
+    with pytest.raises(ModelNotFound):
+        client.get_model(COND, version="9")
 
 
 def test_sample_stream_chunks_match_sample(client: GanClient) -> None:
