@@ -22,9 +22,17 @@ from typing import Any
 import grpc
 import grpc.aio
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_TARGET", "ChannelConfig", "resolve_target"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_PORT",
+    "DEFAULT_TARGET",
+    "ChannelConfig",
+    "resolve_target",
+    "with_default_port",
+]
 
-DEFAULT_TARGET = "localhost:50051"
+DEFAULT_PORT = 50051  # the server's default --port
+DEFAULT_TARGET = f"localhost:{DEFAULT_PORT}"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default limit
 # Services the retry policy covers: ours and the standard health service.
 _SERVICES = ("ganserve.v1.Generator", "grpc.health.v1.Health")
@@ -145,13 +153,14 @@ class ChannelConfig:
 def resolve_target(target: str | Sequence[str]) -> str:
     """One gRPC target string for a target or a list of ``host:port`` targets.
 
-    ``"a:1,b:2"`` (a comma list without a scheme) counts as a list.
+    ``"a:1,b:2"`` (a comma list without a scheme) counts as a list. A host without a
+    port gets ``DEFAULT_PORT`` (see ``with_default_port``).
     """
     if isinstance(target, str):
         if "," in target and ":///" not in target and not target.startswith(("ipv4:", "ipv6:")):
             target = [t.strip() for t in target.split(",") if t.strip()]
         else:
-            return target
+            return with_default_port(target)
     targets = list(target)
     if not targets:
         raise ValueError("no target given")
@@ -166,11 +175,55 @@ def resolve_target(target: str | Sequence[str]) -> str:
     return "ipv6:" + ",".join(f"[{host}]:{port}" for host, port in addresses)
 
 
+def with_default_port(target: str) -> str:
+    """``target`` with ``:50051`` added when it names a host without a port.
+
+    gRPC itself would dial port 443 for a bare host. Bare hosts: ``localhost``,
+    ``10.0.0.5``, ``myhost.svc``, ``[::1]`` and unbracketed IPv6 literals such as
+    ``::1`` or ``fe80::1`` (``::1:2`` reads as host ``::1``, port 2: bracket IPv6
+    addresses to be unambiguous). ``dns:[//authority/]host`` gets the port as well;
+    ``host:port`` and every other scheme (``unix:``, ``ipv4:``, ...) are kept as given.
+    """
+    target = target.strip()
+    if target.startswith("dns:"):
+        rest = target[len("dns:") :]
+        # dns:///host or dns://authority/host: the host follows the authority's slash.
+        cut = rest.find("/", 2) + 1 if rest.startswith("//") else 0
+        if (rest.startswith("//") and cut == 0) or not rest[cut:]:
+            return target
+        return "dns:" + rest[:cut] + _host_with_port(rest[cut:], schemes=False)
+    return _host_with_port(target, schemes=True)
+
+
+def _host_with_port(text: str, schemes: bool) -> str:
+    if not text:
+        return text
+    if text.startswith("["):  # [IPv6] or [IPv6]:port
+        return f"{text}:{DEFAULT_PORT}" if text.endswith("]") else text
+    if text.count(":") >= 2 and "/" not in text:
+        host, _, port = text.rpartition(":")
+        if port.isdigit() and _is_ip(host):
+            return text  # ::1:2 as host ::1, port 2 (as in a target list)
+        if _is_ip(text):
+            return f"[{text}]:{DEFAULT_PORT}"
+    if ":" not in text:
+        return f"{text}:{DEFAULT_PORT}"
+    return text  # host:port, or a scheme gRPC knows (unix:/path, ipv4:..., xds:///...)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _address(target: str) -> tuple[str, int]:
-    """``host:port`` → (IP literal, port); host names are resolved now (first address)."""
+    """``host[:port]`` → (IP literal, port); host names are resolved now (first address)."""
     if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
         raise ValueError(f"a target list takes plain host:port entries, got {target!r}")
-    host, sep, port_text = target.rpartition(":")
+    host, sep, port_text = with_default_port(target).rpartition(":")
     if not sep or not port_text.isdigit():
         raise ValueError(f"target {target!r} is not host:port")
     host = host.strip("[]")

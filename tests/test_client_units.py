@@ -16,7 +16,7 @@ from ganserve import clients
 from ganserve.cli import build_parser
 from ganserve.clients import errors, images
 from ganserve.clients._base import ClientBase
-from ganserve.clients._channel import ChannelConfig, resolve_target
+from ganserve.clients._channel import ChannelConfig, resolve_target, with_default_port
 from ganserve.clients._requests import arithmetic_request, interpolate_request, sample_request
 from ganserve.clients._sampling import plan_sample, rebase, split_sample
 from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits, decode_images
@@ -128,14 +128,43 @@ def test_resolve_target() -> None:
         "ipv4:127.0.0.1:1,127.0.0.1:2",
         "ipv6:[::1]:1,[::1]:2",
     )
+    # a bare host in a list gets the default port, as a single one does
+    assert resolve_target(["10.0.0.1", "10.0.0.2:2"]) == "ipv4:10.0.0.1:50051,10.0.0.2:2"
+    assert resolve_target("[::1], [::2]:3") == "ipv6:[::1]:50051,[::2]:3"
     for bad, message in [
         (["10.0.0.1:1", "[::1]:2"], "mix"),
         (["10.0.0.1:1", "dns:///x:2"], "plain host:port"),
-        (["10.0.0.1", "10.0.0.2:2"], "not host:port"),
+        (["10.0.0.1:x", "10.0.0.2:2"], "not host:port"),
         ([], "no target"),
     ]:
         with pytest.raises(ValueError, match=message):
             resolve_target(bad)
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled"),
+    [
+        # a bare host means the server's default port (gRPC's own default is 443)
+        ("localhost", "localhost:50051"),
+        ("10.0.0.5", "10.0.0.5:50051"),
+        ("myhost.svc", "myhost.svc:50051"),
+        ("[::1]", "[::1]:50051"),
+        ("::1", "[::1]:50051"),
+        ("fe80::1", "[fe80::1]:50051"),
+        ("dns:///ganserve-headless", "dns:///ganserve-headless:50051"),
+        ("dns://10.0.0.53/ganserve", "dns://10.0.0.53/ganserve:50051"),
+        # a port given, or a scheme other than dns:, is kept as it is
+        ("localhost:7000", "localhost:7000"),
+        ("[::1]:7000", "[::1]:7000"),
+        ("::1:7000", "::1:7000"),
+        ("dns:///ganserve-headless:7000", "dns:///ganserve-headless:7000"),
+        ("unix:/run/ganserve.sock", "unix:/run/ganserve.sock"),
+        ("ipv4:10.0.0.1:1,10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2"),
+    ],
+)
+def test_a_bare_host_means_port_50051(given: str, dialled: str) -> None:
+    assert with_default_port(given) == dialled
+    assert resolve_target(given) == dialled
 
 
 def test_channel_options() -> None:
