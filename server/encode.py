@@ -4,6 +4,7 @@ Input everywhere: float32 ``(N, C, H, W)`` in [-1, 1]. Raw tensors are
 little-endian, row-major (the proto's convention). ``uint8`` (and the pixels of
 PNG) follow the proto's rule ``round((x + 1) * 127.5)`` clipped to [0, 255],
 implemented once in ``ganserve.imaging.to_uint8`` (the client draws with it too).
+The encodings themselves are ``ganserve.contract.encodings.Encoding``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import io
 import numpy as np
 from PIL import Image
 
+from ganserve.contract.encodings import Encoding
 from ganserve.imaging import to_uint8
 
 from .errors import InvalidArgument
 
-__all__ = ["ENCODINGS", "encode_images", "to_uint8"]
+__all__ = ["encode_images", "to_uint8"]
 
-ENCODINGS = ("float32", "uint8", "png")
 _LE_FLOAT32 = np.dtype("<f4")
 
 
@@ -37,20 +38,24 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_images(images: np.ndarray, encoding: str = "float32") -> tuple[bytes, list[bytes]]:
+def encode_images(
+    images: np.ndarray, encoding: Encoding | str = Encoding.FLOAT32
+) -> tuple[bytes, list[bytes]]:
     """Encode ``images`` (N, C, H, W): ``(raw_bytes, pngs)``.
 
-    ``float32`` / ``uint8``: the raw tensor in ``raw_bytes``, ``pngs`` empty.
-    ``png``: one file per image in ``pngs``, ``raw_bytes`` empty.
+    ``FLOAT32`` / ``UINT8``: the raw tensor in ``raw_bytes``, ``pngs`` empty.
+    ``PNG``: one file per image in ``pngs``, ``raw_bytes`` empty. A string names the
+    encoding as users do (``"uint8"``, ``"PNG"``).
     """
     if images.ndim != 4:
         raise InvalidArgument(f"images must be (N, C, H, W), got shape {images.shape}")
-    enc = encoding.lower()
-    if enc == "float32":
+    if type(encoding) is not Encoding:
+        try:
+            encoding = Encoding.parse(encoding)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+    if encoding is Encoding.FLOAT32:
         return np.ascontiguousarray(images, dtype=_LE_FLOAT32).tobytes(), []
-    if enc == "uint8":
+    if encoding is Encoding.UINT8:
         return to_uint8(images).tobytes(), []
-    if enc == "png":
-        u8 = to_uint8(images)
-        return b"", [_png(img) for img in u8]
-    raise InvalidArgument(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    return b"", [_png(img) for img in to_uint8(images)]

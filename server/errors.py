@@ -2,7 +2,8 @@
 
 The core never imports grpc; the service maps each class 1:1 to the gRPC
 status code named by ``code_name``. Messages are for users: they name the
-offending field or thing and say what to change.
+offending field or thing and say what to change. (The client library's errors are
+``ganserve.clients.errors``; ``ServeError`` is the server's base, a different class.)
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 __all__ = [
     "Cancelled",
     "DeadlineExceeded",
-    "GanServeError",
     "Internal",
     "InvalidArgument",
     "NotFound",
     "ResourceExhausted",
+    "ServeError",
     "Unavailable",
 ]
 
 
-class GanServeError(Exception):
+class ServeError(Exception):
     """Base class; ``code_name`` is the name of a ``grpc.StatusCode`` member."""
 
     code_name: str = "UNKNOWN"
@@ -29,29 +30,33 @@ class GanServeError(Exception):
         return str(self.args[0]) if self.args else self.__class__.__name__
 
 
-class InvalidArgument(GanServeError):
+class InvalidArgument(ServeError):
     code_name = "INVALID_ARGUMENT"
 
 
-class NotFound(GanServeError):
+class NotFound(ServeError):
     code_name = "NOT_FOUND"
 
 
-class ResourceExhausted(GanServeError):
+class ResourceExhausted(ServeError):
     code_name = "RESOURCE_EXHAUSTED"
 
 
-class DeadlineExceeded(GanServeError):
+class DeadlineExceeded(ServeError):
     code_name = "DEADLINE_EXCEEDED"
 
 
-class Unavailable(GanServeError):
+class Unavailable(ServeError):
     code_name = "UNAVAILABLE"
 
 
-class Cancelled(GanServeError):
+class Cancelled(ServeError):
     code_name = "CANCELLED"
 
 
-class Internal(GanServeError):
+class Internal(ServeError):
     code_name = "INTERNAL"
+
+
+# The former name of ServeError, for modules not yet moved to it (server/batcher.py).
+GanServeError = ServeError

@@ -5,7 +5,7 @@ Each version gets an ONNX Runtime session (:class:`OrtRunner`) and a
 serving; a version takes traffic only once warm. A broken file is logged,
 counted and shown as FAILED while every other version keeps serving. The
 model spec (what the service validates against) comes from the graph's
-inputs/outputs and the ``ganserve.*`` metadata (see docs/CONVENTIONS.md).
+inputs/outputs and the ``ganserve.*`` metadata (see docs/model-format.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ganserve.contract.layout import MODEL_FILE, is_version, version_key
+from ganserve.contract.load_state import LoadState
+from ganserve.contract.model_format import Key
 
 from .batcher import Batcher, BatchingConfig
 from .errors import InvalidArgument, NotFound, Unavailable
@@ -35,8 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-MODEL_FILE = "model.onnx"
 
 
 class LoadedModel:
@@ -116,7 +118,7 @@ class ModelStatus:
     name: str
     version: str
     versions: list[str]
-    state: str  # "LOADING" | "READY" | "FAILED"
+    state: LoadState
     message: str
     spec: ModelSpec | None
     device: str
@@ -127,7 +129,7 @@ class _Version:
     """Book-keeping of one version directory."""
 
     path: Path
-    state: str = "LOADING"
+    state: LoadState = LoadState.LOADING
     message: str = ""
     fingerprint: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the loaded file
     digest: str = ""  # sha256 of the loaded (or last failed) file
@@ -154,16 +156,6 @@ _ECHO_MAX = 100
 def _shown(text: str) -> str:
     """A client-given name as quoted in an error message, cut to ``_ECHO_MAX``."""
     return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"
-
-
-def _version_key(version: str) -> int:
-    return int(version)
-
-
-def _is_version(name: str) -> bool:
-    """A positive integer in canonical ASCII form: "1", "12"; not "0", "01" (it would
-    collide with "1") or "²" (str.isdigit accepts it, int() does not)."""
-    return name.isascii() and name.isdigit() and name[0] != "0"
 
 
 def _digest(path: Path) -> str:
@@ -196,14 +188,14 @@ class ModelRepository:
     # ----------------------------------------------------------------- loading
 
     def _scan(self) -> list[_Scan]:
-        """Every ``<name>/<version>/model.onnx`` with a positive integer version."""
+        """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``)."""
         if not self.root.is_dir():
             log.warning("model repository %s is not a directory", self.root)
             return []
         found = []
         for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for vdir in model_dir.iterdir():
-                if not (vdir.is_dir() and _is_version(vdir.name)):
+                if not (vdir.is_dir() and is_version(vdir.name)):
                     continue
                 path = vdir / MODEL_FILE
                 if path.is_file():
@@ -242,12 +234,14 @@ class ModelRepository:
             "loaded model %s version %s (%s, latent %d, %d classes%s) on %s, "
             "%d ConvTranspose layer(s) rewritten, side batches %s",
             spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes,
-            ", int8" if "ganserve.quantization" in spec.metadata else "", runner.device,
+            ", int8" if Key.QUANTIZATION in spec.metadata else "", runner.device,
             runner.rewritten, "on" if runner.side_batches else "off",
         )  # fmt: skip
         return LoadedModel(spec, runner, batcher), ""
 
-    def _set_state(self, name: str, version: str, entry: _Version, state: str, msg: str) -> None:
+    def _set_state(
+        self, name: str, version: str, entry: _Version, state: LoadState, msg: str
+    ) -> None:
         entry.state, entry.message = state, msg
         self._metrics.set_model_state(name, version, state)
 
@@ -278,12 +272,12 @@ class ModelRepository:
                     if entry.model is not None:  # a changed file broke: keep the old session
                         entry.message = f"reload failed, serving the previous file: {message}"
                     else:
-                        self._set_state(scan.name, scan.version, entry, "FAILED", message)
+                        self._set_state(scan.name, scan.version, entry, LoadState.FAILED, message)
                     continue
                 if entry.model is not None:
                     retired.append(entry.model)
                 entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
-                self._set_state(scan.name, scan.version, entry, "READY", "")
+                self._set_state(scan.name, scan.version, entry, LoadState.READY, "")
                 self._metrics.set_rewritten_layers(scan.name, scan.version, model.runner.rewritten)
                 report["loaded"].append(key)
             self._refresh_serving()
@@ -333,7 +327,7 @@ class ModelRepository:
             if entry is None:
                 entry = _Version(scan.path)
                 self._models.setdefault(scan.name, {})[scan.version] = entry
-                self._set_state(scan.name, scan.version, entry, "LOADING", "")
+                self._set_state(scan.name, scan.version, entry, LoadState.LOADING, "")
                 # The failure counter exists at 0 from the model's first sight, so that a
                 # later failure is an increase that alerts see.
                 self._metrics.model_load_failures_total.labels(scan.name)
@@ -367,12 +361,12 @@ class ModelRepository:
         versions = self._versions(name)
         if version:
             if version not in versions:
-                available = ", ".join(sorted(versions, key=_version_key))
+                available = ", ".join(sorted(versions, key=version_key))
                 raise NotFound(
                     f"model '{name}' has no version '{_shown(version)}'; available: {available}"
                 )
             return version, versions[version]
-        ordered = sorted(versions, key=_version_key, reverse=True)
+        ordered = sorted(versions, key=version_key, reverse=True)
         ready = [v for v in ordered if versions[v].model is not None]
         chosen = ready[0] if ready else ordered[0]
         return chosen, versions[chosen]
@@ -380,7 +374,7 @@ class ModelRepository:
     def _refresh_serving(self) -> None:
         serving: dict[str, LoadedModel] = {}
         for name, versions in self._models.items():
-            ready = {_version_key(v): e.model for v, e in versions.items() if e.model is not None}
+            ready = {version_key(v): e.model for v, e in versions.items() if e.model is not None}
             if ready:
                 serving[name] = ready[max(ready)]
         self._serving = serving
@@ -400,8 +394,8 @@ class ModelRepository:
     def status(self, name: str, version: str = "") -> ModelStatus:
         """Status of one version ("" = the one ``get`` would serve); NotFound if unknown."""
         chosen, entry = self._pick(name, version)
-        versions = sorted(self._models[name], key=_version_key)
-        state = "READY" if entry.model is not None else entry.state
+        versions = sorted(self._models[name], key=version_key)
+        state = LoadState.READY if entry.model is not None else entry.state
         device = entry.model.device if entry.model is not None else ""
         return ModelStatus(name, chosen, versions, state, entry.message, entry.spec, device)
 

@@ -1,9 +1,10 @@
 """The ``ganserve.v1.Generator`` servicer: a thin translation onto the server core.
 
-Each RPC resolves the model, turns the request into a plan (``validate.py``), awaits
+Each RPC resolves the model, turns the request into a plan (``plan.py``), awaits
 the model's batched ``generate`` and encodes once per response. Errors of the core
-(``GanServeError``) map 1:1 to gRPC status codes; anything else is logged and
-becomes INTERNAL without a traceback reaching the client.
+(``ServeError``) map 1:1 to gRPC status codes; anything else is logged and
+becomes INTERNAL without a traceback reaching the client. Response sizes are
+estimated by ``ganserve.contract.sizes``, the client's planner's estimate.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -22,45 +22,36 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from grpc import aio
 
+from ganserve.contract.encodings import Encoding
+from ganserve.contract.limits import Limits
+from ganserve.contract.sizes import (
+    FLOAT_BYTES,
+    per_image_bytes,
+    response_bytes,
+    response_too_large,
+    sample_per_image_bytes,
+)
 from ganserve.seeds import latent_cost_us
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
-from .errors import GanServeError, Internal, InvalidArgument, Unavailable
+from .errors import Internal, InvalidArgument, ServeError, Unavailable
 from .latent import one_hot
 from .metrics import Metrics
+from .plan import SamplePlan, plan_arithmetic, plan_interpolate, plan_sample
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
-from .validate import (
-    Limits,
-    SamplePlan,
-    plan_arithmetic,
-    plan_interpolate,
-    plan_sample,
-)
 
 __all__ = ["GeneratorService", "add_to_server", "model_info"]
 
 log = logging.getLogger(__name__)
 
 _CODES = {code.name: code for code in grpc.StatusCode}
-_ENCODING_ENUM = {
-    "float32": pb.ENCODING_FLOAT32,
-    "uint8": pb.ENCODING_UINT8,
-    "png": pb.ENCODING_PNG,
-}
-_BYTES_PER_VALUE = {"float32": 4, "uint8": 1, "png": 1}
-_PNG_OVERHEAD = 256  # bytes per PNG beyond its raw pixels, an upper bound for small images
-_MESSAGE_MARGIN = 64 * 1024  # protobuf framing and other small fields
-_LABEL_BYTES = 5  # a packed int32 label (varint), at most
-_KINDS = {"unconditional": pb.MODEL_KIND_UNCONDITIONAL, "conditional": pb.MODEL_KIND_CONDITIONAL}
-_STATES = {"LOADING": pb.LOAD_STATE_LOADING, "READY": pb.LOAD_STATE_READY}
-_STATES["FAILED"] = pb.LOAD_STATE_FAILED
 # Latent and encoding work above this many images leaves the event loop for a thread,
 # so one large request does not stall the small ones of other clients.
 _OFFLOAD_IMAGES = 256
-# The same for latents from seeds, by their estimated cost (truncation makes each dearer:
-# ~0.26 ms at psi 0.05): 15 ms is ~5,000 untruncated latents, ~57 at psi 0.05.
+# The same for latents from seeds, by their estimated cost (``latent_cost_us``, which
+# counts truncation's redraws): more work would hold up other clients' small requests.
 _OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
@@ -73,11 +64,6 @@ except ImportError:  # pragma: no cover - a grpc without it: nothing to translat
 
 
 _P = TypeVar("_P")
-
-
-def _label_bytes(spec: ModelSpec) -> int:
-    """Bytes of the per-image label a Sample response carries (conditional models)."""
-    return _LABEL_BYTES if spec.num_classes else 0
 
 
 async def _plan(
@@ -99,7 +85,7 @@ async def _plan(
 _LARGE_LATENT = 100.0
 
 
-def _non_finite_output(z: np.ndarray, field: str = "latents") -> GanServeError:
+def _non_finite_output(z: np.ndarray, field: str = "latents") -> ServeError:
     """The error for NaN/infinite model output: the caller's if its latents were huge
     (finite, but overflowing inside the model), the model's otherwise. ``field``: the
     request field the latents came from."""
@@ -110,6 +96,13 @@ def _non_finite_output(z: np.ndarray, field: str = "latents") -> GanServeError:
             f"large (max |z| = {top:.3g}); use values of the order of a standard normal's"
         )
     return Internal("the model produced non-finite values (NaN or infinity)")
+
+
+def _sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
+    """Response bytes of one image of a Sample / SampleStream plan."""
+    return sample_per_image_bytes(
+        spec.image_shape, plan.encoding, spec.latent_dim, spec.num_classes, plan.return_latents
+    )
 
 
 class _Undecodable:
@@ -229,11 +222,12 @@ def _latent_batch(z: np.ndarray) -> pb.LatentBatch:
 
 
 def _fill_images(
-    msg: pb.Images, images: np.ndarray, raw: bytes, pngs: list[bytes], encoding: str
+    msg: pb.Images, images: np.ndarray, raw: bytes, pngs: list[bytes], encoding: Encoding
 ) -> None:
     """Fill a response's Images field in place: building a separate pb.Images and
     assigning it would copy the (possibly large) message once more."""
-    msg.encoding = _ENCODING_ENUM[encoding]
+    # the proto enum fields take the contract's numbers (their stubs want their own type)
+    msg.encoding = encoding.number  # type: ignore[assignment]
     msg.count = images.shape[0]
     msg.shape.extend(images.shape[1:])
     msg.data = raw
@@ -247,13 +241,13 @@ def model_info(status: ModelStatus) -> pb.ModelInfo:
         name=status.name,
         version=status.version,
         versions=status.versions,
-        state=_STATES.get(status.state, pb.LOAD_STATE_UNSPECIFIED),
+        state=status.state.number,  # type: ignore[arg-type]
         state_message=status.message or "",
         device=status.device or "",
     )
     spec: ModelSpec | None = status.spec
     if spec is not None:
-        info.kind = _KINDS.get(spec.kind, pb.MODEL_KIND_UNSPECIFIED)
+        info.kind = spec.kind.number  # type: ignore[assignment]
         info.latent_dim = spec.latent_dim
         info.class_names.extend(spec.class_names)
         info.image_shape.extend(spec.image_shape)
@@ -312,7 +306,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self, method: str, exc: BaseException, context: aio.ServicerContext, call: _Call
     ) -> NoReturn:
         """Abort the RPC with the status of ``exc``; cancellation and aborts propagate as is."""
-        if isinstance(exc, GanServeError):
+        if isinstance(exc, ServeError):
             call.code, message = exc.code_name, exc.message
         elif isinstance(exc, aio.AbortError):
             code = context.code()
@@ -352,30 +346,18 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self,
         spec: ModelSpec,
         n: int,
-        encoding: str,
-        with_latents: bool,
+        encoding: Encoding,
+        per_image: int,
         hint: str,
-        extra_per_image: int = 0,
-        extra_latents: int = 0,
+        extra: int = 0,
     ) -> None:
-        """Fail before computing if ``n`` images cannot fit in one message
-        (``extra_per_image``: bytes of other per-image fields, e.g. class weights;
-        ``extra_latents``: latents returned beyond one per image, if latents are)."""
-        pixels = math.prod(spec.image_shape)  # np.prod costs ~10 us per call here
-        per_image = pixels * _BYTES_PER_VALUE[encoding] + extra_per_image
-        if encoding == "png":
-            per_image += _PNG_OVERHEAD
-        if with_latents:
-            per_image += spec.latent_dim * 4
-        size = n * per_image + _MESSAGE_MARGIN
-        if with_latents:
-            size += extra_latents * spec.latent_dim * 4
-        if size > self._limits.max_message_bytes:
+        """Fail before computing if ``n`` images of ``per_image`` bytes (and ``extra``
+        bytes besides) cannot fit in one message: ``contract.sizes``' estimate."""
+        size = response_bytes(n, per_image, extra)
+        limit = self._limits.max_message_bytes
+        if size > limit:
             # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
-            raise InvalidArgument(
-                f"{n} {encoding} images of {spec.name} need about {size} bytes, over the "
-                f"server's max_message_bytes {self._limits.max_message_bytes}; {hint}"
-            )
+            raise InvalidArgument(response_too_large(n, encoding, spec.name, size, limit, hint))
 
     async def _run(
         self,
@@ -390,7 +372,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         """Generate and encode: (images (N, C, H, W), raw bytes, pngs); ``field`` names
         the request field of ``z`` in the error for non-finite output."""
         images = await model.generate(z, y, deadline, context.done)
-        if not np.isfinite(images).all():  # ~1 us per image
+        if not np.isfinite(images).all():  # the contract: no response carries NaN images
             raise _non_finite_output(z, field)
         if images.shape[0] >= _OFFLOAD_IMAGES:
             raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
@@ -460,9 +442,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             model.spec,
             plan.count,
             plan.encoding,
-            plan.return_latents,
+            _sample_image_bytes(plan, model.spec),
             "use SampleStream",
-            extra_per_image=_label_bytes(model.spec),
         )
         return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
 
@@ -476,9 +457,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             model.spec,
             plan.chunk_size,
             plan.encoding,
-            plan.return_latents,
+            _sample_image_bytes(plan, model.spec),
             "lower chunk_size",
-            extra_per_image=_label_bytes(model.spec),
         )
         deadline = _deadline(context)
 
@@ -514,15 +494,14 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(keys) <= self._limits.max_images_per_request:
             seeds = sum(k.WhichOneof("source") == "seed" for k in keys)
         plan = await _plan(plan_interpolate, request, model.spec, self._limits, seeds)
-        steps = plan.z.shape[0]
-        self._check_size(
-            model.spec,
-            steps,
+        spec = model.spec
+        per_image = per_image_bytes(
+            spec.image_shape,
             plan.encoding,
-            plan.return_latents,
-            "request fewer steps",
-            extra_per_image=4 * model.spec.num_classes,  # class_weights, conditional only
+            spec.latent_dim if plan.return_latents else 0,
+            FLOAT_BYTES * spec.num_classes,  # class_weights, conditional only
         )
+        self._check_size(spec, plan.z.shape[0], plan.encoding, per_image, "request fewer steps")
         images, raw, pngs = await self._run(
             model, plan.z, plan.y, _deadline(context), context, plan.encoding, "keyframes"
         )
@@ -543,14 +522,16 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(terms) <= self._limits.max_images_per_request:
             seeds = sum(len(t.seeds.seeds) for t in terms)
         plan = await _plan(plan_arithmetic, request, model.spec, self._limits, seeds)
+        spec = model.spec
+        latent_dim = spec.latent_dim if plan.return_latents else 0
         self._check_size(
-            model.spec,
+            spec,
             plan.n_images,
             plan.encoding,
-            plan.return_latents,
+            per_image_bytes(spec.image_shape, plan.encoding, latent_dim),
             "use fewer terms",
             # the result's and every term's latent are returned, with or without their images
-            extra_latents=plan.latents.shape[0] - plan.n_images,
+            extra=(plan.latents.shape[0] - plan.n_images) * FLOAT_BYTES * latent_dim,
         )
         z = plan.latents[: plan.n_images]  # (1 [+ T], D)
         images, raw, pngs = await self._run(

@@ -1,28 +1,34 @@
 """What a generator file must look like, read into a :class:`ModelSpec`.
 
-Conventions (docs/CONVENTIONS.md): input ``z`` float32 (N, latent_dim),
+Conventions (docs/model-format.md): input ``z`` float32 (N, latent_dim),
 conditional models also ``y`` float32 (N, num_classes); one output float32
-(N, C, H, W) with C in {1, 3}; ``ganserve.*`` metadata_props. The graph is the
-source of truth for shapes; metadata that contradicts it is an error, missing
-metadata gets defaults derived from the graph. The directory's name/version win
-over the metadata's.
+(N, C, H, W) with C in {1, 3}; ``ganserve.*`` metadata_props (their keys, reader and
+JSON fields: ``ganserve.contract.model_format``). The graph is the source of truth
+for shapes; metadata that contradicts it is an error, missing metadata gets defaults
+derived from the graph. The directory's name/version win over the metadata's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import onnx
 
-__all__ = ["KINDS", "ModelSpec", "ModelSpecError", "read_spec"]
+from ganserve.contract.model_format import (
+    DEFAULT_IMAGE_SHAPE,
+    DEFAULT_VALUE_RANGE,
+    Key,
+    MetadataError,
+    ModelKind,
+    json_field,
+    read_metadata,
+)
 
-KINDS = ("unconditional", "conditional")
+__all__ = ["ModelSpec", "ModelSpecError", "read_spec"]
+
 _FLOAT = onnx.TensorProto.FLOAT
-DEFAULT_IMAGE_SHAPE = (1, 28, 28)
 
 
 class ModelSpecError(ValueError):
@@ -35,7 +41,7 @@ class ModelSpec:
 
     name: str
     version: str
-    kind: str  # "unconditional" | "conditional"
+    kind: ModelKind
     latent_dim: int
     num_classes: int  # 0 if unconditional
     class_names: tuple[str, ...]
@@ -49,7 +55,7 @@ class ModelSpec:
 
     @property
     def conditional(self) -> bool:
-        return self.kind == "conditional"
+        return self.kind is ModelKind.CONDITIONAL
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
@@ -76,18 +82,6 @@ def _fixed(where: str, dim: int | str) -> int:
     return dim
 
 
-def _json(meta: dict[str, str], key: str, default: Any, kind: type) -> Any:
-    if key not in meta:
-        return default
-    try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"metadata {key} is not valid JSON: {exc}") from exc
-    if not isinstance(value, kind):
-        raise ModelSpecError(f"metadata {key} must be a JSON {kind.__name__}, got {meta[key]!r}")
-    return value
-
-
 def _int(meta: dict[str, str], key: str) -> int | None:
     if key not in meta:
         return None
@@ -111,14 +105,14 @@ def _image_shape(out_dims: list[int | str], meta_shape: list | None) -> tuple[in
     if meta_shape is not None and (
         len(meta_shape) != 3 or not all(isinstance(d, int) and d > 0 for d in meta_shape)
     ):
-        raise ModelSpecError(f"metadata ganserve.image_shape must be [C, H, W], got {meta_shape}")
+        raise ModelSpecError(f"metadata {Key.IMAGE_SHAPE} must be [C, H, W], got {meta_shape}")
     shape = []
     for i, default in zip((1, 2, 3), meta_shape or DEFAULT_IMAGE_SHAPE, strict=True):
         dim = out_dims[i]
         if isinstance(dim, int) and dim > 0:
             if meta_shape is not None and dim != default:
                 raise ModelSpecError(
-                    f"metadata ganserve.image_shape={meta_shape} contradicts the output "
+                    f"metadata {Key.IMAGE_SHAPE}={meta_shape} contradicts the output "
                     f"shape {out_dims}"
                 )
             shape.append(dim)
@@ -147,30 +141,32 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     if len(graph.output) != 1:
         raise ModelSpecError(f"expected exactly one output (the images), got {len(graph.output)}")
     out_dims = _check_tensor(f"output '{graph.output[0].name}'", graph.output[0], 4)
-    meta = {p.key: p.value for p in model.metadata_props}
-    c, h, w = _image_shape(out_dims, _json(meta, "ganserve.image_shape", None, list))
-    kind = meta.get("ganserve.kind", KINDS[1] if num_classes else KINDS[0])
-    if kind not in KINDS:
-        raise ModelSpecError(f"metadata ganserve.kind must be one of {KINDS}, got {kind!r}")
-    _agree("ganserve.kind", kind, KINDS[1] if num_classes else KINDS[0])
-    _agree("ganserve.latent_dim", _int(meta, "ganserve.latent_dim"), latent_dim)
-    _agree("ganserve.num_classes", _int(meta, "ganserve.num_classes"), num_classes)
-    class_names = _json(meta, "ganserve.class_names", [str(i) for i in range(num_classes)], list)
+    meta = read_metadata(model)
+    c, h, w = _image_shape(out_dims, json_field(meta, Key.IMAGE_SHAPE, None, list))
+    kind = ModelKind.for_classes(num_classes)
+    try:
+        meta_kind = ModelKind.of(meta.get(Key.KIND, kind))
+    except ValueError as exc:  # not a kind at all
+        raise ModelSpecError(f"metadata {Key.KIND} {exc}") from None
+    _agree(Key.KIND, meta_kind, kind)
+    _agree(Key.LATENT_DIM, _int(meta, Key.LATENT_DIM), latent_dim)
+    _agree(Key.NUM_CLASSES, _int(meta, Key.NUM_CLASSES), num_classes)
+    class_names = json_field(meta, Key.CLASS_NAMES, [str(i) for i in range(num_classes)], list)
     if not num_classes:
         # An unconditional model may still name its data set's classes (the exporter
         # writes them); they are not inputs, so they are not served as class names.
         class_names = []
     if len(class_names) != num_classes:
         raise ModelSpecError(
-            f"metadata ganserve.class_names has {len(class_names)} names "
+            f"metadata {Key.CLASS_NAMES} has {len(class_names)} names "
             f"but input 'y' has {num_classes} classes"
         )
-    value_range = _json(meta, "ganserve.value_range", [-1.0, 1.0], list)
+    value_range = json_field(meta, Key.VALUE_RANGE, list(DEFAULT_VALUE_RANGE), list)
     if len(value_range) != 2 or not all(isinstance(v, int | float) for v in value_range):
-        raise ModelSpecError(f"metadata ganserve.value_range must be [min, max], got {value_range}")
-    quality = _json(meta, "ganserve.quality", {}, dict)
+        raise ModelSpecError(f"metadata {Key.VALUE_RANGE} must be [min, max], got {value_range}")
+    quality = json_field(meta, Key.QUALITY, {}, dict)
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in quality.values()):
-        raise ModelSpecError(f"metadata ganserve.quality values must be numbers, got {quality}")
+        raise ModelSpecError(f"metadata {Key.QUALITY} values must be numbers, got {quality}")
     return ModelSpec(
         name=name,
         version=version,
@@ -180,8 +176,8 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
         class_names=tuple(str(n) for n in class_names),
         image_shape=(c, h, w),
         value_range=(float(value_range[0]), float(value_range[1])),
-        architecture=meta.get("ganserve.architecture", ""),
-        dataset=meta.get("ganserve.dataset", ""),
+        architecture=meta.get(Key.ARCHITECTURE, ""),
+        dataset=meta.get(Key.DATASET, ""),
         quality={str(k): float(v) for k, v in quality.items()},
         metadata=meta,
         path=path,
@@ -197,5 +193,5 @@ def read_spec(path: Path, name: str, version: str) -> ModelSpec:
         raise ModelSpecError(f"{path}: not a readable ONNX file ({exc})") from exc
     try:
         return _spec(model, path, name, version)
-    except ModelSpecError as exc:
+    except (ModelSpecError, MetadataError) as exc:
         raise ModelSpecError(f"{path}: {exc}") from None
