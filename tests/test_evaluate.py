@@ -37,7 +37,7 @@ from ganserve.training.evaluate import (  # noqa: E402
     run,
     write_quality,
 )
-from ganserve.training.report import EvalReport, ModelInfo  # noqa: E402
+from ganserve.training.report import EvalReport, ModelMetadata  # noqa: E402
 
 MNIST = default_data_dir("mnist")
 needs_mnist = pytest.mark.skipif(
@@ -113,9 +113,9 @@ def test_class_histogram_entropy_and_min_share() -> None:
         metrics.class_histogram(np.array([10]), 10)
 
 
-def _info(name: str, arch: str, dataset: str = "mnist") -> ModelInfo:
+def _info(name: str, arch: str, dataset: str = "mnist") -> ModelMetadata:
     conditional = arch == "cdcgan"
-    return ModelInfo(
+    return ModelMetadata(
         name=name,
         version="1",
         architecture=arch,
@@ -381,7 +381,7 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     assert "samples.png" in text and "2.1 min" in text  # train_seconds 123.4
     assert "1,000 images" in text  # the train split of small_mnist
     # a card from metadata alone shows the stored figures
-    assert ModelInfo.from_onnx(cond_model).quality == q
+    assert ModelMetadata.from_onnx(cond_model).quality == q
     assert write_model_card(cond_model.parent.parent, cond_model, None).read_text() == text
 
 
@@ -399,7 +399,7 @@ def test_cli_writes_and_reports_errors(
     assert run(_cli(args)) == 0
     out = capsys.readouterr().out
     assert "| metric |" in out and "README.md" in out
-    assert ModelInfo.from_onnx(cond_model).quality["n"] == 100
+    assert ModelMetadata.from_onnx(cond_model).quality["n"] == 100
     card = (model_dir / "README.md").read_text()
     (model_dir / "README.md").unlink()
     assert run(_cli(["--model", str(model_dir), "--card-only"])) == 0

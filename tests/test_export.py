@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ganserve.cli import main as ganserve_main
+from ganserve.contract.model_format import read_metadata, write_metadata
 from ganserve.seeds import latents_from_seeds
 from ganserve.training.build import run_mismatch
 from ganserve.training.config import ARCHS, TrainConfig
@@ -22,9 +23,7 @@ from ganserve.training.export import (
     ExportError,
     export_checkpoint,
     load_generator,
-    read_metadata,
     verify_onnx,
-    write_metadata,
     write_samples,
 )
 from ganserve.training.grid import grid_image

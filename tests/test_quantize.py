@@ -14,10 +14,11 @@ import torch
 
 from ganserve.cli import main as ganserve_main
 from ganserve.clients import GanClient
+from ganserve.contract.model_format import read_metadata
 from ganserve.server.rewrite import rewrite_conv_transpose
 from ganserve.training import quantize as quantize_module
 from ganserve.training.config import TrainConfig
-from ganserve.training.export import export_checkpoint, random_inputs, read_metadata
+from ganserve.training.export import export_checkpoint, random_inputs
 from ganserve.training.quantize import quantize_model
 from ganserve.training.train import train
 

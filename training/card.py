@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ganserve.training.report import SHORT_NAMES, EvalReport, ModelInfo
+from ganserve.training.report import SHORT_NAMES, EvalReport, ModelMetadata
 
 __all__ = ["render_model_card", "write_model_card"]
 
@@ -135,7 +135,7 @@ def _quantization(recipe: dict[str, Any]) -> list[str]:
 
 def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     """The card's markdown for the model at ``onnx_path``."""
-    info = ModelInfo.from_onnx(onnx_path)
+    info = ModelMetadata.from_onnx(onnx_path)
     if report is None and info.quality:
         report = EvalReport.from_quality(info)
     cfg = info.training_config

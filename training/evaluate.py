@@ -30,19 +30,21 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
+import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ganserve.contract.labels import default_labels
+from ganserve.contract.layout import MODEL_FILE, latest_version, model_folder
+from ganserve.contract.model_format import Key, write_metadata
 from ganserve.imaging import to_uint8
 from ganserve.seeds import latents_from_seeds
 from ganserve.training import metrics
-from ganserve.training.report import EvalReport, ModelInfo
+from ganserve.training.report import EvalReport, ModelMetadata
 
 __all__ = [
     "EvalReport",
@@ -61,20 +63,17 @@ class EvaluationError(ValueError):
 
 
 def resolve_model_path(path: Path | str) -> Path:
-    """An ONNX file, or a model directory ``models/<name>`` (latest numeric version)."""
+    """An ONNX file, or a model directory ``models/<name>`` (its latest version, by the
+    server's version-folder rule), or a folder holding ``model.onnx``."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        versions = sorted(
-            (int(p.name), p / "model.onnx")
-            for p in path.iterdir()
-            if p.name.isdigit() and (p / "model.onnx").is_file()
-        )
-        if versions:
-            return versions[-1][1]
-        if (path / "model.onnx").is_file():
-            return path / "model.onnx"
+        latest = latest_version(path)
+        if latest is not None:
+            return latest
+        if (path / MODEL_FILE).is_file():
+            return path / MODEL_FILE
     raise EvaluationError(f"{path}: no ONNX model (expected a .onnx file or models/<name>/)")
 
 
@@ -91,7 +90,7 @@ def prior_labels(n: int, train_labels: np.ndarray, num_classes: int) -> np.ndarr
 
 def generate(
     onnx_path: Path,
-    info: ModelInfo,
+    info: ModelMetadata,
     n: int,
     seed: int = 0,
     batch_size: int = 500,
@@ -115,7 +114,7 @@ def generate(
     if not info.conditional:
         labels = None
     elif labels is None:
-        labels = np.arange(n, dtype=np.int64) % info.num_classes
+        labels = default_labels(0, n, info.num_classes)
     elif labels.shape != (n,):
         raise EvaluationError(f"labels must be ({n},), got {labels.shape}")
     out = np.empty((n, 1, 28, 28), dtype=np.float32)
@@ -192,7 +191,7 @@ def evaluate_onnx(
     started = time.monotonic()
     onnx_path = resolve_model_path(onnx_path)
     try:
-        info = ModelInfo.from_onnx(onnx_path)
+        info = ModelMetadata.from_onnx(onnx_path)
     except Exception as exc:  # onnx raises its own DecodeError types on garbage
         raise EvaluationError(f"{onnx_path}: cannot read ONNX metadata ({exc})") from exc
     dataset = dataset or info.dataset
@@ -251,35 +250,9 @@ def evaluate_onnx(
 
 
 def write_quality(onnx_path: Path | str, report: EvalReport) -> None:
-    """Rewrite the ``ganserve.quality`` metadata entry of ``onnx_path``, keeping all else.
-
-    Written to a temporary file and renamed, so a server watching the repository
-    never sees a half-written model.
-    """
-    import json
-
-    import onnx
-
-    onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path))
-    value = json.dumps(report.quality(), sort_keys=True)
-    for prop in model.metadata_props:
-        if prop.key == "ganserve.quality":
-            prop.value = value
-            break
-    else:
-        model.metadata_props.add(key="ganserve.quality", value=value)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=onnx_path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        # mkstemp makes the file 0600; keep the model readable by a server running as
-        # another user (the container's), as a plain write would have left it.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, onnx_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Rewrite the ``ganserve.quality`` metadata entry of ``onnx_path``, keeping all else
+    (atomically, readable by a server's user: ``contract.model_format.write_metadata``)."""
+    write_metadata(onnx_path, {Key.QUALITY: json.dumps(report.quality(), sort_keys=True)})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -365,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write:
         write_quality(onnx_path, report)
         print(f"wrote ganserve.quality into {onnx_path}")
-        if onnx_path.parent.name.isdigit():  # models/<name>/<version>/model.onnx
-            print(f"wrote {write_model_card(onnx_path.parent.parent, onnx_path, report)}")
+        root = model_folder(onnx_path)  # models/<name> of models/<name>/<version>/model.onnx
+        if root is not None:
+            print(f"wrote {write_model_card(root, onnx_path, report)}")
     return 0

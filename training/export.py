@@ -1,10 +1,11 @@
 """Export a trained generator to one self-describing ONNX file: ``ganserve export``.
 
-The file follows the project's ONNX conventions (docs/CONVENTIONS.md):
+The file follows the project's ONNX conventions (docs/model-format.md):
 inputs ``z`` (N, latent_dim) and, for conditional models, ``y`` (N, num_classes),
 output ``image`` (N, 1, 28, 28) in [-1, 1], batch axis ``N`` dynamic, and the
-``ganserve.*`` metadata_props. Every export is checked twice: ``onnx.checker``
-on the graph, and ONNX Runtime against torch at batch 1, 7 and 256.
+``ganserve.*`` metadata_props (``ganserve.contract.model_format``). Every export is
+checked twice: ``onnx.checker`` on the graph, and ONNX Runtime against torch at batch
+1, 7 and 256.
 
 The averaged (EMA) generator is exported by default, after recomputing its
 batch-norm statistics (see :mod:`ganserve.training.ema`).
@@ -12,10 +13,8 @@ batch-norm statistics (see :mod:`ganserve.training.ema`).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from ganserve.contract.model_format import Key, model_metadata, read_metadata, set_metadata
 from ganserve.training.config import TrainConfig, is_conditional
 from ganserve.training.ema import recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
@@ -36,12 +36,11 @@ __all__ = [
     "export_checkpoint",
     "load_generator",
     "random_inputs",
-    "read_metadata",
     "verify_onnx",
-    "write_metadata",
     "write_samples",
 ]
 
+IMAGE_SHAPE = (1, 28, 28)  # (C, H, W) of every exported generator (the nets' output)
 OPSET = 17
 VERIFY_BATCHES = (1, 7, 256)
 TOLERANCE = 1e-4
@@ -60,7 +59,7 @@ class _Graph(nn.Module):
         self.conditional = conditional
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.generator(z, y if self.conditional else None)  # (N, 1, 28, 28)
+        return self.generator(z, y if self.conditional else None)  # (N, *IMAGE_SHAPE)
 
 
 def load_generator(checkpoint: Path | str, use_ema: bool = True) -> tuple[nn.Module, dict]:
@@ -115,7 +114,7 @@ def verify_onnx(
         (got,) = session.run(["image"], feeds)
         with torch.no_grad():
             want = generator(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-        if got.shape != (n, 1, 28, 28):
+        if got.shape != (n, *IMAGE_SHAPE):
             raise ExportError(f"{onnx_path}: batch {n} gave shape {got.shape}")
         diff = float(np.abs(got - want).max())
         worst = max(worst, diff)
@@ -124,53 +123,29 @@ def verify_onnx(
     return worst
 
 
-def read_metadata(onnx_path: Path | str) -> dict[str, str]:
-    """The metadata_props of an ONNX file (graph weights are not loaded)."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def write_metadata(onnx_path: Path | str, props: dict[str, str]) -> None:
-    """Set (add or replace) metadata_props of an ONNX file, atomically."""
-    path = Path(onnx_path)
-    model = onnx.load(str(path))
-    merged = {p.key: p.value for p in model.metadata_props} | props
-    del model.metadata_props[:]
-    for key in sorted(merged):
-        model.metadata_props.add(key=key, value=merged[key])
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, path)
-
-
 def _metadata(ckpt: dict, name: str, version: str, use_ema: bool) -> dict[str, str]:
     cfg = TrainConfig.from_dict(ckpt["config"])
     training = {k: v for k, v in ckpt["config"].items() if k not in ("out", "data_dir", "device")}
     training |= {"epochs_done": ckpt["epoch"], "train_seconds": round(ckpt["train_seconds"], 1),
                  "ema": use_ema, "torch": torch.__version__}  # fmt: skip
-    num_classes = int(ckpt["num_classes"])
-    return {
-        "ganserve.name": name,
-        "ganserve.version": str(version),
-        "ganserve.architecture": cfg.arch,
-        "ganserve.dataset": cfg.dataset,
-        "ganserve.kind": "conditional" if num_classes else "unconditional",
-        "ganserve.latent_dim": str(cfg.latent_dim),
-        "ganserve.num_classes": str(num_classes),
-        "ganserve.class_names": json.dumps(ckpt["class_names"]),
-        "ganserve.image_shape": json.dumps([1, 28, 28]),
-        "ganserve.value_range": json.dumps([-1, 1]),
-        "ganserve.training_config": json.dumps(training, sort_keys=True),
-        "ganserve.quality": "{}",
-        "ganserve.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return model_metadata(
+        name=name,
+        version=str(version),
+        architecture=cfg.arch,
+        dataset=cfg.dataset,
+        latent_dim=cfg.latent_dim,
+        num_classes=int(ckpt["num_classes"]),
+        class_names=ckpt["class_names"],
+        training_config=training,
+        image_shape=IMAGE_SHAPE,
+    )
 
 
 def write_samples(onnx_path: Path | str, png_path: Path | str) -> Path:
     """The model's 10x10 sample grid rendered by ONNX Runtime from the shared seed rule
     (conditional: one row per class, one seed per column)."""
     meta = read_metadata(onnx_path)
-    z, y = sample_plan(int(meta["ganserve.latent_dim"]), int(meta["ganserve.num_classes"]))
+    z, y = sample_plan(int(meta[Key.LATENT_DIM]), int(meta[Key.NUM_CLASSES]))
     feeds = {"z": z} if y is None else {"z": z, "y": y}
     (images,) = cpu_session(onnx_path).run(["image"], feeds)
     return save_grid(images, png_path)
@@ -214,11 +189,10 @@ def export_checkpoint(
     model = onnx.load(str(tmp))
     # The tracer leaves the output's non-batch dims symbolic; state the contract.
     (output,) = model.graph.output
-    for dim, size in zip(output.type.tensor_type.shape.dim[1:], (1, 28, 28), strict=True):
+    for dim, size in zip(output.type.tensor_type.shape.dim[1:], IMAGE_SHAPE, strict=True):
         dim.Clear()
         dim.dim_value = size
-    for key, value in _metadata(ckpt, name, version, use_ema).items():
-        model.metadata_props.add(key=key, value=value)
+    set_metadata(model, _metadata(ckpt, name, version, use_ema))
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:

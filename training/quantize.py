@@ -23,14 +23,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ganserve.contract.layout import is_version, model_folder
+from ganserve.contract.model_format import (
+    Key,
+    created_now,
+    read_metadata,
+    save_model,
+    set_metadata,
+)
 
 __all__ = ["QuantizeResult", "quantize_model"]
 
@@ -113,7 +120,7 @@ def _refuse_quantized(source: Path, meta: dict[str, str], graph: Any) -> None:
     """Quantized: the ``ganserve.quantization`` entry is there (the convention the server's
     load log uses too), or the graph has quantize/dequantize nodes (another tool's)."""
     ops = sorted({n.op_type for n in graph.node} & _QUANTIZED_OPS)
-    if "ganserve.quantization" in meta or ops:
+    if Key.QUANTIZATION in meta or ops:
         found = f" ({', '.join(ops)})" if ops else ""
         raise ValueError(f"{source} is already quantized{found}; quantize its float source instead")
 
@@ -122,8 +129,8 @@ def _refuse_own_folder(source: Path, out: Path) -> None:
     """``out`` must not replace the source, nor be another version of its model (which
     would serve the int8 copy as the model's latest and rewrite its card)."""
     src, dst = source.resolve(), out.resolve()
-    model_root = src.parent.parent if src.parent.name.isdigit() else src.parent
-    if dst == src or (dst.parent.name.isdigit() and dst.parent.parent == model_root):
+    model_root = model_folder(src) or src.parent
+    if dst == src or (is_version(dst.parent.name) and dst.parent.parent == model_root):
         what = "the source itself" if dst == src else "a version of the source model"
         raise ValueError(
             f"--out {out} is {what}; give the int8 copy a model folder of its own "
@@ -169,14 +176,13 @@ def quantize_model(
         raise ValueError(f"--calibration-images must be >= 1, got {calibration_images}")
     _refuse_own_folder(source, out)
     original = onnx.load(str(source), load_external_data=False)
-    meta = {p.key: p.value for p in original.metadata_props}
-    if "ganserve.latent_dim" not in meta:
+    meta = read_metadata(original)
+    if Key.LATENT_DIM not in meta:
         raise ValueError(f"{source}: no ganserve metadata; was it exported by `ganserve export`?")
     _refuse_quantized(source, meta, original.graph)
-    latent_dim, num_classes = int(meta["ganserve.latent_dim"]), int(meta["ganserve.num_classes"])
+    latent_dim, num_classes = int(meta[Key.LATENT_DIM]), int(meta[Key.NUM_CLASSES])
     # ConvTranspose -> Conv, checked (None: as is). Not chained: the image layer stays
-    # float, and unchained it runs faster on one thread (77 vs 91 us per image at batch
-    # 12 for the bundled DCGAN; equal on two).
+    # float, and the unchained graph runs faster on one thread (docs/performance.md).
     found = rewritten_model(source, cpu_session, chain=False)
     with tempfile.TemporaryDirectory() as tmp:
         float_graph = Path(tmp) / "float.onnx"
@@ -227,7 +233,7 @@ def quantize_model(
         "activations": "uint8 per tensor, min/max calibration",
         "calibration_images": calibration_images,
         "calibration_seed": seed,
-        "source": f"{meta.get('ganserve.name', source.stem)} v{meta.get('ganserve.version', '')}",
+        "source": f"{meta.get(Key.NAME, source.stem)} v{meta.get(Key.VERSION, '')}",
         "conv_transpose_rewritten": found[1] if found else 0,
         "check_images": CHECK_IMAGES,
         "mean_abs_difference": round(mean, 6),
@@ -238,24 +244,14 @@ def quantize_model(
         "onnxruntime": ort.__version__,
     }
     props = meta | {
-        "ganserve.name": name,
-        "ganserve.version": str(version),
-        "ganserve.quality": "{}",
-        "ganserve.quantization": json.dumps(recipe, sort_keys=True),
-        "ganserve.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        Key.NAME: name,
+        Key.VERSION: str(version),
+        Key.QUALITY: "{}",
+        Key.QUANTIZATION: json.dumps(recipe, sort_keys=True),
+        Key.CREATED: created_now(),
     }
-    del model.metadata_props[:]
-    for key in sorted(props):
-        model.metadata_props.add(key=key, value=props[key])
+    set_metadata(model, props, replace=True)  # the source's entries, this copy's own on top
     onnx.checker.check_model(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_out = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp_out)
-        os.chmod(tmp_out, 0o644)  # mkstemp's 0600 would hide it from a server's user
-        os.replace(tmp_out, out)
-    finally:
-        if os.path.exists(tmp_out):
-            os.unlink(tmp_out)
+    save_model(model, out)
     return QuantizeResult(out, convs, len(image_layers), mean, p99, worst, levels)

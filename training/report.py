@@ -1,25 +1,25 @@
 """What an evaluation says: the model's identity (from ONNX metadata), its figures next to
 the real floor, the quality targets, and the markdown table shared by the CLI and the card.
 
-Pure data and formatting (no torch, no onnxruntime); ``onnx`` is imported only to
-read a file's metadata.
+Pure data and formatting (no torch, no onnxruntime); the metadata's keys and its
+reader are ``ganserve.contract.model_format``'s (which imports ``onnx`` to read a file).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ganserve.contract.model_format import Key, ModelKind, json_field, read_metadata
+
 __all__ = [
     "METRICS",
     "SHORT_NAMES",
     "EvalReport",
-    "ModelInfo",
+    "ModelMetadata",
     "Target",
-    "read_metadata",
     "targets_for",
 ]
 
@@ -45,34 +45,19 @@ SHORT_NAMES: dict[str, str] = {
 }
 
 
-def read_metadata(onnx_path: Path | str) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict (weights are not needed for this,
-    but ``onnx.load`` reads them; the bundled models are a few MB)."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def _json(props: Mapping[str, str], key: str, default: Any) -> Any:
-    raw = props.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"metadata {key} is not valid JSON: {raw[:80]!r}") from exc
+# the keys an exported generator must have for a report (the rest have defaults)
+_REQUIRED = (Key.NAME, Key.ARCHITECTURE, Key.DATASET, Key.KIND, Key.LATENT_DIM)
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """The ``ganserve.*`` metadata of one exported generator."""
+class ModelMetadata:
+    """The ``ganserve.*`` metadata of one exported generator, parsed."""
 
     name: str
     version: str
     architecture: str
     dataset: str
-    kind: str  # "unconditional" | "conditional"
+    kind: ModelKind
     latent_dim: int
     num_classes: int
     class_names: list[str]
@@ -83,48 +68,54 @@ class ModelInfo:
 
     @property
     def conditional(self) -> bool:
-        return self.kind == "conditional"
+        return self.kind == ModelKind.CONDITIONAL
 
     @classmethod
-    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelInfo:
-        missing = [
-            f"ganserve.{k}"
-            for k in ("name", "architecture", "dataset", "kind", "latent_dim")
-            if f"ganserve.{k}" not in props
-        ]
+    def from_metadata(cls, props: Mapping[str, str], source: str = "model") -> ModelMetadata:
+        """Parse ``props``; ValueError naming ``source`` and the key for what is wrong."""
+        missing = [k for k in _REQUIRED if k not in props]
         if missing:
             raise ValueError(
                 f"{source}: ONNX metadata lacks {', '.join(missing)}; "
                 "was it exported by `ganserve export`?"
             )
         try:
-            latent_dim = int(props["ganserve.latent_dim"])
-            num_classes = int(props.get("ganserve.num_classes", "0"))
+            latent_dim = int(props[Key.LATENT_DIM])
+            num_classes = int(props.get(Key.NUM_CLASSES, "0"))
         except ValueError as exc:
             raise ValueError(f"{source}: latent_dim/num_classes metadata is not an int") from exc
-        return cls(
-            name=props["ganserve.name"],
-            version=props.get("ganserve.version", "1"),
-            architecture=props["ganserve.architecture"],
-            dataset=props["ganserve.dataset"],
-            kind=props["ganserve.kind"],
-            latent_dim=latent_dim,
-            num_classes=num_classes,
-            class_names=list(_json(props, "ganserve.class_names", [])),
-            training_config=dict(_json(props, "ganserve.training_config", {})),
-            quality={k: float(v) for k, v in _json(props, "ganserve.quality", {}).items()},
-            created=props.get("ganserve.created", ""),
-            quantization=dict(_json(props, "ganserve.quantization", {})),
-        )
+        try:
+            kind = ModelKind.of(props[Key.KIND])
+        except ValueError as exc:
+            raise ValueError(f"{source}: metadata {Key.KIND} {exc}") from None
+        try:
+            quality = json_field(props, Key.QUALITY, {}, dict)
+            return cls(
+                name=props[Key.NAME],
+                version=props.get(Key.VERSION, "1"),
+                architecture=props[Key.ARCHITECTURE],
+                dataset=props[Key.DATASET],
+                kind=kind,
+                latent_dim=latent_dim,
+                num_classes=num_classes,
+                class_names=list(json_field(props, Key.CLASS_NAMES, [], list)),
+                training_config=dict(json_field(props, Key.TRAINING_CONFIG, {}, dict)),
+                quality={k: float(v) for k, v in quality.items()},
+                created=props.get(Key.CREATED, ""),
+                quantization=dict(json_field(props, Key.QUANTIZATION, {}, dict)),
+            )
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
 
     @classmethod
-    def from_onnx(cls, onnx_path: Path | str) -> ModelInfo:
+    def from_onnx(cls, onnx_path: Path | str) -> ModelMetadata:
+        """The metadata of the ONNX file at ``onnx_path``."""
         return cls.from_metadata(read_metadata(onnx_path), str(onnx_path))
 
 
 @dataclass(frozen=True)
 class Target:
-    """A quality target on one metric; ``required`` ones are the issue's acceptance bar,
+    """A quality target on one metric; ``required`` ones are the project's acceptance bar,
     the others are shown as a guide only."""
 
     metric: str
@@ -137,7 +128,7 @@ class Target:
         return value >= self.threshold if self.op == ">=" else value <= self.threshold
 
 
-def targets_for(info: ModelInfo, real: Mapping[str, float]) -> list[Target]:
+def targets_for(info: ModelMetadata, real: Mapping[str, float]) -> list[Target]:
     """The targets of the bundled models: on MNIST every model covers all classes with
     none below 5 %; DCGAN-class models reach FID <= 3x the floor, precision >= 0.7,
     recall >= 0.6; the conditional one 98 % accuracy. The MLP baseline and other data
@@ -171,7 +162,7 @@ def _fmt(key: str, value: float | None) -> str:
 class EvalReport:
     """Figures of ``n`` generated images and of ``n`` real images, both against t10k."""
 
-    info: ModelInfo
+    info: ModelMetadata
     generated: dict[str, float]
     real: dict[str, float]
     n: int
@@ -240,7 +231,7 @@ class EvalReport:
 
     @classmethod
     def from_quality(
-        cls, info: ModelInfo, quality: Mapping[str, float] | None = None
+        cls, info: ModelMetadata, quality: Mapping[str, float] | None = None
     ) -> EvalReport:
         """Rebuild a report from a ``ganserve.quality`` entry (defaults to the model's own)."""
         q = dict(info.quality if quality is None else quality)
