@@ -14,9 +14,9 @@ import numpy as np
 
 from ganserve.clients.errors import InvalidRequest
 from ganserve.clients.results import encode_latents
+from ganserve.contract.encodings import Encoding
 from ganserve.v1 import generator_pb2 as pb
 
-ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "uint8": pb.ENCODING_UINT8, "png": pb.ENCODING_PNG}
 METHODS = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METHOD_LERP}
 _MAX_COUNT = 2**31 - 1  # SampleRequest.count is an int32
 _INT32 = (-(2**31), 2**31 - 1)
@@ -33,6 +33,14 @@ def _enum(table: Mapping[str, E], value: str, what: str) -> E:
         return table[value.lower()]
     except (KeyError, AttributeError):
         raise InvalidRequest(f"{what} must be one of {sorted(table)}, got {value!r}") from None
+
+
+def _encoding(value: str) -> Any:  # Any: the stubs type enum fields as their own int
+    """The proto number of an encoding named as users do (``"uint8"``, ``"PNG"``)."""
+    try:
+        return Encoding.parse(value).number
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
 
 
 def _ranged(value: Any, bounds: tuple[int, int], what: str) -> int:
@@ -70,7 +78,7 @@ def sample_request(
     req = pb.SampleRequest(
         model=model,
         version=version,
-        encoding=_enum(ENCODINGS, encoding, "encoding"),
+        encoding=_encoding(encoding),
         return_latents=return_latents,
         chunk_size=_ranged(chunk_size, _UINT32, "chunk_size"),
     )
@@ -110,7 +118,7 @@ def interpolate_request(
         version=version,
         steps=_ranged(steps, _INT32, "steps"),
         method=_enum(METHODS, method, "method"),
-        encoding=_enum(ENCODINGS, encoding, "encoding"),
+        encoding=_encoding(encoding),
         return_latents=return_latents,
     )
     if truncation is not None:
@@ -145,7 +153,7 @@ def arithmetic_request(
     req = pb.ArithmeticRequest(
         model=model,
         version=version,
-        encoding=_enum(ENCODINGS, encoding, "encoding"),
+        encoding=_encoding(encoding),
         return_term_images=return_term_images,
         return_latents=return_latents,
     )

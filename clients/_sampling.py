@@ -10,6 +10,11 @@ same single label, and on a conditional model without labels the classes
 ``(o + i) % num_classes`` it would have had in one call. Without a seed the
 client picks one the way the server does (63 random bits, so ``seed + count - 1``
 stays below 2**64) and every part continues its sequence; the result reports it.
+
+Response and request sizes are estimated by ``ganserve.contract.sizes``, the
+server's own estimate: a ``Sample`` goes unary exactly when the server would take
+it, stream chunks are ones it takes, and what it would refuse for size is refused
+here before sending, with the server's words.
 """
 
 from __future__ import annotations
@@ -25,37 +30,67 @@ from tqdm.auto import tqdm
 
 from ganserve.clients.errors import GanServeError, InvalidRequest, from_rpc_error
 from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits
+from ganserve.contract.encodings import Encoding
+from ganserve.contract.labels import default_labels, label_count_problem, needs_explicit_labels
+from ganserve.contract.limits import MIN_MESSAGE_BYTES
+from ganserve.contract.model_format import DEFAULT_IMAGE_SHAPE
+from ganserve.contract.sizes import (
+    images_per_message,
+    latents_per_request,
+    response_bytes,
+    response_too_large,
+    sample_per_image_bytes,
+)
 from ganserve.seeds import MAX_SEED
 from ganserve.v1 import generator_pb2 as pb
 
-# Headroom for protobuf framing and the other fields of a message.
-_MESSAGE_SLACK = 0.9
-# Request bytes of one image besides its latent vector: a varint int32 label >= 0
-# (a split may add labels the caller did not send).
-_LABEL_BYTES = 5
+# Whose limit a refusal for size names: the client plans with the smaller of the
+# server's send limit and its own receive limit (ClientBase._remember_limits).
+_LIMIT_NAME = "the max_message_bytes (the smaller of the server's and this client's)"
 
 
 @dataclass(frozen=True)
-class SamplePlan:
+class FetchPlan:
     """How to fetch a ``sample``: one unary call, or streams in chunks."""
 
     stream: bool
     chunk_size: int
 
 
-def _budget(limits: ServerLimits) -> int:
-    return int(limits.max_message_bytes * _MESSAGE_SLACK) or 1
-
-
 def _request_fit(req: pb.SampleRequest, limits: ServerLimits) -> int:
-    """Images whose latents and labels fit in one request message."""
-    per_image = 4 * req.latents.dim + _LABEL_BYTES  # latents.dim is 0 for seeds
-    return max(1, int(limits.request_bytes * _MESSAGE_SLACK) // per_image)
+    """Images whose latents and labels fit in one request message (a split may add
+    labels the caller did not send)."""
+    return latents_per_request(limits.request_bytes, req.latents.dim)  # dim 0 for seeds
 
 
-# The smallest receive limit a server can have (--max-request-bytes >= 1 MiB): a request
-# no larger always fits, and needs no look at the server's limits.
-ALWAYS_FITS_BYTES = 1 << 20
+# The smallest receive limit a server can have: a request no larger always fits, and
+# needs no look at the server's limits.
+ALWAYS_FITS_BYTES = MIN_MESSAGE_BYTES
+
+
+def _image_bytes(req: pb.SampleRequest, info: ModelInfo) -> tuple[Encoding, int]:
+    """The request's encoding and the response bytes of one of its images."""
+    try:
+        encoding = Encoding.from_number(req.encoding)
+    except ValueError as exc:
+        raise InvalidRequest(f"encoding: {exc}") from None
+    per_image = sample_per_image_bytes(
+        info.image_shape or DEFAULT_IMAGE_SHAPE,
+        encoding,
+        info.latent_dim,
+        info.num_classes,
+        req.return_latents,
+    )
+    return encoding, per_image
+
+
+def _too_large(
+    req: pb.SampleRequest, n: int, per_image: int, encoding: Encoding, limit: int, hint: str
+) -> InvalidRequest:
+    size = response_bytes(n, per_image)
+    return InvalidRequest(
+        response_too_large(n, encoding, req.model, size, limit, hint, _LIMIT_NAME)
+    )
 
 
 def check_request_size(
@@ -72,18 +107,33 @@ def check_request_size(
         )
 
 
-def plan_sample(req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo) -> SamplePlan:
-    """Unary when the request and its answer fit the server's per-request and message limits."""
-    shape = info.image_shape or (1, 28, 28)
-    values = int(np.prod(shape))
-    bytes_per_value = 1 if req.encoding in (pb.ENCODING_UINT8, pb.ENCODING_PNG) else 4
-    per_image = values * bytes_per_value + (4 * info.latent_dim if req.return_latents else 0)
-    fits = max(1, _budget(limits) // per_image)
+def plan_sample(req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo) -> FetchPlan:
+    """Unary when the request and its answer fit the server's per-request and message
+    limits, else streams in chunks that fit; InvalidRequest when not even one image fits
+    a message (the server would refuse every chunk)."""
+    encoding, per_image = _image_bytes(req, info)
+    fits = images_per_message(limits.max_message_bytes, per_image)
+    if fits < 1:
+        hint = "not even one image fits a message"
+        raise _too_large(req, 1, per_image, encoding, limits.max_message_bytes, hint)
     max_unary = min(limits.max_images_per_request or req.count, fits, _request_fit(req, limits))
     if req.count <= max_unary:
-        return SamplePlan(stream=False, chunk_size=0)
+        return FetchPlan(stream=False, chunk_size=0)
     chunk = req.chunk_size or limits.max_stream_chunk or max_unary
-    return SamplePlan(stream=True, chunk_size=max(1, min(chunk, fits)))
+    return FetchPlan(stream=True, chunk_size=max(1, min(chunk, fits)))
+
+
+def _check_chunk(req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo) -> None:
+    """Refuse, before sending, a ``chunk_size`` whose chunks the server would refuse as
+    too large for a message (0: the server's default chunk, which it sizes itself)."""
+    if not req.chunk_size:
+        return
+    encoding, per_image = _image_bytes(req, info)
+    # the server's chunk: at most the images of one call (a part, when the request is split)
+    n = min(req.chunk_size, req.count or req.latents.count, max(1, _part_size(req, limits)))
+    limit = limits.max_message_bytes
+    if response_bytes(n, per_image) > limit:
+        raise _too_large(req, n, per_image, encoding, limit, "lower chunk_size")
 
 
 def _part_size(req: pb.SampleRequest, limits: ServerLimits) -> int:
@@ -94,7 +144,9 @@ def _part_size(req: pb.SampleRequest, limits: ServerLimits) -> int:
 def split_sample(
     req: pb.SampleRequest, limits: ServerLimits, info: ModelInfo
 ) -> Iterator[tuple[int, pb.SampleRequest]]:
-    """``(offset, request)`` per ``SampleStream`` call; ``req`` itself when one call holds it."""
+    """``(offset, request)`` per ``SampleStream`` call; ``req`` itself when one call holds it.
+    InvalidRequest, before any call, for chunks too large for a message."""
+    _check_chunk(req, limits, info)
     size = max(1, _part_size(req, limits))
     if req.count <= size:
         yield 0, req
@@ -102,8 +154,9 @@ def split_sample(
     source = req.WhichOneof("source")
     count = _checked_count(req, source)
     labels = list(req.labels)
-    if len(labels) not in (0, 1, count):
-        raise InvalidRequest(f"labels: give one label or exactly count={count}, got {len(labels)}")
+    problem = label_count_problem(len(labels), count)
+    if problem:
+        raise InvalidRequest(problem)
     seed = None if source == "latents" else _first_seed(req, count)
     template = _template(req)
     for offset in range(0, count, size):
@@ -143,10 +196,10 @@ def _slice(
         part.labels.append(labels[0])
     elif labels:
         part.labels.extend(labels[offset : offset + n])
-    elif info.num_classes and offset % info.num_classes:
-        # The server's default (image i gets class i % num_classes) counts from the
-        # part's start; name the classes the whole request would have given.
-        part.labels.extend((offset + i) % info.num_classes for i in range(n))
+    elif needs_explicit_labels(offset, info.num_classes):
+        # The default rule counts from the part's start; name the classes the whole
+        # request would have given.
+        part.labels.extend(default_labels(offset, offset + n, info.num_classes).tolist())
     return part
 
 

@@ -18,6 +18,9 @@ import numpy as np
 
 from ganserve.clients import images as _images
 from ganserve.clients.errors import GanServeError, InvalidRequest
+from ganserve.contract.encodings import BY_NUMBER, Encoding
+from ganserve.contract.load_state import LoadState
+from ganserve.contract.model_format import ModelKind
 from ganserve.v1 import generator_pb2 as pb
 
 __all__ = [
@@ -28,12 +31,9 @@ __all__ = [
     "ServerLimits",
 ]
 
-_KINDS = {pb.MODEL_KIND_UNCONDITIONAL: "unconditional", pb.MODEL_KIND_CONDITIONAL: "conditional"}
-_STATES = {
-    pb.LOAD_STATE_LOADING: "loading",
-    pb.LOAD_STATE_READY: "ready",
-    pb.LOAD_STATE_FAILED: "failed",
-}
+# proto number -> the strings of ModelInfo.kind / .state (the client's are lower case)
+_KINDS = {kind.number: kind.value for kind in ModelKind}
+_STATES = {state.number: state.value.lower() for state in LoadState}
 
 
 @dataclass(frozen=True)
@@ -216,13 +216,17 @@ class ArithmeticResult:
 def decode_images(msg: pb.Images) -> np.ndarray:
     """``Images`` → ``(N, H, W)`` (C=1) or ``(N, H, W, C)``; float32 or uint8."""
     n = msg.count
-    if msg.encoding == pb.ENCODING_PNG:
+    encoding = BY_NUMBER.get(msg.encoding)
+    if encoding is None:
+        raise _malformed(f"unknown encoding {msg.encoding}")
+    if encoding is Encoding.PNG:
         if len(msg.png) != n:
             raise _malformed(f"{len(msg.png)} PNG files for count={n}")
         return _decode_pngs(msg.png, tuple(msg.shape))
     if len(msg.shape) != 3:
         raise _malformed(f"image shape {list(msg.shape)} is not (C, H, W)")
-    dtype = np.dtype("<u1") if msg.encoding == pb.ENCODING_UINT8 else np.dtype("<f4")
+    dtype = encoding.raw_dtype
+    assert dtype is not None  # every encoding but PNG is a raw tensor
     c, h, w = msg.shape
     expected = n * c * h * w * dtype.itemsize
     if len(msg.data) != expected:

@@ -254,8 +254,9 @@ def model(shape: tuple[int, ...] = (1, 28, 28)) -> ModelInfo:
         (100, "float32", (4096, 10**6, 4096, 64 << 20), False, 0),
         (5000, "float32", (4096, 10**6, 4096, 64 << 20), True, 4096),
         (5000, "float32", (4096, 10**6, 0, 64 << 20), True, 4096),
-        # a 1 MiB limit holds 300 float32 28x28 images (90 %), 1204 as uint8
-        (1000, "float32", (4096, 10**6, 4096, 1 << 20), True, 300),
+        # a 1 MiB limit less the 64 KiB message margin holds 313 float32 28x28 images
+        # (3,136 bytes each), 1,253 as uint8: the server's own estimate
+        (1000, "float32", (4096, 10**6, 4096, 1 << 20), True, 313),
         (1000, "uint8", (4096, 10**6, 4096, 1 << 20), False, 0),
     ],
 )
@@ -309,10 +310,11 @@ def test_split_only_when_needed_and_by_request_size() -> None:
     assert parts(req, 4) == [(0, req)]  # the same request, untouched
     unseeded = sample_request("m", 4)
     assert not parts(unseeded, 4)[0][1].HasField("seed")  # one stream: the server picks
-    # 90 % of 1 MiB holds 1,172 latent vectors of 200 floats (+5 label bytes) per request
+    # 1 MiB less the 64 KiB message margin holds 1,221 latent vectors of 200 floats
+    # (+5 label bytes) per request
     big = sample_request("m", None, latents=np.zeros((3000, 200)))
     split = parts(big, 10**6)
-    assert [p.count for _, p in split] == [1172, 1172, 656]
+    assert [p.count for _, p in split] == [1221, 1221, 558]
     assert big.ByteSize() > 1 << 20 and all(p.ByteSize() < 1 << 20 for _, p in split)
 
 
@@ -387,7 +389,7 @@ def test_term_syntax() -> None:
 
 def test_explicit_latents_are_split_by_the_servers_receive_limit() -> None:
     """A request of 4,000 100-d latents (1.6 MB) is one Sample under a 64 MiB receive
-    limit, and parts of at most 0.9 MiB of latents under a 1 MiB one."""
+    limit, and parts of at most 1 MiB less the 64 KiB message margin under a 1 MiB one."""
     z = np.zeros((4000, 100), np.float32)
     req = sample_request("m", None, latents=z, encoding="uint8")
     roomy = ServerLimits(4096, 10**6, 4096, 64 << 20, 64 << 20)
@@ -395,7 +397,7 @@ def test_explicit_latents_are_split_by_the_servers_receive_limit() -> None:
     tight = ServerLimits(4096, 10**6, 4096, 64 << 20, 1 << 20)
     assert plan_sample(req, tight, model()).stream
     sizes = [p.count for _, p in split_sample(req, tight, model())]
-    assert sum(sizes) == 4000 and max(sizes) == int((1 << 20) * 0.9) // 405
+    assert sum(sizes) == 4000 and max(sizes) == ((1 << 20) - (64 << 10)) // 405
     assert all(p.ByteSize() < 1 << 20 for _, p in split_sample(req, tight, model()))
 
 
