@@ -1,6 +1,7 @@
 # ganserve — every target creates .venv and installs what it needs.
 #   make run    serve the bundled models on localhost:50051 (metrics on :8000)
-#   make test   lint, types, stub drift, the whole test suite
+#   make test   lint, types, the manual, stub drift, the whole test suite
+#   make docs   build the manual (docs/, mkdocs.yml) strictly into site/
 #   make bench  closed-loop benchmark against the real server (figures printed), the
 #               bundled DCGAN and its int8 copy (BENCH_MODELS=... for others)
 #   make models re-train, export and evaluate the bundled models from DATA_DIR (and the
@@ -18,7 +19,7 @@ PORT ?= 50051
 METRICS_PORT ?= 8000
 BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
 
-.PHONY: run test lint typecheck bench models protos docker image-test clean help
+.PHONY: run test lint typecheck docs bench models protos docker image-test clean help
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -50,7 +51,12 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-test: lint typecheck
+# Strict: a broken link or anchor, a page outside the nav, or an unknown GANSERVE_*
+# variable fails the build. NO_MKDOCS_2_WARNING quiets a banner of the Material theme.
+docs: $(VENV)/.dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+test: lint typecheck docs
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.dev
