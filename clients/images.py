@@ -16,9 +16,78 @@ from PIL import Image, ImageDraw
 
 from ganserve.imaging import to_uint8
 
-__all__ = ["equation", "grid", "save_gif", "save_grid", "to_pil", "to_uint8"]
+__all__ = [
+    "check_picture_size",
+    "equation",
+    "grid",
+    "grid_size",
+    "max_picture_pixels",
+    "save_gif",
+    "save_grid",
+    "to_pil",
+    "to_uint8",
+]
 
 PathLike = str | os.PathLike[str]
+
+# PIL's default decompression-bomb threshold (Image.MAX_IMAGE_PIXELS), used when an
+# application has switched the check off (None).
+_PIL_DEFAULT_MAX_PIXELS = 89_478_485
+# A GIF stores its width and height in 16-bit fields.
+GIF_MAX_SIDE = 65_535
+
+
+def max_picture_pixels() -> int:
+    """The most pixels a picture (all frames of a GIF together) may have.
+
+    PIL's ``Image.MAX_IMAGE_PIXELS``: PIL warns when it opens a larger picture and
+    refuses one twice as large (a "decompression bomb"), so a grid beyond it is one
+    that PIL-based tools will not read back. It also bounds what making it takes:
+    the picture, and every frame of a GIF, is held in memory at once.
+    """
+    return int(Image.MAX_IMAGE_PIXELS or _PIL_DEFAULT_MAX_PIXELS)
+
+
+def grid_size(
+    n: int,
+    image_size: tuple[int, int],
+    rows: int | None = None,
+    cols: int | None = None,
+    padding: int = 2,
+    scale: int = 1,
+) -> tuple[int, int]:
+    """``(width, height)`` of the picture ``save_grid`` makes of ``n`` images of
+    ``image_size`` ``(H, W)``, without making it."""
+    rows, cols = _layout(n, rows, cols)
+    h, w = image_size
+    return (cols * w + (cols + 1) * padding) * scale, (rows * h + (rows + 1) * padding) * scale
+
+
+def check_picture_size(
+    width: int,
+    height: int,
+    frames: int = 1,
+    what: str = "picture",
+    gif: bool = False,
+    hint: str = "",
+) -> None:
+    """Refuse (``ValueError``) a picture or animation over ``max_picture_pixels()``,
+    or a GIF frame over the format's 65,535-pixel side, before anything is made.
+    ``what`` names it in the message, ``hint`` (if any) ends it: what to do instead."""
+    hint = f"; {hint}" if hint else ""
+    limit = max_picture_pixels()
+    pixels = width * height * frames
+    if pixels > limit:
+        size = f"{frames} frames of {width}x{height}" if frames > 1 else f"{width}x{height}"
+        raise ValueError(
+            f"{what} would be {size} = {pixels:,} pixels, over the {limit:,} that PIL "
+            f"opens (Image.MAX_IMAGE_PIXELS){hint}"
+        )
+    if gif and max(width, height) > GIF_MAX_SIDE:
+        raise ValueError(
+            f"{what}: frames of {width}x{height} are over GIF's limit of {GIF_MAX_SIDE} "
+            f"pixels a side{hint}"
+        )
 
 
 def to_pil(image: np.ndarray, scale: int = 1) -> Image.Image:

@@ -69,6 +69,26 @@ def test_save_gif_frames_and_timing(tmp_path: Path, boomerang: bool, frames: int
         images.save_gif(ramp, path, fps=10, duration=1.0)
 
 
+def test_grid_size_without_making_the_grid() -> None:
+    batch = np.zeros((5, 4, 3), np.uint8)
+    for layout, scale in (({}, 1), ({"cols": 2, "padding": 1}, 1), ({"rows": 1, "padding": 0}, 3)):
+        made = images.to_pil(images.grid(batch, **layout), scale=scale)
+        assert images.grid_size(5, (4, 3), **layout, scale=scale) == made.size
+
+
+def test_picture_size_limits() -> None:
+    limit = images.max_picture_pixels()
+    assert limit == Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb threshold
+    images.check_picture_size(limit, 1)
+    with pytest.raises(ValueError, match=r"would be 9459x9460 = 89,482,140 pixels.*; use less"):
+        images.check_picture_size(9459, 9460, what="it", hint="use less")
+    with pytest.raises(ValueError, match="3 frames of 6000x6000"):
+        images.check_picture_size(6000, 6000, frames=3, gif=True)
+    with pytest.raises(ValueError, match="GIF's limit of 65535"):
+        images.check_picture_size(70_000, 10, gif=True)
+    images.check_picture_size(70_000, 10)  # a PNG may be that wide
+
+
 def test_equation_draws_operators_between_tiles() -> None:
     terms = np.zeros((2, 28, 28), np.uint8)
     result = np.full((28, 28), 255, np.uint8)
