@@ -6,8 +6,9 @@ accepted before the sub-command and after it. The sub-parsers register them
 with ``SUPPRESS`` defaults so an option given before the sub-command is not
 overwritten by the sub-parser's default.
 
-Exit codes: 0 ok, 1 other error, 2 bad argument, 3 unknown model, 4 server
-unreachable / overloaded / too slow, 5 not authenticated.
+Exit codes: 0 ok, 1 other error, 2 bad argument (also an output too large to
+make), 3 unknown model, 4 server unreachable / overloaded / too slow, 5 not
+authenticated, 130 interrupted (Ctrl-C), with one line saying how far it got.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import os
 import sys
 from typing import Any
 
-from ganserve.clients._channel import DEFAULT_TARGET
-from ganserve.clients._commands import COMMANDS, Command, positive_float
+from ganserve.clients._channel import DEFAULT_PORT, DEFAULT_TARGET, with_default_port
+from ganserve.clients._commands import COMMANDS, Command, Interrupted, positive_float
 from ganserve.clients.errors import (
     DeadlineExceeded,
     GanServeError,
@@ -64,8 +65,9 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         "--target",
         action="append",
         default=default(None),
-        help="server host:port, dns:///name:port, or several (repeat or comma list: "
-        f"round robin); default $GANSERVE_TARGET or {DEFAULT_TARGET}",
+        help=f"server host[:port] (port {DEFAULT_PORT} when omitted), dns:///name[:port], "
+        "or several (repeat or comma list: round robin); "
+        f"default $GANSERVE_TARGET or {DEFAULT_TARGET}",
     )
     group.add_argument("--tls", action="store_true", default=default(False), help="use TLS")
     group.add_argument("--tls-ca", default=default(None), help="CA certificate file (PEM)")
@@ -107,6 +109,12 @@ def _run(command: Command, args: argparse.Namespace) -> int:
             return command(client, args)
     except BrokenPipeError:
         raise  # the reader of stdout left (`| head`): ganserve.cli.main ends quietly
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: the stream is cancelled and the channel closed on the way out; one
+        # line instead of a traceback, and the shell's status for SIGINT.
+        detail = str(exc) if isinstance(exc, Interrupted) else "interrupted"
+        print(f"ganserve: {detail}", file=sys.stderr)
+        return 130
     except (GanServeError, ValueError, OSError) as exc:
         code = next(c for cls, c in _EXIT_CODES if isinstance(exc, cls))
         message = exc.details if isinstance(exc, GanServeError) else str(exc)
@@ -117,4 +125,7 @@ def _run(command: Command, args: argparse.Namespace) -> int:
 
 
 def _target_text(args: argparse.Namespace) -> str:
-    return ",".join(args.target or [os.environ.get("GANSERVE_TARGET", DEFAULT_TARGET)])
+    """The target(s) as dialled, for messages: a bare host with its default port."""
+    given = args.target or [os.environ.get("GANSERVE_TARGET", DEFAULT_TARGET)]
+    flat = [t.strip() for entry in given for t in entry.split(",") if t.strip()]
+    return ",".join(with_default_port(t) for t in flat)

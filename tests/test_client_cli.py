@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +163,124 @@ def test_token_from_environment(start_server, tiny_model_repo) -> None:
     assert denied.returncode == 5 and "Traceback" not in denied.stderr
     assert "tiny-cond" in ok("--target", secured.target, "models", env={"GANSERVE_TOKEN": "s3cret"})
     assert "tiny-cond" in ok("models", "--token", "s3cret", "--target", secured.target)
+
+
+# ------------------------------------------------ pre-flight, progress, Ctrl-C
+def sample_calls(scrape, proc) -> float:
+    """Sample + SampleStream requests the server has counted so far."""
+    return sum(
+        value
+        for (name, labels), value in scrape(proc).items()
+        if name == "ganserve_requests_total" and dict(labels).get("method", "").startswith("Sample")
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # was: sampling started silently and needed ~78 GB for the grid
+        (("sample", "--model", "tiny-uncond", "--count", "100000000", "--out", "x.png"),
+         "a grid of 100,000,000 images at --scale 2 would be 600004x600004"),
+        (("sample", "--model", "tiny-uncond", "--count", "30000", "--out", "x.png"),
+         "or write an array: --out FILE.npy"),
+        (("sample", "--model", "tiny-uncond", "--out", "x.jpgx"), "unknown suffix"),
+        (("interpolate", "--model", "tiny-uncond", *GIF, "--steps", "4000", "--scale", "8",
+          "--out", "m.gif"), "a GIF of 4000 steps at --scale 8 would be 4000 frames of 224x224"),
+        (("interpolate", "--model", "tiny-uncond", *GIF, "--steps", "4000", "--scale", "8",
+          "--out", "m.png"), "a strip of 4000 frames"),
+        (("arithmetic", "--model", "tiny-uncond", "--term", "1:seeds=1", "--scale", "3000"),
+         "the equation picture at --scale 3000"),
+    ],
+)  # fmt: skip
+def test_an_output_too_large_is_refused_before_the_server_is_asked(
+    server, scrape, tmp_path: Path, args, message, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = sample_calls(scrape, server)
+    assert main(["--target", server.target, *args]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("ganserve: error: ") and message in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert sample_calls(scrape, server) == before  # nothing generated
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_an_array_larger_than_the_free_disk_is_refused(server, tmp_path: Path, capsys) -> None:
+    count = 2**31 - 1  # the most one request may ask for: 6.7 TB of 28x28 float32
+    if shutil.disk_usage(tmp_path).free >= count * 28 * 28 * 4:
+        pytest.skip("more than 6.7 TB free: the array would fit")
+    out = tmp_path / "x.npy"
+    args = ("sample", "--model", "tiny-uncond", "--count", str(count), "--out", str(out))
+    assert main(["--target", server.target, *args]) == 2
+    stderr = capsys.readouterr().err
+    assert "make 6.7 TB, more than the" in stderr and "free for" in stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_progress_only_when_a_request_takes_more_than_a_moment(server, tmp_path: Path) -> None:
+    """stderr is a pipe here (no terminal): a quick request prints no bar; --progress
+    shows one from the start; --no-progress none at all."""
+    common = ("--target", server.target, "sample", "--model", "tiny-uncond", "--seed", "1")
+    quick = ganserve(*common, "--out", str(tmp_path / "a.png"))
+    assert quick.returncode == 0 and quick.stderr == ""
+    forced = ganserve(*common, "--progress", "--out", str(tmp_path / "b.png"))
+    assert forced.returncode == 0 and "16/16" in forced.stderr
+    off = ganserve(*common, "--no-progress", "--count", "20000", "--out", str(tmp_path / "c.npy"))
+    assert off.returncode == 0 and off.stderr == ""
+    array = np.load(tmp_path / "c.npy")
+    assert array.shape == (20000, 28, 28) and array.dtype == np.float32
+    with GanClient(server.target) as client:
+        np.testing.assert_array_equal(
+            array[-3:], client.sample("tiny-uncond", 3, seed=19998).images
+        )
+
+
+def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path) -> None:
+    """A real SIGINT to the CLI once its progress shows (no terminal: stderr is a pipe):
+    exit 130, the stream cancelled, one line instead of a traceback, no partial file."""
+    out = tmp_path / "many.npy"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    seen: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "ganserve", "--target", server.target, "sample",
+         "--model", "tiny-uncond", "--count", "1000000", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=clean,
+    ) as proc:  # fmt: skip
+        stream = proc.stderr
+        assert stream is not None
+        reader = threading.Thread(target=lambda: seen.extend(iter(lambda: stream.read(1), "")))
+        reader.start()
+        try:
+            deadline = time.monotonic() + 60
+            while "img/s" not in "".join(seen):  # the bar appears after a moment
+                assert proc.poll() is None, f"ended early: {''.join(seen)}"
+                assert time.monotonic() < deadline, f"no progress within 60 s: {''.join(seen)}"
+                time.sleep(0.02)  # polling interval, not a wait for an event
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            reader.join(timeout=10)
+    stderr = "".join(seen)
+    lines = stderr.strip().splitlines()
+    assert lines[0] == (
+        "ganserve: warning: 1,000,000 images of 1x28x28 float32 make 3.1 GB in " + str(out)
+    )
+    done = re.fullmatch(r"ganserve: interrupted after (\d+) of 1000000 images", lines[-1])
+    assert done is not None, stderr
+    assert 0 < int(done.group(1)) < 1_000_000
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.iterdir())  # the partial array is removed
+
+
+def test_a_bare_host_dials_port_50051(start_server, tiny_model_repo) -> None:
+    """`--target 127.0.0.1` reaches a server on the default port (it dialled 443)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 50051))
+        except OSError:
+            pytest.skip("port 50051 is in use on this machine")
+    start_server(tiny_model_repo, "--port", "50051")
+    assert ok("--target", "127.0.0.1", "health").strip() == "SERVING"
+    assert "tiny-cond" in ok("models", env={"GANSERVE_TARGET": "127.0.0.1"})
