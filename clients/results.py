@@ -84,7 +84,7 @@ class ModelInfo:
 
     @property
     def conditional(self) -> bool:
-        return self.kind == "conditional"
+        return self.kind == ModelKind.CONDITIONAL
 
     @property
     def num_classes(self) -> int:
