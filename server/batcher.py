@@ -75,10 +75,10 @@ import numpy as np
 from .errors import (
     Cancelled,
     DeadlineExceeded,
-    GanServeError,
     Internal,
     InvalidArgument,
     ResourceExhausted,
+    ServeError,
     Unavailable,
 )
 
@@ -475,7 +475,7 @@ class Batcher:
         return any(busy for j, busy in enumerate(self._busy) if j != worker)
 
     @staticmethod
-    def _dead(req: _Request, now: float) -> GanServeError | None:
+    def _dead(req: _Request, now: float) -> ServeError | None:
         if req.future.done():  # the awaiting task was cancelled
             return Cancelled("request cancelled")
         return _gone(req.deadline, req.is_cancelled, now)
@@ -523,12 +523,12 @@ class Batcher:
 
     def _compute(
         self, z: np.ndarray, y: np.ndarray | None, infer: InferFn | None = None
-    ) -> tuple[np.ndarray | None, GanServeError | None]:
+    ) -> tuple[np.ndarray | None, ServeError | None]:
         """Run one batch (on ``infer``, default the main one) and record its metrics:
         (images, None) or (None, the error)."""
         start = time.perf_counter()
         out: np.ndarray | None
-        error: GanServeError | None = None
+        error: ServeError | None = None
         try:
             out = (infer or self._infer)(z, y)  # (B, C, H, W)
             if out.shape[0] != z.shape[0]:  # a model bug; slicing would misroute rows
@@ -557,7 +557,7 @@ class Batcher:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(_resolve, exited)
 
-    def _fail_all(self, error: GanServeError) -> None:
+    def _fail_all(self, error: ServeError) -> None:
         with self._cond:
             # Under the lock: submit() checks it there, so nothing joins a dead queue.
             self._accepting = False
@@ -587,7 +587,7 @@ def _loop_has_work(loop: asyncio.AbstractEventLoop | None) -> bool:
 
 def _gone(
     deadline: float | None, is_cancelled: Callable[[], bool] | None, now: float
-) -> GanServeError | None:
+) -> ServeError | None:
     """Why a request must not be computed any more (deadline passed, client gone), or None."""
     if deadline is not None and now >= deadline:
         return DeadlineExceeded("deadline passed before the request was run")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ganserve.contract.limits import DEFAULT_LIMITS, MAX_MESSAGE_BYTES_BELOW, MIB, MIN_MESSAGE_BYTES
+
 if TYPE_CHECKING:  # the real imports are deferred: runtime.py pulls in onnxruntime, and
     # `ganserve --help` (which imports this module) must stay fast and torch/ORT-free.
     from .batcher import BatchingConfig
@@ -32,7 +34,6 @@ __all__ = [
     "option_table",
 ]
 
-MIB = 1024 * 1024
 # A float32 28x28 grayscale image; used to check that max_images_per_request fits a message.
 _MNIST_FLOAT32_IMAGE_BYTES = 1 * 28 * 28 * 4
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -80,15 +81,14 @@ class ServerConfig:
     model_dir: Path = field(default_factory=default_model_dir)
     runtime: RuntimeConfig = field(default_factory=_runtime_config)
     batching: BatchingConfig = field(default_factory=_batching_config)
-    max_images_per_request: int = 4096  # Sample count, Interpolate steps, Arithmetic seeds
-    max_images_per_stream: int = 1_000_000  # SampleStream count
-    stream_chunk_default: int = 256  # SampleStream chunk_size = 0
-    stream_chunk_max: int = 4096
-    max_message_bytes: int = 64 * MIB  # send limit (largest response); ListModels reports it
-    # Receive limit (largest request). Parsing runs on the event loop before any check,
-    # so it bounds how long one message can hold it; 16 MiB holds 4,096 explicit latents
-    # of up to ~1,000 dimensions.
-    max_request_bytes: int = 16 * MIB
+    # The request limits: their defaults and meaning are the contract's (ListModels
+    # reports them, clients plan within them).
+    max_images_per_request: int = DEFAULT_LIMITS.max_images_per_request
+    max_images_per_stream: int = DEFAULT_LIMITS.max_images_per_stream
+    stream_chunk_default: int = DEFAULT_LIMITS.stream_chunk_default
+    stream_chunk_max: int = DEFAULT_LIMITS.stream_chunk_max
+    max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes
+    max_request_bytes: int = DEFAULT_LIMITS.max_request_bytes
     # RPCs the transport has taken but the event loop has not yet picked up (a burst).
     # Beyond it gRPC core cancels new RPCs with a bare CANCELLED (its default: random
     # from 1,000, all from 3,000); set well above the model queues, a burst reaches
@@ -159,10 +159,12 @@ class ServerConfig:
             1 <= self.stream_chunk_default <= self.stream_chunk_max,
             "--stream-chunk-default must be in [1, --stream-chunk-max]",
         )
-        _check(self.max_message_bytes >= 1 * MIB, "--max-message-bytes must be >= 1 MiB")
-        _check(self.max_message_bytes < 2**31, "--max-message-bytes must be < 2 GiB")
-        _check(self.max_request_bytes >= 1 * MIB, "--max-request-bytes must be >= 1 MiB")
-        _check(self.max_request_bytes < 2**31, "--max-request-bytes must be < 2 GiB")
+        for flag, size in (
+            ("--max-message-bytes", self.max_message_bytes),
+            ("--max-request-bytes", self.max_request_bytes),
+        ):
+            _check(size >= MIN_MESSAGE_BYTES, f"{flag} must be >= 1 MiB")
+            _check(size < MAX_MESSAGE_BYTES_BELOW, f"{flag} must be < 2 GiB")
         largest = max(self.max_images_per_request, self.stream_chunk_max)
         need = largest * _MNIST_FLOAT32_IMAGE_BYTES + MIB
         _check(
@@ -342,20 +344,38 @@ _OPTIONS: tuple[_Option, ...] = (
         "both single-threaded (default on)",
         is_bool=True,
     ),
-    _Option("max_images_per_request", int, "Sample/Interpolate limit (default 4096)"),
-    _Option("max_images_per_stream", int, "SampleStream limit (default 1000000)"),
-    _Option("stream_chunk_default", int, "SampleStream chunk when chunk_size=0 (default 256)"),
-    _Option("stream_chunk_max", int, "largest SampleStream chunk (default 4096)"),
+    _Option(
+        "max_images_per_request",
+        int,
+        f"Sample/Interpolate limit (default {DEFAULT_LIMITS.max_images_per_request})",
+    ),
+    _Option(
+        "max_images_per_stream",
+        int,
+        f"SampleStream limit (default {DEFAULT_LIMITS.max_images_per_stream})",
+    ),
+    _Option(
+        "stream_chunk_default",
+        int,
+        f"SampleStream chunk when chunk_size=0 (default {DEFAULT_LIMITS.stream_chunk_default})",
+    ),
+    _Option(
+        "stream_chunk_max",
+        int,
+        f"largest SampleStream chunk (default {DEFAULT_LIMITS.stream_chunk_max})",
+    ),
     _Option(
         "max_message_bytes",
         int,
-        "largest response message (default 64 MiB; needs 1 MiB + 3136 B per image of the "
-        "larger of --max-images-per-request and --stream-chunk-max)",
+        f"largest response message (default {DEFAULT_LIMITS.max_message_bytes // MIB} MiB; "
+        "needs 1 MiB + 3136 B per image of the larger of --max-images-per-request and "
+        "--stream-chunk-max)",
     ),
     _Option(
         "max_request_bytes",
         int,
-        "largest request message, e.g. explicit latents (default 16 MiB; >= 1 MiB)",
+        "largest request message, e.g. explicit latents "
+        f"(default {DEFAULT_LIMITS.max_request_bytes // MIB} MiB; >= 1 MiB)",
     ),
     _Option(
         "max_pending_rpcs",

@@ -56,7 +56,3 @@ class Cancelled(ServeError):
 
 class Internal(ServeError):
     code_name = "INTERNAL"
-
-
-# The former name of ServeError, for modules not yet moved to it (server/batcher.py).
-GanServeError = ServeError

@@ -102,11 +102,12 @@ class _Server:
         from grpc_reflection.v1alpha import reflection
         from prometheus_client import CollectorRegistry
 
+        from ganserve.contract.limits import Limits
+
         from .auth import BearerTokenInterceptor
         from .metrics import Metrics
         from .repository import ModelRepository
         from .service import GeneratorService, add_to_server
-        from .validate import Limits
 
         cfg = self.config
         log.info("config: %s", cfg.describe())

@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 
 from ganserve import __version__
+from ganserve.contract.load_state import LoadState
 
 __all__ = ["LATENCY_BUCKETS", "STATES", "Metrics"]
 
@@ -32,7 +33,7 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-STATES = ("LOADING", "READY", "FAILED")
+STATES = tuple(state.value for state in LoadState)
 
 
 def _powers_of_two(limit: int) -> tuple[float, ...]:

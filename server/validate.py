@@ -17,7 +17,6 @@ import numpy as np
 
 from ganserve.contract import labels as label_rule
 from ganserve.contract.encodings import BY_NUMBER, Encoding, proto_choices
-from ganserve.contract.limits import Limits
 from ganserve.seeds import MAX_SEED, MIN_TRUNCATION
 from ganserve.v1 import generator_pb2 as pb
 
@@ -25,7 +24,6 @@ from .errors import InvalidArgument
 from .spec import ModelSpec
 
 __all__ = [
-    "Limits",
     "check_label",
     "check_limit",
     "check_seed_range",

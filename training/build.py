@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ganserve.contract.layout import is_version
 from ganserve.training.config import TrainConfig
 from ganserve.training.recipes import get_recipe
 
@@ -107,8 +108,10 @@ def build_model(
     from ganserve.training.train import CHECKPOINT_NAME, load_checkpoint, train
 
     recipe = get_recipe(name)
-    if not version.isdigit() or int(version) < 1:
-        raise ValueError(f"version must be a positive integer, got {version!r}")
+    if not is_version(version):  # the repository serves only these folders
+        raise ValueError(
+            f"version must be a positive integer without leading zeros, got {version!r}"
+        )
     if epochs is not None and epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if threads is not None and threads < 1:
