@@ -41,7 +41,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (Overloaded, 4),
     (Unauthenticated, 5),
     (GanServeError, 1),
-    (ValueError, 2),  # client-side argument checks (e.g. grid layout, TLS files)
+    (ValueError, 2),  # client-side checks: grid layout, an output too large to make, TLS files
     (OSError, 1),  # cannot write the output file
 )
 
