@@ -32,7 +32,9 @@ from _report import context_lines, format_table, machine_info, ratios, row_dict
 from ganserve.server.errors import GanServeError
 
 _METRICS = [
-    f"ganserve_{m}_{s}" for m in ("batch_size_images", "inference_seconds") for s in ("sum", "count")
+    f"ganserve_{m}_{s}"
+    for m in ("batch_size_images", "inference_seconds")
+    for s in ("sum", "count")
 ]
 
 
