@@ -29,7 +29,7 @@ from _procs import ServerProcess, make_workdir, real_server_cmd, scrape_metric_s
 from _raw_ort import RawResult, measure_raw_ort, resolve_model, write_standin
 from _report import context_lines, format_table, machine_info, ratios, row_dict
 
-from ganserve.server.errors import GanServeError
+from ganserve.server.errors import ServeError
 
 _METRICS = [
     f"ganserve_{m}_{s}"
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(summary)
         return 0
-    except (RuntimeError, GanServeError) as exc:
+    except (RuntimeError, ServeError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         args.keep = args.keep or bool(servers)  # the servers' logs say more
         return 1
