@@ -7,9 +7,9 @@ Runtime releases the GIL, so the loop keeps serving meanwhile) and hands every
 result of the batch back with one ``loop.call_soon_threadsafe``. ``instances``
 workers (Triton's instance count) share the queue: with more than one, batches run
 side by side; with single-threaded ONNX Runtime sessions (``--intra-op-threads 1``)
-that is one core per batch and no thread hand-off per operator, which on the 2-core
-machine ran the bundled DCGAN at 10,200 images/s against 7,300-7,600 for one batch
-at a time on two intra-op threads (batch 16 and 64, in isolation).
+that is one core per batch and no thread hand-off per operator, which can beat one
+batch at a time on several intra-op threads (the manual's performance page has the
+figures and when it pays).
 
 Side batches (the default with one instance, when the runner grants them: on CPU with
 exactly two intra-op threads, where it has a single-threaded twin session): a second

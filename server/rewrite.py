@@ -18,9 +18,9 @@ phase stack directly instead of its interleaved form: one 3x3 Conv over the 2x2 
 produces the 4x4 output phases, and one DepthToSpace(4) builds the image. That skips
 the interleave of the wide hidden layer, which ORT's DepthToSpace does slowly.
 
-Measured on the 2-core CPU VM with the bundled DCGANs: 1.03-1.09x single-threaded at
-batch 1-8, 1.2-1.5x images/s on two threads at batch 16-64; outputs within 2.2e-6 of
-the original graph (float rounding: not bit-identical to the unrewritten model). Only
+It pays most with several intra-op threads and large batches (figures in the manual's
+performance page); outputs stay within float rounding of the original graph (not
+bit-identical to the unrewritten model). Only
 layers that match exactly are touched; the server checks the rewritten model against
 the original at load and keeps the original if they differ (:func:`rewritten_model`).
 """
