@@ -72,7 +72,10 @@ ifneq ($(filter mnist-dcgan,$(MODELS)),)
 endif
 
 protos: $(VENV)/.dev
-	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. protos/ganserve/v1/generator.proto
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. \
+		protos/ganserve/v1/generator.proto protos/ganserve/kserve/v2/grpc_predict_v2.proto
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
+		protos/ganserve/kserve/v2/model_config.proto
 
 docker:
 	docker build -t ganserve:latest .

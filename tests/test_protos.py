@@ -10,11 +10,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = "ganserve/v1/generator.proto"
-STUBS = ("generator_pb2.py", "generator_pb2_grpc.py", "generator_pb2.pyi")
+# (proto, whether it has a service, i.e. a _grpc module), as the Makefile's `protos`
+# target generates them.
+GENERATED = (
+    (PROTO, True),
+    ("ganserve/kserve/v2/grpc_predict_v2.proto", True),
+    ("ganserve/kserve/v2/model_config.proto", False),
+)
 
 
-def test_stubs_match_proto(tmp_path: Path) -> None:
+def _stubs(proto: str, service: bool) -> list[str]:
+    stem = proto.removesuffix(".proto")
+    names = [f"{stem}_pb2.py", f"{stem}_pb2.pyi"]
+    return [*names, f"{stem}_pb2_grpc.py"] if service else names
+
+
+@pytest.mark.parametrize(("proto", "service"), GENERATED, ids=[p for p, _ in GENERATED])
+def test_stubs_match_proto(tmp_path: Path, proto: str, service: bool) -> None:
     pytest.importorskip("grpc_tools")
+    grpc_out = [f"--grpc_python_out={tmp_path}"] if service else []
     subprocess.run(
         [
             sys.executable,
@@ -23,16 +37,31 @@ def test_stubs_match_proto(tmp_path: Path) -> None:
             "-I",
             str(ROOT / "protos"),
             f"--python_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}",
+            *grpc_out,
             f"--pyi_out={tmp_path}",
-            str(ROOT / "protos" / PROTO),
+            str(ROOT / "protos" / proto),
         ],
         check=True,
     )
-    for name in STUBS:
-        fresh = (tmp_path / "ganserve" / "v1" / name).read_text()
-        committed = (ROOT / "ganserve" / "v1" / name).read_text()
-        assert fresh == committed, f"ganserve/v1/{name} is stale: run `make protos` and commit"
+    produced = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.py*"))
+    assert produced == sorted(_stubs(proto, service))
+    for name in produced:
+        fresh = (tmp_path / name).read_text()
+        committed = (ROOT / name).read_text()
+        assert fresh == committed, f"{name} is stale: run `make protos` and commit"
+
+
+def test_kserve_proto_is_the_published_one() -> None:
+    """Standard Open Inference Protocol clients need KServe's names and numbers: the
+    package, the service and its six RPCs, unchanged."""
+    text = (ROOT / "protos" / "ganserve/kserve/v2/grpc_predict_v2.proto").read_text()
+    assert "\npackage inference;\n" in text
+    assert "\nservice GRPCInferenceService\n" in text
+    rpcs = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+    for rpc in (*rpcs, "ModelInfer"):
+        assert f"rpc {rpc}({rpc}Request) returns ({rpc}Response) {{}}" in text
+    assert "repeated bytes raw_input_contents = 7;" in text
+    assert "repeated bytes raw_output_contents = 6;" in text
 
 
 def test_every_message_field_is_documented() -> None:
