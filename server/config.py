@@ -67,6 +67,10 @@ class ServerConfig:
     host: str = "127.0.0.1"  # plaintext on localhost by default; the container uses 0.0.0.0
     port: int = 50051  # 0: pick a free port (see ready_file)
     metrics_port: int = 8000  # 0: free port, -1: no metrics HTTP server
+    # The HTTP API (REST for people, the playground page, the routes of other protocols
+    # mounted beside it) on the gRPC server's event loop. 0: free port, -1: off, as above.
+    http_port: int = 8080
+    http_host: str | None = None  # None: the gRPC --host
     # None: the gRPC --host. "127.0.0.1" keeps /metrics to the pod (a sidecar scrapes it)
     # while gRPC listens on every interface.
     metrics_host: str | None = None
@@ -104,7 +108,8 @@ class ServerConfig:
     tls_client_ca: Path | None = None  # set: mutual TLS, client certificates required
     auth_token: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
-    ready_file: Path | None = None  # JSON {"port", "metrics_port", "pid"} once serving
+    # JSON {"port", "metrics_port", "http_port", "pid"} once serving (-1: that server is off)
+    ready_file: Path | None = None
 
     @classmethod
     def from_sources(
@@ -150,6 +155,7 @@ class ServerConfig:
         """Raise ``ConfigError`` for the first invalid value."""
         _check(0 <= self.port <= 65535, "--port must be in [0, 65535]")
         _check(-1 <= self.metrics_port <= 65535, "--metrics-port must be in [-1, 65535]")
+        _check(-1 <= self.http_port <= 65535, "--http-port must be in [-1, 65535]")
         _check(self.model_dir.is_dir(), f"--model-dir {self.model_dir} is not a directory")
         # RuntimeConfig and BatchingConfig check their own fields when built.
         _check(self.max_images_per_request >= 1, "--max-images-per-request must be >= 1")
@@ -214,6 +220,11 @@ class ServerConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def http_address(self) -> str:
+        """The address the HTTP API binds: ``--http-host``, else ``--host``."""
+        return self.host if self.http_host is None else self.http_host
 
     @property
     def metrics_address(self) -> str:
@@ -289,6 +300,12 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("host", str, "address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)"),
     _Option("port", int, "gRPC port (default 50051; 0 = a free port)"),
     _Option("metrics_port", int, "Prometheus /metrics port (default 8000; 0 = free, -1 = off)"),
+    _Option(
+        "http_port",
+        int,
+        "HTTP port: REST API, OpenAPI document, playground page (default 8080; 0 = free, -1 = off)",
+    ),
+    _Option("http_host", str, "address the HTTP API binds (default: --host)"),
     _Option("metrics_host", str, "address /metrics binds (default: --host; 127.0.0.1 = pod only)"),
     _Option("metrics_tls_cert", Path, "PEM certificate: serve /metrics over HTTPS"),
     _Option("metrics_tls_key", Path, "PEM private key of --metrics-tls-cert"),
@@ -392,7 +409,9 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("auth_token", str, "require 'authorization: Bearer TOKEN' (prefer the env/file)"),
     _Option("auth_token_file", Path, "read the bearer token from this file"),
     _Option("log_level", _parse_level, "DEBUG | INFO | WARNING | ERROR (default INFO)"),
-    _Option("ready_file", Path, "write JSON {port, metrics_port, pid} here once serving"),
+    _Option(
+        "ready_file", Path, "write JSON {port, metrics_port, http_port, pid} here once serving"
+    ),
 )
 
 

@@ -1,9 +1,11 @@
-"""``ganserve serve``: assemble and run the gRPC server.
+"""``ganserve serve``: assemble and run the gRPC server and the HTTP API beside it.
 
 Start-up: config -> metrics -> gRPC server bound (health NOT_SERVING, reflection on)
+-> HTTP API bound and serving on the same event loop (uvicorn; readiness false)
 -> model repository loaded and warmed -> health SERVING -> ready file written.
 SIGHUP (and ``--reload-interval-s`` polling) reloads the repository. SIGTERM/SIGINT:
-health NOT_SERVING, new RPCs refused, in-flight ones get ``--grace-period-s`` to
+health NOT_SERVING (HTTP readiness false), ``--shutdown-delay-s`` of serving on, then
+new RPCs and HTTP requests refused, in-flight ones get ``--grace-period-s`` to
 finish, batchers drain, exit 0.
 
 Heavy imports (onnxruntime via the repository, grpc health/reflection) happen in
@@ -93,6 +95,8 @@ class _Server:
         self._stop_now = asyncio.Event()  # a second SIGTERM: cut the shutdown delay short
         self._reloading: asyncio.Task[None] | None = None
         self._grpc: Any = None
+        self._http: Any = None  # http.server.HttpServer, None when --http-port is -1
+        self._http_state: Any = None  # http_app.HttpState
         self._force_stop: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
@@ -177,13 +181,29 @@ class _Server:
                 log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
                 return 1
             metrics_port = metrics_http.server_port
+        try:
+            http_port = self._bind_http(metrics, limits)
+        except (OSError, ValueError) as exc:
+            log.error(
+                "cannot serve HTTP on %s: %s (port in use or bad --http-host?)",
+                _address(cfg.http_address, cfg.http_port),
+                exc,
+            )
+            if metrics_http is not None:
+                metrics_http.shutdown()
+            return 1
         await server.start()
+        if self._http is not None:
+            await self._http.start()
         scheme = ("mTLS" if cfg.tls_client_ca else "TLS") if cfg.tls else "plaintext"
         log.info(
-            "listening on %s (%s, auth %s); metrics %s",
+            "listening on %s (%s, auth %s); HTTP %s; metrics %s",
             _address(cfg.host, port),
             scheme,
             "bearer token" if cfg.auth_token else "off",
+            f"{self._http.scheme}://{_address(cfg.http_address, http_port)}/"
+            if self._http
+            else "off",
             f"{'https' if cfg.metrics_tls_cert else 'http'}://"
             f"{_address(cfg.metrics_address, metrics_port)}/metrics"
             + (" (client certificates required)" if cfg.metrics_tls_client_ca else "")
@@ -195,7 +215,12 @@ class _Server:
                 if cfg.ready_file is not None:
                     _write_ready_file(
                         cfg.ready_file,
-                        {"port": port, "metrics_port": metrics_port, "pid": os.getpid()},
+                        {
+                            "port": port,
+                            "metrics_port": metrics_port,
+                            "http_port": http_port,
+                            "pid": os.getpid(),
+                        },
                     )
                 poller = asyncio.ensure_future(self._poll()) if cfg.reload_interval_s else None
                 await self._stop.wait()
@@ -203,6 +228,8 @@ class _Server:
                     poller.cancel()
             await self._shutdown()
         finally:
+            if self._http is not None:
+                await self._http.stop(0)  # already stopped unless start-up failed
             if metrics_http is not None:
                 metrics_http.shutdown()
             if cfg.ready_file is not None:
@@ -210,6 +237,43 @@ class _Server:
                     cfg.ready_file.unlink()
         log.info("stopped")
         return 0
+
+    def _bind_http(self, metrics: Any, limits: Any) -> int:
+        """Build the HTTP app and bind its port (served from ``run``); -1 when off."""
+        cfg = self.config
+        if cfg.http_port < 0:
+            return -1
+        from .http.server import HttpServer, bind_socket
+        from .http_app import create_app
+
+        app = create_app(
+            self.repository,
+            metrics,
+            limits,
+            auth_token=cfg.auth_token,
+            extra_routes=self._extra_routes(),
+            static_dir=Path(__file__).resolve().parent / "static",
+        )
+        self._http_state = app.state.ganserve
+        sock = bind_socket(cfg.http_address, cfg.http_port)
+        try:
+            self._http = HttpServer(
+                app,
+                sock,
+                log_level=cfg.log_level,
+                access_log=cfg.log_level == "DEBUG",
+                tls_cert=cfg.tls_cert,
+                tls_key=cfg.tls_key,
+                tls_client_ca=cfg.tls_client_ca,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return int(self._http.port)
+
+    def _extra_routes(self) -> list[Any]:
+        """Routes of other protocols served beside ganserve's own (none yet)."""
+        return []
 
     def _credentials(self, grpc: Any) -> Any:
         cfg = self.config
@@ -271,6 +335,8 @@ class _Server:
             self._stop_now.set()
             if self._grpc is not None:
                 self._force_stop = asyncio.ensure_future(self._grpc.stop(0))
+            if self._http is not None:
+                self._http.force_stop()
             return
         log.info("%s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
         self._stop.set()
@@ -302,6 +368,8 @@ class _Server:
 
     async def _shutdown(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self._http_state is not None:
+            self._http_state.stopping = True  # HTTP readiness follows gRPC health
         if self.config.shutdown_delay_s > 0:
             # Probes now see NOT_SERVING; keep answering until the endpoint is gone.
             log.info("serving %.1f s more as NOT_SERVING", self.config.shutdown_delay_s)
@@ -309,7 +377,12 @@ class _Server:
                 await asyncio.wait_for(self._stop_now.wait(), self.config.shutdown_delay_s)
         if self._reloading is not None:
             self._reloading.cancel()
-        await self._grpc.stop(self.config.grace_period_s)
+        grace = self.config.grace_period_s
+        if self._http is not None:
+            self._http_state.draining = True  # new HTTP requests: 503, as new RPCs are refused
+            await asyncio.gather(self._grpc.stop(grace), self._http.stop(grace))
+        else:
+            await self._grpc.stop(grace)
         try:
             # A hung inference must not hold the exit past the grace period.
             await asyncio.wait_for(self.repository.close(), max(1.0, self.config.grace_period_s))
