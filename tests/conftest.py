@@ -55,6 +55,7 @@ class ServerProcess:
     ready_file: Path
     port: int = 0
     metrics_port: int = -1
+    http_port: int = -1  # -1: the server runs without its HTTP API
     _log: object = field(default=None, repr=False)
 
     @property
@@ -103,6 +104,7 @@ class ServerProcess:
             if self.ready_file.exists():
                 info = json.loads(self.ready_file.read_text())
                 self.port, self.metrics_port = info["port"], info["metrics_port"]
+                self.http_port = info.get("http_port", -1)
                 return self
             if self.proc.poll() is not None:
                 pytest.fail(f"server exited with {self.proc.returncode}; log:\n{self.log()}")
@@ -130,6 +132,8 @@ def launch_server(
         "--port",
         "0",
         "--metrics-port",
+        "0",
+        "--http-port",
         "0",
         "--ready-file",
         str(ready),
