@@ -15,7 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 import numpy as np
@@ -31,12 +31,18 @@ from ganserve.contract.sizes import (
     response_too_large,
     sample_per_image_bytes,
 )
-from ganserve.seeds import latent_cost_us
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from .encode import encode_images
-from .errors import Internal, InvalidArgument, ServeError, Unavailable
+from .errors import InvalidArgument, ServeError, Unavailable
+from .generation import (
+    OFFLOAD_IMAGES,
+    generate_checked,
+    non_finite_output,
+    plan_offloaded,
+    sample_latents,
+)
 from .latent import one_hot
 from .metrics import Metrics
 from .plan import SamplePlan, plan_arithmetic, plan_interpolate, plan_sample
@@ -47,12 +53,6 @@ __all__ = ["GeneratorService", "add_to_server", "model_info"]
 log = logging.getLogger(__name__)
 
 _CODES = {code.name: code for code in grpc.StatusCode}
-# Latent and encoding work above this many images leaves the event loop for a thread,
-# so one large request does not stall the small ones of other clients.
-_OFFLOAD_IMAGES = 256
-# The same for latents from seeds, by their estimated cost (``latent_cost_us``, which
-# counts truncation's redraws): more work would hold up other clients' small requests.
-_OFFLOAD_LATENT_US = 15_000.0
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
 try:  # grpc's own error for a send on a call the client has left; not public API
@@ -63,39 +63,8 @@ except ImportError:  # pragma: no cover - a grpc without it: nothing to translat
         pass
 
 
-_P = TypeVar("_P")
-
-
-async def _plan(
-    build: Callable[[Any, ModelSpec, Limits], _P],
-    request: Any,
-    spec: ModelSpec,
-    limits: Limits,
-    seeds: int,
-) -> _P:
-    """``build(request, spec, limits)``, in a thread when its ``seeds`` latents (as the
-    request states them, truncation included) are too costly for the event loop."""
-    psi = request.truncation if request.HasField("truncation") else None
-    if latent_cost_us(seeds, psi) > _OFFLOAD_LATENT_US:
-        return await asyncio.to_thread(build, request, spec, limits)
-    return build(request, spec, limits)
-
-
-# Far beyond any standard-normal latent (the seed rule's never exceed ~6.5).
-_LARGE_LATENT = 100.0
-
-
-def _non_finite_output(z: np.ndarray, field: str = "latents") -> ServeError:
-    """The error for NaN/infinite model output: the caller's if its latents were huge
-    (finite, but overflowing inside the model), the model's otherwise. ``field``: the
-    request field the latents came from."""
-    top = float(np.abs(z).max()) if z.size else 0.0
-    if top > _LARGE_LATENT:
-        return InvalidArgument(
-            f"{field}: the model's output is not finite (NaN or infinity) for latents this "
-            f"large (max |z| = {top:.3g}); use values of the order of a standard normal's"
-        )
-    return Internal("the model produced non-finite values (NaN or infinity)")
+# The shared generation path's error for NaN/infinite output (its tests import it here).
+_non_finite_output = non_finite_output
 
 
 def _sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
@@ -371,10 +340,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     ) -> tuple[np.ndarray, bytes, list[bytes]]:
         """Generate and encode: (images (N, C, H, W), raw bytes, pngs); ``field`` names
         the request field of ``z`` in the error for non-finite output."""
-        images = await model.generate(z, y, deadline, context.done)
-        if not np.isfinite(images).all():  # the contract: no response carries NaN images
-            raise _non_finite_output(z, field)
-        if images.shape[0] >= _OFFLOAD_IMAGES:
+        images = await generate_checked(model, z, y, deadline, context.done, field)
+        if images.shape[0] >= OFFLOAD_IMAGES:
             raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
         else:
             raw, pngs = encode_images(images, encoding)
@@ -390,11 +357,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         context: aio.ServicerContext,
     ) -> pb.SampleResponse:
         """Images [start, stop) of a sample plan as one response message."""
-        n = stop - start
-        if plan.explicit is None and latent_cost_us(n, plan.truncation) > _OFFLOAD_LATENT_US:
-            z = await asyncio.to_thread(plan.z, start, stop)  # (n, D)
-        else:
-            z = plan.z(start, stop)
+        z = await sample_latents(plan, start, stop)  # (stop - start, D)
         labels = plan.image_labels(start, stop)
         y = None if labels is None else one_hot(labels, plan.num_classes)  # (n, C)
         images, raw, pngs = await self._run(model, z, y, deadline, context, plan.encoding)
@@ -493,7 +456,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         seeds = 0
         if len(keys) <= self._limits.max_images_per_request:
             seeds = sum(k.WhichOneof("source") == "seed" for k in keys)
-        plan = await _plan(plan_interpolate, request, model.spec, self._limits, seeds)
+        plan = await plan_offloaded(plan_interpolate, request, model.spec, self._limits, seeds)
         spec = model.spec
         per_image = per_image_bytes(
             spec.image_shape,
@@ -521,7 +484,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         seeds = 0
         if len(terms) <= self._limits.max_images_per_request:
             seeds = sum(len(t.seeds.seeds) for t in terms)
-        plan = await _plan(plan_arithmetic, request, model.spec, self._limits, seeds)
+        plan = await plan_offloaded(plan_arithmetic, request, model.spec, self._limits, seeds)
         spec = model.spec
         latent_dim = spec.latent_dim if plan.return_latents else 0
         self._check_size(
