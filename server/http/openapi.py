@@ -19,7 +19,10 @@ def _summary(route: Route) -> str:
 
 
 def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
-    """One operation per method of every ``Route`` (Mounts are not described)."""
+    """One operation per method of every ``Route`` (Mounts are not described): its
+    summary is the endpoint's docstring's first paragraph; an endpoint with an
+    ``openapi`` attribute (``{"parameters": [...], "responses": {...}}``, OpenAPI
+    objects) adds its query parameters and responses."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         if not isinstance(route, Route):
@@ -36,11 +39,24 @@ def openapi_document(routes: Sequence[BaseRoute]) -> dict[str, Any]:
                 {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
                 for p in route.param_convertors
             ]
+            # what the endpoint says of itself: query parameters, media types, errors
+            described = getattr(route.endpoint, "openapi", None) or {}
+            params += described.get("parameters", [])
             if params:
                 operation["parameters"] = params
+            if "responses" in described:
+                operation["responses"] = described["responses"]
             paths.setdefault(route.path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
-        "info": {"title": "ganserve HTTP API", "version": __version__},
+        "info": {
+            "title": "ganserve HTTP API",
+            "version": __version__,
+            "description": "Generated images over HTTP; see docs/http.md. With a token "
+            "set, /v1 and /v2 (but /v2/health) need 'Authorization: Bearer <token>'.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
         "paths": paths,
     }

@@ -13,23 +13,34 @@ Every request is counted like an RPC: ``ganserve_requests_total`` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ganserve.contract.limits import Limits
+from ganserve.imaging import to_uint8
+from ganserve.v1 import generator_pb2 as pb
 
-from ..errors import ServeError, Unavailable
+from ..errors import InvalidArgument, ServeError, Unavailable
+from ..generation import generate_checked, plan_offloaded, sample_latents
+from ..latent import one_hot
 from ..metrics import Metrics
-from ..repository import LoadedModel, ModelRepository, ModelStatus
-from .errors import error_response
+from ..plan import plan_arithmetic, plan_interpolate, plan_sample
+from ..repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
+from ..validate import check_label
+from . import pictures
+from .errors import HTTP_STATUS, error_response
+from .params import TRUNCATION, VERSION, Param, Query, parse_terms
 
 __all__ = ["METHODS", "RestApi", "model_json"]
 
@@ -100,7 +111,113 @@ def _endpoint(method: str) -> Callable[[Any], Any]:
     return decorate
 
 
-METHODS = ("http_list_models", "http_get_model")
+METHODS = (
+    "http_list_models",
+    "http_get_model",
+    "http_sample",
+    "http_interpolate",
+    "http_arithmetic",
+)
+PNG, GIF, NPY, JSON = "image/png", "image/gif", "application/octet-stream", "application/json"
+_METHOD_NUMBER = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METHOD_LERP}
+
+SAMPLE = (
+    VERSION,
+    Param("count", "integer", "images (at most the server's max_images_per_request)", 16),
+    Param("seed", "integer", "first seed; image i uses seed + i (default: random, see the "
+          "X-Ganserve-Seed header)"),
+    Param("label", "string", "conditional models: the class of every image, or one per "
+          "image, comma separated; an index or a class name (default: image i has class "
+          "i % classes)"),
+    Param("blend_label", "string", "conditional models: a second class, blended into the one "
+          "label: y = (1 - blend) * onehot(label) + blend * onehot(blend_label)"),
+    Param("blend", "number", "weight of blend_label, in [0, 1] (default 0.5)"),
+    TRUNCATION,
+    Param("cols", "integer", "grid columns (default: as square as possible)"),
+    Param("scale", "integer", "pixel enlargement of the picture", 2),
+    Param("format", "string", "png: a grid picture; npy: the float32 (N, C, H, W) images in "
+          "[-1, 1] as a .npy file", "png", ("png", "npy")),
+)  # fmt: skip
+INTERPOLATE = (
+    VERSION,
+    Param("from_seed", "integer", "seed of the first frame (keyframes[0])", required=True),
+    Param("to_seed", "integer", "seed of the last frame (keyframes[1])", required=True),
+    Param("from_label", "string", "conditional models: class of the first frame"),
+    Param("to_label", "string", "conditional models: class of the last frame"),
+    Param("steps", "integer", "frames in all, both ends included", 32),
+    Param("method", "string", "path between the latents", "slerp", ("slerp", "lerp")),
+    TRUNCATION,
+    Param("format", "string", "gif: an animation; png: the frames side by side; npy: the "
+          "float32 (steps, C, H, W) frames", "gif", ("gif", "png", "npy")),
+    Param("fps", "number", "GIF frames per second", 12.0),
+    Param("boomerang", "boolean", "the GIF plays forward, then back", False),
+    Param("scale", "integer", "pixel enlargement of the picture", 4),
+)  # fmt: skip
+ARITHMETIC = (
+    VERSION,
+    Param("terms", "string", "weighted terms, ';' between them: WEIGHT:S1,S2,... is WEIGHT "
+          "times the mean latent of seeds S1, S2, ... (e.g. 1:1,2,3;-1:4,5;1:6)", required=True),
+    Param("label", "string", "conditional models: the class of the result and of every term"),
+    TRUNCATION,
+    Param("scale", "integer", "pixel enlargement of the picture", 4),
+)  # fmt: skip
+
+
+def _documented(params: Sequence[Param], *media: str) -> Callable[[Any], Any]:
+    """Attach the OpenAPI description of an endpoint (``openapi.py`` reads it)."""
+
+    def decorate(fn: Any) -> Any:
+        errors = {
+            str(status): {"description": code, "content": {JSON: {"schema": ERROR_SCHEMA}}}
+            for code, status in sorted(HTTP_STATUS.items(), key=lambda kv: kv[1])
+            if code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNAVAILABLE",
+                        "RESOURCE_EXHAUSTED", "INTERNAL")
+        }  # fmt: skip
+        fn.openapi = {
+            "parameters": [p.schema() for p in params],
+            "responses": {
+                "200": {"description": "OK", "content": {m: {} for m in media}},
+                **errors,
+            },
+        }
+        return fn
+
+    return decorate
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "what to change (the gRPC status message)"},
+        "code": {"type": "string", "description": "the gRPC status code's name"},
+    },
+    "required": ["error", "code"],
+}
+
+
+def _picture(body: bytes, media: str, spec: ModelSpec, **headers: Any) -> Response:
+    extra = {"X-Ganserve-Model": spec.name, "X-Ganserve-Version": spec.version}
+    extra.update({f"X-Ganserve-{k.title()}": str(v) for k, v in headers.items() if v is not None})
+    return Response(body, media_type=media, headers=extra)
+
+
+def _blend(query: Query, labels: list[int], spec: ModelSpec) -> tuple[int, float] | None:
+    """``blend_label`` and ``blend`` of a sample: (class, weight) or None."""
+    other = query.label("blend_label", spec)
+    weight = query.number("blend")
+    if other is None:
+        if weight is not None:
+            raise InvalidArgument("blend: needs blend_label, the class to blend in")
+        return None
+    check_label("blend_label", other, spec)
+    if len(labels) != 1:
+        raise InvalidArgument(
+            f"blend_label: needs one label to blend from, got {len(labels) or 'none'}"
+        )
+    weight = 0.5 if weight is None else weight
+    if not 0.0 <= weight <= 1.0:
+        raise InvalidArgument(f"blend: must be in [0, 1], got {weight}")
+    return other, weight
 
 
 class RestApi:
@@ -117,6 +234,19 @@ class RestApi:
         return [
             Route("/v1/models", self.list_models, methods=["GET"], name="http_list_models"),
             Route("/v1/models/{name}", self.get_model, methods=["GET"], name="http_get_model"),
+            Route("/v1/models/{name}/sample", self.sample, methods=["GET"], name="http_sample"),
+            Route(
+                "/v1/models/{name}/interpolate",
+                self.interpolate,
+                methods=["GET"],
+                name="http_interpolate",
+            ),
+            Route(
+                "/v1/models/{name}/arithmetic",
+                self.arithmetic,
+                methods=["GET"],
+                name="http_arithmetic",
+            ),
         ]
 
     @contextlib.contextmanager
@@ -149,6 +279,7 @@ class RestApi:
     # ------------------------------------------------------------- endpoints
 
     @_endpoint("http_list_models")
+    @_documented((), JSON)
     async def list_models(self, request: Request, call: _Call) -> Response:
         """The models (one entry each: the version served by default) and the limits."""
         lim = self._limits
@@ -166,10 +297,143 @@ class RestApi:
         )
 
     @_endpoint("http_get_model")
+    @_documented((VERSION,), JSON)
     async def get_model(self, request: Request, call: _Call) -> Response:
         """One model: the version served by default, or ``?version=``."""
+        Query(request.query_params, (VERSION,))
         status = self._repo.status(
             request.path_params["name"], request.query_params.get("version", "")
         )
         call.model = status.name
         return JSONResponse(model_json(status))
+
+    @_endpoint("http_sample")
+    @_documented(SAMPLE, PNG, NPY)
+    async def sample(self, request: Request, call: _Call) -> Response:
+        """Images from seeds: a PNG grid, or the float32 images as .npy.
+
+        The seeds, labels and truncation of gRPC ``Sample``: the same seed gives the
+        same pixels (the grid's cells are the UINT8 encoding of the images).
+        """
+        model = self._model(request, call)
+        spec = model.spec
+        query = Query(request.query_params, SAMPLE)
+        fmt = query.choice("format")
+        labels = query.labels("label", spec)
+        req = pb.SampleRequest(
+            model=spec.name, version=spec.version, count=query.integer("count"), labels=labels
+        )
+        seed = query.seed("seed")
+        if seed is not None:
+            req.seed = seed
+        self._truncation(query, req)
+        plan = plan_sample(req, spec, self._limits, streaming=False)
+        blend = _blend(query, labels, spec)
+        cols = query.positive("cols")
+        scale = query.positive("scale") or 1
+        if fmt == "png":
+            pictures.check_grid(plan.count, spec.image_shape, cols, scale)
+        z = await sample_latents(plan, 0, plan.count)  # (N, D)
+        image_labels = plan.image_labels(0, plan.count)
+        y = None if image_labels is None else one_hot(image_labels, spec.num_classes)  # (N, C)
+        if blend is not None and y is not None:
+            other, weight = blend
+            y = (1.0 - weight) * y + weight * one_hot(np.full(plan.count, other), spec.num_classes)
+            y = y.astype(np.float32)
+        images = await generate_checked(model, z, y, None, None)  # (N, C, H, W)
+        if fmt == "npy":
+            body = await asyncio.to_thread(pictures.npy, images)
+        else:
+            body = await asyncio.to_thread(lambda: pictures.grid_png(to_uint8(images), cols, scale))
+        return _picture(body, NPY if fmt == "npy" else PNG, spec, seed=plan.seed)
+
+    @_endpoint("http_interpolate")
+    @_documented(INTERPOLATE, GIF, PNG, NPY)
+    async def interpolate(self, request: Request, call: _Call) -> Response:
+        """Frames from one seed to another: an animated GIF, a PNG strip or .npy.
+
+        gRPC ``Interpolate`` with two keyframes (from = keyframes[0], to = keyframes[1]);
+        on conditional models the class blends from one label to the other.
+        """
+        model = self._model(request, call)
+        spec = model.spec
+        query = Query(request.query_params, INTERPOLATE)
+        fmt = query.choice("format")
+        keyframes = []
+        for end in ("from", "to"):
+            key = pb.Keyframe(seed=query.seed(f"{end}_seed"))
+            label = query.label(f"{end}_label", spec)
+            if label is not None:
+                key.label = label
+            keyframes.append(key)
+        req = pb.InterpolateRequest(
+            model=spec.name,
+            version=spec.version,
+            keyframes=keyframes,
+            steps=query.integer("steps"),
+            method=_METHOD_NUMBER[query.choice("method")],  # type: ignore[arg-type]
+        )
+        self._truncation(query, req)
+        scale = query.positive("scale") or 1
+        fps = query.number("fps")
+        if fps is None or not (math.isfinite(fps) and fps > 0):
+            raise InvalidArgument(f"fps: must be a finite number > 0, got {fps}")
+        boomerang = query.flag("boomerang")
+        plan = await plan_offloaded(plan_interpolate, req, spec, self._limits, 2)
+        pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
+        images = await generate_checked(model, plan.z, plan.y, None, None, "keyframes")
+        if fmt == "npy":
+            body = await asyncio.to_thread(pictures.npy, images)
+        elif fmt == "png":
+            body = await asyncio.to_thread(lambda: pictures.strip_png(to_uint8(images), scale))
+        else:
+            body = await asyncio.to_thread(
+                lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
+            )
+        return _picture(body, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec)
+
+    @_endpoint("http_arithmetic")
+    @_documented(ARITHMETIC, PNG)
+    async def arithmetic(self, request: Request, call: _Call) -> Response:
+        """Latent arithmetic: the terms and their weighted sum side by side, as PNG.
+
+        gRPC ``Arithmetic`` with seed terms and ``return_term_images``; the picture is
+        the CLI's ``ganserve arithmetic`` one.
+        """
+        model = self._model(request, call)
+        spec = model.spec
+        query = Query(request.query_params, ARITHMETIC)
+        terms = parse_terms(query.raw("terms") or "")
+        req = pb.ArithmeticRequest(
+            model=spec.name,
+            version=spec.version,
+            terms=[pb.ArithmeticTerm(weight=w, seeds=pb.SeedList(seeds=s)) for w, s in terms],
+            return_term_images=True,
+        )
+        label = query.label("label", spec)
+        if label is not None:
+            req.label = label
+        self._truncation(query, req)
+        scale = query.positive("scale") or 1
+        seeds = (
+            sum(len(s) for _, s in terms)
+            if len(terms) <= self._limits.max_images_per_request
+            else 0
+        )
+        plan = await plan_offloaded(plan_arithmetic, req, spec, self._limits, seeds)
+        pictures.check_equation(len(terms), spec.image_shape, scale)
+        z = plan.latents[: plan.n_images]  # (1 + T, D): the result, then each term
+        images = await generate_checked(model, z, plan.y, None, None, "terms")
+        weights = [float(t.weight) for t in req.terms]
+
+        def draw() -> bytes:
+            u8 = to_uint8(images)
+            return pictures.equation_png(u8[1:], weights, u8[:1], scale)
+
+        return _picture(await asyncio.to_thread(draw), PNG, spec)
+
+    @staticmethod
+    def _truncation(query: Query, req: Any) -> None:
+        psi = query.number("truncation")
+        if psi is not None:
+            req.truncation = psi

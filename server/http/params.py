@@ -1,0 +1,204 @@
+"""Query parameters of the REST API: one table per endpoint, read for parsing and for
+the OpenAPI document alike, so the two cannot drift.
+
+Parsing turns text into the values of the gRPC request fields; whatever the gRPC
+planners check (ranges, limits, labels against the model) they check, with their
+messages. Here: the text itself (a number that is not one, an unknown parameter, a
+class name the model does not have).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ganserve.contract import labels as label_rule
+from ganserve.seeds import MAX_SEED
+
+from ..errors import InvalidArgument
+from ..spec import ModelSpec
+
+__all__ = ["Param", "Query", "parse_terms"]
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Param:
+    """One query parameter: its OpenAPI type, what it does and its default (None: none)."""
+
+    name: str
+    type: str  # OpenAPI: "integer", "number", "string", "boolean"
+    help: str
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    required: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.choices:
+            out["enum"] = list(self.choices)
+        if self.default is not None:
+            out["default"] = self.default
+        return {
+            "name": self.name,
+            "in": "query",
+            "required": self.required,
+            "description": self.help,
+            "schema": out,
+        }
+
+
+VERSION = Param("version", "string", "model version (default: the latest READY one)")
+TRUNCATION = Param(
+    "truncation", "number", "truncation psi: redraw latent entries beyond +-psi (>= 0.05)"
+)
+
+
+class Query:
+    """The query of one request, read against its endpoint's table."""
+
+    def __init__(self, params: Mapping[str, str], table: Sequence[Param]) -> None:
+        known = {p.name: p for p in table}
+        for name in params:
+            if name not in known:
+                raise InvalidArgument(
+                    f"{name}: unknown parameter; this endpoint takes {', '.join(known)}"
+                )
+        self._params = params
+        self._table = known
+
+    def raw(self, name: str) -> str | None:
+        assert name in self._table, name
+        value = self._params.get(name)
+        if value is None and self._table[name].required:
+            raise InvalidArgument(f"{name}: required")
+        return value
+
+    def text(self, name: str) -> str | None:
+        value = self.raw(name)
+        return self._table[name].default if value is None else value
+
+    def integer(self, name: str, lo: int = INT32_MIN, hi: int = INT32_MAX) -> int | None:
+        """A whole number in [lo, hi] (the gRPC field's range), or the default."""
+        raw = self.raw(name)
+        if raw is None:
+            return self._table[name].default  # type: ignore[no-any-return]
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidArgument(f"{name}: expected a whole number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise InvalidArgument(f"{name}: {value} is out of range [{lo}, {hi}]")
+        return value
+
+    def seed(self, name: str) -> int | None:
+        return self.integer(name, 0, MAX_SEED)
+
+    def positive(self, name: str) -> int | None:
+        """A picture setting (scale, cols): a whole number >= 1, as the CLI takes it."""
+        raw = self.raw(name)
+        if raw is None:
+            return self._table[name].default  # type: ignore[no-any-return]
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise InvalidArgument(f"{name}: must be a whole number >= 1, got {raw!r}")
+        return value
+
+    def number(self, name: str) -> float | None:
+        """Any number (``nan`` and ``inf`` too: the planners say what is allowed)."""
+        raw = self.raw(name)
+        if raw is None:
+            return self._table[name].default  # type: ignore[no-any-return]
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidArgument(f"{name}: expected a number, got {raw!r}") from None
+
+    def choice(self, name: str) -> str:
+        param = self._table[name]
+        value = (self.raw(name) or param.default or "").lower()
+        if value not in param.choices:
+            raise InvalidArgument(f"{name}: {value!r} is not one of {', '.join(param.choices)}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return bool(self._table[name].default)
+        if raw.lower() in ("1", "true", "yes", "on", ""):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidArgument(f"{name}: expected true or false, got {raw!r}")
+
+    def labels(self, name: str, spec: ModelSpec) -> list[int]:
+        """Class indices or names, comma separated; [] when absent."""
+        raw = self.raw(name)
+        if raw is None:
+            return []
+        return [class_index(name, part, spec) for part in raw.split(",")]
+
+    def label(self, name: str, spec: ModelSpec) -> int | None:
+        found = self.labels(name, spec)
+        if len(found) > 1:
+            raise InvalidArgument(f"{name}: give one class, got {len(found)}")
+        return found[0] if found else None
+
+
+def class_index(field: str, text: str, spec: ModelSpec) -> int:
+    """A class given as an index or by its name (case-insensitive). An index out of the
+    model's range (or any label of an unconditional model) is left to the planners,
+    whose messages name the range; one beyond int32 gets their message here."""
+    text = text.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        names = [n.lower() for n in spec.class_names]
+        if text.lower() in names:
+            return names.index(text.lower())
+        if not spec.num_classes:
+            raise InvalidArgument(
+                label_rule.label_problem(field, 0, 0, spec.name) or field
+            ) from None
+        choices = ", ".join(spec.class_names) or "none"
+        raise InvalidArgument(
+            f"{field}: {text!r} is not a class of {spec.name}; give an index in "
+            f"[0, {spec.num_classes - 1}] or a class name ({choices})"
+        ) from None
+    if not INT32_MIN <= value <= INT32_MAX:
+        problem = label_rule.label_problem(field, value, spec.num_classes, spec.name)
+        raise InvalidArgument(problem or f"{field}: {value} is out of range")
+    return value
+
+
+def parse_terms(text: str) -> list[tuple[float, list[int]]]:
+    """``W:S1,S2;W:S3`` (or the CLI's ``W:seeds=S1,S2``) as (weight, seeds) pairs. A
+    ``+`` left unescaped in a URL arrives as a space: ``+1`` and `` 1`` both read 1."""
+    terms = []
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        weight, sep, rest = part.partition(":")
+        key, eq, seeds = rest.partition("=")
+        if not eq:
+            key, seeds = "seeds", rest
+        try:
+            if not sep or key.strip() not in ("seeds", "seed"):
+                raise ValueError
+            values = [int(s) for s in seeds.split(",") if s.strip()]
+            w = float(weight)
+        except ValueError:
+            raise InvalidArgument(
+                f"terms: bad term {part.strip()!r}: expected WEIGHT:S1,S2,... "
+                "(terms separated by ';'), e.g. 1:1,2,3;-1:4,5"
+            ) from None
+        bad = [s for s in values if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise InvalidArgument(f"terms: seed {bad[0]} is out of range [0, 2**64 - 1]")
+        terms.append((w, values))  # a weight of nan or inf: the planner's message
+    return terms
