@@ -17,6 +17,7 @@ DATA_DIR ?= ../shared/data
 MODELS ?= mnist-mlp mnist-dcgan mnist-cdcgan fashion-cdcgan
 PORT ?= 50051
 METRICS_PORT ?= 8000
+HTTP_PORT ?= 8080
 BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
 
 .PHONY: run test lint typecheck docs bench models protos docker image-test clean help
@@ -42,7 +43,7 @@ $(VENV)/.dev: $(BIN)/python pyproject.toml
 	touch $@ $(VENV)/.server
 
 run: $(VENV)/.server
-	$(BIN)/ganserve serve --model-dir models --host 127.0.0.1 --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(BIN)/ganserve serve --model-dir models --host 127.0.0.1 --port $(PORT) --http-port $(HTTP_PORT) --metrics-port $(METRICS_PORT)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
