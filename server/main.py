@@ -34,6 +34,8 @@ __all__ = ["register", "serve"]
 log = logging.getLogger("ganserve.server")
 
 SERVICE_NAME = "ganserve.v1.Generator"
+# The Open Inference Protocol (KServe v2) on the same port (server/kserve_grpc.py)
+KSERVE_SERVICE_NAME = "inference.GRPCInferenceService"
 
 
 def register(root: argparse.ArgumentParser, subparsers: Any) -> None:
@@ -97,6 +99,7 @@ class _Server:
         self._grpc: Any = None
         self._http: Any = None  # http.server.HttpServer, None when --http-port is -1
         self._http_state: Any = None  # http_app.HttpState
+        self._oip: Any = None  # oip.OipCore: KServe v2 over gRPC and HTTP
         self._force_stop: asyncio.Task[None] | None = None
 
     async def run(self) -> int:
@@ -109,7 +112,9 @@ class _Server:
         from ganserve.contract.limits import Limits
 
         from .auth import BearerTokenInterceptor
+        from .kserve_grpc import KServeService, add_kserve_to_server
         from .metrics import Metrics
+        from .oip import OipCore
         from .repository import ModelRepository
         from .service import GeneratorService, add_to_server
 
@@ -146,10 +151,13 @@ class _Server:
         )
         self._grpc = server
         add_to_server(GeneratorService(self.repository, metrics, limits), server)
+        self._oip = OipCore(self.repository, metrics, limits, cfg.batching, ready=self._ready)
+        add_kserve_to_server(KServeService(self._oip), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         await self._set_health(False)
 
@@ -272,8 +280,14 @@ class _Server:
         return int(self._http.port)
 
     def _extra_routes(self) -> list[Any]:
-        """Routes of other protocols served beside ganserve's own (none yet)."""
-        return []
+        """Routes of other protocols served beside ganserve's own: KServe v2's."""
+        from .kserve_http import kserve_routes
+
+        return list(kserve_routes(self._oip))
+
+    def _ready(self) -> bool:
+        """Models READY and no shutdown under way (KServe's ServerReady)."""
+        return self.repository.ready and not self._stop.is_set()
 
     def _credentials(self, grpc: Any) -> Any:
         cfg = self.config
@@ -320,7 +334,7 @@ class _Server:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, KSERVE_SERVICE_NAME):
             await self.health.set(service, status)
 
     def _install_signals(self) -> None:

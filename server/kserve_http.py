@@ -1,0 +1,268 @@
+"""The Open Inference Protocol over HTTP: KServe v2's REST endpoints on ``oip.OipCore``.
+
+``kserve_routes(core)`` returns Starlette routes for ``create_app(extra_routes=...)``:
+
+- ``GET /v2/health/live``, ``GET /v2/health/ready``: 200, or 503 when not ready
+- ``GET /v2``: server metadata
+- ``GET /v2/models/{name}[/versions/{version}]``: model metadata
+- ``GET /v2/models/{name}[/versions/{version}]/ready``: 200, 404 unknown, 503 not ready
+- ``GET /v2/models/{name}[/versions/{version}]/config``: Triton's model configuration
+- ``POST /v2/models/{name}[/versions/{version}]/infer``: JSON tensors
+  (``{"inputs": [{"name", "shape", "datatype", "data"}], "outputs": [...]}``), and
+  Triton's binary tensor extension: a body of the JSON header followed by raw tensors,
+  its length in ``Inference-Header-Content-Length``, each binary input's byte count in
+  its ``parameters.binary_data_size``. Outputs go as JSON ``data`` unless the request
+  asks for bytes (``parameters.binary_data_output``, or an output's ``binary_data``),
+  which tritonclient.http does by default.
+
+Errors are the gRPC edge's status and message as an HTTP status and
+``{"error": "<message>", "code": "<status>"}`` (``http.errors``). The app's gate asks
+for the token on everything but ``/v2/health``. Each route's name is its metrics method
+label (the gate counts refused calls under it too); the probes are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .encode import encode_images
+from .errors import InvalidArgument
+from .generation import OFFLOAD_IMAGES
+from .http.errors import error_response
+from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
+
+__all__ = ["HEADER_LENGTH", "kserve_routes"]
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# JSON bodies above this many bytes are parsed (and answers above OFFLOAD_IMAGES images
+# serialised) in a thread: the event loop keeps serving other clients meanwhile.
+_OFFLOAD_JSON_BYTES = 1 << 20
+
+Handler = Callable[[Request, Call], Awaitable[Response]]
+
+
+def _path(request: Request) -> tuple[str, str]:
+    params = request.path_params
+    return params["name"], params.get("version", "")
+
+
+def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """Count the request under ``method`` and answer the core's errors as HTTP errors."""
+
+    @functools.wraps(fn)
+    async def handle(request: Request) -> Response:
+        with core.track(method) as call:
+            try:
+                return await fn(request, call)
+            except BaseException as exc:
+                failure = core.failure(method, exc, call)
+                if failure is None:
+                    raise
+                core.record(method, call)
+                return error_response(*failure)
+
+    return handle
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit)."""
+
+    def too_large(size: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"request: {size} bytes, over the server's max_request_bytes {limit}"
+        )
+
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(declared)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(f"more than {limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _field(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidArgument(f"{where}: must be {what}")
+    return value
+
+
+def _parameters(where: str, value: Any) -> dict[str, Any]:
+    return dict(_field(where, {} if value is None else value, dict, "an object"))
+
+
+def _shape(where: str, value: Any) -> list[int]:
+    shape = _field(where, value, list, "a list of integers")
+    for dim in shape:
+        _field(where, dim, int, "a list of integers")
+    return shape
+
+
+def infer_request(name: str, version: str, body: bytes, header_length: str | None) -> InferRequest:
+    """An inference request body (JSON, or JSON + binary tensors) as the core's request."""
+    json_part: bytes | memoryview = body
+    binary = memoryview(b"")
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument(
+                f"{HEADER_LENGTH}: {header_length[:20]!r} is not a length within the body "
+                f"({len(body)} bytes)"
+            )
+        split = int(header_length)
+        json_part, binary = memoryview(body)[:split], memoryview(body)[split:]
+    try:
+        doc = json.loads(bytes(json_part))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"request: not valid JSON ({exc})") from None
+    _field("request", doc, dict, "a JSON object")
+    inputs, offset = [], 0
+    for i, item in enumerate(_field("inputs", doc.get("inputs"), list, "a list of tensors")):
+        where = f"inputs[{i}]"
+        _field(where, item, dict, "an object")
+        params = _parameters(f"{where}.parameters", item.get("parameters"))
+        tensor = InputTensor(
+            name=_field(f"{where}.name", item.get("name"), str, "a string"),
+            datatype=_field(f"{where}.datatype", item.get("datatype"), str, "a string"),
+            shape=_shape(f"{where}.shape", item.get("shape")),
+            parameters=params,
+        )
+        size = params.pop("binary_data_size", None)
+        if size is not None:
+            _field(f"{where}.parameters.binary_data_size", size, int, "an integer")
+            if size < 0 or offset + size > len(binary):
+                raise InvalidArgument(
+                    f"inputs[{tensor.name}].parameters.binary_data_size: {size} bytes, but "
+                    f"{len(binary) - offset} bytes of binary data are left"
+                )
+            tensor.raw = binary[offset : offset + size]
+            offset += size
+        else:
+            tensor.values = item.get("data")
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise InvalidArgument(
+            f"request: {len(binary) - offset} bytes of binary data are not claimed by any "
+            "input's parameters.binary_data_size"
+        )
+    outputs = []
+    for i, item in enumerate(_field("outputs", doc.get("outputs", []), list, "a list")):
+        where = f"outputs[{i}]"
+        _field(where, item, dict, "an object")
+        out_name = _field(f"{where}.name", item.get("name"), str, "a string")
+        outputs.append(RequestedOutput(out_name, _parameters(where, item.get("parameters"))))
+    return InferRequest(
+        model_name=name,
+        model_version=version,
+        id=str(_field("id", doc.get("id", ""), str, "a string")),
+        parameters=_parameters("parameters", doc.get("parameters")),
+        inputs=inputs,
+        outputs=outputs,
+    )
+
+
+def infer_response(result: InferResponse) -> Response:
+    """JSON, or JSON + raw tensors (binary outputs) with the header's length."""
+    doc: dict[str, Any] = {"model_name": result.model_name, "model_version": result.model_version}
+    if result.id:
+        doc["id"] = result.id
+    chunks, outputs = [], []
+    for out in result.outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": out.shape}
+        if out.binary:
+            data, _ = encode_images(out.data)  # little-endian float32, row-major
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = out.data.ravel().tolist()
+        outputs.append(entry)
+    doc["outputs"] = outputs
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *chunks]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )
+
+
+def kserve_routes(core: OipCore) -> list[Route]:
+    """The KServe v2 REST endpoints over ``core`` (see the module docstring)."""
+    max_body = core.limits.max_request_bytes
+
+    async def live(request: Request) -> Response:
+        """Open Inference Protocol: server live."""
+        return JSONResponse({"live": core.server_live()})
+
+    async def ready(request: Request) -> Response:
+        """Open Inference Protocol: server ready (503 when not)."""
+        if core.server_ready():
+            return JSONResponse({"ready": True})
+        return error_response("UNAVAILABLE", "the server is not ready: no model is READY yet, "
+                              "or it is shutting down")  # fmt: skip
+
+    async def server_metadata(request: Request, call: Call) -> Response:
+        """Open Inference Protocol: server metadata (name, version, extensions)."""
+        return JSONResponse(core.server_metadata())
+
+    async def model_metadata(request: Request, call: Call) -> Response:
+        """Open Inference Protocol: model metadata (versions, platform, tensors)."""
+        return JSONResponse(core.model_metadata(*_path(request), call))
+
+    async def model_config(request: Request, call: Call) -> Response:
+        """Triton's model configuration (read-only): the batch dimension and tensors."""
+        return JSONResponse(core.model_config(*_path(request), call))
+
+    async def model_ready(request: Request, call: Call) -> Response:
+        """Open Inference Protocol: model ready (404 unknown, 503 not ready)."""
+        name, version = _path(request)
+        why = core.model_ready(name, version, call)
+        if why is None:
+            return JSONResponse({"name": name, "ready": True})
+        call.code = why.code_name
+        return error_response(why.code_name, why.message)
+
+    async def infer(request: Request, call: Call) -> Response:
+        """Open Inference Protocol: inference with JSON (or binary) tensors."""
+        body = await _body(request, max_body)
+        header = request.headers.get(HEADER_LENGTH)
+        name, version = _path(request)
+        if len(body) > _OFFLOAD_JSON_BYTES:
+            parsed = await asyncio.to_thread(infer_request, name, version, body, header)
+        else:
+            parsed = infer_request(name, version, body, header)
+        result = await core.infer(parsed, call, binary_default=False)
+        if result.outputs and result.outputs[0].data.shape[0] >= OFFLOAD_IMAGES:
+            return await asyncio.to_thread(infer_response, result)
+        return infer_response(result)
+
+    routes = [
+        Route("/v2/health/live", live, methods=["GET"], name="http_v2_live"),
+        Route("/v2/health/ready", ready, methods=["GET"], name="http_v2_ready"),
+    ]
+    model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    counted: list[tuple[str, Handler, str, str]] = [
+        ("/v2", server_metadata, "GET", "http_v2_server_metadata"),
+        (model, model_metadata, "GET", "http_v2_model_metadata"),
+        (version, model_metadata, "GET", "http_v2_version_metadata"),
+        (f"{model}/ready", model_ready, "GET", "http_v2_model_ready"),
+        (f"{version}/ready", model_ready, "GET", "http_v2_version_ready"),
+        (f"{model}/config", model_config, "GET", "http_v2_model_config"),
+        (f"{version}/config", model_config, "GET", "http_v2_version_config"),
+        (f"{model}/infer", infer, "POST", "http_v2_infer"),
+        (f"{version}/infer", infer, "POST", "http_v2_version_infer"),
+    ]
+    for path, fn, verb, method in counted:  # the route's name is its metrics method label
+        routes.append(Route(path, _endpoint(core, method, fn), methods=[verb], name=method))
+    return routes

@@ -1,0 +1,485 @@
+"""The Open Inference Protocol (KServe v2) over the server core, for both edges.
+
+grpc-free: the gRPC servicer (``kserve_grpc.py``) and the REST routes
+(``kserve_http.py``) turn their wire format into the plain requests here and back,
+so a request gets the same checks, messages, engine and metrics whichever carried it.
+
+A generator is a model with input ``z`` FP32 ``[-1, latent_dim]`` (conditional models
+also ``y`` FP32 ``[-1, num_classes]``) and output ``image`` FP32 ``[-1, C, H, W]``.
+Every row of ``y`` must be a class vector: finite values >= 0 that sum to 1 (within
+``Y_SUM_TOLERANCE``): one-hot, or a blend of classes as Interpolate makes them.
+Inference runs ``generation.generate_checked`` (the model's batcher, its admission
+control, the call's deadline and cancellation), as Sample does, so the same latents
+give the same images on both protocols.
+
+Metrics are the servicer's: ``ganserve_requests_total``, ``ganserve_request_seconds``
+and ``ganserve_inflight_requests`` with the edge's method label (the RPC name over
+gRPC, the route name over HTTP); the batcher counts images, batches and queue waits.
+The liveness and readiness probes are not counted, as gRPC health checks are not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ganserve import __version__
+from ganserve.contract.encodings import Encoding
+from ganserve.contract.limits import Limits
+from ganserve.contract.sizes import per_image_bytes, response_bytes, response_too_large
+
+from .batcher import BatchingConfig
+from .errors import InvalidArgument, NotFound, ServeError, Unavailable
+from .generation import generate_checked
+from .metrics import Metrics
+from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
+from .validate import check_limit, finite
+
+__all__ = [
+    "EXTENSIONS",
+    "FP32",
+    "INPUT_Y",
+    "INPUT_Z",
+    "OUTPUT",
+    "PLATFORM",
+    "Y_SUM_TOLERANCE",
+    "Call",
+    "InferRequest",
+    "InferResponse",
+    "InputTensor",
+    "OipCore",
+    "OutputTensor",
+    "RequestedOutput",
+]
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "ganserve"
+PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
+BACKEND = "onnxruntime"
+# Triton's extension names: the binary tensor format of the REST API, and the read-only
+# ModelConfig (model_config.proto) that perf_analyzer reads.
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+INPUT_Z, INPUT_Y, OUTPUT = "z", "y", "image"
+FP32 = "FP32"
+# |row sum - 1| accepted for a class vector: float32 blends a client computed itself.
+Y_SUM_TOLERANCE = 1e-3
+_LE_FLOAT32 = np.dtype("<f4")
+# Triton's request parameters that change nothing here (scheduling hints).
+_IGNORED_PARAMETERS = ("priority",)
+
+
+@dataclass
+class InputTensor:
+    """One input as the wire carried it: raw little-endian bytes, or typed values (a
+    flat sequence, or nested JSON lists in row-major order)."""
+
+    name: str
+    datatype: str
+    shape: Sequence[int]
+    raw: bytes | memoryview | None = None
+    values: Any = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    inputs: list[InputTensor] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray  # float32 (N, C, H, W)
+    binary: bool  # raw bytes (gRPC raw_output_contents, REST binary extension) or typed
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+
+
+class Call:
+    """Per-request bookkeeping: the labels of its metrics, filled in as it goes."""
+
+    __slots__ = ("code", "held", "model", "recorded", "start")
+
+    def __init__(self) -> None:
+        self.model = ""
+        self.code = "OK"
+        self.start = time.perf_counter()
+        self.recorded = False
+        self.held: LoadedModel | None = None  # released when the request ends
+
+
+def _tensor_json(name: str, shape: Sequence[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": FP32, "shape": list(shape)}
+
+
+class OipCore:
+    """The protocol's operations over one repository; ``ready`` says whether the server
+    is ready (models READY, no shutdown under way)."""
+
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics,
+        limits: Limits,
+        batching: BatchingConfig | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        self._repo = repository
+        self._metrics = metrics
+        self._limits = limits
+        self._batching = batching
+        self._ready = ready if ready is not None else (lambda: repository.ready)
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    # ------------------------------------------------------------- bookkeeping
+
+    @contextlib.contextmanager
+    def track(self, method: str) -> Iterator[Call]:
+        """Count the request in flight; on exit record its status and latency."""
+        call = Call()
+        self._metrics.inflight_requests.labels(method=method).inc()
+        try:
+            yield call
+        finally:
+            if call.held is not None:
+                call.held.release()
+            self.record(method, call)
+
+    def record(self, method: str, call: Call) -> None:
+        """The request is over: counted once (an edge records before it sends an error,
+        so that a client reading /metrics right after its error finds it there)."""
+        if call.recorded:
+            return
+        call.recorded = True
+        self._metrics.inflight_requests.labels(method=method).dec()
+        key = (call.model, method, call.code)
+        children = self._children.get(key)
+        if children is None:  # cache the label lookups: they cost more than the update
+            children = (
+                self._metrics.requests_total.labels(
+                    model=call.model, method=method, code=call.code
+                ),
+                self._metrics.request_seconds.labels(model=call.model, method=method),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - call.start)
+
+    def failure(
+        self, method: str, exc: BaseException, call: Call, deadline_passed: bool = False
+    ) -> tuple[str, str] | None:
+        """The status (code name, message) to answer ``exc`` with, set on ``call``; None
+        for a cancellation, which the edge lets propagate."""
+        if isinstance(exc, ServeError):
+            call.code = exc.code_name
+            return exc.code_name, exc.message
+        if isinstance(exc, Exception):
+            log.exception("%s failed", method)
+            call.code = "INTERNAL"
+            return "INTERNAL", f"internal error in {method}: see the server log"
+        call.code = "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
+        return None
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    # ---------------------------------------------------------------- health
+
+    def server_live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return bool(self._ready())
+
+    def model_ready(self, name: str, version: str, call: Call) -> ServeError | None:
+        """Why the model is not ready (NotFound: unknown, Unavailable: not loaded), or
+        None when it is."""
+        try:
+            model = self._repo.get(name, version)
+        except NotFound as exc:
+            return exc
+        except Unavailable as exc:
+            call.model = name  # a name the repository holds: a bounded label value
+            return exc
+        call.model = model.spec.name
+        return None
+
+    # -------------------------------------------------------------- metadata
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def _status(self, name: str, version: str, call: Call) -> tuple[ModelStatus, ModelSpec]:
+        if not name:
+            raise InvalidArgument("name: give a model name (ListModels lists them)")
+        status = self._repo.status(name, version)
+        call.model = status.name
+        if status.spec is None:  # never loaded: its tensors are not known
+            detail = f": {status.message}" if status.message else ""
+            raise Unavailable(f"model '{name}' version {status.version} is {status.state}{detail}")
+        return status, status.spec
+
+    def model_metadata(self, name: str, version: str, call: Call) -> dict[str, Any]:
+        """The model's tensors; NotFound if unknown, Unavailable if never loaded."""
+        status, spec = self._status(name, version, call)
+        inputs = [_tensor_json(INPUT_Z, (-1, spec.latent_dim))]
+        if spec.num_classes:
+            inputs.append(_tensor_json(INPUT_Y, (-1, spec.num_classes)))
+        return {
+            "name": status.name,
+            "versions": list(status.versions),
+            "platform": PLATFORM,
+            "inputs": inputs,
+            "outputs": [_tensor_json(OUTPUT, (-1, *spec.image_shape))],
+        }
+
+    def model_config(self, name: str, version: str, call: Call) -> dict[str, Any]:
+        """Triton's model configuration (its JSON field names), read-only: the batch
+        dimension is implicit (``max_batch_size``), as in Triton's configs."""
+        status, spec = self._status(name, version, call)
+        inputs = [(INPUT_Z, [spec.latent_dim])]
+        if spec.num_classes:
+            inputs.append((INPUT_Y, [spec.num_classes]))
+        config: dict[str, Any] = {
+            "name": status.name,
+            "platform": PLATFORM,
+            "backend": BACKEND,
+            "max_batch_size": self._limits.max_images_per_request,
+            "input": [{"name": n, "data_type": "TYPE_FP32", "dims": d} for n, d in inputs],
+            "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": list(spec.image_shape)}],
+        }
+        if self._batching is not None and self._batching.enabled:
+            delay_us = round(self._batching.max_queue_delay_ms * 1000)
+            config["dynamic_batching"] = {"max_queue_delay_microseconds": delay_us}
+        return config
+
+    # ----------------------------------------------------------------- infer
+
+    def _model(self, name: str, version: str, call: Call) -> LoadedModel:
+        if not name:
+            raise InvalidArgument("model_name: give a model name (ListModels lists them)")
+        try:
+            model = self._repo.get(name, version)
+        except Unavailable:
+            call.model = name  # a name the repository holds: a bounded label value
+            raise
+        call.model = model.spec.name
+        model.acquire()  # a reload closes this version only after the request is done
+        call.held = model
+        return model
+
+    async def infer(
+        self,
+        request: InferRequest,
+        call: Call,
+        *,
+        deadline: float | None = None,
+        is_cancelled: Callable[[], bool] | None = None,
+        binary_default: bool = True,
+    ) -> InferResponse:
+        """Check the request, generate through the model's batcher, return the image.
+
+        ``deadline`` (``time.monotonic()`` seconds): the edge's (the gRPC call's); the
+        request's ``timeout`` parameter (microseconds, Triton's) can shorten it.
+        ``binary_default``: whether outputs are raw bytes unless the request says
+        otherwise (``binary_data_output``, or an output's ``binary_data``).
+        """
+        model = self._model(request.model_name, request.model_version, call)
+        spec = model.spec
+        deadline = _deadline(request.parameters, deadline)
+        z, y = self._inputs(request.inputs, spec)
+        outputs = self._outputs(request, spec, binary_default)
+        n = z.shape[0]
+        size = response_bytes(n, per_image_bytes(spec.image_shape, Encoding.FLOAT32))
+        if size > self._limits.max_message_bytes:
+            message = response_too_large(
+                n, Encoding.FLOAT32, spec.name, size, self._limits.max_message_bytes,
+                "split the batch into several requests",
+            )  # fmt: skip
+            raise InvalidArgument(message)
+        images = await generate_checked(model, z, y, deadline, is_cancelled, f"inputs[{INPUT_Z}]")
+        return InferResponse(
+            model_name=spec.name,
+            model_version=spec.version,
+            id=request.id,
+            outputs=[
+                OutputTensor(OUTPUT, FP32, list(images.shape), images, binary) for binary in outputs
+            ],
+        )
+
+    def _inputs(
+        self, inputs: Sequence[InputTensor], spec: ModelSpec
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """z (N, D) and y (N, C) float32 (y None on unconditional models)."""
+        expected = {INPUT_Z: spec.latent_dim}
+        if spec.num_classes:
+            expected[INPUT_Y] = spec.num_classes
+        names = " and ".join(f"'{n}'" for n in expected)
+        by_name: dict[str, InputTensor] = {}
+        for tensor in inputs:
+            if tensor.name not in expected:
+                raise InvalidArgument(
+                    f"inputs[{_shown(tensor.name)}]: model {spec.name} has no such input; "
+                    f"its inputs are {names}"
+                )
+            if tensor.name in by_name:
+                raise InvalidArgument(f"inputs[{tensor.name}]: given twice")
+            by_name[tensor.name] = tensor
+        for name, width in expected.items():
+            if name not in by_name:
+                raise InvalidArgument(_missing(name, width, spec))
+        z = self._tensor(by_name[INPUT_Z], spec.latent_dim)
+        if not spec.num_classes:
+            return z, None
+        y = self._tensor(by_name[INPUT_Y], spec.num_classes)
+        if y.shape[0] != z.shape[0]:
+            raise InvalidArgument(
+                f"inputs[{INPUT_Y}].shape: {y.shape[0]} rows, but {INPUT_Z} has "
+                f"{z.shape[0]}; give one class vector per latent"
+            )
+        _check_class_vectors(y)
+        return z, y
+
+    def _tensor(self, tensor: InputTensor, width: int) -> np.ndarray:
+        """One input as float32 (N, width), all values finite."""
+        where = f"inputs[{tensor.name}]"
+        if tensor.datatype != FP32:
+            raise InvalidArgument(
+                f"{where}.datatype: {_shown(str(tensor.datatype))}, but the model takes {FP32}"
+            )
+        if "shared_memory_region" in tensor.parameters:
+            raise InvalidArgument(f"{where}: shared memory is not supported; send the data")
+        shape = list(tensor.shape)
+        if len(shape) != 2 or shape[1] != width or shape[0] < 1:
+            raise InvalidArgument(f"{where}.shape: {_shape(shape)}, expected [N, {width}], N >= 1")
+        n = int(shape[0])
+        check_limit(f"{where}.shape[0]", n, self._limits.max_images_per_request,
+                    "; split the batch into several requests")  # fmt: skip
+        count = n * width
+        if tensor.raw is not None:
+            if len(tensor.raw) != count * 4:
+                raise InvalidArgument(
+                    f"{where}: {len(tensor.raw)} bytes of data, but shape {_shape(shape)} "
+                    f"{FP32} takes {count * 4}"
+                )
+            values = np.frombuffer(tensor.raw, dtype=_LE_FLOAT32)
+        elif tensor.values is not None:
+            values = _numbers(where, tensor.values)
+            if values.size != count:
+                raise InvalidArgument(
+                    f"{where}: {values.size} values, but shape {_shape(shape)} takes {count}"
+                )
+        else:
+            raise InvalidArgument(f"{where}: no data")
+        return finite(where, values.astype(np.float32, copy=False).reshape(n, width))
+
+    def _outputs(self, request: InferRequest, spec: ModelSpec, binary_default: bool) -> list[bool]:
+        """One entry per output to return (the image, once): whether it goes as bytes."""
+        params = request.parameters
+        if params.get("sequence_id") not in (None, 0, ""):
+            raise InvalidArgument("parameters.sequence_id: generators are not sequence models")
+        binary = bool(params.get("binary_data_output", binary_default))
+        if not request.outputs:
+            return [binary]
+        result = []
+        for out in request.outputs:
+            where = f"outputs[{_shown(out.name)}]"
+            if out.name != OUTPUT:
+                raise InvalidArgument(
+                    f"{where}: model {spec.name} has no such output; its output is '{OUTPUT}'"
+                )
+            if out.parameters.get("classification", 0) or out.parameters.get("class_count", 0):
+                raise InvalidArgument(f"{where}: classification is not supported for images")
+            if "shared_memory_region" in out.parameters:
+                raise InvalidArgument(f"{where}: shared memory is not supported")
+            result.append(bool(out.parameters.get("binary_data", binary)))
+        return result
+
+
+def _deadline(parameters: dict[str, Any], deadline: float | None) -> float | None:
+    """The earlier of the edge's deadline and the ``timeout`` parameter (microseconds)."""
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return deadline
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise InvalidArgument(
+            f"parameters.timeout: microseconds as an integer >= 0, got {_shown(str(timeout))}"
+        )
+    if timeout == 0:  # Triton's "no timeout"
+        return deadline
+    own = time.monotonic() + timeout / 1e6
+    return own if deadline is None else min(own, deadline)
+
+
+def _missing(name: str, width: int, spec: ModelSpec) -> str:
+    if name == INPUT_Y:
+        return (
+            f"inputs: model {spec.name} is conditional: give input '{INPUT_Y}' {FP32} "
+            f"[N, {width}], one class vector per image (one-hot, or a blend of classes)"
+        )
+    return f"inputs: give input '{name}' {FP32} [N, {width}], one latent vector per image"
+
+
+def _check_class_vectors(y: np.ndarray) -> None:
+    """Every row of y (N, C) is >= 0 and sums to 1: one-hot or a blend of classes."""
+    negative = np.any(y < 0, axis=1, keepdims=False)
+    sums = y.sum(axis=1, dtype=np.float64)
+    bad = negative | (np.abs(sums - 1.0) > Y_SUM_TOLERANCE)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InvalidArgument(
+            f"inputs[{INPUT_Y}]: row {row} is not a class vector (values >= 0 that sum to 1: "
+            f"one-hot, or a blend of classes); its sum is {sums[row]:.6g}"
+            + (", with negative values" if negative[row] else "")
+        )
+
+
+def _numbers(where: str, values: Any) -> np.ndarray:
+    """Typed values (a flat sequence, or nested lists in row-major order) as a flat
+    array of numbers."""
+    try:
+        arr = np.asarray(values)
+    except ValueError:  # ragged nested lists
+        arr = None
+    if arr is None or arr.dtype.kind not in "fiu":
+        raise InvalidArgument(f"{where}: data must be numbers, in row-major order")
+    return arr.reshape(-1)
+
+
+def _shape(shape: Sequence[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+# Longest client-given name echoed back in a message: it may travel in gRPC trailers.
+_ECHO_MAX = 100
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"
