@@ -1,0 +1,449 @@
+"""The Open Inference Protocol (KServe v2) on gRPC and REST, through the standard
+clients: tritonclient.grpc and tritonclient.http against a real server.
+
+Images must equal ganserve.v1 Sample's for the same latents and labels, bit for bit,
+on both protocols; errors carry the same status and message on both. The test process
+never imports ganserve.kserve.v2 (its messages share the ``inference`` package with
+tritonclient's own): raw gRPC requests are built with tritonclient's stubs.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from ganserve import __version__
+from ganserve.v1 import generator_pb2 as pb
+
+UNCOND, COND = "tiny-uncond", "tiny-cond"
+LATENT, CLASSES = 8, 10
+GRPC, HTTP = "grpc", "http"
+PROTOCOLS = (GRPC, HTTP)
+TOKEN = "kserve-test-token"
+
+
+def _latents(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, LATENT)).astype(np.float32)
+
+
+def _one_hot(labels: list[int]) -> np.ndarray:
+    return np.eye(CLASSES, dtype=np.float32)[labels]
+
+
+# ------------------------------------------------------------------ clients
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server: Any) -> Iterator[tg.InferenceServerClient]:
+    client = tg.InferenceServerClient(server.target)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def http_client(server: Any) -> Iterator[th.InferenceServerClient]:
+    assert server.http_port > 0, "the session server runs without HTTP"
+    client = th.InferenceServerClient(f"127.0.0.1:{server.http_port}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def clients(grpc_client: Any, http_client: Any) -> dict[str, Any]:
+    return {GRPC: grpc_client, HTTP: http_client}
+
+
+def _inputs(protocol: str, tensors: dict[str, np.ndarray], binary: bool = True) -> list[Any]:
+    module = tg if protocol == GRPC else th
+    out = []
+    for name, array in tensors.items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        if protocol == HTTP:
+            tensor.set_data_from_numpy(array, binary_data=binary)
+        else:
+            tensor.set_data_from_numpy(array)
+        out.append(tensor)
+    return out
+
+
+def _infer(client: Any, protocol: str, model: str, tensors: dict[str, np.ndarray], **kw: Any):
+    binary = kw.pop("binary", True)
+    outputs = None
+    if protocol == HTTP and not binary:
+        outputs = [th.InferRequestedOutput("image", binary_data=False)]
+    result = client.infer(model, _inputs(protocol, tensors, binary), outputs=outputs, **kw)
+    return result.as_numpy("image")
+
+
+def _sample(grpc_stub: Any, model: str, z: np.ndarray, labels: list[int] | None = None):
+    """ganserve.v1 Sample's images for explicit latents (and labels): (N, 1, 28, 28)."""
+    request = pb.SampleRequest(
+        model=model,
+        latents=pb.LatentBatch(count=z.shape[0], dim=LATENT, data=z.astype("<f4").tobytes()),
+        labels=labels or [],
+    )
+    images = grpc_stub.Sample(request).images
+    return np.frombuffer(images.data, dtype="<f4").reshape(images.count, *images.shape)
+
+
+def _http(server: Any, path: str, body: Any = None, headers: dict[str, str] | None = None):
+    """(status, headers, body bytes) of a plain HTTP request to the server."""
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}{path}", data=data, headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read()
+
+
+# ------------------------------------------------------------- health, metadata
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_live_ready_and_server_metadata(clients: dict[str, Any], protocol: str) -> None:
+    client = clients[protocol]
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(COND)
+    assert client.is_model_ready(UNCOND, "1")
+    assert not client.is_model_ready("no-such-model")
+    assert not client.is_model_ready(COND, "9")
+    meta = client.get_server_metadata()
+    if protocol == GRPC:
+        meta = {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
+    assert meta["name"] == "ganserve"
+    assert meta["version"] == __version__
+    assert set(meta["extensions"]) == {"binary_tensor_data", "model_configuration"}
+
+
+def _metadata(client: Any, protocol: str, model: str) -> dict[str, Any]:
+    meta = client.get_model_metadata(model)
+    if protocol == HTTP:
+        return dict(meta)
+    tensors = lambda ts: [  # noqa: E731
+        {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in ts
+    ]
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": tensors(meta.inputs),
+        "outputs": tensors(meta.outputs),
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_model_metadata(clients: dict[str, Any], protocol: str) -> None:
+    image = {"name": "image", "datatype": "FP32", "shape": [-1, 1, 28, 28]}
+    z = {"name": "z", "datatype": "FP32", "shape": [-1, LATENT]}
+    y = {"name": "y", "datatype": "FP32", "shape": [-1, CLASSES]}
+    common = {"versions": ["1"], "platform": "onnxruntime_onnx", "outputs": [image]}
+    cond = _metadata(clients[protocol], protocol, COND)
+    assert cond == {"name": COND, "inputs": [z, y], **common}
+    uncond = _metadata(clients[protocol], protocol, UNCOND)
+    assert uncond == {"name": UNCOND, "inputs": [z], **common}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_model_config_for_perf_analyzer(clients: dict[str, Any], protocol: str) -> None:
+    """Triton's ModelConfig: the batch dimension is the request limit, the dims follow."""
+    config = clients[protocol].get_model_config(COND, as_json=True) if protocol == GRPC else None
+    if protocol == GRPC:
+        config = config["config"]
+        dims = lambda t: [int(d) for d in t["dims"]]  # noqa: E731 - int64 are JSON strings
+    else:
+        config = clients[protocol].get_model_config(COND)
+        dims = lambda t: t["dims"]  # noqa: E731
+    assert config["name"] == COND
+    assert config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 4096  # --max-images-per-request's default
+    assert [(t["name"], t["data_type"], dims(t)) for t in config["input"]] == [
+        ("z", "TYPE_FP32", [LATENT]),
+        ("y", "TYPE_FP32", [CLASSES]),
+    ]
+    assert [(t["name"], dims(t)) for t in config["output"]] == [("image", [1, 28, 28])]
+    assert "dynamic_batching" in config
+
+
+def test_grpc_health_and_http_paths_name_the_service(server: Any) -> None:
+    with grpc.insecure_channel(server.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
+        assert stub.Check(check, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    status, _, body = _http(server, "/v2/models/no-such-model/ready")
+    assert status == 404 and "no-such-model" in json.loads(body)["error"]
+    status, _, body = _http(server, f"/v2/models/{COND}/versions/1/ready")
+    assert (status, json.loads(body)) == (200, {"name": COND, "ready": True})
+    status, _, body = _http(server, f"/v2/models/{COND}/versions/1")
+    assert status == 200 and json.loads(body)["name"] == COND
+
+
+# ------------------------------------------------------------------- infer
+
+
+# tritonclient.grpc always sends raw_input_contents (typed contents: further below)
+WIRE_FORMATS = pytest.mark.parametrize(
+    ("protocol", "binary"),
+    [(GRPC, True), (HTTP, True), (HTTP, False)],
+    ids=["grpc-raw", "http-binary", "http-json"],
+)
+
+
+@WIRE_FORMATS
+def test_infer_equals_sample_unconditional(
+    clients: dict[str, Any], grpc_stub: Any, protocol: str, binary: bool
+) -> None:
+    z = _latents(5, seed=1)
+    images = _infer(clients[protocol], protocol, UNCOND, {"z": z}, binary=binary)
+    assert images.shape == (5, 1, 28, 28) and images.dtype == np.float32
+    np.testing.assert_array_equal(images, _sample(grpc_stub, UNCOND, z))
+
+
+@WIRE_FORMATS
+def test_infer_equals_sample_conditional_one_hot(
+    clients: dict[str, Any], grpc_stub: Any, protocol: str, binary: bool
+) -> None:
+    labels = [3, 8, 0, 9]
+    z = _latents(4, seed=2)
+    tensors = {"z": z, "y": _one_hot(labels)}
+    images = _infer(clients[protocol], protocol, COND, tensors, binary=binary)
+    np.testing.assert_array_equal(images, _sample(grpc_stub, COND, z, labels))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_infer_conditional_blend_equals_interpolate(
+    clients: dict[str, Any], grpc_stub: Any, protocol: str
+) -> None:
+    """A half-3-half-8 class vector: Interpolate's middle frame between two keyframes of
+    one latent labelled 3 and 8 is exactly that blend."""
+    z = _latents(1, seed=3)
+    key = pb.LatentVector(values=z[0].tolist())
+    morph = grpc_stub.Interpolate(
+        pb.InterpolateRequest(
+            model=COND,
+            keyframes=[pb.Keyframe(latent=key, label=3), pb.Keyframe(latent=key, label=8)],
+            steps=3,
+        )
+    )
+    weights = np.asarray(morph.class_weights, dtype=np.float32).reshape(3, CLASSES)
+    y = np.zeros((1, CLASSES), dtype=np.float32)
+    y[0, 3] = y[0, 8] = 0.5
+    np.testing.assert_array_equal(weights[1:2], y)
+    frames = np.frombuffer(morph.images.data, dtype="<f4").reshape(3, 1, 28, 28)
+    images = _infer(clients[protocol], protocol, COND, {"z": z, "y": y})
+    np.testing.assert_array_equal(images[0], frames[1])
+    assert not np.array_equal(images[0], frames[0])
+
+
+def test_grpc_typed_contents_in_and_out(server: Any, grpc_stub: Any) -> None:
+    """fp32_contents in; raw_output_contents by default, fp32_contents when asked."""
+    z = _latents(2, seed=4)
+    request = service_pb2.ModelInferRequest(model_name=COND, id="typed-1")
+    for name, array in (("z", z), ("y", _one_hot([5, 6]))):
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=list(array.shape))
+        tensor.contents.fp32_contents.extend(array.ravel().tolist())
+    expected = _sample(grpc_stub, COND, z, [5, 6])
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        raw = stub.ModelInfer(request, timeout=10)
+        assert (raw.model_name, raw.model_version, raw.id) == (COND, "1", "typed-1")
+        assert list(raw.outputs[0].shape) == [2, 1, 28, 28]
+        images = np.frombuffer(raw.raw_output_contents[0], dtype="<f4").reshape(expected.shape)
+        np.testing.assert_array_equal(images, expected)
+        request.outputs.add(name="image").parameters["binary_data"].bool_param = False
+        typed = stub.ModelInfer(request, timeout=10)
+        assert not typed.raw_output_contents
+        values = np.asarray(typed.outputs[0].contents.fp32_contents, dtype=np.float32)
+        np.testing.assert_array_equal(values.reshape(expected.shape), expected)
+
+
+def test_http_json_tensors_as_curl_sends_them(server: Any, grpc_stub: Any) -> None:
+    """Nested JSON data in, JSON data out (no binary extension), the id echoed."""
+    z = _latents(2, seed=5)
+    body = {
+        "id": "curl-1",
+        "inputs": [{"name": "z", "shape": [2, LATENT], "datatype": "FP32", "data": z.tolist()}],
+    }
+    status, headers, raw = _http(
+        server, f"/v2/models/{UNCOND}/infer", body, {"Content-Type": "application/json"}
+    )
+    assert status == 200, raw
+    assert headers["Content-Type"] == "application/json"
+    answer = json.loads(raw)
+    assert (answer["id"], answer["model_name"], answer["model_version"]) == ("curl-1", UNCOND, "1")
+    (out,) = answer["outputs"]
+    assert (out["name"], out["datatype"], out["shape"]) == ("image", "FP32", [2, 1, 28, 28])
+    images = np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+    np.testing.assert_array_equal(images, _sample(grpc_stub, UNCOND, z))
+
+
+# ------------------------------------------------------------------ errors
+
+
+def _error(client: Any, protocol: str, model: str, tensors: dict[str, np.ndarray], **kw: Any):
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(model, _inputs(protocol, tensors), **kw)
+    return info.value.status(), info.value.message()
+
+
+_STATUS = {
+    "NOT_FOUND": ("StatusCode.NOT_FOUND", "404"),
+    "INVALID_ARGUMENT": ("StatusCode.INVALID_ARGUMENT", "400"),
+    "DEADLINE_EXCEEDED": ("StatusCode.DEADLINE_EXCEEDED", "504"),
+}
+_Y = _one_hot([1])
+_CASES: dict[str, tuple[str, dict[str, np.ndarray], str, str]] = {
+    # case: (model, tensors, code, words of the message)
+    "unknown model": ("no-such-model", {"z": _latents(1)}, "NOT_FOUND", "model 'no-such-model'"),
+    "wrong datatype": (UNCOND, {"z": _latents(1).astype(np.float64)}, "INVALID_ARGUMENT",
+                       "inputs[z].datatype: FP64, but the model takes FP32"),
+    "wrong shape": (UNCOND, {"z": np.zeros((1, 7), np.float32)}, "INVALID_ARGUMENT",
+                    "inputs[z].shape: [1, 7], expected [N, 8]"),
+    "batch over the limit": (UNCOND, {"z": _latents(4097)}, "INVALID_ARGUMENT",
+                             "inputs[z].shape[0]: 4097 is over the server's limit of 4096"),
+    "missing y": (COND, {"z": _latents(1)}, "INVALID_ARGUMENT",
+                  "model tiny-cond is conditional: give input 'y'"),
+    "y on an unconditional model": (UNCOND, {"z": _latents(1), "y": _Y}, "INVALID_ARGUMENT",
+                                    "inputs[y]: model tiny-uncond has no such input"),
+    "y not a class vector": (COND, {"z": _latents(1), "y": 2 * _Y}, "INVALID_ARGUMENT",
+                             "inputs[y]: row 0 is not a class vector"),
+    "y negative": (COND, {"z": _latents(1), "y": _Y - 0.5 * _one_hot([2])}, "INVALID_ARGUMENT",
+                   "with negative values"),
+    "y rows differ from z": (COND, {"z": _latents(2), "y": _Y}, "INVALID_ARGUMENT",
+                             "inputs[y].shape: 1 rows, but z has 2"),
+    "z not finite": (UNCOND, {"z": np.full((1, LATENT), np.nan, np.float32)},
+                     "INVALID_ARGUMENT", "inputs[z]: contains NaN or infinity"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_errors_same_status_and_message_on_both_protocols(
+    clients: dict[str, Any], case: str
+) -> None:
+    model, tensors, code, words = _CASES[case]
+    messages = []
+    for protocol, status in zip(PROTOCOLS, _STATUS[code], strict=True):
+        got, message = _error(clients[protocol], protocol, model, tensors)
+        assert got == status, (protocol, message)
+        assert words in message, (protocol, message)
+        messages.append(message)
+    assert messages[0] == messages[1]
+
+
+def test_timeout_parameter_is_a_deadline(clients: dict[str, Any]) -> None:
+    """Triton's ``timeout`` parameter (microseconds): 1 µs has passed before compute."""
+    for protocol, status in zip(PROTOCOLS, _STATUS["DEADLINE_EXCEEDED"], strict=True):
+        got, message = _error(clients[protocol], protocol, UNCOND, {"z": _latents(1)}, timeout=1)
+        assert got == status, (protocol, message)
+
+
+def test_http_errors_in_kserve_format(server: Any) -> None:
+    """{"error": message} with the mapped status, for requests tritonclient never sends."""
+    url = f"/v2/models/{UNCOND}/infer"
+    status, _, body = _http(server, url, b"{not json")
+    assert status == 400 and json.loads(body)["error"].startswith("request: not valid JSON")
+    status, _, body = _http(server, url, {"inputs": [{"name": "z", "shape": [1, 8]}]})
+    assert status == 400
+    assert json.loads(body)["error"] == "inputs[0].datatype: must be a string"
+    tensor = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": ["a"] * 8}
+    status, _, body = _http(server, url, {"inputs": [tensor]})
+    assert (status, json.loads(body)["error"]) == (
+        400,
+        "inputs[z]: data must be numbers, in row-major order",
+    )
+    status, _, body = _http(server, url, {"inputs": [{**tensor, "data": [0.0] * 7}]})
+    assert json.loads(body)["error"] == "inputs[z]: 7 values, but shape [1, 8] takes 8"
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": 32}}]})
+    del tensor["data"]
+    status, _, body = _http(
+        server,
+        url,
+        header.encode() + b"\0" * 16,
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+    assert status == 400 and "16 bytes of binary data are left" in json.loads(body)["error"]
+    status, _, body = _http(server, "/v2/models/no-such-model")
+    assert status == 404 and "no-such-model" in json.loads(body)["error"]
+
+
+# --------------------------------------------------------------- token, metrics
+
+
+@pytest.fixture
+def token_server(start_server: Callable[..., Any], tiny_model_repo: Path) -> Iterator[Any]:
+    yield start_server(tiny_model_repo, "--auth-token", TOKEN)
+
+
+def test_token_required_on_both_protocols(token_server: Any) -> None:
+    z = {"z": _latents(1)}
+
+    def bearer() -> dict[str, str]:  # a new dict each time: tritonclient.http adds to it
+        return {"authorization": f"Bearer {TOKEN}"}
+
+    grpc_client = tg.InferenceServerClient(token_server.target)
+    http_client = th.InferenceServerClient(f"127.0.0.1:{token_server.http_port}")
+    try:
+        for protocol, client, status in (
+            (GRPC, grpc_client, "StatusCode.UNAUTHENTICATED"),
+            (HTTP, http_client, "401"),
+        ):
+            got, message = _error(client, protocol, UNCOND, z)
+            assert (got, message) == (status, "missing 'authorization: Bearer <token>' metadata")
+            got, message = _error(client, protocol, UNCOND, z, headers={"authorization": "x"})
+            assert got == status
+            images = client.infer(UNCOND, _inputs(protocol, z), headers=bearer()).as_numpy("image")
+            assert images.shape == (1, 1, 28, 28)
+            assert client.get_model_metadata(UNCOND, headers=bearer())
+        # HTTP probes carry no token (Kubernetes); gRPC's open probe is grpc.health.v1
+        assert http_client.is_server_live() and http_client.is_server_ready()
+        with pytest.raises(InferenceServerException, match="authorization"):
+            grpc_client.is_server_live()
+        assert grpc_client.is_server_live(headers=bearer())
+    finally:
+        grpc_client.close()
+        http_client.close()
+
+
+def test_metrics_count_both_protocols(
+    clients: dict[str, Any], server: Any, scrape: Callable[[Any], dict[Any, float]]
+) -> None:
+    def total(method: str, code: str = "OK") -> float:
+        key = (
+            "ganserve_requests_total",
+            (("code", code), ("method", method), ("model", UNCOND)),
+        )
+        return scrape(server).get(key, 0.0)
+
+    def images() -> float:
+        return scrape(server).get(("ganserve_images_total", (("model", UNCOND),)), 0.0)
+
+    before = {m: total(m) for m in ("ModelInfer", "http_v2_infer")}
+    bad = {m: total(m, "INVALID_ARGUMENT") for m in ("ModelInfer", "http_v2_infer")}
+    images_before = images()
+    for protocol in PROTOCOLS:
+        _infer(clients[protocol], protocol, UNCOND, {"z": _latents(3)})
+        _error(clients[protocol], protocol, UNCOND, {"z": np.zeros((1, 7), np.float32)})
+    for method in before:
+        assert total(method) == before[method] + 1, method
+        assert total(method, "INVALID_ARGUMENT") == bad[method] + 1, method
+    assert images() == images_before + 6
+    samples = scrape(server)
+    assert samples[("ganserve_inflight_requests", (("method", "ModelInfer"),))] == 0
+    latency = ("ganserve_request_seconds_count", (("method", "ModelInfer"), ("model", UNCOND)))
+    assert samples[latency] >= 1
