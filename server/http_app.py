@@ -15,7 +15,7 @@ served at ``/``). In front of them, one gate:
   (``http_sample``, ...; ``http_other`` when no route matches), so labels stay bounded.
 
 Routes of other modules find the server's state at ``request.app.state.ganserve``
-(:class:`HttpState`): ``live``, ``ready`` (models READY and not shutting down).
+(:class:`HttpState`).
 """
 
 from __future__ import annotations
@@ -64,19 +64,8 @@ class HttpState:
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
-        # SIGTERM: readiness goes false (the shutdown delay: requests are still served)
-        self.stopping = False
-        # ... then the drain: new requests are refused with 503
+        # The drain of a shutdown (after --shutdown-delay-s): new requests get 503.
         self.draining = False
-
-    @property
-    def live(self) -> bool:
-        return True
-
-    @property
-    def ready(self) -> bool:
-        """Models READY and no shutdown under way: what gRPC health reports as SERVING."""
-        return self.repository.ready and not self.stopping
 
 
 def _under(path: str, prefixes: Sequence[str]) -> bool:

@@ -382,8 +382,6 @@ class _Server:
 
     async def _shutdown(self) -> None:
         await self.health.enter_graceful_shutdown()
-        if self._http_state is not None:
-            self._http_state.stopping = True  # HTTP readiness follows gRPC health
         if self.config.shutdown_delay_s > 0:
             # Probes now see NOT_SERVING; keep answering until the endpoint is gone.
             log.info("serving %.1f s more as NOT_SERVING", self.config.shutdown_delay_s)
