@@ -3,14 +3,52 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Route
 
 from ganserve import __version__
 
-__all__ = ["openapi_document"]
+from .errors import HTTP_STATUS
+from .params import Param
+
+JSON = "application/json"
+
+__all__ = ["ERROR_SCHEMA", "documented", "openapi_document"]
+
+
+def documented(params: Sequence[Param], *media: str) -> Callable[[Any], Any]:
+    """Attach the OpenAPI description of an endpoint: its query ``params``, the
+    ``media`` types of its 200 answer, the API's error body for its failures."""
+
+    def decorate(fn: Any) -> Any:
+        errors = {
+            str(status): {"description": code, "content": {JSON: {"schema": ERROR_SCHEMA}}}
+            for code, status in sorted(HTTP_STATUS.items(), key=lambda kv: kv[1])
+            if code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNAVAILABLE",
+                        "RESOURCE_EXHAUSTED", "INTERNAL")
+        }  # fmt: skip
+        fn.openapi = {
+            "parameters": [p.schema() for p in params],
+            "responses": {
+                "200": {"description": "OK", "content": {m: {} for m in media}},
+                **errors,
+            },
+        }
+        return fn
+
+    return decorate
+
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string", "description": "what to change (the gRPC status message)"},
+        "code": {"type": "string", "description": "the gRPC status code's name"},
+    },
+    "required": ["error", "code"],
+}
 
 
 def _summary(route: Route) -> str:

@@ -19,7 +19,7 @@ from ganserve.seeds import MAX_SEED
 from ..errors import InvalidArgument
 from ..spec import ModelSpec
 
-__all__ = ["Param", "Query", "parse_terms"]
+__all__ = ["ARITHMETIC", "INTERPOLATE", "SAMPLE", "VERSION", "Param", "Query", "parse_terms"]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -54,6 +54,47 @@ VERSION = Param("version", "string", "model version (default: the latest READY o
 TRUNCATION = Param(
     "truncation", "number", "truncation psi: redraw latent entries beyond +-psi (>= 0.05)"
 )
+
+SAMPLE = (
+    VERSION,
+    Param("count", "integer", "images (at most the server's max_images_per_request)", 16),
+    Param("seed", "integer", "first seed; image i uses seed + i (default: random, see the "
+          "X-Ganserve-Seed header)"),
+    Param("label", "string", "conditional models: the class of every image, or one per "
+          "image, comma separated; an index or a class name (default: image i has class "
+          "i % classes)"),
+    Param("blend_label", "string", "conditional models: a second class, blended into the one "
+          "label: y = (1 - blend) * onehot(label) + blend * onehot(blend_label)"),
+    Param("blend", "number", "weight of blend_label, in [0, 1] (default 0.5)"),
+    TRUNCATION,
+    Param("cols", "integer", "grid columns (default: as square as possible)"),
+    Param("scale", "integer", "pixel enlargement of the picture", 2),
+    Param("format", "string", "png: a grid picture; npy: the float32 (N, C, H, W) images in "
+          "[-1, 1] as a .npy file", "png", ("png", "npy")),
+)  # fmt: skip
+INTERPOLATE = (
+    VERSION,
+    Param("from_seed", "integer", "seed of the first frame (keyframes[0])", required=True),
+    Param("to_seed", "integer", "seed of the last frame (keyframes[1])", required=True),
+    Param("from_label", "string", "conditional models: class of the first frame"),
+    Param("to_label", "string", "conditional models: class of the last frame"),
+    Param("steps", "integer", "frames in all, both ends included", 32),
+    Param("method", "string", "path between the latents", "slerp", ("slerp", "lerp")),
+    TRUNCATION,
+    Param("format", "string", "gif: an animation; png: the frames side by side; npy: the "
+          "float32 (steps, C, H, W) frames", "gif", ("gif", "png", "npy")),
+    Param("fps", "number", "GIF frames per second", 12.0),
+    Param("boomerang", "boolean", "the GIF plays forward, then back", False),
+    Param("scale", "integer", "pixel enlargement of the picture", 4),
+)  # fmt: skip
+ARITHMETIC = (
+    VERSION,
+    Param("terms", "string", "weighted terms, ';' between them: WEIGHT:S1,S2,... is WEIGHT "
+          "times the mean latent of seeds S1, S2, ... (e.g. 1:1,2,3;-1:4,5;1:6)", required=True),
+    Param("label", "string", "conditional models: the class of the result and of every term"),
+    TRUNCATION,
+    Param("scale", "integer", "pixel enlargement of the picture", 4),
+)  # fmt: skip
 
 
 class Query:

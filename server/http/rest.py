@@ -19,7 +19,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -39,14 +39,13 @@ from ..plan import plan_arithmetic, plan_interpolate, plan_sample
 from ..repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 from ..validate import check_label
 from . import pictures
-from .errors import HTTP_STATUS, error_response
-from .params import TRUNCATION, VERSION, Param, Query, parse_terms
+from .errors import error_response
+from .openapi import documented
+from .params import ARITHMETIC, INTERPOLATE, SAMPLE, VERSION, Query, parse_terms
 
 __all__ = ["METHODS", "RestApi", "model_json"]
 
 log = logging.getLogger(__name__)
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def model_json(status: ModelStatus) -> dict[str, Any]:
@@ -120,79 +119,6 @@ METHODS = (
 )
 PNG, GIF, NPY, JSON = "image/png", "image/gif", "application/octet-stream", "application/json"
 _METHOD_NUMBER = {"slerp": pb.INTERPOLATION_METHOD_SLERP, "lerp": pb.INTERPOLATION_METHOD_LERP}
-
-SAMPLE = (
-    VERSION,
-    Param("count", "integer", "images (at most the server's max_images_per_request)", 16),
-    Param("seed", "integer", "first seed; image i uses seed + i (default: random, see the "
-          "X-Ganserve-Seed header)"),
-    Param("label", "string", "conditional models: the class of every image, or one per "
-          "image, comma separated; an index or a class name (default: image i has class "
-          "i % classes)"),
-    Param("blend_label", "string", "conditional models: a second class, blended into the one "
-          "label: y = (1 - blend) * onehot(label) + blend * onehot(blend_label)"),
-    Param("blend", "number", "weight of blend_label, in [0, 1] (default 0.5)"),
-    TRUNCATION,
-    Param("cols", "integer", "grid columns (default: as square as possible)"),
-    Param("scale", "integer", "pixel enlargement of the picture", 2),
-    Param("format", "string", "png: a grid picture; npy: the float32 (N, C, H, W) images in "
-          "[-1, 1] as a .npy file", "png", ("png", "npy")),
-)  # fmt: skip
-INTERPOLATE = (
-    VERSION,
-    Param("from_seed", "integer", "seed of the first frame (keyframes[0])", required=True),
-    Param("to_seed", "integer", "seed of the last frame (keyframes[1])", required=True),
-    Param("from_label", "string", "conditional models: class of the first frame"),
-    Param("to_label", "string", "conditional models: class of the last frame"),
-    Param("steps", "integer", "frames in all, both ends included", 32),
-    Param("method", "string", "path between the latents", "slerp", ("slerp", "lerp")),
-    TRUNCATION,
-    Param("format", "string", "gif: an animation; png: the frames side by side; npy: the "
-          "float32 (steps, C, H, W) frames", "gif", ("gif", "png", "npy")),
-    Param("fps", "number", "GIF frames per second", 12.0),
-    Param("boomerang", "boolean", "the GIF plays forward, then back", False),
-    Param("scale", "integer", "pixel enlargement of the picture", 4),
-)  # fmt: skip
-ARITHMETIC = (
-    VERSION,
-    Param("terms", "string", "weighted terms, ';' between them: WEIGHT:S1,S2,... is WEIGHT "
-          "times the mean latent of seeds S1, S2, ... (e.g. 1:1,2,3;-1:4,5;1:6)", required=True),
-    Param("label", "string", "conditional models: the class of the result and of every term"),
-    TRUNCATION,
-    Param("scale", "integer", "pixel enlargement of the picture", 4),
-)  # fmt: skip
-
-
-def _documented(params: Sequence[Param], *media: str) -> Callable[[Any], Any]:
-    """Attach the OpenAPI description of an endpoint (``openapi.py`` reads it)."""
-
-    def decorate(fn: Any) -> Any:
-        errors = {
-            str(status): {"description": code, "content": {JSON: {"schema": ERROR_SCHEMA}}}
-            for code, status in sorted(HTTP_STATUS.items(), key=lambda kv: kv[1])
-            if code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNAVAILABLE",
-                        "RESOURCE_EXHAUSTED", "INTERNAL")
-        }  # fmt: skip
-        fn.openapi = {
-            "parameters": [p.schema() for p in params],
-            "responses": {
-                "200": {"description": "OK", "content": {m: {} for m in media}},
-                **errors,
-            },
-        }
-        return fn
-
-    return decorate
-
-
-ERROR_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "error": {"type": "string", "description": "what to change (the gRPC status message)"},
-        "code": {"type": "string", "description": "the gRPC status code's name"},
-    },
-    "required": ["error", "code"],
-}
 
 
 def _picture(body: bytes, media: str, spec: ModelSpec, **headers: Any) -> Response:
@@ -279,7 +205,7 @@ class RestApi:
     # ------------------------------------------------------------- endpoints
 
     @_endpoint("http_list_models")
-    @_documented((), JSON)
+    @documented((), JSON)
     async def list_models(self, request: Request, call: _Call) -> Response:
         """The models (one entry each: the version served by default) and the limits."""
         lim = self._limits
@@ -297,7 +223,7 @@ class RestApi:
         )
 
     @_endpoint("http_get_model")
-    @_documented((VERSION,), JSON)
+    @documented((VERSION,), JSON)
     async def get_model(self, request: Request, call: _Call) -> Response:
         """One model: the version served by default, or ``?version=``."""
         Query(request.query_params, (VERSION,))
@@ -308,7 +234,7 @@ class RestApi:
         return JSONResponse(model_json(status))
 
     @_endpoint("http_sample")
-    @_documented(SAMPLE, PNG, NPY)
+    @documented(SAMPLE, PNG, NPY)
     async def sample(self, request: Request, call: _Call) -> Response:
         """Images from seeds: a PNG grid, or the float32 images as .npy.
 
@@ -348,7 +274,7 @@ class RestApi:
         return _picture(body, NPY if fmt == "npy" else PNG, spec, seed=plan.seed)
 
     @_endpoint("http_interpolate")
-    @_documented(INTERPOLATE, GIF, PNG, NPY)
+    @documented(INTERPOLATE, GIF, PNG, NPY)
     async def interpolate(self, request: Request, call: _Call) -> Response:
         """Frames from one seed to another: an animated GIF, a PNG strip or .npy.
 
@@ -393,7 +319,7 @@ class RestApi:
         return _picture(body, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec)
 
     @_endpoint("http_arithmetic")
-    @_documented(ARITHMETIC, PNG)
+    @documented(ARITHMETIC, PNG)
     async def arithmetic(self, request: Request, call: _Call) -> Response:
         """Latent arithmetic: the terms and their weighted sum side by side, as PNG.
 
