@@ -663,3 +663,16 @@ def test_https_with_the_grpc_certificate(tiny_model_repo, start_server, tmp_path
     reply = get(proc.http_port, "/v1/models", scheme="https", context=context)
     assert reply.status == 200 and len(reply.json()["models"]) == 2
     assert f"HTTP https://127.0.0.1:{proc.http_port}/" in proc.log()
+
+
+def test_http_flags_and_variables(tmp_path) -> None:
+    from ganserve.server.config import ConfigError, ServerConfig, environment_variables
+
+    assert {"GANSERVE_HTTP_PORT", "GANSERVE_HTTP_HOST"} <= environment_variables()
+    default = ServerConfig(model_dir=tmp_path)
+    assert (default.http_port, default.http_address) == (8080, "127.0.0.1")
+    env = {"GANSERVE_MODEL_DIR": str(tmp_path), "GANSERVE_HTTP_PORT": "-1"}
+    config = ServerConfig.from_sources(environ={**env, "GANSERVE_HTTP_HOST": "0.0.0.0"})
+    assert (config.http_port, config.http_address, config.host) == (-1, "0.0.0.0", "127.0.0.1")
+    with pytest.raises(ConfigError, match=r"--http-port must be in \[-1, 65535\]"):
+        ServerConfig.from_sources(environ={**env, "GANSERVE_HTTP_PORT": "-2"})
