@@ -63,6 +63,10 @@
         const url = URL.createObjectURL(blob);
         panel.img.src = url;
         await panel.img.decode();
+        if (controller !== panel.controller) { // a newer request is under way: it reports
+          URL.revokeObjectURL(url);
+          return;
+        }
         if (panel.url) URL.revokeObjectURL(panel.url);
         panel.url = url;
         panel.error.hidden = true;
