@@ -44,11 +44,12 @@ ENV PATH=/opt/ganserve/bin:$PATH \
     GANSERVE_HOST=0.0.0.0 \
     GANSERVE_PORT=50051 \
     GANSERVE_METRICS_PORT=8000 \
+    GANSERVE_HTTP_PORT=8080 \
     GANSERVE_MODEL_DIR=/srv/ganserve/models \
     GANSERVE_DEVICE=auto
 USER 10001
 WORKDIR /srv/ganserve
-EXPOSE 50051 8000
+EXPOSE 50051 8000 8080
 # Kubernetes probes use the gRPC health service (see deploy/); SIGTERM drains in-flight work.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ganserve", "serve"]

@@ -213,8 +213,13 @@ def test_ports_probes_and_scrape_annotations_match_the_server(target: str, tmp_p
     config = config_of(target, tmp_path)
     c = container(target)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
-    assert ServerConfig().port == config.port and ServerConfig().metrics_port == config.metrics_port
+    assert ports == {"grpc": config.port, "metrics": config.metrics_port, "http": config.http_port}
+    default = ServerConfig()
+    assert (default.port, default.metrics_port, default.http_port) == (
+        config.port,
+        config.metrics_port,
+        config.http_port,
+    )
     exposed = {int(p) for word, rest in instructions() if word == "EXPOSE" for p in rest.split()}
     assert exposed == set(ports.values())
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -279,12 +284,13 @@ def test_network_policy_admits_grpc_from_clients_and_metrics_from_monitoring(
         for port in rule["ports"]:
             assert port["port"] in names, f"NetworkPolicy names an unknown port {port}"
             by_port.setdefault(port["port"], []).extend(rule["from"])
-    assert set(by_port) == {"grpc", "metrics"}
-    assert all("podSelector" in peer or "namespaceSelector" in peer for peer in by_port["grpc"])
-    assert {
-        "podSelector": {"matchLabels": {"ganserve.io/client": "true"}},
-        "namespaceSelector": {},
-    } in by_port["grpc"]
+    assert set(by_port) == {"grpc", "http", "metrics"}
+    for port in ("grpc", "http"):  # the two APIs: the same labelled clients
+        assert all("podSelector" in peer or "namespaceSelector" in peer for peer in by_port[port])
+        assert {
+            "podSelector": {"matchLabels": {"ganserve.io/client": "true"}},
+            "namespaceSelector": {},
+        } in by_port[port]
     (metrics_peer,) = by_port["metrics"]
     assert metrics_peer == {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}

@@ -5,7 +5,8 @@ the check holds, 1 when it does not:
 
     check_server.py sample  --target 127.0.0.1:50051
     check_server.py metrics --url http://127.0.0.1:8000/metrics
-    check_server.py ports                     # two free TCP ports on 127.0.0.1
+    check_server.py http    --url http://127.0.0.1:8080
+    check_server.py ports                     # three free TCP ports on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -59,9 +60,27 @@ def metrics(url: str, timeout: float) -> str:
     return "; ".join(counted) + (f"; build: {build.group(1)}" if build else "")
 
 
+def http(url: str, timeout: float) -> str:
+    """The HTTP port: KServe v2 readiness, the playground page shipped in the image, and a
+    PNG grid from the REST API."""
+
+    def get(path: str) -> tuple[str, bytes]:
+        with urllib.request.urlopen(url + path, timeout=timeout) as response:
+            return response.headers.get_content_type(), response.read()
+
+    get("/v2/health/ready")  # 200, or urlopen raises
+    page_type, page = get("/")
+    if page_type != "text/html" or b"<script" not in page:
+        raise AssertionError(f"GET /: {page_type}, {len(page)} bytes: not the playground page")
+    png_type, png = get("/v1/models/mnist-dcgan/sample?seed=1&count=4")
+    if png_type != "image/png" or not png.startswith(b"\x89PNG"):
+        raise AssertionError(f"sample: {png_type}, not a PNG")
+    return f"/v2/health/ready 200, / {len(page)} B of HTML, a 4-image PNG grid of {len(png)} B"
+
+
 def free_ports() -> str:
-    """Two ports free on 127.0.0.1 (the kernel's choice; free again once closed)."""
-    socks = [socket.socket() for _ in range(2)]
+    """Three ports free on 127.0.0.1 (the kernel's choice; free again once closed)."""
+    socks = [socket.socket() for _ in range(3)]
     try:
         for s in socks:
             s.bind(("127.0.0.1", 0))
@@ -80,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("metrics")
     p.add_argument("--url", required=True)
     p.add_argument("--timeout", type=float, default=10.0)
+    p = sub.add_parser("http")
+    p.add_argument("--url", required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
     sub.add_parser("ports")
     args = parser.parse_args(argv)
     try:
@@ -87,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             print(sample(args.target, args.timeout))
         elif args.command == "metrics":
             print(metrics(args.url, args.timeout))
+        elif args.command == "http":
+            print(http(args.url, args.timeout))
         else:
             print(free_ports())
     except Exception as err:

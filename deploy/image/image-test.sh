@@ -2,7 +2,8 @@
 # make image-test: build the real Dockerfile (CPU ONNX Runtime) on a local Debian base
 # with podman, run it the way the Kubernetes Deployment does (read-only root, a tmpfs
 # on /tmp, the image's non-root user, no capabilities) and check it from the host with
-# the project's client: gRPC health, real Sample RPCs, /metrics, SIGTERM drain and exit 0.
+# the project's client: gRPC health, real Sample RPCs, /metrics, the HTTP API and page,
+# SIGTERM drain and exit 0.
 #
 # Needs root, podman (with buildah, runc or crun), debootstrap, network access to a
 # Debian mirror (first run only) and to PyPI (the build's pip), and the repository's
@@ -153,7 +154,7 @@ label=$(podman image inspect --format '{{index .Labels "org.opencontainers.image
 pass "build $image_tag: $(human "$size"), version label $label"
 
 # ---------------------------------------------------------------------- run
-read -r grpc_port metrics_port < <("$py" "$here/check_server.py" ports) ||
+read -r grpc_port metrics_port http_port < <("$py" "$here/check_server.py" ports) ||
   abort "run: no free ports"
 target=127.0.0.1:$grpc_port
 t=$(now)
@@ -168,6 +169,7 @@ podman run --detach --name "$container" \
   --env GANSERVE_HOST=127.0.0.1 \
   --env GANSERVE_PORT="$grpc_port" \
   --env GANSERVE_METRICS_PORT="$metrics_port" \
+  --env GANSERVE_HTTP_PORT="$http_port" \
   "$image_tag" >/dev/null || abort "run: podman run $image_tag"
 
 # Poll health until SERVING, the container exits, or the deadline.
@@ -213,6 +215,12 @@ if out=$(timeout 30 "$py" "$here/check_server.py" metrics --url "http://127.0.0.
   pass "/metrics on :$metrics_port: $out"
 else
   fail "/metrics: $out"
+fi
+
+if out=$(timeout 60 "$py" "$here/check_server.py" http --url "http://127.0.0.1:$http_port" 2>&1); then
+  pass "HTTP on :$http_port: $out"
+else
+  fail "HTTP: $out"
 fi
 
 # ---------------------------------------------------------------------- stop
