@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import tracing as _tracing
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -130,7 +131,7 @@ class _Request:
 
     __slots__ = (
         "deadline", "enqueued", "failed", "filled", "future", "is_cancelled",
-        "n", "out", "taken", "y", "z",
+        "n", "out", "taken", "trace", "y", "z",
     )  # fmt: skip
 
     def __init__(self, z, y, future, deadline, is_cancelled) -> None:  # type: ignore[no-untyped-def]
@@ -145,6 +146,8 @@ class _Request:
         self.filled = 0  # images computed so far (split requests)
         self.out: np.ndarray | None = None  # reassembly buffer (split requests)
         self.failed = False
+        # The RPC's span while tracing is on and records (made on the loop, in its context).
+        self.trace = _tracing.current() if _tracing.active else None
 
 
 # (request, first image, end image) of one piece of a batch
@@ -327,8 +330,9 @@ class Batcher:
         if gone is not None:
             raise gone
         self._m_wait.observe(0.0)
+        infer = _tracing.inline_infer(self._infer, z.shape[0]) if _tracing.active else None
         start = time.perf_counter()
-        out, error = self._compute(z, y)
+        out, error = self._compute(z, y, infer)
         self._inline_s = time.perf_counter() - start
         if error is not None:
             raise error
@@ -483,6 +487,10 @@ class Batcher:
     def _run(self, pieces: list[_Piece], worker: int = 0) -> int:
         """Infer one batch and post the results; returns requests completed."""
         first, a0, b0 = pieces[0]
+        infer = self._infer_side if self._beside[worker] else None
+        if _tracing.active:  # the traced requests' queue, batch and inference spans
+            parts = [(r.trace, r.enqueued, a, b - a) for r, a, b in pieces]
+            infer = _tracing.batch_infer(infer or self._infer, parts, self._beside[worker])
         if len(pieces) == 1 and a0 == 0 and b0 == first.n:
             z, y = first.z, first.y  # the common unsplit single request: no copy
         else:
@@ -490,7 +498,7 @@ class Batcher:
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
         if self._beside[worker]:
             self._m_side.inc()
-        out, error = self._compute(z, y, self._infer_side if self._beside[worker] else None)
+        out, error = self._compute(z, y, infer)
         deliveries: list[_Delivery] = []
         completed = 0
         offset = 0

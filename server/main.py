@@ -111,6 +111,7 @@ class _Server:
 
         from ganserve.contract.limits import Limits
 
+        from . import tracing
         from .auth import BearerTokenInterceptor
         from .kserve_grpc import KServeService, add_kserve_to_server
         from .metrics import Metrics
@@ -121,6 +122,7 @@ class _Server:
         cfg = self.config
         log.info("config: %s", cfg.describe())
         self._install_signals()  # first: a SIGTERM while loading must still drain cleanly
+        tracing.setup()  # off unless OTEL_TRACES_EXPORTER names an exporter
         if not cfg.metrics_created:
             from prometheus_client import disable_created_metrics
 
@@ -243,6 +245,7 @@ class _Server:
             if cfg.ready_file is not None:
                 with contextlib.suppress(FileNotFoundError):
                     cfg.ready_file.unlink()
+            tracing.shutdown()  # flushes the spans of the drained calls
         log.info("stopped")
         return 0
 

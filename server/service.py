@@ -34,6 +34,7 @@ from ganserve.contract.sizes import (
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
+from . import tracing
 from .encode import encode_images
 from .errors import InvalidArgument, ServeError, Unavailable
 from .generation import (
@@ -53,6 +54,7 @@ __all__ = ["GeneratorService", "add_to_server", "model_info"]
 log = logging.getLogger(__name__)
 
 _CODES = {code.name: code for code in grpc.StatusCode}
+_SERVICE = pb.DESCRIPTOR.services_by_name["Generator"].full_name  # names the trace spans
 # time_remaining() of a call without a deadline is None or effectively infinite.
 _NO_DEADLINE_S = 1e7
 try:  # grpc's own error for a send on a call the client has left; not public API
@@ -122,7 +124,7 @@ def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
 class _Call:
     """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
 
-    __slots__ = ("code", "held", "model", "recorded", "start")
+    __slots__ = ("code", "held", "model", "recorded", "span", "span_token", "start")
 
     def __init__(self) -> None:
         self.model = ""
@@ -130,6 +132,8 @@ class _Call:
         self.start = time.perf_counter()
         self.recorded = False  # status and latency counted (once)
         self.held: LoadedModel | None = None  # released when the RPC ends
+        self.span: Any = tracing.NO_SPAN  # its trace span while tracing is on
+        self.span_token: object = None  # ends the span (tracing.end_server_span)
 
 
 def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
@@ -137,7 +141,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
 
     def decorate(fn: Any) -> Any:
         async def unary(self: GeneratorService, request: Any, context: aio.ServicerContext) -> Any:
-            with self._track(method) as call:
+            with self._track(method, context) as call:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
@@ -152,7 +156,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
             # a generator yields itself, and a send that fails because the client left
             # mid-write (a stalled reader that cancels) reaches its log as an ERROR
             # traceback. Here it becomes the cancellation it is.
-            with self._track(method) as call:
+            with self._track(method, context) as call:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
@@ -237,23 +241,31 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._limits = limits
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
         self._inflight = {m: metrics.inflight_requests.labels(method=m) for m in methods}
+        self._spans = {
+            m: (f"{_SERVICE}/{m}", tracing.rpc_attributes("grpc", _SERVICE, m)) for m in methods
+        }
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     # ------------------------------------------------------------- plumbing
 
     @contextlib.contextmanager
-    def _track(self, method: str) -> Iterator[_Call]:
-        """Count the RPC in flight; on exit record its status and latency."""
+    def _track(self, method: str, context: Any = None) -> Iterator[_Call]:
+        """Count the RPC in flight (and trace it); on exit record its status and latency."""
         call = _Call()
         self._inflight[method].inc()
+        if tracing.active and context is not None:  # a child of the caller's traceparent
+            span_name, attributes = self._spans[method]
+            call.span, call.span_token = tracing.start_server_span(span_name, context, attributes)
         try:
             yield call
         finally:
             if call.held is not None:
                 call.held.release()
             self._record(method, call)
+            if call.span_token is not None:
+                tracing.end_server_span(call.span, call.span_token)
 
-    def _record(self, method: str, call: _Call) -> None:
+    def _record(self, method: str, call: _Call, message: str = "") -> None:
         """The RPC is over: out of the in-flight gauge, its status and latency counted (once)."""
         if not call.recorded:
             call.recorded = True
@@ -270,6 +282,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                 self._children[key] = children
             children[0].inc()
             children[1].observe(time.perf_counter() - call.start)
+            if call.span_token is not None:  # traced
+                version = call.held.spec.version if call.held is not None else ""
+                tracing.grpc_outcome(call.span, call.code, message, call.model, version)
 
     async def _fail(
         self, method: str, exc: BaseException, context: aio.ServicerContext, call: _Call
@@ -283,13 +298,14 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise exc
         elif isinstance(exc, Exception):
             log.exception("%s failed", method)
+            call.span.record_exception(exc)
             call.code, message = "INTERNAL", f"internal error in {method}: see the server log"
         else:  # CancelledError / GeneratorExit: the client went away or its deadline passed
             call.code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
             raise exc
         # Counted before the status goes out: a client that reads /metrics right after
         # its error must find it there (the abort sends first and raises after).
-        self._record(method, call)
+        self._record(method, call, message)
         try:
             await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
         except _SendFailed:  # the client left as the status went out: no ERROR traceback
@@ -341,10 +357,11 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         """Generate and encode: (images (N, C, H, W), raw bytes, pngs); ``field`` names
         the request field of ``z`` in the error for non-finite output."""
         images = await generate_checked(model, z, y, deadline, context.done, field)
-        if images.shape[0] >= OFFLOAD_IMAGES:
-            raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
-        else:
-            raw, pngs = encode_images(images, encoding)
+        with tracing.encode_span(encoding, images.shape[0]):  # a no-op while tracing is off
+            if images.shape[0] >= OFFLOAD_IMAGES:
+                raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
+            else:
+                raw, pngs = encode_images(images, encoding)
         return images, raw, pngs
 
     async def _sample_chunk(
