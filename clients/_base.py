@@ -11,6 +11,7 @@ import numpy as np
 
 from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
 from ganserve.clients._sampling import ALWAYS_FITS_BYTES, PartFetch
+from ganserve.clients._tracing import with_trace_context
 from ganserve.clients.errors import GanServeError, InvalidRequest
 from ganserve.clients.results import ModelInfo, ServerLimits
 from ganserve.v1 import generator_pb2 as pb
@@ -108,7 +109,8 @@ class ClientBase:
     def _call_kwargs(self, timeout: float | None, stream: bool = False) -> dict[str, Any]:
         if timeout is None and not stream:
             timeout = self.timeout
-        return {"timeout": timeout, "metadata": self._metadata}
+        # The current OpenTelemetry span's traceparent, if any, rides with every call.
+        return {"timeout": timeout, "metadata": with_trace_context(self._metadata)}
 
     def _remember_limits(self, msg: pb.ListModelsResponse) -> ServerLimits:
         limits = ServerLimits.from_proto(msg.limits)
