@@ -120,14 +120,18 @@ async def infer_response(result: InferResponse) -> pb.ModelInferResponse:
     raw = all(out.binary for out in result.outputs)
     for out in result.outputs:
         tensor = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
+        # large images are encoded off the event loop, as Sample's are
+        offload = out.data.shape[0] >= OFFLOAD_IMAGES
         if raw:
-            if out.data.shape[0] >= OFFLOAD_IMAGES:
+            if offload:
                 data, _ = await asyncio.to_thread(encode_images, out.data)
             else:
                 data, _ = encode_images(out.data)
             msg.raw_output_contents.append(data)
         else:
-            tensor.contents.fp32_contents.extend(out.data.ravel().tolist())
+            flat = out.data.ravel()
+            values = await asyncio.to_thread(flat.tolist) if offload else flat.tolist()
+            tensor.contents.fp32_contents.extend(values)
     return msg
 
 
