@@ -108,6 +108,8 @@ def real_server_cmd(model_dir: Path, batching: bool, extra: Sequence[str] = ()) 
         "0",
         "--metrics-port",
         "0",
+        "--http-port",  # the benchmark speaks gRPC only: no HTTP server beside it
+        "-1",
         "--batching" if batching else "--no-batching",
         "--log-level",
         "WARNING",
