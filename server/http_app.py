@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ganserve.contract.limits import Limits
 
+from . import tracing
 from .http.errors import HTTP_STATUS, error_response
 from .http.openapi import openapi_document
 from .http.rest import RestApi
@@ -193,7 +194,8 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(_Gate, state=state, metrics=metrics, auth_token=auth_token, routes=routes)
+            Middleware(tracing.AsgiTracing),  # outermost: the gate's refusals are traced too
+            Middleware(_Gate, state=state, metrics=metrics, auth_token=auth_token, routes=routes),
         ],
         exception_handlers={HTTPException: _http_error},
     )

@@ -27,6 +27,7 @@ from grpc import aio
 from ganserve.kserve.v2 import grpc_predict_v2_pb2 as pb
 from ganserve.kserve.v2 import model_config_pb2 as config_pb
 
+from . import tracing
 from .encode import encode_images
 from .errors import InvalidArgument
 from .generation import OFFLOAD_IMAGES
@@ -144,7 +145,7 @@ def _rpc(method: str, counted: bool = True) -> Callable[[Any], Any]:
             core = self._core
             if not counted:
                 return await fn(self, request, context, Call())
-            with core.track(method) as call:
+            with core.track(method) as call, tracing.rpc_span(SERVICE_NAME, method, context, call):
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NO_SPAN",
+    "AsgiTracing",
     "batch_infer",
     "current",
     "enable",
@@ -44,6 +45,7 @@ __all__ = [
     "http_outcome",
     "inline_infer",
     "rpc_attributes",
+    "rpc_span",
     "server_span",
     "setup",
     "shutdown",
@@ -324,6 +326,78 @@ def _set_model(span: trace.Span, model: str, version: str) -> None:
 def rpc_attributes(system: str, service: str, method: str) -> dict[str, str]:
     """The semantic conventions' attributes of an RPC span (made once per method)."""
     return {"rpc.system": system, "rpc.service": service, "rpc.method": method}
+
+
+def rpc_span(
+    service: str, method: str, context: Any, call: Any
+) -> contextlib.AbstractContextManager[trace.Span]:
+    """``with rpc_span(service, method, context, call):`` inside an edge's per-call
+    bookkeeping: the gRPC call's SERVER span, whose outcome is read from ``call`` as
+    the block ends (its ``code`` name, ``model`` and ``held`` model's version) and
+    the status message from ``context``."""
+    if _tracer is None:
+        return _NULL
+    return _rpc_span(_tracer, service, method, context, call)
+
+
+@contextlib.contextmanager
+def _rpc_span(
+    tracer: trace.Tracer, service: str, method: str, context: Any, call: Any
+) -> Iterator[trace.Span]:
+    attributes = rpc_attributes("grpc", service, method)
+    span, token = _start(tracer, f"{service}/{method}", context, attributes)
+    try:
+        yield span
+    finally:
+        message = ""
+        if call.code != "OK":
+            with contextlib.suppress(Exception):  # the call may be torn down already
+                details = context.details()
+                message = details if isinstance(details, str) else ""
+        version = call.held.spec.version if call.held is not None else ""
+        grpc_outcome(span, call.code, message, call.model, version)
+        end_server_span(span, token)
+
+
+class AsgiTracing:
+    """ASGI middleware: a SERVER span per HTTP request, child of its ``traceparent``
+    header, named ``METHOD /route/{template}`` once the router has matched (Starlette
+    leaves the route in the scope), with the response's status and the route's
+    ``name`` / ``version`` path parameters as the model. Passes through while off."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if _tracer is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        attributes = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+        }
+        status: list[int] = []
+
+        async def send_status(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        with server_span(method, headers, attributes) as span:
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if route is not None:
+                    span.update_name(f"{method} {route or '/'}")
+                    span.set_attribute("http.route", route or "/")
+                if status:
+                    params = scope.get("path_params") or {}
+                    model, version = params.get("name", ""), params.get("version", "")
+                    http_outcome(span, status[0], model=str(model), version=str(version))
 
 
 def encode_span(encoding: Any, images: int) -> contextlib.AbstractContextManager[trace.Span]:

@@ -11,10 +11,13 @@ import json
 import logging
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 from opentelemetry import trace
@@ -511,3 +514,69 @@ def test_errors_set_the_span_status(tmp_path: Path, start_server, local_tracer, 
     assert unavailable["attributes"]["ganserve.model"] == "tiny-uncond"
     assert unavailable["status"]["status_code"] == "ERROR"
     assert unavailable["status"]["description"].startswith("UNAVAILABLE: ")
+
+
+def traceparent(span_id: int) -> str:
+    return f"00-{TRACE_ID}-{span_id:016x}-01"
+
+
+def http_get(proc: Any, path: str, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{proc.http_port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code
+
+
+def test_kserve_and_http_calls_continue_the_trace(traced_server, wait_until) -> None:
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    infer = service_pb2.ModelInferRequest(model_name="tiny-uncond")
+    tensor = infer.inputs.add(name="z", datatype="FP32", shape=[2, 8])
+    tensor.contents.fp32_contents.extend([0.5] * 16)
+    with grpc.insecure_channel(traced_server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(infer, metadata=(("traceparent", traceparent(1)),), timeout=30)
+        with pytest.raises(grpc.RpcError) as missing:
+            stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name="nope"),
+                metadata=(("traceparent", traceparent(2)),),
+                timeout=30,
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    sample = "/v1/models/tiny-uncond/sample?count=3&seed=1"
+    assert http_get(traced_server, sample, {"traceparent": traceparent(3)}) == 200
+    assert http_get(traced_server, "/v2/models/nope", {"traceparent": traceparent(4)}) == 404
+
+    def child_of(parent: int) -> dict[str, Any]:
+        want = hex_id(parent, 16)
+        (span,) = find_spans(wait_until, traced_server, lambda s: s["parent_id"] == want, 1)
+        assert span["context"]["trace_id"] == "0x" + TRACE_ID
+        assert span["kind"] == "SpanKind.SERVER"
+        return span
+
+    def names_under(span: dict[str, Any], n: int) -> list[str]:
+        own = span["context"]["span_id"]
+        kids = find_spans(wait_until, traced_server, lambda s: s["parent_id"] == own, n)
+        return sorted(k["name"] for k in kids)
+
+    grpc_infer, grpc_missing, http_sample, http_missing = (child_of(i) for i in (1, 2, 3, 4))
+    assert grpc_infer["name"] == "inference.GRPCInferenceService/ModelInfer"
+    assert grpc_infer["attributes"]["ganserve.model"] == "tiny-uncond"
+    assert grpc_infer["attributes"]["rpc.grpc.status_code"] == 0
+    assert names_under(grpc_infer, 2) == ["ganserve.batch", "ganserve.queue"]
+    assert grpc_missing["name"] == "inference.GRPCInferenceService/ModelMetadata"
+    assert grpc_missing["attributes"]["ganserve.status"] == "NOT_FOUND"
+    assert "nope" in grpc_missing["attributes"]["ganserve.status_message"]
+    assert grpc_missing["status"]["status_code"] == "UNSET"
+    assert http_sample["name"] == "GET /v1/models/{name}/sample"
+    assert http_sample["attributes"]["http.route"] == "/v1/models/{name}/sample"
+    assert http_sample["attributes"]["http.response.status_code"] == 200
+    assert http_sample["attributes"]["ganserve.model"] == "tiny-uncond"
+    assert names_under(http_sample, 2) == ["ganserve.batch", "ganserve.queue"]
+    assert http_missing["name"] == "GET /v2/models/{name}"
+    assert http_missing["attributes"]["http.response.status_code"] == 404
+    assert http_missing["status"]["status_code"] == "UNSET"
