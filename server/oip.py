@@ -156,6 +156,13 @@ class OipCore:
         self._batching = batching
         self._ready = ready if ready is not None else (lambda: repository.ready)
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._inflight: dict[str, Any] = {}
+
+    def _gauge(self, method: str) -> Any:
+        gauge = self._inflight.get(method)
+        if gauge is None:
+            gauge = self._inflight[method] = self._metrics.inflight_requests.labels(method=method)
+        return gauge
 
     # ------------------------------------------------------------- bookkeeping
 
@@ -163,7 +170,7 @@ class OipCore:
     def track(self, method: str) -> Iterator[Call]:
         """Count the request in flight; on exit record its status and latency."""
         call = Call()
-        self._metrics.inflight_requests.labels(method=method).inc()
+        self._gauge(method).inc()
         try:
             yield call
         finally:
@@ -177,7 +184,7 @@ class OipCore:
         if call.recorded:
             return
         call.recorded = True
-        self._metrics.inflight_requests.labels(method=method).dec()
+        self._gauge(method).dec()
         key = (call.model, method, call.code)
         children = self._children.get(key)
         if children is None:  # cache the label lookups: they cost more than the update
