@@ -25,10 +25,11 @@ COPY server server
 COPY clients clients
 COPY training training
 COPY protos protos
-# [server-core] is [server] without its ONNX Runtime; one resolve for both, so the
+# [server-core] is [server] without its ONNX Runtime ([otlp]: traces to a collector when
+# OTEL_TRACES_EXPORTER=otlp); one resolve for all, so the
 # ORT package chosen above is the only one installed.
 RUN /opt/ganserve/bin/pip install --upgrade pip \
- && /opt/ganserve/bin/pip install ".[server-core]" "${ONNXRUNTIME}"
+ && /opt/ganserve/bin/pip install ".[server-core,otlp]" "${ONNXRUNTIME}"
 
 FROM ${BASE_IMAGE}
 # The image's version label; make image-test passes the package's version.

@@ -77,10 +77,11 @@ def test_onnxruntime_is_a_build_argument_defaulting_to_the_gpu_package() -> None
     _, (build, runtime) = _stages()
     assert _arg_default(build, "ONNXRUNTIME") == "onnxruntime-gpu[cuda,cudnn]"
     runs = " ".join(rest for word, rest in build if word == "RUN")
-    # The server without ORT, and the chosen ORT package, in one pip resolve.
+    # The server without ORT (and the OTLP trace exporter), and the chosen ORT package,
+    # in one pip resolve.
     install = re.search(r"pip install (\S+) (\S+)", runs.split("--upgrade pip", 1)[-1])
     assert install, runs
-    assert install.groups() == ('".[server-core]"', '"${ONNXRUNTIME}"')
+    assert install.groups() == ('".[server-core,otlp]"', '"${ONNXRUNTIME}"')
     # The runtime stage installs nothing of its own; what the build chose is what runs.
     assert not [rest for word, rest in runtime if word == "RUN" and "pip" in rest]
 
