@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -48,11 +48,19 @@ OTHER_METHOD = "other"
 class BearerTokenInterceptor(aio.ServerInterceptor):
     """Reject calls without the configured token with UNAUTHENTICATED."""
 
-    def __init__(self, token: str, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        token: str,
+        metrics: Metrics | None = None,
+        methods: Mapping[str, str] | None = None,
+    ):
+        """``methods``: more ``/service/Method`` paths whose rejections are counted under
+        their own label (the Generator's always are); any other path is OTHER_METHOD."""
         if not token:
             raise ValueError("auth token must not be empty")
         self._token = token.encode()
         self._metrics = metrics
+        self._methods = {**_METHODS, **(methods or {})}
 
     def _authorized(self, metadata: Any) -> tuple[bool, str]:
         value = None
@@ -86,7 +94,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
 
     def _count_rejection(self, method: str) -> None:
         if self._metrics is not None:
-            label = _METHODS.get(method, OTHER_METHOD)
+            label = self._methods.get(method, OTHER_METHOD)
             code = grpc.StatusCode.UNAUTHENTICATED.name
             self._metrics.requests_total.labels(model=_NO_MODEL, method=label, code=code).inc()
 

@@ -41,9 +41,18 @@ from .service import (
     _Undecodable,
 )
 
-__all__ = ["SERVICE_NAME", "KServeService", "add_kserve_to_server"]
+__all__ = ["METHOD_LABELS", "SERVICE_NAME", "KServeService", "add_kserve_to_server"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# "/inference.GRPCInferenceService/ModelInfer" -> "ModelInfer": the method label of
+# this service's calls, refused ones included (the token interceptor counts them).
+METHOD_LABELS = {
+    f"/{SERVICE_NAME}/{name}": name
+    for name in (
+        *pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name,
+        "ModelConfig",
+    )
+}
 # Typed contents fields other than fp32_contents: data of another type.
 _OTHER_CONTENTS = (
     "bool_contents",

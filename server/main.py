@@ -113,7 +113,7 @@ class _Server:
 
         from . import tracing
         from .auth import BearerTokenInterceptor
-        from .kserve_grpc import KServeService, add_kserve_to_server
+        from .kserve_grpc import METHOD_LABELS, KServeService, add_kserve_to_server
         from .metrics import Metrics
         from .oip import OipCore
         from .repository import ModelRepository
@@ -137,7 +137,11 @@ class _Server:
             max_message_bytes=cfg.max_message_bytes,
             max_request_bytes=cfg.max_request_bytes,
         )
-        interceptors = [BearerTokenInterceptor(cfg.auth_token, metrics)] if cfg.auth_token else []
+        interceptors = (
+            [BearerTokenInterceptor(cfg.auth_token, metrics, methods=METHOD_LABELS)]
+            if cfg.auth_token
+            else []
+        )
         server = aio.server(
             interceptors=interceptors,
             options=[

@@ -390,7 +390,9 @@ def token_server(start_server: Callable[..., Any], tiny_model_repo: Path) -> Ite
     yield start_server(tiny_model_repo, "--auth-token", TOKEN)
 
 
-def test_token_required_on_both_protocols(token_server: Any) -> None:
+def test_token_required_on_both_protocols(
+    token_server: Any, scrape: Callable[[Any], dict[Any, float]]
+) -> None:
     z = {"z": _latents(1)}
 
     def bearer() -> dict[str, str]:  # a new dict each time: tritonclient.http adds to it
@@ -415,6 +417,12 @@ def test_token_required_on_both_protocols(token_server: Any) -> None:
         with pytest.raises(InferenceServerException, match="authorization"):
             grpc_client.is_server_live()
         assert grpc_client.is_server_live(headers=bearer())
+        # Refusals are counted under the RPC's own name, not the catch-all "other".
+        counted = scrape(token_server)
+        refused = (("code", "UNAUTHENTICATED"), ("method", "ModelInfer"), ("model", ""))
+        assert counted[("ganserve_requests_total", refused)] == 2
+        refused = (("code", "UNAUTHENTICATED"), ("method", "ServerLive"), ("model", ""))
+        assert counted[("ganserve_requests_total", refused)] == 1
     finally:
         grpc_client.close()
         http_client.close()
