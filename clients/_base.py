@@ -74,6 +74,40 @@ class ClientBase:
         retries: int = 3,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        """Open a channel to the server(s); nothing is sent until the first call.
+
+        Args:
+            target: ``"host:port"``; a bare host (``"localhost"``, ``"[::1]"``) means
+                port 50051. ``"dns:///name:port"`` balances round robin over every
+                address of the name (e.g. a headless Kubernetes Service); several
+                ``host:port`` (a list, or one comma-separated string) are balanced
+                round robin too.
+            tls: Use TLS with the system's root certificates (also on when any
+                ``tls_*`` option is given).
+            tls_ca: PEM file of the CA that signed the server's certificate.
+            tls_cert: PEM client certificate, for mutual TLS (with ``tls_key``).
+            tls_key: PEM private key of ``tls_cert``.
+            tls_server_name: The name expected in the server's certificate when it
+                differs from the target's host.
+            token: Bearer token, sent as ``authorization: Bearer <token>`` on every call.
+            timeout: Default deadline in seconds of each unary call (``None``: none);
+                streams have no deadline unless a call passes ``timeout``.
+            keepalive: Seconds between keepalive pings on an idle connection
+                (``None``: off); servers refuse pings more often than every 5 minutes
+                unless configured otherwise.
+            max_message_bytes: Largest message this client sends or receives; the
+                client plans with the smaller of it and the server's limits.
+            retries: Extra attempts (0 to 4) of a call that fails ``UNAVAILABLE`` or
+                ``RESOURCE_EXHAUSTED``, with exponential backoff; also the attempts to
+                resume a stream cut by ``UNAVAILABLE``.
+            options: Extra gRPC channel options ``(name, value)``, appended last.
+
+        Raises:
+            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), or ``retries``
+                out of range; an unreadable TLS file or an unresolvable target list
+                (``GanClient`` at once, ``AsyncGanClient`` at the first call, when its
+                channel opens on the running event loop).
+        """
         self._config = ChannelConfig(
             target=target,
             tls=tls,
@@ -93,6 +127,11 @@ class ClientBase:
         # Shapes only (image_shape, latent_dim) are read from cached entries,
         # and they do not change while a version is served.
         self._infos: dict[tuple[str, str], ModelInfo] = {}
+        self._open()
+
+    def _open(self) -> None:
+        """Set up the client's own channel state: the sync client opens its channel at
+        once, the asyncio one on first use (the base alone has none)."""
 
     def _part_fetch(self, part: pb.SampleRequest, offset: int, info: ModelInfo) -> PartFetch:
         """How one SampleStream part is fetched and resumed (the channel's retry budget)."""

@@ -20,7 +20,6 @@ import grpc.aio
 import numpy as np
 
 from ganserve.clients._base import ClientBase, check_label, check_labels
-from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET
 from ganserve.clients._requests import (
     Source,
     arithmetic_request,
@@ -58,69 +57,7 @@ class AsyncGanClient(ClientBase):
     ``Unauthenticated``, ``Cancelled``) that keep the gRPC status code and message.
     """
 
-    def __init__(
-        self,
-        target: str | Sequence[str] = DEFAULT_TARGET,
-        *,
-        tls: bool = False,
-        tls_ca: str | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_server_name: str | None = None,
-        token: str | None = None,
-        timeout: float | None = 30.0,
-        keepalive: float | None = 300.0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        retries: int = 3,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        """Set the options; the channel opens on first use, in the running loop.
-
-        Args:
-            target: ``"host:port"``; a bare host (``"localhost"``, ``"[::1]"``) means
-                port 50051. ``"dns:///name:port"`` balances round robin over every
-                address of the name (e.g. a headless Kubernetes Service); several
-                ``host:port`` (a list, or one comma-separated string) are balanced
-                round robin too.
-            tls: Use TLS with the system's root certificates (also on when any
-                ``tls_*`` option is given).
-            tls_ca: PEM file of the CA that signed the server's certificate.
-            tls_cert: PEM client certificate, for mutual TLS (with ``tls_key``).
-            tls_key: PEM private key of ``tls_cert``.
-            tls_server_name: The name expected in the server's certificate when it
-                differs from the target's host.
-            token: Bearer token, sent as ``authorization: Bearer <token>`` on every call.
-            timeout: Default deadline in seconds of each unary call (``None``: none);
-                streams have no deadline unless a call passes ``timeout``.
-            keepalive: Seconds between keepalive pings on an idle connection
-                (``None``: off); servers refuse pings more often than every 5 minutes
-                unless configured otherwise.
-            max_message_bytes: Largest message this client sends or receives; the
-                client plans with the smaller of it and the server's limits.
-            retries: Extra attempts (0 to 4) of a call that fails ``UNAVAILABLE`` or
-                ``RESOURCE_EXHAUSTED``, with exponential backoff; also the attempts to
-                resume a stream cut by ``UNAVAILABLE``.
-            options: Extra gRPC channel options ``(name, value)``, appended last.
-
-        Raises:
-            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), or ``retries``
-                out of range; an unreadable TLS file or an unresolvable target list
-                raise it at the first call, when the channel opens.
-        """
-        super().__init__(
-            target,
-            tls=tls,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_server_name=tls_server_name,
-            token=token,
-            timeout=timeout,
-            keepalive=keepalive,
-            max_message_bytes=max_message_bytes,
-            retries=retries,
-            options=options,
-        )
+    def _open(self) -> None:
         self._channel: grpc.aio.Channel | None = None
         self._stub_: pb_grpc.GeneratorStub | None = None
         self._limits_lock = asyncio.Lock()
