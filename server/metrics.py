@@ -12,6 +12,7 @@ import functools
 import platform
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -156,10 +157,26 @@ class Metrics:
             ("result",),
             registry=r,
         )
+        # (model, method, code) -> the request counter and latency histogram children:
+        # the label lookups cost more than the updates, on every call.
+        self._finished: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         # Both results exist from the start: a first failed reload is an increase from 0
         # that increase() and alerts see, not a series that appears already at 1.
         for result in ("ok", "failed"):
             self.reloads_total.labels(result)
+
+    def count_finished(self, model: str, method: str, code: str, seconds: float) -> None:
+        """One call is over: counted with its final code, its latency observed."""
+        key = (model, method, code)
+        children = self._finished.get(key)
+        if children is None:
+            children = (
+                self.requests_total.labels(model=model, method=method, code=code),
+                self.request_seconds.labels(model=model, method=method),
+            )
+            self._finished[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def track_queue(self, model: str, key: int, depth: Callable[[], int] | None) -> None:
         """Count ``depth()`` (a batcher's queue length) in ``model``'s queue depth until it

@@ -155,7 +155,6 @@ class OipCore:
         self._limits = limits
         self._batching = batching
         self._ready = ready if ready is not None else (lambda: repository.ready)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._inflight: dict[str, Any] = {}
 
     def _gauge(self, method: str) -> Any:
@@ -185,18 +184,9 @@ class OipCore:
             return
         call.recorded = True
         self._gauge(method).dec()
-        key = (call.model, method, call.code)
-        children = self._children.get(key)
-        if children is None:  # cache the label lookups: they cost more than the update
-            children = (
-                self._metrics.requests_total.labels(
-                    model=call.model, method=method, code=call.code
-                ),
-                self._metrics.request_seconds.labels(model=call.model, method=method),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - call.start)
+        self._metrics.count_finished(
+            call.model, method, call.code, time.perf_counter() - call.start
+        )
 
     def failure(
         self, method: str, exc: BaseException, call: Call, deadline_passed: bool = False

@@ -244,7 +244,6 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._spans = {
             m: (f"{_SERVICE}/{m}", tracing.rpc_attributes("grpc", _SERVICE, m)) for m in methods
         }
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     # ------------------------------------------------------------- plumbing
 
@@ -270,18 +269,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if not call.recorded:
             call.recorded = True
             self._inflight[method].dec()
-            key = (call.model, method, call.code)
-            children = self._children.get(key)
-            if children is None:  # cache the label lookups: they cost more than the update
-                children = (
-                    self._metrics.requests_total.labels(
-                        model=call.model, method=method, code=call.code
-                    ),
-                    self._metrics.request_seconds.labels(model=call.model, method=method),
-                )
-                self._children[key] = children
-            children[0].inc()
-            children[1].observe(time.perf_counter() - call.start)
+            self._metrics.count_finished(
+                call.model, method, call.code, time.perf_counter() - call.start
+            )
             if call.span_token is not None:  # traced
                 version = call.held.spec.version if call.held is not None else ""
                 tracing.grpc_outcome(call.span, call.code, message, call.model, version)

@@ -104,3 +104,17 @@ def test_model_state_one_hot_and_removal() -> None:
     assert value("ganserve_model_state", {**labels, "state": "LOADING"}) == 0
     m.set_model_state("tiny", "1", None)
     assert value("ganserve_model_state", {**labels, "state": "READY"}) is None
+
+
+def test_count_finished_counts_and_observes_each_call() -> None:
+    m = Metrics()
+    for seconds in (0.001, 0.002):
+        m.count_finished("tiny", "Sample", "OK", seconds)
+    m.count_finished("tiny", "Sample", "NOT_FOUND", 0.0005)
+    ok = {"model": "tiny", "method": "Sample", "code": "OK"}
+    assert _sample(m, "ganserve_requests_total", **ok) == 2
+    assert _sample(m, "ganserve_requests_total", **{**ok, "code": "NOT_FOUND"}) == 1
+    count = _sample(m, "ganserve_request_seconds_count", model="tiny", method="Sample")
+    assert count == 3
+    total = _sample(m, "ganserve_request_seconds_sum", model="tiny", method="Sample")
+    assert total is not None and abs(total - 0.0035) < 1e-9

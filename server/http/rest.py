@@ -185,9 +185,9 @@ class RestApi:
             if call.held is not None:
                 call.held.release()
             self._inflight[method].dec()
-            labels = {"model": call.model, "method": method}
-            self._metrics.requests_total.labels(code=call.code, **labels).inc()
-            self._metrics.request_seconds.labels(**labels).observe(time.perf_counter() - call.start)
+            self._metrics.count_finished(
+                call.model, method, call.code, time.perf_counter() - call.start
+            )
 
     def _model(self, request: Request, call: _Call) -> LoadedModel:
         """The model of the path, held until the request is done (a reload closes it after)."""
