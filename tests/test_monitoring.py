@@ -722,8 +722,12 @@ def test_alerts_fire_against_a_real_server_and_prometheus(
             assert key[1] in alert["annotations"]["summary"], (key, alert["annotations"])
     # The FAILED versions' load failures are GanserveModelVersionFailed's alone; the
     # server runs one build and is up: nothing else fires (a late scrape under load may
-    # make an alert pending for a second).
-    assert set(firing_at) <= set(expected), sorted(set(firing_at) - set(expected))
+    # make an alert pending for a second). The one exception is right but timing-bound:
+    # the one-request queue of the overflow burst is full whenever a request waits, so
+    # a scrape that lands then makes GanserveQueueSaturated fire (its `for` is 1 s here).
+    may_fire = {("GanserveQueueSaturated", "tiny-uncond")}
+    unexpected = set(firing_at) - set(expected) - may_fire
+    assert not unexpected, sorted(unexpected)
     rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
     assert len(rules) == len(_rules())
     unhealthy = [(r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"]
