@@ -17,6 +17,8 @@ from PIL import Image, ImageDraw
 from ganserve.imaging import to_uint8
 
 __all__ = [
+    "GIF_MAX_FRAME_MS",
+    "MIN_GIF_FPS",
     "check_picture_size",
     "equation",
     "grid",
@@ -35,6 +37,9 @@ PathLike = str | os.PathLike[str]
 _PIL_DEFAULT_MAX_PIXELS = 89_478_485
 # A GIF stores its width and height in 16-bit fields.
 GIF_MAX_SIDE = 65_535
+# ... and each frame's delay in a 16-bit field of hundredths of a second.
+GIF_MAX_FRAME_MS = 655_350
+MIN_GIF_FPS = 1000 / GIF_MAX_FRAME_MS
 
 
 def max_picture_pixels() -> int:
@@ -177,6 +182,11 @@ def save_gif(
         frame_ms = max(20, round(1000 * duration / len(images)))
     else:
         frame_ms = max(20, round(1000 / (fps or 12.0)))
+    if frame_ms > GIF_MAX_FRAME_MS:
+        raise ValueError(
+            f"a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at least "
+            f"{MIN_GIF_FPS:.4f} (or shorten duration)"
+        )
     # GIF timing has 10 ms resolution; most viewers clamp frames under 20 ms.
     images[0].save(
         path,

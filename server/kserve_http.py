@@ -123,7 +123,7 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
         json_part, binary = memoryview(body)[:split], memoryview(body)[split:]
     try:
         doc = json.loads(bytes(json_part))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting too deep: Recursion
         raise InvalidArgument(f"request: not valid JSON ({exc})") from None
     _field("request", doc, dict, "a JSON object")
     inputs, offset = [], 0

@@ -402,12 +402,16 @@ class OipCore:
         params = request.parameters
         if params.get("sequence_id") not in (None, 0, ""):
             raise InvalidArgument("parameters.sequence_id: generators are not sequence models")
-        binary = bool(params.get("binary_data_output", binary_default))
+        binary = _flag(
+            "parameters.binary_data_output", params, "binary_data_output", binary_default
+        )
         if not request.outputs:
             return [binary]
-        result = []
+        result: list[bool] = []
         for out in request.outputs:
             where = f"outputs[{_shown(out.name)}]"
+            if result:  # each copy would be the whole image tensor again, past every limit
+                raise InvalidArgument(f"{where}: requested more than once")
             if out.name != OUTPUT:
                 raise InvalidArgument(
                     f"{where}: model {spec.name} has no such output; its output is '{OUTPUT}'"
@@ -416,8 +420,18 @@ class OipCore:
                 raise InvalidArgument(f"{where}: classification is not supported for images")
             if "shared_memory_region" in out.parameters:
                 raise InvalidArgument(f"{where}: shared memory is not supported")
-            result.append(bool(out.parameters.get("binary_data", binary)))
+            result.append(
+                _flag(f"{where}.parameters.binary_data", out.parameters, "binary_data", binary)
+            )
         return result
+
+
+def _flag(where: str, params: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean parameter; REST's JSON "false" (a string) must not read as true."""
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{where}: must be true or false, got {value!r}")
+    return value
 
 
 def _deadline(parameters: dict[str, Any], deadline: float | None) -> float | None:

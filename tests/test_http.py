@@ -376,6 +376,12 @@ def test_errors_have_the_grpc_status_and_message(server, grpc_stub, path, method
         ),
         (f"/v1/models/{UNCOND}/interpolate?to_seed=1", 400, "from_seed: required"),
         (f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&fps=0", 400, "fps: must be"),
+        # A GIF frame's delay is a 16-bit field: slower than that was a 500 once.
+        (
+            f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&fps=0.0001",
+            400,
+            "fps: must be a finite number >= 0.0015",
+        ),
         (
             f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=4000&scale=20",
             400,

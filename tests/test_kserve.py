@@ -380,6 +380,20 @@ def test_http_errors_in_kserve_format(server: Any) -> None:
     assert status == 400 and "16 bytes of binary data are left" in json.loads(body)["error"]
     status, _, body = _http(server, "/v2/models/no-such-model")
     assert status == 404 and "no-such-model" in json.loads(body)["error"]
+    # Found in review: each repeat of an output was the whole tensor again (past the
+    # message limit), "false" as a string read as true, deep nesting was a 500.
+    z = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+    twice = {"inputs": [z], "outputs": [{"name": "image"}, {"name": "image"}]}
+    status, _, body = _http(server, url, twice)
+    assert (status, json.loads(body)["error"]) == (400, "outputs[image]: requested more than once")
+    as_text = {"inputs": [z], "parameters": {"binary_data_output": "false"}}
+    status, _, body = _http(server, url, as_text)
+    assert status == 400
+    assert json.loads(body)["error"] == (
+        "parameters.binary_data_output: must be true or false, got 'false'"
+    )
+    status, _, body = _http(server, url, b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and json.loads(body)["error"].startswith("request: not valid JSON")
 
 
 # --------------------------------------------------------------- token, metrics

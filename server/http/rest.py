@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ganserve.clients.images import GIF_MAX_FRAME_MS, MIN_GIF_FPS
 from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
@@ -302,8 +303,11 @@ class RestApi:
         self._truncation(query, req)
         scale = query.positive("scale") or 1
         fps = query.number("fps")
-        if fps is None or not (math.isfinite(fps) and fps > 0):
-            raise InvalidArgument(f"fps: must be a finite number > 0, got {fps}")
+        if fps is None or not (math.isfinite(fps) and fps >= MIN_GIF_FPS):
+            raise InvalidArgument(
+                f"fps: must be a finite number >= {MIN_GIF_FPS:.4f} (a GIF frame lasts at most "
+                f"{GIF_MAX_FRAME_MS / 1000} s), got {fps}"
+            )
         boomerang = query.flag("boomerang")
         plan = await plan_offloaded(plan_interpolate, req, spec, self._limits, 2)
         pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
