@@ -163,6 +163,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(code, str(exc.detail))
 
 
+class _StaticMount(Mount):
+    """The static files at ``/``, for paths no API route knows. A plain mount matches
+    every path fully, so a known path with the wrong method (GET on ``.../infer``) would
+    be served from the files (404) instead of answered 405 with its ``Allow``."""
+
+    def __init__(self, api: tuple[BaseRoute, ...], *, app: ASGIApp, name: str) -> None:
+        super().__init__("", app=app, name=name)
+        self._api = api
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if any(route.matches(scope)[0] != Match.NONE for route in self._api):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def create_app(
     repository: ModelRepository,
     metrics: Metrics,
@@ -188,7 +203,8 @@ def create_app(
 
     routes.insert(0, Route("/openapi.json", openapi, methods=["GET"], name="http_openapi"))
     if static_dir is not None and static_dir.is_dir():
-        routes.append(Mount("", app=StaticFiles(directory=static_dir, html=True), name="static"))
+        files = StaticFiles(directory=static_dir, html=True)
+        routes.append(_StaticMount(tuple(routes), app=files, name="static"))
     else:
         routes.append(Route("/", _placeholder, methods=["GET"], name="http_page"))
     app = Starlette(

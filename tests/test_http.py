@@ -399,13 +399,26 @@ def test_http_only_mistakes(server, path, status, start) -> None:
     assert reply.json()["code"] == ("INVALID_ARGUMENT" if status == 400 else "NOT_FOUND")
 
 
-def test_a_wrong_method_is_refused_with_the_allowed_ones(server) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/v1/models", "GET"),
+        # POST-only routes: the static files at / must not answer these instead.
+        ("GET", "/v2/models/tiny-uncond/infer", "POST"),
+        ("PUT", "/v2/models/tiny-uncond/infer", "POST"),
+    ],
+)
+def test_a_wrong_method_is_refused_with_the_allowed_ones(server, method, path, allowed) -> None:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{server.http_port}/v1/models", method="POST", data=b"{}"
+        f"http://127.0.0.1:{server.http_port}{path}",
+        method=method,
+        data=b"{}" if method != "GET" else None,
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
-    assert info.value.code == 405 and "GET" in info.value.headers["Allow"]
+    assert info.value.code == 405, info.value.read()
+    methods = {m.strip() for m in info.value.headers["Allow"].split(",")}
+    assert allowed in methods and method not in methods
     assert json.loads(info.value.read())["code"] == "UNIMPLEMENTED"
 
 
