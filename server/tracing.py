@@ -359,6 +359,11 @@ def _rpc_span(
         end_server_span(span, token)
 
 
+_HTTP_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+
+
 class AsgiTracing:
     """ASGI middleware: a SERVER span per HTTP request, child of its ``traceparent``
     header, named ``METHOD /route/{template}`` once the router has matched (Starlette
@@ -372,7 +377,9 @@ class AsgiTracing:
         if _tracer is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
+        # Span names come from a known set (OpenTelemetry's HTTP conventions): a client
+        # must not mint new ones with made-up methods or paths.
+        method = scope["method"] if scope["method"] in _HTTP_METHODS else "_OTHER"
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         attributes = {
             "http.request.method": method,
@@ -390,8 +397,11 @@ class AsgiTracing:
             try:
                 await self.app(scope, receive, send_status)
             finally:
-                route = getattr(scope.get("route"), "path", None)
-                if route is not None:
+                matched = scope.get("route")
+                route = getattr(matched, "path", None)
+                # The static files' catch-all mount is no route of the API: unknown paths
+                # keep the bare method as their name.
+                if route is not None and getattr(matched, "name", "") != "static":
                     span.update_name(f"{method} {route or '/'}")
                     span.set_attribute("http.route", route or "/")
                 if status:

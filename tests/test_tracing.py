@@ -333,6 +333,43 @@ async def test_inline_split_and_failed_batches(exporter) -> None:
     assert failed.status.status_code is StatusCode.ERROR  # Internal left the server span
 
 
+async def test_http_span_names_come_from_a_known_set(exporter) -> None:
+    """Made-up methods and unknown paths (the static files' catch-all) mint no span names."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    async def ok(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(
+        routes=[
+            Route("/v1/models/{name}", ok, methods=["GET"]),
+            Mount("", app=PlainTextResponse("file"), name="static"),
+        ]
+    )
+    app = tracing.AsgiTracing(inner)
+
+    async def call(method: str, path: str) -> None:
+        scope = {"type": "http", "method": method, "path": path, "headers": [],
+                 "query_string": b"", "root_path": "", "scheme": "http"}  # fmt: skip
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+
+    await call("GET", "/v1/models/m")
+    await call("FOOBAR123", "/anything")
+    await call("GET", "/no/such/page-4711")
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert names == ["GET /v1/models/{name}", "_OTHER", "GET"]
+
+
 def test_client_adds_the_current_span_context(exporter, monkeypatch) -> None:
     base = (("authorization", "Bearer t"),)
     assert with_trace_context(base) is base  # no current span: unchanged, nothing built
