@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from ganserve.contract.limits import Limits
 from ganserve.contract.sizes import per_image_bytes, response_bytes, response_too_large
 
 from .batcher import BatchingConfig
+from .calls import Call, CallCounter, hold_model
 from .errors import InvalidArgument, NotFound, ServeError, Unavailable
 from .generation import generate_checked
 from .metrics import Metrics
@@ -49,7 +50,7 @@ __all__ = [
     "OUTPUT",
     "PLATFORM",
     "Y_SUM_TOLERANCE",
-    "Call",
+    "Call",  # re-exported: the edges' handlers take one
     "InferRequest",
     "InferResponse",
     "InputTensor",
@@ -121,19 +122,6 @@ class InferResponse:
     outputs: list[OutputTensor]
 
 
-class Call:
-    """Per-request bookkeeping: the labels of its metrics, filled in as it goes."""
-
-    __slots__ = ("code", "held", "model", "recorded", "start")
-
-    def __init__(self) -> None:
-        self.model = ""
-        self.code = "OK"
-        self.start = time.perf_counter()
-        self.recorded = False
-        self.held: LoadedModel | None = None  # released when the request ends
-
-
 def _tensor_json(name: str, shape: Sequence[int]) -> dict[str, Any]:
     return {"name": name, "datatype": FP32, "shape": list(shape)}
 
@@ -155,38 +143,18 @@ class OipCore:
         self._limits = limits
         self._batching = batching
         self._ready = ready if ready is not None else (lambda: repository.ready)
-        self._inflight: dict[str, Any] = {}
-
-    def _gauge(self, method: str) -> Any:
-        gauge = self._inflight.get(method)
-        if gauge is None:
-            gauge = self._inflight[method] = self._metrics.inflight_requests.labels(method=method)
-        return gauge
+        self._calls = CallCounter(metrics)
 
     # ------------------------------------------------------------- bookkeeping
 
-    @contextlib.contextmanager
-    def track(self, method: str) -> Iterator[Call]:
-        """Count the request in flight; on exit record its status and latency."""
-        call = Call()
-        self._gauge(method).inc()
-        try:
-            yield call
-        finally:
-            if call.held is not None:
-                call.held.release()
-            self.record(method, call)
+    def track(self, method: str) -> contextlib.AbstractContextManager[Call]:
+        """``with core.track(method) as call:`` counted in flight, then once when done."""
+        return self._calls.track(method)
 
     def record(self, method: str, call: Call) -> None:
         """The request is over: counted once (an edge records before it sends an error,
         so that a client reading /metrics right after its error finds it there)."""
-        if call.recorded:
-            return
-        call.recorded = True
-        self._gauge(method).dec()
-        self._metrics.count_finished(
-            call.model, method, call.code, time.perf_counter() - call.start
-        )
+        self._calls.finished(method, call)
 
     def failure(
         self, method: str, exc: BaseException, call: Call, deadline_passed: bool = False
@@ -282,15 +250,7 @@ class OipCore:
     def _model(self, name: str, version: str, call: Call) -> LoadedModel:
         if not name:
             raise InvalidArgument("model_name: give a model name (ListModels lists them)")
-        try:
-            model = self._repo.get(name, version)
-        except Unavailable:
-            call.model = name  # a name the repository holds: a bounded label value
-            raise
-        call.model = model.spec.name
-        model.acquire()  # a reload closes this version only after the request is done
-        call.held = model
-        return model
+        return hold_model(self._repo, name, version, call)
 
     async def infer(
         self,

@@ -35,12 +35,12 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from . import tracing
+from .calls import Call, CallCounter, hold_model
 from .encode import encode_images
-from .errors import InvalidArgument, ServeError, Unavailable
+from .errors import InvalidArgument, ServeError
 from .generation import (
     OFFLOAD_IMAGES,
     generate_checked,
-    non_finite_output,
     plan_offloaded,
     sample_latents,
 )
@@ -65,8 +65,6 @@ except ImportError:  # pragma: no cover - a grpc without it: nothing to translat
         pass
 
 
-# The shared generation path's error for NaN/infinite output (its tests import it here).
-_non_finite_output = non_finite_output
 
 
 def _sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
@@ -119,21 +117,6 @@ def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
-
-
-class _Call:
-    """Per-RPC bookkeeping: the labels of its metrics, filled in as the handler goes."""
-
-    __slots__ = ("code", "held", "model", "recorded", "span", "span_token", "start")
-
-    def __init__(self) -> None:
-        self.model = ""
-        self.code = "OK"
-        self.start = time.perf_counter()
-        self.recorded = False  # status and latency counted (once)
-        self.held: LoadedModel | None = None  # released when the RPC ends
-        self.span: Any = tracing.NO_SPAN  # its trace span while tracing is on
-        self.span_token: object = None  # ends the span (tracing.end_server_span)
 
 
 def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
@@ -240,7 +223,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._metrics = metrics
         self._limits = limits
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
-        self._inflight = {m: metrics.inflight_requests.labels(method=m) for m in methods}
+        self._calls = CallCounter(metrics, methods)
         self._spans = {
             m: (f"{_SERVICE}/{m}", tracing.rpc_attributes("grpc", _SERVICE, m)) for m in methods
         }
@@ -248,10 +231,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     # ------------------------------------------------------------- plumbing
 
     @contextlib.contextmanager
-    def _track(self, method: str, context: Any = None) -> Iterator[_Call]:
+    def _track(self, method: str, context: Any = None) -> Iterator[Call]:
         """Count the RPC in flight (and trace it); on exit record its status and latency."""
-        call = _Call()
-        self._inflight[method].inc()
+        call = self._calls.started(method)
         if tracing.active and context is not None:  # a child of the caller's traceparent
             span_name, attributes = self._spans[method]
             call.span, call.span_token = tracing.start_server_span(span_name, context, attributes)
@@ -264,20 +246,14 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             if call.span_token is not None:
                 tracing.end_server_span(call.span, call.span_token)
 
-    def _record(self, method: str, call: _Call, message: str = "") -> None:
+    def _record(self, method: str, call: Call, message: str = "") -> None:
         """The RPC is over: out of the in-flight gauge, its status and latency counted (once)."""
-        if not call.recorded:
-            call.recorded = True
-            self._inflight[method].dec()
-            self._metrics.count_finished(
-                call.model, method, call.code, time.perf_counter() - call.start
-            )
-            if call.span_token is not None:  # traced
-                version = call.held.spec.version if call.held is not None else ""
-                tracing.grpc_outcome(call.span, call.code, message, call.model, version)
+        if self._calls.finished(method, call) and call.span_token is not None:  # traced
+            version = call.held.spec.version if call.held is not None else ""
+            tracing.grpc_outcome(call.span, call.code, message, call.model, version)
 
     async def _fail(
-        self, method: str, exc: BaseException, context: aio.ServicerContext, call: _Call
+        self, method: str, exc: BaseException, context: aio.ServicerContext, call: Call
     ) -> NoReturn:
         """Abort the RPC with the status of ``exc``; cancellation and aborts propagate as is."""
         if isinstance(exc, ServeError):
@@ -302,20 +278,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
 
-    def _model(self, request: Any, call: _Call) -> LoadedModel:
+    def _model(self, request: Any, call: Call) -> LoadedModel:
         if not request.model:
             raise InvalidArgument("model: give a model name (ListModels lists them)")
-        try:
-            model = self._repo.get(request.model, request.version)
-        except Unavailable:
-            # A name the repository holds (not ready): a bounded label value, unlike the
-            # unknown names of NOT_FOUND, which stay model="".
-            call.model = request.model
-            raise
-        call.model = model.spec.name
-        model.acquire()  # a reload closes this version only after the RPC is done
-        call.held = model
-        return model
+        return hold_model(self._repo, request.model, request.version, call)
 
     def _check_size(
         self,
@@ -383,7 +349,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     # ------------------------------------------------------------------ RPCs
 
     @_rpc("ListModels")
-    async def ListModels(self, request: Any, context: Any, call: _Call) -> pb.ListModelsResponse:
+    async def ListModels(self, request: Any, context: Any, call: Call) -> pb.ListModelsResponse:
         lim = self._limits
         return pb.ListModelsResponse(
             models=[model_info(s) for s in self._repo.statuses()],
@@ -397,7 +363,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         )
 
     @_rpc("GetModel")
-    async def GetModel(self, request: Any, context: Any, call: _Call) -> pb.ModelInfo:
+    async def GetModel(self, request: Any, context: Any, call: Call) -> pb.ModelInfo:
         if not request.model:
             raise InvalidArgument("model: give a model name (ListModels lists them)")
         status = self._repo.status(request.model, request.version)
@@ -405,7 +371,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         return model_info(status)
 
     @_rpc("Sample")
-    async def Sample(self, request: Any, context: Any, call: _Call) -> pb.SampleResponse:
+    async def Sample(self, request: Any, context: Any, call: Call) -> pb.SampleResponse:
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
         self._check_size(
@@ -419,7 +385,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     @_rpc("SampleStream", streaming=True)
     async def SampleStream(
-        self, request: Any, context: Any, call: _Call
+        self, request: Any, context: Any, call: Call
     ) -> AsyncIterator[pb.SampleResponse]:
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=True)
@@ -454,7 +420,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
                 pending.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     @_rpc("Interpolate")
-    async def Interpolate(self, request: Any, context: Any, call: _Call) -> pb.InterpolateResponse:
+    async def Interpolate(self, request: Any, context: Any, call: Call) -> pb.InterpolateResponse:
         model = self._model(request, call)
         # Counted only under the limit: millions of (empty) keyframes fit in one message,
         # and a Python loop over them would stall the event loop for seconds;
@@ -484,7 +450,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         return response
 
     @_rpc("Arithmetic")
-    async def Arithmetic(self, request: Any, context: Any, call: _Call) -> pb.ArithmeticResponse:
+    async def Arithmetic(self, request: Any, context: Any, call: Call) -> pb.ArithmeticResponse:
         model = self._model(request, call)
         # As in Interpolate: plan_arithmetic rejects more terms than the limit at once.
         terms = request.terms

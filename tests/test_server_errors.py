@@ -279,7 +279,7 @@ def test_latents_that_overflow_the_model_are_refused_not_nan(start_server, tmp_p
 
 def test_non_finite_output_blames_huge_latents_and_the_model_otherwise() -> None:
     from ganserve.server.errors import Internal, InvalidArgument
-    from ganserve.server.service import _non_finite_output
+    from ganserve.server.generation import non_finite_output as _non_finite_output
 
     assert isinstance(_non_finite_output(np.full((1, 8), 1e30, np.float32)), InvalidArgument)
     # standard-normal latents cannot be at fault: the model is (status INTERNAL)

@@ -14,12 +14,10 @@ Every request is counted like an RPC: ``ganserve_requests_total`` and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +30,8 @@ from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
 
-from ..errors import InvalidArgument, ServeError, Unavailable
+from ..calls import Call, CallCounter, hold_model
+from ..errors import InvalidArgument, ServeError
 from ..generation import generate_checked, plan_offloaded, sample_latents
 from ..latent import one_hot
 from ..metrics import Metrics
@@ -72,18 +71,6 @@ def model_json(status: ModelStatus) -> dict[str, Any]:
     }
 
 
-class _Call:
-    """Per-request bookkeeping: the labels of its metrics, filled in as it goes."""
-
-    __slots__ = ("code", "held", "model", "start")
-
-    def __init__(self) -> None:
-        self.model = ""
-        self.code = "OK"
-        self.start = time.perf_counter()
-        self.held: LoadedModel | None = None
-
-
 def _endpoint(method: str) -> Callable[[Any], Any]:
     """Count the request (in flight, status, latency) and turn failures into the API's
     error responses: ``ServeError`` as its status, anything else logged and INTERNAL."""
@@ -91,7 +78,7 @@ def _endpoint(method: str) -> Callable[[Any], Any]:
     def decorate(fn: Any) -> Any:
         @functools.wraps(fn)
         async def handle(self: RestApi, request: Request) -> Response:
-            with self._track(method) as call:
+            with self._calls.track(method) as call:
                 try:
                     return await fn(self, request, call)
                 except ServeError as exc:
@@ -154,7 +141,7 @@ class RestApi:
         self._repo = repository
         self._metrics = metrics
         self._limits = limits
-        self._inflight = {m: metrics.inflight_requests.labels(method=m) for m in METHODS}
+        self._calls = CallCounter(metrics, METHODS)
 
     def routes(self) -> list[Route]:
         """The endpoints; each route's name is its metrics method label."""
@@ -176,38 +163,16 @@ class RestApi:
             ),
         ]
 
-    @contextlib.contextmanager
-    def _track(self, method: str) -> Iterator[_Call]:
-        call = _Call()
-        self._inflight[method].inc()
-        try:
-            yield call
-        finally:
-            if call.held is not None:
-                call.held.release()
-            self._inflight[method].dec()
-            self._metrics.count_finished(
-                call.model, method, call.code, time.perf_counter() - call.start
-            )
-
-    def _model(self, request: Request, call: _Call) -> LoadedModel:
+    def _model(self, request: Request, call: Call) -> LoadedModel:
         """The model of the path, held until the request is done (a reload closes it after)."""
-        name = request.path_params["name"]
-        try:
-            model = self._repo.get(name, request.query_params.get("version", ""))
-        except Unavailable:
-            call.model = name  # a name the repository holds: a bounded label value
-            raise
-        call.model = model.spec.name
-        model.acquire()
-        call.held = model
-        return model
+        version = request.query_params.get("version", "")
+        return hold_model(self._repo, request.path_params["name"], version, call)
 
     # ------------------------------------------------------------- endpoints
 
     @_endpoint("http_list_models")
     @documented((), JSON)
-    async def list_models(self, request: Request, call: _Call) -> Response:
+    async def list_models(self, request: Request, call: Call) -> Response:
         """The models (one entry each: the version served by default) and the limits."""
         lim = self._limits
         return JSONResponse(
@@ -225,7 +190,7 @@ class RestApi:
 
     @_endpoint("http_get_model")
     @documented((VERSION,), JSON)
-    async def get_model(self, request: Request, call: _Call) -> Response:
+    async def get_model(self, request: Request, call: Call) -> Response:
         """One model: the version served by default, or ``?version=``."""
         Query(request.query_params, (VERSION,))
         status = self._repo.status(
@@ -236,7 +201,7 @@ class RestApi:
 
     @_endpoint("http_sample")
     @documented(SAMPLE, PNG, NPY)
-    async def sample(self, request: Request, call: _Call) -> Response:
+    async def sample(self, request: Request, call: Call) -> Response:
         """Images from seeds: a PNG grid, or the float32 images as .npy.
 
         The seeds, labels and truncation of gRPC ``Sample``: the same seed gives the
@@ -276,7 +241,7 @@ class RestApi:
 
     @_endpoint("http_interpolate")
     @documented(INTERPOLATE, GIF, PNG, NPY)
-    async def interpolate(self, request: Request, call: _Call) -> Response:
+    async def interpolate(self, request: Request, call: Call) -> Response:
         """Frames from one seed to another: an animated GIF, a PNG strip or .npy.
 
         gRPC ``Interpolate`` with two keyframes (from = keyframes[0], to = keyframes[1]);
@@ -324,7 +289,7 @@ class RestApi:
 
     @_endpoint("http_arithmetic")
     @documented(ARITHMETIC, PNG)
-    async def arithmetic(self, request: Request, call: _Call) -> Response:
+    async def arithmetic(self, request: Request, call: Call) -> Response:
         """Latent arithmetic: the terms and their weighted sum side by side, as PNG.
 
         gRPC ``Arithmetic`` with seed terms and ``return_term_images``; the picture is
