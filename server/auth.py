@@ -62,7 +62,9 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         self._metrics = metrics
         self._methods = {**_METHODS, **(methods or {})}
 
-    def _authorized(self, metadata: Any) -> tuple[bool, str]:
+    def authorized(self, metadata: Any) -> tuple[bool, str]:
+        """(True, "") for ``(key, value)`` pairs carrying the token, else (False, why):
+        gRPC metadata here, HTTP headers in the HTTP API (the same messages)."""
         value = None
         for key, val in metadata or ():
             if key == "authorization":
@@ -86,7 +88,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if service in OPEN_SERVICES or handler is None:
             return handler
-        ok, reason = self._authorized(handler_call_details.invocation_metadata)
+        ok, reason = self.authorized(handler_call_details.invocation_metadata)
         if ok:
             return handler
         log.debug("rejected %s: %s", method, reason)

@@ -111,7 +111,7 @@ class _Gate:
         ):
             # the interceptor reads gRPC metadata: (key, value) pairs, as the headers are
             headers = [("authorization", v) for k, v in scope["headers"] if k == b"authorization"]
-            ok, reason = self.checker._authorized(headers)
+            ok, reason = self.checker.authorized(headers)
             if not ok:
                 log.debug("rejected %s %s: %s", scope["method"], path, reason)
                 self.metrics.requests_total.labels(
