@@ -40,11 +40,6 @@ class Encoding(WireEnum):
         whose images travel as files."""
         return _RAW_DTYPES.get(self)
 
-    @property
-    def proto_name(self) -> str:
-        """The proto's name of this value, e.g. ``"ENCODING_UINT8"``."""
-        return f"ENCODING_{self.name}"
-
     @classmethod
     def from_number(cls, number: int) -> Encoding:
         """The encoding of a proto enum value (0, UNSPECIFIED, is FLOAT32); ValueError
