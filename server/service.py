@@ -65,8 +65,6 @@ except ImportError:  # pragma: no cover - a grpc without it: nothing to translat
         pass
 
 
-
-
 def _sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
     """Response bytes of one image of a Sample / SampleStream plan."""
     return sample_per_image_bytes(
