@@ -68,11 +68,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import tracing as _tracing
+from .admission import Admission, AdmissionConfig
 from .errors import (
     Cancelled,
     DeadlineExceeded,
@@ -106,6 +107,10 @@ class BatchingConfig:
     # With one instance and a single-threaded twin (``infer_side``): a second worker runs
     # a full batch queued behind a running one, both then on one thread each.
     side_batches: bool = True
+    # Admission control (``admission.py``): a request without a deadline that would wait
+    # longer than this is refused; the adaptive concurrency limit on top of the queue size.
+    max_queue_wait_ms: float = 1000.0
+    adaptive_limit: bool = True
 
     @property
     def wants_side_batches(self) -> bool:
@@ -124,6 +129,11 @@ class BatchingConfig:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if self.inline_max_images < 0:
             raise ValueError(f"inline_max_images must be >= 0, got {self.inline_max_images}")
+        if self.max_queue_wait_ms <= 0:
+            raise ValueError(f"max_queue_wait_ms must be > 0, got {self.max_queue_wait_ms}")
+
+    def admission(self) -> AdmissionConfig:
+        return AdmissionConfig(self.max_queue_wait_ms / 1000.0, self.adaptive_limit)
 
 
 class _Request:
@@ -192,7 +202,11 @@ class Batcher:
         # Split requests filled by batches on two workers at once: their bookkeeping.
         self._fill_lock = threading.Lock()
         self._last_take = 1  # requests in the most recent batch any worker took
-        self._pending = 0  # submit() calls not yet returned
+        self._pending = 0  # submit() calls not yet returned: requests in flight
+        self._pending_images = 0  # their images (queued, running or being delivered)
+        self._admission = Admission(
+            config.admission(), config.max_queue_size, config.max_batch_size, self._workers
+        )
         self._last_done = 0.0  # monotonic time the last submit() returned
         self._inline_s = 0.0  # duration of the last inline inference
         # Label children bound once: per-batch metric updates stay cheap.
@@ -201,6 +215,7 @@ class Batcher:
         self._m_batch = metrics.batch_size.labels(model)
         self._m_images = metrics.images_total.labels(model)
         self._m_side = metrics.side_batches_total.labels(model)
+        self._m_rejected: dict[str, Any] = {}
         self._metrics = metrics
         metrics.queue_capacity.labels(model).set(config.max_queue_size)
 
@@ -208,6 +223,11 @@ class Batcher:
     def queue_depth(self) -> int:
         """Requests waiting (including the rest of a partly batched one)."""
         return len(self._queue)
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Requests in flight admission allows now (adaptive, see ``admission.py``)."""
+        return self._admission.limit
 
     @property
     def running_batches(self) -> int:
@@ -225,7 +245,9 @@ class Batcher:
             return
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
-        self._metrics.track_queue(self._model, id(self), self._queue.__len__)
+        self._metrics.track_queue(
+            self._model, id(self), self._queue.__len__, lambda: self._admission.limit
+        )
         n = self._workers
         self._threads = [
             threading.Thread(
@@ -283,16 +305,25 @@ class Batcher:
             raise Unavailable(f"model '{self._model}' is not accepting requests (stopped)")
         if z.ndim != 2 or z.shape[0] < 1:
             raise InvalidArgument(f"latents must be a non-empty (N, D) array, got {z.shape}")
-        if len(self._queue) >= self._config.max_queue_size:
-            raise ResourceExhausted(
-                f"model '{self._model}' queue is full ({self._config.max_queue_size} requests); "
-                "retry later or lower the concurrency"
-            )
+        n = z.shape[0]
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:  # too late already: not an overload
+            raise DeadlineExceeded("deadline passed before the request was run")
+        refusal = self._admission.admit(
+            self._model, n, len(self._queue), self._pending, self._pending_images, now, deadline
+        )
+        if refusal is not None:
+            self._rejected(refusal.reason).inc()
+            raise ResourceExhausted(refusal.message, refusal.reason, refusal.retry_after_s)
         assert self._loop is not None
         self._pending += 1
+        self._pending_images += n
+        ok = False
         try:
-            if self._idle_for(z.shape[0]):
-                return self._run_inline(z, y, deadline, is_cancelled)
+            if self._idle_for(n):
+                out = self._run_inline(z, y, deadline, is_cancelled)
+                ok = True
+                return out
             req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
             with self._cond:
                 if not self._accepting:  # the worker crashed since the check above
@@ -301,10 +332,24 @@ class Batcher:
                 self._queued_images += req.n
                 if self._workers == 1 or self._wake_another():
                     self._cond.notify()
-            return await req.future
+            out = await req.future
+            ok = True
+            return out
         finally:
             self._pending -= 1
-            self._last_done = time.monotonic()
+            self._pending_images -= n
+            done = self._last_done = time.monotonic()
+            if ok:  # a failure's latency says nothing about capacity
+                self._admission.finished(done - now, self._pending)
+
+    def _rejected(self, reason: str) -> Any:
+        """The ``ganserve_rejected_total`` child of ``reason`` (looked up once)."""
+        child = self._m_rejected.get(reason)
+        if child is None:
+            child = self._m_rejected[reason] = self._metrics.rejected_total.labels(
+                self._model, reason
+            )
+        return child
 
     # ------------------------------------------------------------ inline path (loop thread)
 
@@ -547,7 +592,10 @@ class Batcher:
             log.warning("inference failed for model %s: %s", self._model, exc)
             out, error = None, Internal(f"inference failed for model '{self._model}': {exc}")
         batch = z.shape[0]
-        self._m_infer.observe(time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._m_infer.observe(seconds)
+        if out is not None:
+            self._admission.batch_done(batch, seconds)
         self._m_batch.observe(batch)
         if out is not None:
             self._m_images.inc(batch)

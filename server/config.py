@@ -342,6 +342,18 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("batching.max_queue_delay_ms", float, "longest wait to fill a batch, ms (default 0)"),
     _Option("batching.max_queue_size", int, "queued requests per model (default 1024)"),
     _Option(
+        "batching.max_queue_wait_ms",
+        float,
+        "refuse (RESOURCE_EXHAUSTED) a request without deadline that would wait longer "
+        "in its model's queue, by the measured cost per image (default 1000)",
+    ),
+    _Option(
+        "batching.adaptive_limit",
+        _parse_bool,
+        "an adaptive concurrency limit per model that falls when latency climbs (default on)",
+        is_bool=True,
+    ),
+    _Option(
         "batching.inline_max_images",
         int,
         "a lone request of <= N images runs on the event loop, no thread hand-off "

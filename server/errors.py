@@ -8,7 +8,10 @@ offending field or thing and say what to change. (The client library's errors ar
 
 from __future__ import annotations
 
+import math
+
 __all__ = [
+    "PUSHBACK_KEY",
     "Cancelled",
     "DeadlineExceeded",
     "Internal",
@@ -17,7 +20,15 @@ __all__ = [
     "ResourceExhausted",
     "ServeError",
     "Unavailable",
+    "pushback_trailer",
+    "retry_after",
 ]
+
+# gRPC's standard trailer telling a client when to retry (gRFC A6): gRPC's own retries
+# wait this long before the next attempt.
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The shortest hint given: an estimate of 0 (nothing measured yet) still asks for a pause.
+_MIN_PUSHBACK_MS = 10
 
 
 class ServeError(Exception):
@@ -39,7 +50,20 @@ class NotFound(ServeError):
 
 
 class ResourceExhausted(ServeError):
+    """Refused for want of capacity, never for what the request says: worth a retry.
+
+    ``reason`` labels ``ganserve_rejected_total``; ``retry_after_s``, when known, is
+    when there should be room again (gRPC: the ``grpc-retry-pushback-ms`` trailer,
+    which gRPC's own retries honour; HTTP: ``Retry-After``)."""
+
     code_name = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, reason: str = "other", retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceeded(ServeError):
@@ -56,3 +80,15 @@ class Cancelled(ServeError):
 
 class Internal(ServeError):
     code_name = "INTERNAL"
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds after which a retry of the refused request should find room, if known."""
+    return exc.retry_after_s if isinstance(exc, ResourceExhausted) else None
+
+
+def pushback_trailer(retry_after_s: float | None) -> tuple[tuple[str, str], ...]:
+    """The gRPC trailing metadata carrying ``retry_after_s`` (none when unknown)."""
+    if retry_after_s is None:
+        return ()
+    return ((PUSHBACK_KEY, str(max(_MIN_PUSHBACK_MS, math.ceil(retry_after_s * 1000)))),)

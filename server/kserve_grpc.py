@@ -29,7 +29,7 @@ from ganserve.kserve.v2 import model_config_pb2 as config_pb
 
 from . import tracing
 from .encode import encode_images
-from .errors import InvalidArgument
+from .errors import InvalidArgument, pushback_trailer
 from .generation import OFFLOAD_IMAGES
 from .oip import FP32, Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
 from .service import (
@@ -171,9 +171,13 @@ def _rpc(method: str, counted: bool = True) -> Callable[[Any], Any]:
     return decorate
 
 
-async def _abort(context: aio.ServicerContext, code: str, message: str) -> NoReturn:
+async def _abort(
+    context: aio.ServicerContext, code: str, message: str, retry_after_s: float | None = None
+) -> NoReturn:
     try:
-        await context.abort(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
+        await context.abort(
+            _CODES.get(code, grpc.StatusCode.UNKNOWN), message, pushback_trailer(retry_after_s)
+        )
     except _SendFailed:  # the client left as the status went out: no ERROR traceback
         raise asyncio.CancelledError("the client left before the status was sent") from None
     raise AssertionError("unreachable: abort raises")

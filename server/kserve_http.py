@@ -73,7 +73,8 @@ def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Aw
                 if failure is None:
                     raise
                 core.record(method, call)
-                return error_response(*failure)
+                code, message, after = failure
+                return error_response(code, message, retry_after_s=after)
 
     return handle
 

@@ -127,10 +127,23 @@ class Metrics:
             ("model",),
             registry=r,
         )
-        # Queue lengths of each model's running batchers (one per loaded version), read at
-        # scrape time: the gauge is what the queues hold then, idle included, and the
-        # request path pays nothing for it.
-        self._queues: dict[str, dict[int, Callable[[], int]]] = {}
+        self.concurrency_limit = Gauge(
+            "ganserve_concurrency_limit",
+            "Requests in flight a model admits now (adaptive: falls when latency climbs).",
+            ("model",),
+            registry=r,
+        )
+        self.rejected_total = Counter(
+            "ganserve_rejected_total",
+            "Requests refused with RESOURCE_EXHAUSTED before any work, by model and reason "
+            "(queue_full, concurrency, deadline, queue_wait, in_flight, buffered_bytes).",
+            ("model", "reason"),
+            registry=r,
+        )
+        # Queue lengths and concurrency limits of each model's running batchers (one per
+        # loaded version), read at scrape time: the gauges are what the queues hold then,
+        # idle included, and the request path pays nothing for them.
+        self._queues: dict[str, dict[int, tuple[Callable[[], int], Callable[[], int]]]] = {}
         self._queues_lock = threading.Lock()
         self.model_state = Gauge(
             "ganserve_model_state",
@@ -178,23 +191,34 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def track_queue(self, model: str, key: int, depth: Callable[[], int] | None) -> None:
-        """Count ``depth()`` (a batcher's queue length) in ``model``'s queue depth until it
-        is tracked again with ``None``; ``key`` tells the batchers of one model apart."""
+    def track_queue(
+        self,
+        model: str,
+        key: int,
+        depth: Callable[[], int] | None,
+        limit: Callable[[], int] | None = None,
+    ) -> None:
+        """Count ``depth()`` (a batcher's queue length) in ``model``'s queue depth, and
+        ``limit()`` (its concurrency limit) in its limit, until it is tracked again with
+        ``None``; ``key`` tells the batchers of one model apart."""
         with self._queues_lock:
             queues = self._queues.setdefault(model, {})
             if depth is None:
                 queues.pop(key, None)
             else:
-                queues[key] = depth
+                queues[key] = (depth, limit or (lambda: 0))
             if not queues:
                 del self._queues[model]
-            self.queue_depth.labels(model).set_function(functools.partial(self._depth, model))
+            self.queue_depth.labels(model).set_function(functools.partial(self._sum, model, 0))
+            self.concurrency_limit.labels(model).set_function(
+                functools.partial(self._sum, model, 1)
+            )
 
-    def _depth(self, model: str) -> float:
+    def _sum(self, model: str, which: int) -> float:
+        """The sum over ``model``'s batchers of their depth (0) or limit (1)."""
         with self._queues_lock:
-            depths = list(self._queues.get(model, {}).values())
-        return float(sum(depth() for depth in depths))
+            readers = [pair[which] for pair in self._queues.get(model, {}).values()]
+        return float(sum(read() for read in readers))
 
     def set_rewritten_layers(self, model: str, version: str, layers: int) -> None:
         """A version went READY running ``layers`` rewritten layers (removed with its

@@ -36,7 +36,7 @@ from ganserve.contract.sizes import per_image_bytes, response_bytes, response_to
 
 from .batcher import BatchingConfig
 from .calls import Call, CallCounter, hold_model
-from .errors import InvalidArgument, NotFound, ServeError, Unavailable
+from .errors import InvalidArgument, NotFound, ServeError, Unavailable, retry_after
 from .generation import generate_checked
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
@@ -158,16 +158,17 @@ class OipCore:
 
     def failure(
         self, method: str, exc: BaseException, call: Call, deadline_passed: bool = False
-    ) -> tuple[str, str] | None:
-        """The status (code name, message) to answer ``exc`` with, set on ``call``; None
-        for a cancellation, which the edge lets propagate."""
+    ) -> tuple[str, str, float | None] | None:
+        """The status (code name, message, seconds after which to retry if known) to
+        answer ``exc`` with, set on ``call``; None for a cancellation, which the edge
+        lets propagate."""
         if isinstance(exc, ServeError):
             call.code = exc.code_name
-            return exc.code_name, exc.message
+            return exc.code_name, exc.message, retry_after(exc)
         if isinstance(exc, Exception):
             log.exception("%s failed", method)
             call.code = "INTERNAL"
-            return "INTERNAL", f"internal error in {method}: see the server log"
+            return "INTERNAL", f"internal error in {method}: see the server log", None
         call.code = "DEADLINE_EXCEEDED" if deadline_passed else "CANCELLED"
         return None
 

@@ -37,7 +37,7 @@ from ganserve.v1 import generator_pb2_grpc as pb_grpc
 from . import tracing
 from .calls import Call, CallCounter, hold_model
 from .encode import encode_images
-from .errors import InvalidArgument, ServeError
+from .errors import InvalidArgument, ServeError, pushback_trailer, retry_after
 from .generation import (
     OFFLOAD_IMAGES,
     generate_checked,
@@ -254,8 +254,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self, method: str, exc: BaseException, context: aio.ServicerContext, call: Call
     ) -> NoReturn:
         """Abort the RPC with the status of ``exc``; cancellation and aborts propagate as is."""
+        trailer: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, ServeError):
             call.code, message = exc.code_name, exc.message
+            trailer = pushback_trailer(retry_after(exc))
         elif isinstance(exc, aio.AbortError):
             code = context.code()
             call.code = code.name if code else "UNKNOWN"
@@ -271,7 +273,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         # its error must find it there (the abort sends first and raises after).
         self._record(method, call, message)
         try:
-            await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message)
+            await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message, trailer)
         except _SendFailed:  # the client left as the status went out: no ERROR traceback
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")

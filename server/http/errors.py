@@ -7,6 +7,8 @@ HTTP status follows the code (Google's gRPC-to-HTTP mapping).
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
 __all__ = ["HTTP_STATUS", "RETRY_AFTER_S", "error_response"]
@@ -29,12 +31,20 @@ HTTP_STATUS = {
 RETRY_AFTER_S = 1
 
 
-def error_response(code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The response for a failure with gRPC status ``code`` and ``message``."""
+def error_response(
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    retry_after_s: float | None = None,
+) -> JSONResponse:
+    """The response for a failure with gRPC status ``code`` and ``message``;
+    ``retry_after_s``: the server's estimate of when there is room (an overload refusal),
+    sent as ``Retry-After`` (whole seconds, at least 1)."""
     status = HTTP_STATUS.get(code, 500)
     extra = dict(headers or {})
     if status in (429, 503):
-        extra.setdefault("Retry-After", str(RETRY_AFTER_S))
+        after = RETRY_AFTER_S if retry_after_s is None else max(1, math.ceil(retry_after_s))
+        extra.setdefault("Retry-After", str(after))
     if status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=extra)

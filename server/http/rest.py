@@ -31,7 +31,7 @@ from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
 
 from ..calls import Call, CallCounter, hold_model
-from ..errors import InvalidArgument, ServeError
+from ..errors import InvalidArgument, ServeError, retry_after
 from ..generation import generate_checked, plan_offloaded, sample_latents
 from ..latent import one_hot
 from ..metrics import Metrics
@@ -83,7 +83,9 @@ def _endpoint(method: str) -> Callable[[Any], Any]:
                     return await fn(self, request, call)
                 except ServeError as exc:
                     call.code = exc.code_name
-                    return error_response(exc.code_name, exc.message)
+                    return error_response(
+                        exc.code_name, exc.message, retry_after_s=retry_after(exc)
+                    )
                 except Exception:
                     log.exception("%s failed", method)
                     call.code = "INTERNAL"
