@@ -9,7 +9,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ganserve.clients._channel import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_TARGET, ChannelConfig
+from ganserve.clients._channel import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RETRY_MAX_TOKENS,
+    DEFAULT_RETRY_TOKEN_RATIO,
+    DEFAULT_TARGET,
+    ChannelConfig,
+)
 from ganserve.clients._sampling import ALWAYS_FITS_BYTES, PartFetch
 from ganserve.clients._tracing import with_trace_context
 from ganserve.clients.errors import GanServeError, InvalidRequest
@@ -72,6 +78,8 @@ class ClientBase:
         keepalive: float | None = 300.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retries: int = 3,
+        retry_max_tokens: int | None = DEFAULT_RETRY_MAX_TOKENS,
+        retry_token_ratio: float = DEFAULT_RETRY_TOKEN_RATIO,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Open a channel to the server(s); nothing is sent until the first call.
@@ -98,15 +106,24 @@ class ClientBase:
             max_message_bytes: Largest message this client sends or receives; the
                 client plans with the smaller of it and the server's limits.
             retries: Extra attempts (0 to 4) of a call that fails ``UNAVAILABLE`` or
-                ``RESOURCE_EXHAUSTED``, with exponential backoff; also the attempts to
+                ``RESOURCE_EXHAUSTED``, with exponential backoff, or after the server's
+                ``grpc-retry-pushback-ms`` when it sends one; also the attempts to
                 resume a stream cut by ``UNAVAILABLE``.
+            retry_max_tokens: Size of the channel's retry token bucket (gRPC's
+                ``retryThrottling``, 1 to 1000): each attempt failing ``UNAVAILABLE``
+                or ``RESOURCE_EXHAUSTED`` takes a token, and no call is retried while
+                half of them or fewer are left (below 3, none ever is). ``None``: no
+                throttling.
+            retry_token_ratio: Tokens each successful call gives back (0.001 to 1000,
+                rounded to 3 decimals).
             options: Extra gRPC channel options ``(name, value)``, appended last.
 
         Raises:
-            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), or ``retries``
-                out of range; an unreadable TLS file or an unresolvable target list
-                (``GanClient`` at once, ``AsyncGanClient`` at the first call, when its
-                channel opens on the running event loop).
+            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), or ``retries``,
+                ``retry_max_tokens`` or ``retry_token_ratio`` out of range; an unreadable
+                TLS file or an unresolvable target list (``GanClient`` at once,
+                ``AsyncGanClient`` at the first call, when its channel opens on the
+                running event loop).
         """
         self._config = ChannelConfig(
             target=target,
@@ -119,6 +136,8 @@ class ClientBase:
             keepalive_s=keepalive,
             max_message_bytes=max_message_bytes,
             retries=retries,
+            retry_max_tokens=retry_max_tokens,
+            retry_token_ratio=retry_token_ratio,
             extra_options=tuple(options),
         )
         self.timeout = timeout

@@ -5,7 +5,11 @@ balancing, TLS, the bearer token, keepalive, message size, and retries. Retries
 are gRPC's own (service-config ``retryPolicy``): gRPC retries a call only
 while no response has reached the application, with jittered exponential
 backoff, and it respects the call deadline and server pushback — none of which
-a hand-written loop gets right.
+a hand-written loop gets right. The service config's ``retryThrottling`` (gRFC A6)
+keeps retries from multiplying the load on an overloaded server: every failed
+attempt with a retryable code takes a token from the channel's bucket, every
+success gives back ``tokenRatio``, and no call is retried while the bucket holds
+half of ``maxTokens`` or less.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import grpc.aio
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_PORT",
+    "DEFAULT_RETRY_MAX_TOKENS",
+    "DEFAULT_RETRY_TOKEN_RATIO",
     "DEFAULT_TARGET",
     "ChannelConfig",
     "resolve_target",
@@ -37,6 +43,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default limit
 # Services the retry policy covers: ours and the standard health service.
 _SERVICES = ("ganserve.v1.Generator", "grpc.health.v1.Health")
 _RETRYABLE = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+# retryThrottling: gRPC's recommended starting point (gRFC A6's example).
+DEFAULT_RETRY_MAX_TOKENS = 10
+DEFAULT_RETRY_TOKEN_RATIO = 0.1
 
 PathLike = str | os.PathLike[str]
 
@@ -54,6 +63,9 @@ class ChannelConfig:
       ``tls_ca`` the system roots are used. ``tls_cert`` + ``tls_key`` enable mTLS.
     - ``token`` is sent as ``authorization: Bearer <token>`` on every call.
     - ``retries``: extra attempts on UNAVAILABLE / RESOURCE_EXHAUSTED (0 = off).
+    - ``retry_max_tokens`` / ``retry_token_ratio``: the retry token bucket (gRPC's
+      ``retryThrottling``) of this channel; ``retry_max_tokens=None`` turns it off.
+      Only in the config while retries are on.
     """
 
     target: str | Sequence[str] = DEFAULT_TARGET
@@ -68,6 +80,8 @@ class ChannelConfig:
     retries: int = 3
     retry_initial_backoff_s: float = 0.1
     retry_max_backoff_s: float = 2.0
+    retry_max_tokens: int | None = DEFAULT_RETRY_MAX_TOKENS
+    retry_token_ratio: float = DEFAULT_RETRY_TOKEN_RATIO
     extra_options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -76,6 +90,8 @@ class ChannelConfig:
         if not 0 <= self.retries <= 4:
             # gRPC caps maxAttempts at 5 (1 call + 4 retries) and silently clamps above.
             raise ValueError(f"retries must be in [0, 4], got {self.retries}")
+        if self.retry_max_tokens is not None:
+            _check_throttling(self.retry_max_tokens, self.retry_token_ratio)
         if self.max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be > 0, got {self.max_message_bytes}")
 
@@ -107,6 +123,12 @@ class ChannelConfig:
                     },
                 }
             ]
+            if self.retry_max_tokens is not None:
+                # Global (top-level) in the service config: one bucket per channel.
+                config["retryThrottling"] = {
+                    "maxTokens": int(self.retry_max_tokens),
+                    "tokenRatio": round(self.retry_token_ratio, 3),
+                }
         return config
 
     def options(self) -> list[tuple[str, Any]]:
@@ -148,6 +170,23 @@ class ChannelConfig:
         if self.uses_tls:
             return grpc.aio.secure_channel(target, self.credentials(), options=self.options())
         return grpc.aio.insecure_channel(target, options=self.options())
+
+
+def _check_throttling(max_tokens: float, token_ratio: float) -> None:
+    """Refuse what gRPC core would refuse in the service config: a config it cannot
+    parse makes every call of the channel fail ``INVALID_ARGUMENT``.
+
+    Core reads ``maxTokens`` as an unsigned integer (``10.0`` does not parse) and
+    ``tokenRatio`` to 3 decimals from the JSON text (``1e-05`` does not parse, ``0.0004``
+    reads as 0); gRFC A6 bounds ``maxTokens`` to (0, 1000]. The ratio is sent rounded to
+    3 decimals; above 1000 it would overflow core's milli-token count.
+    """
+    if isinstance(max_tokens, bool) or not float(max_tokens).is_integer():
+        raise ValueError(f"retry_max_tokens must be a whole number, got {max_tokens!r}")
+    if not 0 < max_tokens <= 1000:
+        raise ValueError(f"retry_max_tokens must be in [1, 1000], got {max_tokens}")
+    if not 0.001 <= round(token_ratio, 3) <= 1000:
+        raise ValueError(f"retry_token_ratio must be in [0.001, 1000], got {token_ratio}")
 
 
 def resolve_target(target: str | Sequence[str]) -> str:

@@ -28,7 +28,12 @@ import grpc
 import numpy as np
 from tqdm.auto import tqdm
 
-from ganserve.clients.errors import GanServeError, InvalidRequest, from_rpc_error
+from ganserve.clients.errors import (
+    GanServeError,
+    InvalidRequest,
+    from_rpc_error,
+    server_pushback_s,
+)
 from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits
 from ganserve.contract.encodings import Encoding
 from ganserve.contract.labels import default_labels, label_count_problem, needs_explicit_labels
@@ -211,7 +216,9 @@ class PartFetch:
     seeds (the part's, or the one the server reported in the first chunk), latents
     and labels, so the images are the ones the uncut stream would have given. At most
     ``retries`` attempts in a row without a new chunk, ``backoff_s`` doubling up to
-    ``max_backoff_s`` between them; other errors are not retried here.
+    ``max_backoff_s`` between them, or the server's pushback (``grpc-retry-pushback-ms``)
+    when it asks for longer; a negative pushback is not resumed, as in gRPC's own
+    retries. Other errors are not retried here.
     """
 
     def __init__(
@@ -253,7 +260,12 @@ class PartFetch:
     def resume_delay(self, exc: grpc.RpcError) -> float:
         """Seconds to wait before resuming after ``exc``; raises its typed error instead
         when the stream is not to be resumed."""
-        give_up = exc.code() != grpc.StatusCode.UNAVAILABLE or self._failures >= self.retries
+        pushback = server_pushback_s(exc)
+        give_up = (
+            exc.code() != grpc.StatusCode.UNAVAILABLE
+            or self._failures >= self.retries
+            or (pushback is not None and pushback < 0)
+        )
         # (a seed-based stream whose chunks named no seed cannot be resumed exactly)
         if give_up or (
             self.done and self.part.WhichOneof("source") != "latents" and self._seed is None
@@ -261,7 +273,7 @@ class PartFetch:
             raise from_rpc_error(exc) from exc
         delay = min(self.backoff_s * 2**self._failures, self.max_backoff_s)
         self._failures += 1
-        return delay
+        return delay if pushback is None else max(delay, pushback)
 
 
 def _checked_count(req: pb.SampleRequest, source: str | None) -> int:

@@ -3,12 +3,13 @@
 The server maps every failure to one status code with a message naming the
 offending field (see the proto). Callers catch the class that says what to do
 (``ModelNotFound``: fix the name; ``Overloaded``: back off; ...) and still have
-the raw ``code`` and ``details`` for logs.
+the raw ``code`` and ``details`` for logs, and ``retry_after_s`` when the server
+asked callers to wait (gRPC's ``grpc-retry-pushback-ms`` trailing metadata).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import grpc
@@ -23,8 +24,12 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "from_rpc_error",
+    "server_pushback_s",
     "typed_errors",
 ]
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's standard key (gRFC A6)
+_MAX_PUSHBACK_MS = 2**63 - 1  # gRPC core parses the value as an int64
 
 
 class GanServeError(Exception):
@@ -32,15 +37,24 @@ class GanServeError(Exception):
 
     ``code`` is the ``grpc.StatusCode`` of the failed call (``INVALID_ARGUMENT``
     for requests the client rejects before sending); ``details`` is the
-    server's (or client's) message.
+    server's (or client's) message. ``retry_after_s`` is the server's pushback of
+    the last attempt (``grpc-retry-pushback-ms`` trailing metadata) in seconds: how
+    long it asks before the next try; ``None`` when it sent none, a negative one
+    (do not retry) or one that is not a number.
     """
 
     default_code = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        details: str,
+        code: grpc.StatusCode | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(details)
         self.code: grpc.StatusCode = code if code is not None else self.default_code
         self.details = details
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.details}"
@@ -59,7 +73,10 @@ class InvalidRequest(GanServeError, ValueError):
 
 
 class Overloaded(GanServeError):
-    """The server's queue is full or the request too large (``RESOURCE_EXHAUSTED``)."""
+    """The server's queue is full or the request too large (``RESOURCE_EXHAUSTED``).
+
+    When the server says how long to back off, ``retry_after_s`` has it (seconds).
+    """
 
     default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -112,7 +129,35 @@ def from_rpc_error(error: grpc.RpcError) -> GanServeError:
     if not details:  # str() of a grpc.Call is its multi-line repr, not a message
         details = f"{code.name} (no message)" if callable(code_fn) else str(error) or code.name
     cls = _BY_CODE.get(code, GanServeError)
-    return cls(details, code)
+    pushback = server_pushback_s(error)
+    retry_after = pushback if pushback is not None and pushback >= 0 else None
+    return cls(details, code, retry_after)
+
+
+def server_pushback_s(error: grpc.RpcError) -> float | None:
+    """The server's ``grpc-retry-pushback-ms`` of a failed call, in seconds.
+
+    ``None``: the trailing metadata has none. Negative: do not retry (the server sent
+    a negative value, or one that is not a whole number of milliseconds: gRPC core,
+    which reads the value before the application does, treats both the same).
+    """
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        metadata = trailing() if callable(trailing) else None
+    except Exception:  # an RpcError that is not a finished call; no metadata to read
+        return None
+    return _pushback_s(metadata)
+
+
+def _pushback_s(metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:
+    for key, value in metadata or ():
+        if key != PUSHBACK_KEY:
+            continue
+        text = (value.decode("ascii", "replace") if isinstance(value, bytes) else value).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) > _MAX_PUSHBACK_MS:
+            return -1.0
+        return int(text) / 1000
+    return None
 
 
 @contextmanager

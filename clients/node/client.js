@@ -40,6 +40,9 @@ const RETRY_SERVICES = ["ganserve.v1.Generator", "grpc.health.v1.Health"];
 const RETRYABLE = ["UNAVAILABLE", "RESOURCE_EXHAUSTED"];
 const RETRY_INITIAL_BACKOFF_S = 0.1;
 const RETRY_MAX_BACKOFF_S = 2.0;
+// Retry token bucket (retryThrottling, gRFC A6), the Python client's defaults.
+const RETRY_MAX_TOKENS = 10;
+const RETRY_TOKEN_RATIO = 0.1;
 const KEEPALIVE_TIMEOUT_MS = 20000;
 // PIL's Image.MAX_IMAGE_PIXELS, the Python CLI's limit for a grid: PIL-based tools do
 // not open a larger picture, and the whole grid is made in memory.
@@ -164,7 +167,9 @@ function channelCredentials(opts) {
 
 // gRPC's own retries (a service-config retryPolicy): a call is retried only while no
 // response has reached the application, with jittered exponential backoff, within the
-// call's deadline. Round robin over every address of the target.
+// call's deadline, after the server's grpc-retry-pushback-ms when it sends one; the
+// token bucket stops retries while most attempts fail. Round robin over every address
+// of the target.
 function serviceConfig(opts) {
   const config = { loadBalancingConfig: [{ round_robin: {} }] };
   if (opts.retries > 0) { // grpc-js requires maxAttempts >= 2 in a retry policy
@@ -178,6 +183,7 @@ function serviceConfig(opts) {
         retryableStatusCodes: RETRYABLE,
       },
     }];
+    config.retryThrottling = { maxTokens: RETRY_MAX_TOKENS, tokenRatio: RETRY_TOKEN_RATIO };
   }
   return config;
 }
