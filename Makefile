@@ -4,6 +4,9 @@
 #   make docs   build the manual (docs/, mkdocs.yml) strictly into site/
 #   make bench  closed-loop benchmark against the real server (figures printed), the
 #               bundled DCGAN and its int8 copy (BENCH_MODELS=... for others)
+#   make stress open-loop overload test of the real server (2x/4x saturation, recovery,
+#               unread streams' memory) on the bundled DCGAN (figures printed, ~2 min;
+#               STRESS_ARGS="--duration 15" etc. for its flags)
 #   make models re-train, export and evaluate the bundled models from DATA_DIR (and the
 #               int8 copy of mnist-dcgan)
 #   make image-test  build and run the image with podman, checked by the client (root, minutes)
@@ -19,8 +22,9 @@ PORT ?= 50051
 METRICS_PORT ?= 8000
 HTTP_PORT ?= 8080
 BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
+STRESS_ARGS ?=
 
-.PHONY: run test lint typecheck docs bench models protos docker image-test clean help
+.PHONY: run test lint typecheck docs bench stress models protos docker image-test clean help
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -64,6 +68,9 @@ bench: $(VENV)/.dev
 	for model in $(BENCH_MODELS); do \
 		$(BIN)/python benchmarks/bench.py --model-dir models --model $$model || exit 1; \
 	done
+
+stress: $(VENV)/.dev
+	$(BIN)/python benchmarks/stress.py --model-dir models --model mnist-dcgan $(STRESS_ARGS)
 
 models: $(VENV)/.dev
 	$(BIN)/ganserve build-model $(MODELS) --data-root $(DATA_DIR) --models-dir models
