@@ -49,7 +49,9 @@ class AdmissionConfig:
 class Refusal:
     """Why a request was refused: ``reason`` labels ``ganserve_rejected_total``."""
 
-    reason: str  # queue_full | concurrency | deadline | queue_wait
+    # queue_full | concurrency | deadline | queue_wait; too_late: the request alone cannot
+    # finish in time (DEADLINE_EXCEEDED, not an overload)
+    reason: str
     message: str
     retry_after_s: float
 
@@ -211,9 +213,17 @@ class Admission:
                 f"concurrency limit ({limit}, adapted to its latency); retry later",
                 ahead_s,
             )
-        finish_s = ahead_s + self.wait_s(images)
+        own_s = self.wait_s(images)
+        finish_s = ahead_s + own_s
         if deadline is not None:
             left = deadline - now
+            if own_s > left:  # too late even on an idle server: not an overload
+                return Refusal(
+                    "too_late",
+                    f"the request needs about {own_s * 1e3:.0f} ms of compute, more than its "
+                    f"deadline leaves ({max(left, 0) * 1e3:.0f} ms)",
+                    0.0,
+                )
             if finish_s > left:
                 return Refusal(
                     "deadline",

@@ -313,6 +313,8 @@ class Batcher:
             self._model, n, len(self._queue), self._pending, self._pending_images, now, deadline
         )
         if refusal is not None:
+            if refusal.reason == "too_late":
+                raise DeadlineExceeded(refusal.message)
             self._rejected(refusal.reason).inc()
             raise ResourceExhausted(refusal.message, refusal.reason, refusal.retry_after_s)
         assert self._loop is not None

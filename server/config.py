@@ -98,6 +98,11 @@ class ServerConfig:
     # from 1,000, all from 3,000); set well above the model queues, a burst reaches
     # them and overload is the batcher's clear RESOURCE_EXHAUSTED.
     max_pending_rpcs: int = 10_000
+    # Server-wide budgets (``budget.py``): what does not fit is refused with
+    # RESOURCE_EXHAUSTED at once. 0 bytes: sized for the machine (default_buffered_bytes).
+    max_buffered_bytes: int = 0
+    max_inflight_rpcs: int = 4096
+    max_streams: int = 256
     grace_period_s: float = 10.0  # in-flight RPCs get this long after SIGTERM
     # After SIGTERM, keep serving this long with health NOT_SERVING, so that load
     # balancers and Kubernetes endpoints stop routing here before new RPCs are refused.
@@ -180,6 +185,9 @@ class ServerConfig:
             "--stream-chunk-max",
         )
         _check(self.max_pending_rpcs >= 1, "--max-pending-rpcs must be >= 1")
+        _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
+        _check(self.max_inflight_rpcs >= 1, "--max-inflight-rpcs must be >= 1")
+        _check(self.max_streams >= 1, "--max-streams must be >= 1")
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
@@ -412,6 +420,19 @@ _OPTIONS: tuple[_Option, ...] = (
         "RPCs received but not yet picked up by the server loop; beyond it gRPC cancels "
         "new ones (default 10000)",
     ),
+    _Option(
+        "max_buffered_bytes",
+        int,
+        "response bytes held in memory at once, all calls together; a call that does not "
+        "fit is refused (RESOURCE_EXHAUSTED), a stream's next chunk waits (default 0: a "
+        "sixteenth of RAM, 256 MiB to 2 GiB)",
+    ),
+    _Option(
+        "max_inflight_rpcs",
+        int,
+        "ganserve.v1 calls handled at once; more are refused (default 4096)",
+    ),
+    _Option("max_streams", int, "SampleStreams open at once; more are refused (default 256)"),
     _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
     _Option("shutdown_delay_s", float, "on SIGTERM, serve N s more as NOT_SERVING (default 0)"),
     _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),

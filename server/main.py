@@ -113,6 +113,7 @@ class _Server:
 
         from . import tracing
         from .auth import BearerTokenInterceptor
+        from .budget import ServerBudgets, default_buffered_bytes
         from .kserve_grpc import METHOD_LABELS, KServeService, add_kserve_to_server
         from .metrics import Metrics
         from .oip import OipCore
@@ -156,7 +157,12 @@ class _Server:
             ],
         )
         self._grpc = server
-        add_to_server(GeneratorService(self.repository, metrics, limits), server)
+        budgets = ServerBudgets(
+            cfg.max_buffered_bytes or default_buffered_bytes(cfg.max_message_bytes),
+            cfg.max_inflight_rpcs,
+            cfg.max_streams,
+        )
+        add_to_server(GeneratorService(self.repository, metrics, limits, budgets), server)
         self._oip = OipCore(self.repository, metrics, limits, cfg.batching, ready=self._ready)
         add_kserve_to_server(KServeService(self._oip), server)
         self.health = health.aio.HealthServicer()

@@ -35,9 +35,10 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from . import tracing
+from .budget import ServerBudgets, default_buffered_bytes
 from .calls import Call, CallCounter, hold_model
 from .encode import encode_images
-from .errors import InvalidArgument, ServeError, pushback_trailer, retry_after
+from .errors import InvalidArgument, ResourceExhausted, ServeError, pushback_trailer, retry_after
 from .generation import (
     OFFLOAD_IMAGES,
     generate_checked,
@@ -126,6 +127,8 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
+                    if self._inflight > self._budgets.max_inflight_rpcs:
+                        raise self._refuse_inflight()
                     return await fn(self, request, context, call)
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
@@ -141,6 +144,8 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
+                    if self._inflight > self._budgets.max_inflight_rpcs:
+                        raise self._refuse_inflight()
                     async with contextlib.aclosing(fn(self, request, context, call)) as responses:
                         async for response in responses:
                             try:
@@ -216,10 +221,21 @@ def model_info(status: ModelStatus) -> pb.ModelInfo:
 class GeneratorService(pb_grpc.GeneratorServicer):
     """gRPC servicer over a ``ModelRepository``."""
 
-    def __init__(self, repository: ModelRepository, metrics: Metrics, limits: Limits):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics,
+        limits: Limits,
+        budgets: ServerBudgets | None = None,
+    ):
         self._repo = repository
         self._metrics = metrics
         self._limits = limits
+        self._budgets = budgets or ServerBudgets(
+            default_buffered_bytes(limits.max_message_bytes), 4096, 256
+        )
+        self._inflight = 0  # RPCs of this service being handled
+        self._streams = 0  # SampleStreams open
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
         self._calls = CallCounter(metrics, methods)
         self._spans = {
@@ -232,12 +248,14 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     def _track(self, method: str, context: Any = None) -> Iterator[Call]:
         """Count the RPC in flight (and trace it); on exit record its status and latency."""
         call = self._calls.started(method)
+        self._inflight += 1
         if tracing.active and context is not None:  # a child of the caller's traceparent
             span_name, attributes = self._spans[method]
             call.span, call.span_token = tracing.start_server_span(span_name, context, attributes)
         try:
             yield call
         finally:
+            self._inflight -= 1
             if call.held is not None:
                 call.held.release()
             self._record(method, call)
@@ -278,6 +296,38 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
 
+    def _refused(self, reason: str, model: str = "") -> None:
+        self._metrics.rejected_total.labels(model, reason).inc()
+
+    def _refuse_inflight(self) -> ResourceExhausted:
+        self._refused("in_flight")
+        return ResourceExhausted(
+            f"the server is handling {self._inflight - 1} calls, its limit "
+            f"(--max-inflight-rpcs {self._budgets.max_inflight_rpcs}); retry later",
+            "in_flight",
+            1.0,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _buffered(
+        self, size: int, what: str, model: str, wait_s: float | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of the response budget while the response is built and
+        handed to gRPC: refused at once (``wait_s`` None) or after waiting that long."""
+        budget = self._budgets.buffered
+        try:
+            if wait_s is None:
+                budget.acquire_now(size, what)
+            else:
+                await budget.acquire(size, wait_s)
+        except ResourceExhausted as exc:
+            self._refused(exc.reason, model)
+            raise
+        try:
+            yield
+        finally:
+            budget.release(size)
+
     def _model(self, request: Any, call: Call) -> LoadedModel:
         if not request.model:
             raise InvalidArgument("model: give a model name (ListModels lists them)")
@@ -291,14 +341,16 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         per_image: int,
         hint: str,
         extra: int = 0,
-    ) -> None:
+    ) -> int:
         """Fail before computing if ``n`` images of ``per_image`` bytes (and ``extra``
-        bytes besides) cannot fit in one message: ``contract.sizes``' estimate."""
+        bytes besides) cannot fit in one message: ``contract.sizes``' estimate, which
+        is returned."""
         size = response_bytes(n, per_image, extra)
         limit = self._limits.max_message_bytes
         if size > limit:
             # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
             raise InvalidArgument(response_too_large(n, encoding, spec.name, size, limit, hint))
+        return size
 
     async def _run(
         self,
@@ -374,14 +426,15 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     async def Sample(self, request: Any, context: Any, call: Call) -> pb.SampleResponse:
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
-        self._check_size(
+        size = self._check_size(
             model.spec,
             plan.count,
             plan.encoding,
             _sample_image_bytes(plan, model.spec),
             "use SampleStream",
         )
-        return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
+        async with self._buffered(size, "the response", call.model):
+            return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
 
     @_rpc("SampleStream", streaming=True)
     async def SampleStream(
@@ -389,35 +442,37 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     ) -> AsyncIterator[pb.SampleResponse]:
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=True)
-        self._check_size(
-            model.spec,
-            plan.chunk_size,
-            plan.encoding,
-            _sample_image_bytes(plan, model.spec),
-            "lower chunk_size",
-        )
-        deadline = _deadline(context)
-
-        def chunk(start: int) -> asyncio.Task[pb.SampleResponse]:
-            stop = min(start + plan.chunk_size, plan.count)
-            return asyncio.ensure_future(
-                self._sample_chunk(model, plan, start, stop, deadline, context)
+        per_image = _sample_image_bytes(plan, model.spec)
+        self._check_size(model.spec, plan.chunk_size, plan.encoding, per_image, "lower chunk_size")
+        if self._streams >= self._budgets.max_streams:
+            self._refused("streams", call.model)
+            raise ResourceExhausted(
+                f"the server has {self._streams} streams open, its limit (--max-streams "
+                f"{self._budgets.max_streams}); retry later",
+                "streams",
+                1.0,
             )
-
-        # One chunk in flight ahead of the one being sent: generation overlaps the
-        # transport, and at most two chunks are ever held in memory.
-        pending: asyncio.Task[pb.SampleResponse] | None = chunk(0)
+        deadline = _deadline(context)
+        self._streams += 1
         try:
-            while pending is not None:
-                response = await pending
-                stop = response.offset + response.images.count
-                pending = chunk(stop) if stop < plan.count else None
-                yield response
+            # A chunk is computed only once the previous one has left: gRPC's write of a
+            # chunk completes when the transport takes it, so a client that does not read
+            # stops the stream after what HTTP/2 flow control lets through, and each
+            # stream holds at most one chunk. The first chunk is refused at once when the
+            # response budget is full; later ones wait for room (within the deadline).
+            start = 0
+            while start < plan.count:
+                stop = min(start + plan.chunk_size, plan.count)
+                size = response_bytes(stop - start, per_image)
+                wait_s = None  # the first chunk: refused at once when it does not fit
+                if start:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    wait_s = _NO_DEADLINE_S if left is None else left
+                async with self._buffered(size, "the first chunk", call.model, wait_s):
+                    yield await self._sample_chunk(model, plan, start, stop, deadline, context)
+                start = stop
         finally:
-            if pending is not None:
-                pending.cancel()
-                # A chunk that already failed must not log "exception never retrieved".
-                pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._streams -= 1
 
     @_rpc("Interpolate")
     async def Interpolate(self, request: Any, context: Any, call: Call) -> pb.InterpolateResponse:

@@ -92,6 +92,9 @@ def test_admission_sheds_what_cannot_finish_before_its_deadline() -> None:
     assert "deadline" in late.message and late.retry_after_s == pytest.approx(0.010)
     ok = adm.admit("m", 5, queued=2, inflight=3, images_ahead=10, now=100.0, deadline=100.020)
     assert ok is None
+    # Too slow even alone: a deadline problem, not an overload (DEADLINE_EXCEEDED).
+    alone = adm.admit("m", 5, queued=0, inflight=0, images_ahead=0, now=100.0, deadline=100.003)
+    assert alone is not None and alone.reason == "too_late"
 
 
 def test_admission_bounds_the_wait_of_requests_without_deadline() -> None:
@@ -164,7 +167,7 @@ def test_a_real_server_refuses_overload_with_a_pushback_trailer_and_counts_it(
             stub = pb_grpc.GeneratorStub(channel)
 
             async def one(seed: int) -> tuple[str, dict[str, str]]:
-                call = stub.Sample(pb.SampleRequest(model="tiny-uncond", count=64, seed=seed))
+                call = stub.Sample(pb.SampleRequest(model="tiny-uncond", count=256, seed=seed))
                 try:
                     await call
                 except grpc.aio.AioRpcError as exc:
@@ -173,8 +176,12 @@ def test_a_real_server_refuses_overload_with_a_pushback_trailer_and_counts_it(
 
             return await asyncio.gather(*(one(i) for i in range(200)))
 
-    results = asyncio.run(burst())
-    codes = collections.Counter(code for code, _ in results)
+    results: list[tuple[str, dict[str, str]]] = []
+    for _ in range(5):  # a burst on a busy machine may arrive slowly enough to fit
+        results += asyncio.run(burst())
+        codes = collections.Counter(code for code, _ in results)
+        if codes["RESOURCE_EXHAUSTED"]:
+            break
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
     for code, trailer in results:
         if code == "RESOURCE_EXHAUSTED":

@@ -1,0 +1,121 @@
+"""Server-wide budgets: response bytes held in memory, RPCs in flight, open streams.
+
+Memory must be bounded by configuration, not by what clients do: a client that opens
+streams and reads nothing, or asks for the largest replies at high concurrency, would
+otherwise make the server hold response after response. Every response reserves its
+bytes here before its images are computed and gives them back once gRPC has taken the
+message (``--max-buffered-bytes``). What does not fit is refused at once with
+RESOURCE_EXHAUSTED (a new call) or waits for room (the next chunk of a stream already
+running, within its deadline: that wait is the stream's flow control).
+
+Used on the event loop only (no locks): reservations and releases are plain integer
+updates, waiters are futures woken in FIFO order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+
+from .errors import DeadlineExceeded, ResourceExhausted
+
+__all__ = ["ByteBudget", "ServerBudgets", "default_buffered_bytes"]
+
+_MIB = 1024 * 1024
+
+
+def default_buffered_bytes(max_message_bytes: int) -> int:
+    """A sixteenth of the machine's memory, between 256 MiB and 2 GiB, and at least two
+    of the largest messages (so the largest reply always fits beside another)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - not on Linux
+        memory = 4096 * _MIB
+    share = min(2048 * _MIB, max(256 * _MIB, memory // 16))
+    return max(share, 2 * max_message_bytes)
+
+
+class ByteBudget:
+    """A budget of ``capacity`` bytes of responses held at once."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def try_acquire(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit now (and nobody waits before us)."""
+        if self._waiters or self.used + size > self.capacity:
+            return False
+        self.used += size
+        return True
+
+    def acquire_now(self, size: int, what: str) -> None:
+        """Reserve ``size`` bytes or refuse at once (a new call: no silent wait)."""
+        if size > self.capacity:
+            raise ResourceExhausted(
+                f"{what} needs {size} bytes of response buffer, more than the server's "
+                f"whole budget (--max-buffered-bytes {self.capacity}); ask for fewer images",
+                "buffered_bytes",
+            )
+        if not self.try_acquire(size):
+            raise ResourceExhausted(
+                f"the server is holding {self.used} of its {self.capacity} bytes of "
+                f"responses (--max-buffered-bytes): {what} ({size} bytes) does not fit now; "
+                "retry later",
+                "buffered_bytes",
+                1.0,
+            )
+
+    async def acquire(self, size: int, timeout_s: float | None) -> None:
+        """Reserve ``size`` bytes, waiting (FIFO) up to ``timeout_s`` for room."""
+        if size > self.capacity:
+            self.acquire_now(size, "a stream chunk")  # raises: it can never fit
+        if self.try_acquire(size):
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(waiter, timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size)  # granted as we gave up: hand it on
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise DeadlineExceeded(
+                    "deadline passed while the stream waited for response buffer"
+                ) from None
+            raise
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if waiter.done():
+                self._waiters.popleft()
+                continue
+            if self.used + size > self.capacity:
+                return
+            self._waiters.popleft()
+            self.used += size
+            waiter.set_result(None)
+
+
+class ServerBudgets:
+    """The server-wide bounds a protocol edge enforces (``ganserve serve`` flags)."""
+
+    def __init__(self, max_buffered_bytes: int, max_inflight_rpcs: int, max_streams: int) -> None:
+        if max_inflight_rpcs < 1 or max_streams < 1:
+            raise ValueError("max_inflight_rpcs and max_streams must be >= 1")
+        self.buffered = ByteBudget(max_buffered_bytes)
+        self.max_inflight_rpcs = max_inflight_rpcs
+        self.max_streams = max_streams

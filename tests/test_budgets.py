@@ -1,0 +1,167 @@
+"""Server-wide budgets (``server/budget.py``): response bytes held, calls in flight, open
+streams; the pure budget, then a real server refusing what does not fit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from ganserve.server.budget import ByteBudget, ServerBudgets, default_buffered_bytes
+from ganserve.server.errors import DeadlineExceeded, ResourceExhausted
+from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
+
+MIB = 1024 * 1024
+
+
+def test_default_budget_fits_the_largest_messages() -> None:
+    assert default_buffered_bytes(64 * MIB) >= 256 * MIB
+    assert default_buffered_bytes(1024 * MIB) == 2048 * MIB
+    with pytest.raises(ValueError):
+        ServerBudgets(100, 0, 1)
+
+
+def test_acquire_now_refuses_what_does_not_fit() -> None:
+    budget = ByteBudget(100)
+    budget.acquire_now(60, "a reply")
+    with pytest.raises(ResourceExhausted, match="does not fit now") as info:
+        budget.acquire_now(50, "a reply")
+    assert info.value.reason == "buffered_bytes" and info.value.retry_after_s == 1.0
+    with pytest.raises(ResourceExhausted, match="more than the server's whole budget"):
+        budget.acquire_now(101, "a reply")
+    budget.release(60)
+    budget.acquire_now(100, "a reply")
+    assert budget.used == 100
+
+
+async def test_waiters_get_room_in_order_and_time_out_with_deadline_exceeded() -> None:
+    budget = ByteBudget(100)
+    budget.acquire_now(90, "held")
+    first = asyncio.create_task(budget.acquire(50, 5.0))
+    second = asyncio.create_task(budget.acquire(10, 5.0))
+    await asyncio.sleep(0.01)
+    assert not first.done() and not second.done()  # FIFO: 10 would fit, but waits its turn
+    assert not budget.try_acquire(5)  # nor do newcomers jump the queue
+    budget.release(90)
+    await asyncio.gather(first, second)
+    assert budget.used == 60
+    with pytest.raises(DeadlineExceeded):
+        await budget.acquire(50, 0.05)
+    assert budget.used == 60  # the timed-out waiter holds nothing
+    cancelled = asyncio.create_task(budget.acquire(50, 5.0))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    budget.release(60)
+    assert budget.used == 0 and budget.try_acquire(100)
+
+
+@pytest.fixture
+def stalled_streams() -> Iterator[Callable[[str, int, int], list[grpc.Future]]]:
+    """Open SampleStreams whose clients read nothing; cancelled at the end."""
+    channels: list[grpc.Channel] = []
+    calls: list[grpc.Future] = []
+
+    def open_(target: str, n: int, chunk: int) -> list[grpc.Future]:
+        made = []
+        for i in range(n):
+            channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            channels.append(channel)
+            request = pb.SampleRequest(
+                model="tiny-uncond",
+                count=1_000_000,
+                seed=i,
+                chunk_size=chunk,
+                encoding=pb.ENCODING_FLOAT32,
+            )
+            made.append(pb_grpc.GeneratorStub(channel).SampleStream(request))
+        calls.extend(made)
+        return made
+
+    yield open_
+    for call in calls:
+        call.cancel()
+    for channel in channels:
+        channel.close()
+
+
+def _sample(target: str, count: int) -> str:
+    options = [("grpc.max_receive_message_length", 64 * MIB)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        try:
+            pb_grpc.GeneratorStub(channel).Sample(
+                pb.SampleRequest(model="tiny-uncond", count=count, encoding=pb.ENCODING_FLOAT32),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return "OK"
+
+
+def _until(condition: Callable[[], str], want: str, timeout: float = 20.0) -> str:
+    """Poll ``condition`` until its result starts with ``want`` (bounded); the last one."""
+    until = time.monotonic() + timeout
+    while True:
+        got = condition()
+        if got.startswith(want) or time.monotonic() > until:
+            return got
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason", "says"),
+    [
+        (("--max-streams", "2"), "streams", "--max-streams 2"),
+        (("--max-inflight-rpcs", "2"), "in_flight", "--max-inflight-rpcs 2"),
+    ],
+)
+def test_streams_and_calls_in_flight_beyond_their_limits_are_refused(
+    start_server, tiny_model_repo, stalled_streams, scrape, wait_until, flags, reason, says
+) -> None:
+    """Two unread streams hang in flight: a third stream (and, at the in-flight limit,
+    any call) is refused at once and counted; closing them makes room again."""
+    server = start_server(tiny_model_repo, *flags)
+    held = stalled_streams(server.target, 2, 256)
+    streaming = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+    wait_until(lambda: scrape(server).get(streaming) == 2, "two open streams", timeout=20)
+    third = stalled_streams(server.target, 1, 256)[0]
+    with pytest.raises(grpc.RpcError) as info:
+        next(third)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert says in info.value.details()
+    sample = _sample(server.target, 4)
+    if reason == "in_flight":
+        assert sample.startswith("RESOURCE_EXHAUSTED") and says in sample
+    else:
+        assert sample == "OK"  # the stream limit leaves unary calls alone
+    model = "" if reason == "in_flight" else "tiny-uncond"
+    refused = scrape(server)[("ganserve_rejected_total", (("model", model), ("reason", reason)))]
+    assert refused == (2 if reason == "in_flight" else 1)
+    for call in held:
+        call.cancel()
+    wait_until(lambda: scrape(server).get(streaming) == 0, "the streams to close", timeout=20)
+    assert _sample(server.target, 4) == "OK"
+
+
+def test_response_bytes_held_by_unread_streams_bound_other_calls(
+    start_server, tiny_model_repo, stalled_streams, scrape
+) -> None:
+    """Unread streams hold their chunk's bytes (a 12.8 MB chunk of 4,096 float32 images
+    cannot leave while nobody reads); a reply that does not fit beside them is refused
+    at once, and fits again once they are cancelled."""
+    server = start_server(tiny_model_repo, "--max-buffered-bytes", str(16 * MIB))
+    streams = stalled_streams(server.target, 1, 4096)
+    refused = _until(lambda: _sample(server.target, 2000), "RESOURCE_EXHAUSTED")
+    assert refused.startswith("RESOURCE_EXHAUSTED"), refused
+    assert "--max-buffered-bytes" in refused
+    for call in streams:
+        call.cancel()
+    assert _until(lambda: _sample(server.target, 2000), "OK") == "OK"
+    metrics = scrape(server)
+    key = ("ganserve_rejected_total", (("model", "tiny-uncond"), ("reason", "buffered_bytes")))
+    assert metrics[key] >= 1
