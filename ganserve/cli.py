@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``ganserve``; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve"] and "grpc" not in sys.modules:
+        # Before the client commands' registration imports gRPC: it reads its
+        # experiments once, at import (see ganserve.server.main.GRPC_EXPERIMENT).
+        try:
+            from ganserve.server.main import enable_grpc_experiment, wants_grpc_experiment
+        except ImportError:  # no server extra: `serve` is not a command here
+            pass
+        else:
+            if wants_grpc_experiment(args_list):
+                enable_grpc_experiment()
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -209,6 +209,11 @@ class Batcher:
         )
         self._last_done = 0.0  # monotonic time the last submit() returned
         self._inline_s = 0.0  # duration of the last inline inference
+        # Share of the event loop's time inline inference took in the last window, and
+        # the window being measured (see _inline_allowed).
+        self._inline_window = 0.0  # start (monotonic s)
+        self._inline_busy = 0.0  # inline seconds within it
+        self._inline_hot = False  # the last window was mostly inline inference
         # Label children bound once: per-batch metric updates stay cheap.
         self._m_wait = metrics.queue_wait_seconds.labels(model)
         self._m_infer = metrics.inference_seconds.labels(model)
@@ -364,7 +369,24 @@ class Batcher:
             and not any(self._busy)
             and not self._queue
             and time.monotonic() - self._last_done > self._inline_s
+            and self._inline_allowed()
         )
+
+    def _inline_allowed(self) -> bool:
+        """Not while inline inference took most of the loop's last window. Under an
+        open-loop overload each call can look like a lone one (the loop, blocked by the
+        previous inline inference, takes one new call at a time from gRPC): inline, one
+        unbatched inference after another, would then hold the loop most of the time,
+        calls would wait in gRPC's queue until their deadlines passed, and nothing would
+        ever batch. On the worker the loop keeps taking calls and they merge."""
+        now = time.monotonic()
+        if now - self._inline_window >= _INLINE_WINDOW_S:
+            elapsed = now - self._inline_window
+            self._inline_hot = self._inline_busy > _INLINE_MAX_SHARE * min(
+                elapsed, 2 * _INLINE_WINDOW_S
+            )
+            self._inline_window, self._inline_busy = now, 0.0
+        return not self._inline_hot
 
     def _run_inline(
         self,
@@ -381,6 +403,7 @@ class Batcher:
         start = time.perf_counter()
         out, error = self._compute(z, y, infer)
         self._inline_s = time.perf_counter() - start
+        self._inline_busy += self._inline_s
         if error is not None:
             raise error
         assert out is not None
@@ -634,6 +657,13 @@ class Batcher:
                 future.set_exception(error)
             else:
                 future.set_result(result)  # type: ignore[arg-type]
+
+
+# Inline inference may take at most this share of the event loop's time, measured over
+# windows of this length (a closed-loop client at concurrency 1 keeps it near a third:
+# the rest is its round trip).
+_INLINE_WINDOW_S = 0.05
+_INLINE_MAX_SHARE = 0.5
 
 
 def _loop_has_work(loop: asyncio.AbstractEventLoop | None) -> bool:

@@ -18,9 +18,10 @@ import asyncio
 import collections
 import os
 
+from .admission import GradientLimit
 from .errors import DeadlineExceeded, ResourceExhausted
 
-__all__ = ["ByteBudget", "ServerBudgets", "default_buffered_bytes"]
+__all__ = ["MIN_INFLIGHT_LIMIT", "ByteBudget", "ServerBudgets", "default_buffered_bytes"]
 
 _MIB = 1024 * 1024
 
@@ -110,12 +111,80 @@ class ByteBudget:
             waiter.set_result(None)
 
 
-class ServerBudgets:
-    """The server-wide bounds a protocol edge enforces (``ganserve serve`` flags)."""
+# The adaptive limit of calls in flight never goes below this many (nor above
+# --max-inflight-rpcs): the concurrency of ordinary closed-loop clients.
+MIN_INFLIGHT_LIMIT = 64
 
-    def __init__(self, max_buffered_bytes: int, max_inflight_rpcs: int, max_streams: int) -> None:
+
+# Weight of the newest call in the recent-latency average.
+_LATENCY_ALPHA = 0.05
+# A call is too late to start below max(_MIN_LATE_S, _LATE_MARGIN * expected time).
+_MIN_LATE_S = 0.005
+_LATE_MARGIN = 3.0
+
+
+class ServerBudgets:
+    """The server-wide bounds a protocol edge enforces (``ganserve serve`` flags).
+
+    ``inflight_limit``: calls handled at once. With ``adaptive`` it follows the calls'
+    latency from receipt to response (a ``GradientLimit``): when the event loop, shared
+    by every call, falls behind, every call's latency climbs and the limit falls, so
+    further calls are refused at once instead of joining a standing queue (one where
+    each call waits for the ones before it and answers come after their deadlines).
+
+    ``latency_s`` refuses calls that reach the server with less of their deadline left
+    than calls take now. gRPC queues calls the event loop has not taken yet first in,
+    first out, and drops the ones whose deadline passes there: under an overload the
+    oldest call still alive, the next one taken, is one about to expire. Computing it
+    is wasted (its client is gone when the answer is ready) and makes every call
+    behind it later still; refused at once, the queue drains towards calls that can
+    still be answered in time.
+    """
+
+    def __init__(
+        self,
+        max_buffered_bytes: int,
+        max_inflight_rpcs: int,
+        max_streams: int,
+        adaptive: bool = True,
+    ) -> None:
         if max_inflight_rpcs < 1 or max_streams < 1:
             raise ValueError("max_inflight_rpcs and max_streams must be >= 1")
         self.buffered = ByteBudget(max_buffered_bytes)
         self.max_inflight_rpcs = max_inflight_rpcs
         self.max_streams = max_streams
+        self.gradient = (
+            GradientLimit(min(MIN_INFLIGHT_LIMIT, max_inflight_rpcs), max_inflight_rpcs)
+            if adaptive
+            else None
+        )
+        # Recent latency of answered calls, receipt to response (exponential average),
+        # and how late the event loop runs a timer (see watch_loop).
+        self.latency_s = 0.0
+        self.loop_lag_s = 0.0
+
+    @property
+    def late_s(self) -> float:
+        """A call with less deadline left than this cannot be answered in time: it needs
+        its handler's time and the loop's delays to be received and sent (a few cycles),
+        with a margin for both estimates and the way back."""
+        return max(_MIN_LATE_S, _LATE_MARGIN * (self.latency_s + 2 * self.loop_lag_s))
+
+    async def watch_loop(self, period_s: float = 0.01) -> None:
+        """Measure the event loop's lag (how late a timer fires) until cancelled."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            lag = max(0.0, loop.time() - due)
+            self.loop_lag_s += _LATENCY_ALPHA * 4 * (lag - self.loop_lag_s)
+
+    @property
+    def inflight_limit(self) -> int:
+        return self.max_inflight_rpcs if self.gradient is None else int(self.gradient.limit)
+
+    def call_done(self, seconds: float, inflight: int) -> None:
+        """A call was answered ``seconds`` after receipt; ``inflight`` are still handled."""
+        self.latency_s += _LATENCY_ALPHA * (seconds - self.latency_s)
+        if self.gradient is not None:
+            self.gradient.sample(seconds, inflight)

@@ -59,9 +59,50 @@ def _serve_command(args: argparse.Namespace) -> int:
     return serve(config)
 
 
+# --grpc-fast-refusal: gRPC core refuses calls beyond its pending queue
+# (--max-pending-rpcs) itself, in C, before any Python runs: the only refusal cheap
+# enough to keep up when far more calls arrive than one event loop can even look at.
+# Its promise-based HTTP/2 server transport (an experiment of gRPC's) answers them
+# RESOURCE_EXHAUSTED ("Too many pending requests for this server"), which clients
+# retry with backoff; the default transport cancels them with a bare CANCELLED.
+GRPC_EXPERIMENT = "ph2_server"
+
+
+def wants_grpc_experiment(argv: list[str], environ: Any = os.environ) -> bool:
+    """Does this ``ganserve serve`` command line (or GANSERVE_GRPC_FAST_REFUSAL) ask
+    for --grpc-fast-refusal? Read before argument parsing: gRPC reads its experiments
+    once, when it is first imported, and the client commands import it to register."""
+    for arg in reversed(argv):
+        if arg in ("--grpc-fast-refusal", "--no-grpc-fast-refusal"):
+            return arg == "--grpc-fast-refusal"
+    value = environ.get("GANSERVE_GRPC_FAST_REFUSAL", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def enable_grpc_experiment(environ: dict[str, str] | Any = os.environ) -> bool:
+    """Add ``GRPC_EXPERIMENT`` to ``GRPC_EXPERIMENTS`` unless the variable already names
+    it (on or off); gRPC reads the variable once, when it is first imported. True if the
+    experiment is on."""
+    named = [e.strip() for e in environ.get("GRPC_EXPERIMENTS", "").split(",") if e.strip()]
+    for entry in named:
+        if entry.lstrip("-") == GRPC_EXPERIMENT:
+            return not entry.startswith("-")
+    environ["GRPC_EXPERIMENTS"] = ",".join([*named, GRPC_EXPERIMENT])
+    return True
+
+
 def serve(config: ServerConfig) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(config.log_level)
+    if config.grpc_fast_refusal:
+        if "grpc" not in sys.modules:  # `ganserve serve` has set it already
+            enable_grpc_experiment()
+        elif GRPC_EXPERIMENT not in os.environ.get("GRPC_EXPERIMENTS", ""):
+            log.warning(
+                "--grpc-fast-refusal: gRPC was imported before the server started, without "
+                "GRPC_EXPERIMENTS=%s: calls beyond --max-pending-rpcs are cancelled",
+                GRPC_EXPERIMENT,
+            )
     try:
         import grpc_health.v1.health  # noqa: F401
         import grpc_reflection.v1alpha.reflection  # noqa: F401
@@ -161,6 +202,7 @@ class _Server:
             cfg.max_buffered_bytes or default_buffered_bytes(cfg.max_message_bytes),
             cfg.max_inflight_rpcs,
             cfg.max_streams,
+            adaptive=cfg.batching.adaptive_limit,
         )
         add_to_server(GeneratorService(self.repository, metrics, limits, budgets), server)
         self._oip = OipCore(self.repository, metrics, limits, cfg.batching, ready=self._ready)
@@ -213,6 +255,7 @@ class _Server:
                 metrics_http.shutdown()
             return 1
         await server.start()
+        watcher = asyncio.ensure_future(budgets.watch_loop())  # the loop's lag, for admission
         if self._http is not None:
             await self._http.start()
         scheme = ("mTLS" if cfg.tls_client_ca else "TLS") if cfg.tls else "plaintext"
@@ -247,6 +290,7 @@ class _Server:
                 if poller is not None:
                     poller.cancel()
             await self._shutdown()
+            watcher.cancel()
         finally:
             if self._http is not None:
                 await self._http.stop(0)  # already stopped unless start-up failed

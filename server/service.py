@@ -127,9 +127,14 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
-                    if self._inflight > self._budgets.max_inflight_rpcs:
+                    if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
-                    return await fn(self, request, context, call)
+                    left = context.time_remaining()
+                    if left is not None and left < self._budgets.late_s:
+                        raise self._refuse_late(left)
+                    response = await fn(self, request, context, call)
+                    self._budgets.call_done(time.perf_counter() - call.start, self._inflight)
+                    return response
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
 
@@ -144,7 +149,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                 try:
                     if type(request) is _Undecodable:
                         raise request.invalid()
-                    if self._inflight > self._budgets.max_inflight_rpcs:
+                    if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
                     async with contextlib.aclosing(fn(self, request, context, call)) as responses:
                         async for response in responses:
@@ -301,11 +306,28 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def _refuse_inflight(self) -> ResourceExhausted:
         self._refused("in_flight")
+        budgets = self._budgets
+        limit = budgets.inflight_limit
+        why = (
+            f"--max-inflight-rpcs {limit}"
+            if limit == budgets.max_inflight_rpcs
+            else f"adapted to its latency, at most --max-inflight-rpcs {budgets.max_inflight_rpcs}"
+        )
         return ResourceExhausted(
-            f"the server is handling {self._inflight - 1} calls, its limit "
-            f"(--max-inflight-rpcs {self._budgets.max_inflight_rpcs}); retry later",
+            f"the server is overloaded: it is handling {self._inflight - 1} calls, its limit "
+            f"({why}); retry later",
             "in_flight",
-            1.0,
+            0.05,
+        )
+
+    def _refuse_late(self, left: float) -> ResourceExhausted:
+        self._refused("deadline")
+        return ResourceExhausted(
+            f"the server is overloaded: the call reached it with {max(left, 0) * 1e3:.0f} ms "
+            f"of its deadline left, less than answering takes now "
+            f"({self._budgets.late_s * 1e3:.0f} ms); retry later",
+            "deadline",
+            self._budgets.late_s,
         )
 
     @contextlib.asynccontextmanager

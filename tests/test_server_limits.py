@@ -151,3 +151,33 @@ def test_a_burst_beyond_grpc_cores_backlog_is_served_or_refused_clearly(
     assert codes["OK"] > 0
     small = start_server(tiny_model_repo, "--max-pending-rpcs", "1")
     assert _burst(small.target, 300)["CANCELLED"] > 0
+
+
+def test_with_grpc_fast_refusal_core_refuses_a_burst_with_resource_exhausted(
+    start_server, tiny_model_repo
+) -> None:
+    """--grpc-fast-refusal: gRPC core's promise-based transport refuses calls beyond the
+    pending queue itself, RESOURCE_EXHAUSTED (retried by clients), never CANCELLED."""
+    small = start_server(tiny_model_repo, "--grpc-fast-refusal", "--max-pending-rpcs", "1")
+    codes = _burst(small.target, 300)
+    assert codes["CANCELLED"] == 0, codes
+    assert codes["RESOURCE_EXHAUSTED"] > 0 and codes["OK"] > 0, codes
+
+
+def test_the_grpc_experiment_is_asked_for_by_flag_or_environment() -> None:
+    from ganserve.server.main import (
+        GRPC_EXPERIMENT,
+        enable_grpc_experiment,
+        wants_grpc_experiment,
+    )
+
+    assert wants_grpc_experiment(["serve", "--grpc-fast-refusal"], {})
+    assert not wants_grpc_experiment(["serve", "--grpc-fast-refusal", "--no-grpc-fast-refusal"], {})
+    assert wants_grpc_experiment(["serve"], {"GANSERVE_GRPC_FAST_REFUSAL": "true"})
+    assert not wants_grpc_experiment(["serve"], {})
+    environ: dict[str, str] = {"GRPC_EXPERIMENTS": "event_engine_client"}
+    assert enable_grpc_experiment(environ)
+    assert environ["GRPC_EXPERIMENTS"] == f"event_engine_client,{GRPC_EXPERIMENT}"
+    off = {"GRPC_EXPERIMENTS": f"-{GRPC_EXPERIMENT}"}
+    assert not enable_grpc_experiment(off)  # the user's explicit choice stands
+    assert off["GRPC_EXPERIMENTS"] == f"-{GRPC_EXPERIMENT}"
