@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
+import ctypes.util
 import os
+import time
+from typing import Any
 
 from .admission import GradientLimit
 from .errors import DeadlineExceeded, ResourceExhausted
@@ -24,6 +28,24 @@ from .errors import DeadlineExceeded, ResourceExhausted
 __all__ = ["MIN_INFLIGHT_LIMIT", "ByteBudget", "ServerBudgets", "default_buffered_bytes"]
 
 _MIB = 1024 * 1024
+# Give freed memory back to the system once the budget falls to empty after holding at
+# least this much, at most once per _TRIM_EVERY_S (see ByteBudget._maybe_trim).
+_TRIM_AFTER_BYTES = 4 * _MIB
+_TRIM_EVERY_S = 1.0
+
+
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None elsewhere: musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_TRIM = _malloc_trim()
 
 
 def default_buffered_bytes(max_message_bytes: int) -> int:
@@ -46,12 +68,16 @@ class ByteBudget:
         self.capacity = capacity
         self.used = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._peak = 0  # most bytes held since the last trim
+        self._trimmed_at = 0.0
+        self.trims = 0  # malloc_trim calls made (for tests and curiosity)
 
     def try_acquire(self, size: int) -> bool:
         """Reserve ``size`` bytes if they fit now (and nobody waits before us)."""
         if self._waiters or self.used + size > self.capacity:
             return False
         self.used += size
+        self._peak = max(self._peak, self.used)
         return True
 
     def acquire_now(self, size: int, what: str) -> None:
@@ -97,6 +123,28 @@ class ByteBudget:
     def release(self, size: int) -> None:
         self.used -= size
         self._wake()
+        if self.used == 0:
+            self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        """All responses are gone after large ones: hand the freed memory back. glibc
+        keeps freed blocks in its heaps and arenas for reuse, so the server's RSS would
+        stay at its peak after clients leave (measured: 32 unread streams, +41 MB after
+        they are cancelled; -13 MB after ``malloc_trim(0)``). The trim runs in a thread
+        (it walks the heaps) and at most once per second."""
+        now = time.monotonic()
+        if (
+            _TRIM is None
+            or self._peak < _TRIM_AFTER_BYTES
+            or now - self._trimmed_at < _TRIM_EVERY_S
+        ):
+            return
+        self._peak, self._trimmed_at = 0, now
+        self.trims += 1
+        try:
+            asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
+        except RuntimeError:  # no loop (tests that use the budget bare): trim inline
+            _TRIM(0)
 
     def _wake(self) -> None:
         while self._waiters:
@@ -108,6 +156,7 @@ class ByteBudget:
                 return
             self._waiters.popleft()
             self.used += size
+            self._peak = max(self._peak, self.used)
             waiter.set_result(None)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
+from ganserve.server import budget as budget_module
 from ganserve.server.budget import ByteBudget, ServerBudgets, default_buffered_bytes
 from ganserve.server.errors import DeadlineExceeded, ResourceExhausted
 from ganserve.v1 import generator_pb2 as pb
@@ -165,3 +166,23 @@ def test_response_bytes_held_by_unread_streams_bound_other_calls(
     metrics = scrape(server)
     key = ("ganserve_rejected_total", (("model", "tiny-uncond"), ("reason", "buffered_bytes")))
     assert metrics[key] >= 1
+
+
+@pytest.mark.skipif(budget_module._TRIM is None, reason="no glibc malloc_trim here")
+def test_freed_memory_is_handed_back_once_large_responses_are_gone() -> None:
+    """glibc keeps freed blocks for reuse: after holding megabytes of responses the
+    budget calls malloc_trim when it falls to empty (at most once per second), so the
+    server's RSS returns towards its baseline when clients leave."""
+    budget = ByteBudget(64 * MIB)
+    budget.acquire_now(MIB, "small")
+    budget.release(MIB)
+    assert budget.trims == 0  # small holdings: nothing worth a trim
+    budget.acquire_now(8 * MIB, "a")
+    budget.acquire_now(8 * MIB, "b")
+    budget.release(8 * MIB)
+    assert budget.trims == 0  # not empty yet
+    budget.release(8 * MIB)
+    assert budget.trims == 1
+    budget.acquire_now(8 * MIB, "again")
+    budget.release(8 * MIB)
+    assert budget.trims == 1  # within the second: no second trim
