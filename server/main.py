@@ -204,6 +204,9 @@ class _Server:
             cfg.max_streams,
             adaptive=cfg.batching.adaptive_limit,
         )
+        buffered = budgets.buffered
+        metrics.buffered_bytes.set_function(lambda: buffered.used)  # read at scrape time
+        metrics.buffered_bytes_capacity.set(buffered.capacity)
         add_to_server(GeneratorService(self.repository, metrics, limits, budgets), server)
         self._oip = OipCore(self.repository, metrics, limits, cfg.batching, ready=self._ready)
         add_kserve_to_server(KServeService(self._oip), server)

@@ -133,6 +133,16 @@ class Metrics:
             ("model",),
             registry=r,
         )
+        self.buffered_bytes = Gauge(
+            "ganserve_buffered_bytes",
+            "Response bytes held in memory now (reserved before the images are computed).",
+            registry=r,
+        )
+        self.buffered_bytes_capacity = Gauge(
+            "ganserve_buffered_bytes_capacity",
+            "The response-bytes budget (--max-buffered-bytes).",
+            registry=r,
+        )
         self.rejected_total = Counter(
             "ganserve_rejected_total",
             "Requests refused with RESOURCE_EXHAUSTED before any work, by model and reason "

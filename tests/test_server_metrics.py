@@ -92,3 +92,58 @@ def test_created_series_can_be_turned_off(tiny_model_repo, start_server, created
         "ganserve_requests_created{" in text and "ganserve_request_seconds_created" in text
     )
     assert has_created == (created == "--metrics-created")
+
+
+def test_every_gauge_tells_the_truth_when_idle_after_overload(
+    tiny_model_repo, start_server, scrape, wait_until
+) -> None:
+    """After a burst far over a one-request queue (refusals), unread streams cancelled
+    mid-write, bad requests and expired deadlines, an idle server's gauges read idle:
+    nothing in flight, queued or buffered; the limits read their configured values."""
+    proc = start_server(
+        tiny_model_repo, "--max-queue-size", "1", "--inline-max-images", "0",
+        "--max-buffered-bytes", str(64 * 1024 * 1024),
+    )  # fmt: skip
+    channels = [grpc.insecure_channel(proc.target) for _ in range(3)]
+    try:
+        stub = pb_grpc.GeneratorStub(channels[0])
+        futures = [
+            stub.Sample.future(pb.SampleRequest(model=MODEL, count=64, seed=i)) for i in range(200)
+        ]
+        codes = {f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures}
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        streams = [
+            pb_grpc.GeneratorStub(ch).SampleStream(
+                pb.SampleRequest(model=MODEL, count=1_000_000, chunk_size=4096, encoding=1)
+            )
+            for ch in channels[1:]
+        ]
+        streaming = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+        wait_until(lambda: scrape(proc).get(streaming) == 2, "two unread streams", timeout=20)
+        assert scrape(proc)[("ganserve_buffered_bytes", ())] > 0  # their chunks are held
+        for call in streams:
+            call.cancel()
+        with pytest.raises(grpc.RpcError):
+            stub.Sample(pb.SampleRequest(model=MODEL, count=10_000), timeout=0.001)
+        with pytest.raises(grpc.RpcError):
+            stub.Sample(pb.SampleRequest(model="", count=1))
+    finally:
+        for channel in channels:
+            channel.close()
+
+    def idle() -> bool:
+        m = scrape(proc)
+        inflight = [v for (name, _), v in m.items() if name == "ganserve_inflight_requests"]
+        return (
+            all(v == 0 for v in inflight)
+            and m[("ganserve_queue_depth", LABEL)] == 0
+            and m[("ganserve_buffered_bytes", ())] == 0
+        )
+
+    wait_until(idle, "the gauges to read idle", timeout=20)
+    m = scrape(proc)
+    assert m[("ganserve_queue_capacity", LABEL)] == 1
+    assert m[("ganserve_buffered_bytes_capacity", ())] == 64 * 1024 * 1024
+    assert m[("ganserve_concurrency_limit", LABEL)] >= 1
+    refused = sum(v for (n, labels), v in m.items() if n == "ganserve_rejected_total")
+    assert refused >= 1
