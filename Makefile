@@ -4,6 +4,8 @@
 #   make docs   build the manual (docs/, mkdocs.yml) strictly into site/
 #   make bench  closed-loop benchmark against the real server (figures printed), the
 #               bundled DCGAN and its int8 copy (BENCH_MODELS=... for others)
+#   make gpu-pack  wheels for an offline GPU machine, cut into carryable parts in
+#               benchmarks/gpu/parts/ (large downloads; GPU_PACK_ARGS=--no-cuda-libs etc.)
 #   make stress open-loop overload test of the real server (2x/4x saturation, recovery,
 #               unread streams' memory) on the bundled DCGAN (figures printed, ~2 min;
 #               STRESS_ARGS="--duration 15" etc. for its flags)
@@ -23,8 +25,9 @@ METRICS_PORT ?= 8000
 HTTP_PORT ?= 8080
 BENCH_MODELS ?= mnist-dcgan mnist-dcgan-int8
 STRESS_ARGS ?=
+GPU_PACK_ARGS ?=
 
-.PHONY: run test lint typecheck docs bench stress models protos docker image-test clean help
+.PHONY: run test lint typecheck docs bench gpu-pack stress models protos docker image-test clean help
 
 help:
 	@grep -E '^#   make' Makefile | sed 's/^#   //'
@@ -68,6 +71,10 @@ bench: $(VENV)/.dev
 	for model in $(BENCH_MODELS); do \
 		$(BIN)/python benchmarks/bench.py --model-dir models --model $$model || exit 1; \
 	done
+
+# benchmarks/gpu/README.md: what to carry to the GPU machine and what to run there.
+gpu-pack: $(VENV)/.server
+	$(BIN)/python benchmarks/gpu/pack.py $(GPU_PACK_ARGS)
 
 stress: $(VENV)/.dev
 	$(BIN)/python benchmarks/stress.py --model-dir models --model mnist-dcgan $(STRESS_ARGS)

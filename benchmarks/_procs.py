@@ -1,8 +1,9 @@
 """Server subprocesses for the benchmark: start on free ports, wait for the ready file, stop.
 
-Both the real server (``python -m ganserve serve``) and the bare gRPC server announce
-themselves by writing a JSON ready file (``{"port": .., "pid": ..}``) once they serve; we
-poll for it with a deadline (no sleeps to guess readiness) and stop them with SIGTERM.
+The real server (``python -m ganserve serve``), the bare gRPC server and the naive one
+announce themselves by writing a JSON ready file (``{"port": .., "pid": ..}``) once they
+serve; we poll for it with a deadline (no sleeps to guess readiness) and stop them with
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -80,6 +81,18 @@ class ServerProcess:
     def launch_bare(cls, workdir: Path, env: Mapping[str, str] | None = None) -> ServerProcess:
         cmd = [sys.executable, str(_HERE / "_bare_server.py"), "--ready-file", "{ready}"]
         return cls.launch("bare-grpc", cmd, workdir, env)
+
+    @classmethod
+    def launch_naive(
+        cls, workdir: Path, model: Path, device: str, env: Mapping[str, str] | None = None
+    ) -> ServerProcess:
+        """The naive per-request server (``_naive_server.py``) on ``model``."""
+        cmd = [
+            sys.executable,
+            str(_HERE / "_naive_server.py"),
+            *("--model", str(model), "--device", device, "--ready-file", "{ready}"),
+        ]
+        return cls.launch("naive", cmd, workdir, env)
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, wait for exit (kill after ``timeout_s``); returns the exit code."""

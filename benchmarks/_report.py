@@ -12,7 +12,15 @@ import numpy as np
 from _loadgen import PointResult
 from _raw_ort import RawResult
 
-__all__ = ["Ratio", "context_lines", "format_table", "machine_info", "ratios", "row_dict"]
+__all__ = [
+    "Ratio",
+    "context_lines",
+    "format_table",
+    "machine_info",
+    "p50_budget_ms",
+    "ratios",
+    "row_dict",
+]
 
 # (target name, images per request, concurrency) -> pooled repeats of that point
 Results = dict[tuple[str, int, int], PointResult]
@@ -121,25 +129,53 @@ class Ratio:
         return f"{self.verdict:<5} {self.name:<62} {self.value:8.3f}  (target {op} {self.target})"
 
 
+def _raw_images_per_s(raw: Raw, label: str, batch: int) -> float:
+    ref = raw.get((label, batch))
+    return ref.images_per_s if ref is not None else float("nan")
+
+
+def p50_budget_ms(results: Results, raw: Raw, low_c: int) -> tuple[float, float, float]:
+    """Target (3c)'s parts at c=``low_c``: bare gRPC p50 and raw ORT's time per batch-1
+    call (1 / its img/s; the same ORT session options and graph as the server; with
+    ``--model-instances N`` its N callers make that a share of a call), in ms, and what
+    the batched p50 exceeds their sum by (NaN where a part was not measured)."""
+    bare, served = results.get(("bare-grpc", 1, low_c)), results.get(("batched", 1, low_c))
+    bare_p50 = bare.percentile_ms(50) if bare is not None else float("nan")
+    raw_ms = 1e3 / _raw_images_per_s(raw, "raw-ort", 1)
+    served_p50 = served.percentile_ms(50) if served is not None else float("nan")
+    return bare_p50, raw_ms, served_p50 - bare_p50 - raw_ms
+
+
 def ratios(
-    results: Results, raw: Raw, large: int, big_c: int, top_c: int, low_c: int
+    results: Results,
+    raw: Raw,
+    large: int,
+    big_c: int,
+    top_c: int,
+    low_c: int,
+    device: str = "cpu",
 ) -> list[Ratio]:
     """The serving targets as ratios, from points measured in this run (NaN where a point
-    is missing)."""
+    is missing: N/A). On CUDA one more: served images/s against raw ORT on the GPU."""
 
     def get(target: str, count: int, conc: int, fn: Callable[[PointResult], float]) -> float:
         p = results.get((target, count, conc))
         return fn(p) if p is not None and len(p.latencies_s) else float("nan")
 
-    ref = raw.get(("raw-ort", large))
-    raw_large = ref.images_per_s if ref is not None else float("nan")
     rps = PointResult.requests_per_s.fget  # type: ignore[attr-defined]
     served = get("batched", 1, top_c, rps)
-    return [
+    served_large = get("batched", large, big_c, lambda p: p.images_per_s)
+    low_p99 = get("batched", 1, low_c, lambda p: p.percentile_ms(99))
+    targets = [
         Ratio(
             f"(1) count={large} c={big_c} img/s / raw ORT batch-{large} img/s",
-            get("batched", large, big_c, lambda p: p.images_per_s) / raw_large,
+            served_large / _raw_images_per_s(raw, "raw-ort", large),
             0.85,
+        ),
+        Ratio(
+            f"(1b) count={large} c={big_c} img/s / raw ORT default options batch-{large}",
+            served_large / _raw_images_per_s(raw, "raw-ort-dflt", large),
+            0.95,
         ),
         Ratio(
             f"(2a) count=1 c={top_c} req/s / bare gRPC req/s",
@@ -152,12 +188,28 @@ def ratios(
             1.3,
         ),
         Ratio(
-            f"(3) count=1 c={low_c} p99 latency, ms",
-            get("batched", 1, low_c, lambda p: p.percentile_ms(99)),
-            1.5,
+            f"(2c) count=1 c={top_c} req/s / naive server req/s",
+            served / get("naive", 1, top_c, rps),
+            2.5,
+        ),
+        Ratio(f"(3) count=1 c={low_c} p99 latency, ms", low_p99, 1.5, higher_is_better=False),
+        Ratio(f"(3b) count=1 c={low_c} p99 latency, ms", low_p99, 1.2, higher_is_better=False),
+        Ratio(
+            f"(3c) count=1 c={low_c} p50 - bare gRPC p50 - raw ORT batch-1, ms",
+            p50_budget_ms(results, raw, low_c)[2],
+            0.15,
             higher_is_better=False,
         ),
     ]
+    if device == "cuda":
+        targets.append(
+            Ratio(
+                f"(G) count={large} c={big_c} img/s / raw ORT CUDA batch-{large} img/s",
+                targets[0].value,
+                0.8,
+            )
+        )
+    return targets
 
 
 def _cpu_per_request(p: PointResult | None) -> float:
@@ -167,7 +219,9 @@ def _cpu_per_request(p: PointResult | None) -> float:
     return (p.server_cpu + p.client_cpu) / p.requests_per_s
 
 
-def context_lines(results: Results, top_c: int, low_c: int, large: int, big_c: int) -> list[str]:
+def context_lines(
+    results: Results, raw: Raw, top_c: int, low_c: int, large: int, big_c: int
+) -> list[str]:
     """Noise-resistant companions of targets 2 and 3, for a machine shared with others.
 
     On a saturated machine throughput is about (free cores) / (CPU per request), so the
@@ -195,13 +249,24 @@ def context_lines(results: Results, top_c: int, low_c: int, large: int, big_c: i
         f"(2b) CPU-normalised: unbatched / batched CPU per request at c={top_c}: "
         f"{cost['unbatched'] / cost['batched']:.3f} (target 1.3)",
     ]
+    if ("naive", 1, top_c) in results:
+        lines.append(
+            f"(2c) CPU-normalised: naive / batched CPU per request at c={top_c}: "
+            f"{cost['naive'] / cost['batched']:.3f} (target 2.5)"
+        )
     if bare is not None and low is not None:
         lines.append(
             f"(3) at c={low_c}: bare gRPC p50 {bare.percentile_ms(50):.3f} ms, p99 "
             f"{bare.percentile_ms(99):.3f} ms; batched p50 {low.percentile_ms(50):.3f} ms "
             "(the bare server's p99 is this machine's scheduling noise floor)"
         )
+        bare_p50, raw_ms, over = p50_budget_ms(results, raw, low_c)
+        lines.append(
+            f"(3c) at c={low_c}: batched p50 {low.percentile_ms(50):.3f} ms vs bare gRPC p50 "
+            f"{bare_p50:.3f} + raw ORT batch-1 {raw_ms:.3f} + 0.15 = "
+            f"{bare_p50 + raw_ms + 0.15:.3f} ms (p50 minus the first two: {over:+.3f} ms)"
+        )
     return lines
 
 
-_TARGETS = ("bare-grpc", "batched", "unbatched")
+_TARGETS = ("bare-grpc", "naive", "batched", "unbatched")

@@ -4,14 +4,16 @@ Measured in one run, so that their ratios hold on a noisy shared machine:
   raw-ort    the model in ONNX Runtime in-process, one caller, the server's session options
              and graph (the compute limit); raw-ort-dflt: the file as it is, ORT's default options
   bare-grpc  a grpc.aio server answering Sample with a pre-built response (transport limit)
+  naive      a grpc.aio server running the model per request on its event loop, ORT's
+             default options (what a user writes in an afternoon; --no-naive skips it)
   batched    ``ganserve serve`` with dynamic batching on
   unbatched  the same server with ``--no-batching``
-The three servers run side by side (idle ones cost nothing) and the repeats interleave
+The servers run side by side (idle ones cost nothing) and the repeats interleave
 them, so background load drifts onto all of them alike. Figures are printed, never asserted.
 
     python benchmarks/bench.py --model-dir models --model mnist-dcgan [--device cpu]
         [--duration 5] [--warmup 1] [--repeats 2] [--concurrency 1,4,16,64] [--quick]
-        [--json out.json] [--profile DIR]
+        [--no-naive] [--json out.json] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -95,6 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="KEY=VALUE",
         help="environment variable for every server process (bare one included)",
+    )
+    p.add_argument(
+        "--naive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the naive per-request server (benchmarks/_naive_server.py)",
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 0.3 s points, c=1,4")
     p.add_argument("--json", type=Path, help="also write every figure to this file")
@@ -230,13 +238,21 @@ async def measure(
 
 
 def start_servers(
-    args: argparse.Namespace, repo: Path, flags: list[str], workdir: Path
+    args: argparse.Namespace,
+    repo: Path,
+    flags: list[str],
+    workdir: Path,
+    model_path: Path,
+    device: str,
 ) -> dict[str, ServerProcess]:
-    """Bare, batched and unbatched servers (only batched for --profile-only), all ready."""
+    """Bare, naive, batched and unbatched servers (only batched for --profile-only), all
+    ready. The naive one gets the model file and the device the probe ran on."""
     servers: dict[str, ServerProcess] = {}
     env = dict(item.partition("=")[::2] for item in args.server_env)
     if not args.profile_only:
         servers["bare-grpc"] = ServerProcess.launch_bare(workdir, env)
+        if args.naive:
+            servers["naive"] = ServerProcess.launch_naive(workdir, model_path, device, env)
     for name, batching in (("batched", True), ("unbatched", False)):
         if batching or not args.profile_only:
             cmd = real_server_cmd(repo, batching, [*flags, *args.server_arg])
@@ -251,7 +267,8 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
     """Print the table and the targets; write them to --json if asked."""
     big_c = 4 if 4 in args.large_concurrency else max(args.large_concurrency)
     top_c, low_c = max(args.concurrency), min(args.concurrency)
-    targets = ratios(results, raw, args.large_count, big_c, top_c, low_c)
+    device = str(machine["device"])
+    targets = ratios(results, raw, args.large_count, big_c, top_c, low_c, device)
     print(
         f"\n{args.repeats} x {args.duration:g} s per point after {args.warmup:g} s warm-up; "
         "cpu columns in cores (1.00 = one core), 'other' = rest of the machine"
@@ -261,7 +278,7 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
     for ratio in targets:
         print("  " + ratio.line())
     print("context (same run):")
-    for line in context_lines(results, top_c, low_c, args.large_count, big_c):
+    for line in context_lines(results, raw, top_c, low_c, args.large_count, big_c):
         print("  " + line)
     if args.json:
         doc = {
@@ -287,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs, flags = runtime_kwargs(args)
         # Probe the device first: --device cuda without a GPU fails here, before any server.
         _, device = measure_raw_ort(model_path, 1, 0.01, 0.0, kwargs)
-        servers = start_servers(args, repo, flags, workdir)
+        servers = start_servers(args, repo, flags, workdir, model_path, device)
         machine = machine_info(device)
         print(f"model: {note}", flush=True)
         print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
