@@ -1,8 +1,11 @@
-"""The generation path every protocol edge shares: plan off the loop when costly,
-generate through the model's batcher, refuse non-finite output.
+"""The steps of answering a request, stateless: planning and latents off the event loop
+when costly, the response-size check, encoding (in a thread when large), the error
+for non-finite output.
 
-grpc-free: the gRPC servicer and the HTTP API both call it, so a request gets the
-same work, offloading and errors whichever protocol carried it.
+grpc-free. ``engine.Engine`` composes them under the server-wide budgets; an edge
+calls the ones that sit outside the engine itself: planning (it reads the edge's
+request message) and encoding of the tensors an edge answers with (KServe's). The
+offload thresholds are also the edges' own (KServe's typed output, its JSON bodies).
 """
 
 from __future__ import annotations
@@ -13,20 +16,26 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ganserve.contract.encodings import Encoding
 from ganserve.contract.limits import Limits
+from ganserve.contract.sizes import response_bytes, response_too_large, sample_per_image_bytes
 from ganserve.seeds import latent_cost_us
 
+from .encode import encode_images
 from .errors import Internal, InvalidArgument, ServeError
+from .latent import one_hot
 from .plan import SamplePlan
-from .repository import LoadedModel, ModelSpec
+from .repository import ModelSpec
 
 __all__ = [
     "OFFLOAD_IMAGES",
     "OFFLOAD_LATENT_US",
-    "generate_checked",
+    "check_response_size",
+    "encode",
     "non_finite_output",
     "plan_offloaded",
-    "sample_latents",
+    "sample_image_bytes",
+    "sample_inputs",
 ]
 
 # Latent and encoding work above this many images leaves the event loop for a thread,
@@ -56,13 +65,54 @@ async def plan_offloaded(
     return build(request, spec, limits)
 
 
-async def sample_latents(plan: SamplePlan, start: int, stop: int) -> np.ndarray:
-    """Latents of images [start, stop) of a sample plan, float32 (n, D); costly seed
-    latents are drawn in a thread."""
-    n = stop - start
-    if plan.explicit is None and latent_cost_us(n, plan.truncation) > OFFLOAD_LATENT_US:
-        return await asyncio.to_thread(plan.z, start, stop)
-    return plan.z(start, stop)
+def sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
+    """Response bytes of one image of a Sample / SampleStream plan."""
+    return sample_per_image_bytes(
+        spec.image_shape, plan.encoding, spec.latent_dim, spec.num_classes, plan.return_latents
+    )
+
+
+def check_response_size(
+    limits: Limits,
+    model: str,
+    n: int,
+    encoding: Encoding,
+    per_image: int,
+    hint: str,
+    extra: int = 0,
+) -> int:
+    """Fail before computing if ``n`` images of ``per_image`` bytes (and ``extra`` bytes
+    besides) cannot fit in one message: ``contract.sizes``' estimate (the client's
+    planner's), which is returned."""
+    size = response_bytes(n, per_image, extra)
+    limit = limits.max_message_bytes
+    if size > limit:
+        # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
+        raise InvalidArgument(response_too_large(n, encoding, model, size, limit, hint))
+    return size
+
+
+async def sample_inputs(
+    plan: SamplePlan, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The model inputs of images [start, stop) of a sample plan: latents float32
+    (n, D), the images' classes int64 (n,) and their one-hot vectors float32 (n, C)
+    (both None on unconditional models). Costly seed latents are drawn in a thread."""
+    if plan.explicit is None and latent_cost_us(stop - start, plan.truncation) > OFFLOAD_LATENT_US:
+        z = await asyncio.to_thread(plan.z, start, stop)
+    else:
+        z = plan.z(start, stop)
+    labels = plan.image_labels(start, stop)
+    return z, labels, None if labels is None else one_hot(labels, plan.num_classes)
+
+
+async def encode(
+    images: np.ndarray, encoding: Encoding = Encoding.FLOAT32
+) -> tuple[bytes, list[bytes]]:
+    """``encode_images`` (raw bytes, PNG files), in a thread from ``OFFLOAD_IMAGES`` images."""
+    if images.shape[0] >= OFFLOAD_IMAGES:
+        return await asyncio.to_thread(encode_images, images, encoding)
+    return encode_images(images, encoding)
 
 
 def non_finite_output(z: np.ndarray, field: str = "latents") -> ServeError:
@@ -76,19 +126,3 @@ def non_finite_output(z: np.ndarray, field: str = "latents") -> ServeError:
             f"large (max |z| = {top:.3g}); use values of the order of a standard normal's"
         )
     return Internal("the model produced non-finite values (NaN or infinity)")
-
-
-async def generate_checked(
-    model: LoadedModel,
-    z: np.ndarray,
-    y: np.ndarray | None,
-    deadline: float | None,
-    is_cancelled: Callable[[], bool] | None,
-    field: str = "latents",
-) -> np.ndarray:
-    """``model.generate`` (the batcher), refusing output with NaN or infinity (the
-    contract: no response carries such images): float32 (N, C, H, W)."""
-    images = await model.generate(z, y, deadline, is_cancelled)
-    if not np.isfinite(images).all():
-        raise non_finite_output(z, field)
-    return images

@@ -28,18 +28,10 @@ from ganserve.kserve.v2 import grpc_predict_v2_pb2 as pb
 from ganserve.kserve.v2 import model_config_pb2 as config_pb
 
 from . import tracing
-from .encode import encode_images
 from .errors import InvalidArgument, pushback_trailer
-from .generation import OFFLOAD_IMAGES
+from .generation import OFFLOAD_IMAGES, encode
+from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
 from .oip import FP32, Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
-from .service import (
-    _CODES,
-    _deadline,
-    _deadline_passed,
-    _lenient_parser,
-    _SendFailed,
-    _Undecodable,
-)
 
 __all__ = ["METHOD_LABELS", "SERVICE_NAME", "KServeService", "add_kserve_to_server"]
 
@@ -130,16 +122,12 @@ async def infer_response(result: InferResponse) -> pb.ModelInferResponse:
     raw = all(out.binary for out in result.outputs)
     for out in result.outputs:
         tensor = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
-        # large images are encoded off the event loop, as Sample's are
-        offload = out.data.shape[0] >= OFFLOAD_IMAGES
-        if raw:
-            if offload:
-                data, _ = await asyncio.to_thread(encode_images, out.data)
-            else:
-                data, _ = encode_images(out.data)
+        if raw:  # FLOAT32 bytes, off the event loop when large, as Sample's are
+            data, _ = await encode(out.data)
             msg.raw_output_contents.append(data)
         else:
             flat = out.data.ravel()
+            offload = out.data.shape[0] >= OFFLOAD_IMAGES
             values = await asyncio.to_thread(flat.tolist) if offload else flat.tolist()
             tensor.contents.fp32_contents.extend(values)
     return msg
@@ -156,11 +144,11 @@ def _rpc(method: str, counted: bool = True) -> Callable[[Any], Any]:
                 return await fn(self, request, context, Call())
             with core.track(method) as call, tracing.rpc_span(SERVICE_NAME, method, context, call):
                 try:
-                    if type(request) is _Undecodable:
+                    if type(request) is Undecodable:
                         raise request.invalid()
                     return await fn(self, request, context, call)
                 except BaseException as exc:
-                    failure = core.failure(method, exc, call, _deadline_passed(context))
+                    failure = core.failure(method, exc, call, deadline_passed(context))
                     if failure is None:  # cancelled, or the deadline passed: grpc answers
                         raise
                     core.record(method, call)  # counted before the status goes out
@@ -176,9 +164,9 @@ async def _abort(
 ) -> NoReturn:
     try:
         await context.abort(
-            _CODES.get(code, grpc.StatusCode.UNKNOWN), message, pushback_trailer(retry_after_s)
+            CODES.get(code, grpc.StatusCode.UNKNOWN), message, pushback_trailer(retry_after_s)
         )
-    except _SendFailed:  # the client left as the status went out: no ERROR traceback
+    except SendFailed:  # the client left as the status went out: no ERROR traceback
         raise asyncio.CancelledError("the client left before the status was sent") from None
     raise AssertionError("unreachable: abort raises")
 
@@ -228,7 +216,7 @@ class KServeService:
         result = await self._core.infer(
             infer_request(request),
             call,
-            deadline=_deadline(context),
+            deadline=deadline(context),
             is_cancelled=context.done,
             binary_default=True,
         )
@@ -247,7 +235,7 @@ def add_kserve_to_server(servicer: KServeService, server: aio.Server) -> None:
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),
-            request_deserializer=_lenient_parser(request),
+            request_deserializer=lenient_parser(request),
             response_serializer=response.SerializeToString,
         )
         for name, request, response in messages

@@ -8,9 +8,10 @@ A generator is a model with input ``z`` FP32 ``[-1, latent_dim]`` (conditional m
 also ``y`` FP32 ``[-1, num_classes]``) and output ``image`` FP32 ``[-1, C, H, W]``.
 Every row of ``y`` must be a class vector: finite values >= 0 that sum to 1 (within
 ``Y_SUM_TOLERANCE``): one-hot, or a blend of classes as Interpolate makes them.
-Inference runs ``generation.generate_checked`` (the model's batcher, its admission
-control, the call's deadline and cancellation), as Sample does, so the same latents
-give the same images on both protocols.
+Inference runs on the serving engine (``engine.Engine``: the response-size check, the
+model's batcher with its admission control, the call's deadline and cancellation, the
+non-finite output check), as Sample does, so the same latents give the same images on
+both protocols.
 
 Metrics are the servicer's: ``ganserve_requests_total``, ``ganserve_request_seconds``
 and ``ganserve_inflight_requests`` with the edge's method label (the RPC name over
@@ -32,12 +33,13 @@ import numpy as np
 from ganserve import __version__
 from ganserve.contract.encodings import Encoding
 from ganserve.contract.limits import Limits
-from ganserve.contract.sizes import per_image_bytes, response_bytes, response_too_large
+from ganserve.contract.sizes import per_image_bytes
 
 from .batcher import BatchingConfig
-from .calls import Call, CallCounter, hold_model
+from .calls import Call, CallCounter
+from .engine import Engine
 from .errors import InvalidArgument, NotFound, ServeError, Unavailable, retry_after
-from .generation import generate_checked
+from .generation import check_response_size
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 from .validate import check_limit, finite
@@ -144,6 +146,7 @@ class OipCore:
         self._batching = batching
         self._ready = ready if ready is not None else (lambda: repository.ready)
         self._calls = CallCounter(metrics)
+        self._engine = Engine(repository, limits, metrics)  # no server-wide byte budget
 
     # ------------------------------------------------------------- bookkeeping
 
@@ -251,7 +254,7 @@ class OipCore:
     def _model(self, name: str, version: str, call: Call) -> LoadedModel:
         if not name:
             raise InvalidArgument("model_name: give a model name (ListModels lists them)")
-        return hold_model(self._repo, name, version, call)
+        return self._engine.hold(name, version, call)
 
     async def infer(
         self,
@@ -274,15 +277,14 @@ class OipCore:
         deadline = _deadline(request.parameters, deadline)
         z, y = self._inputs(request.inputs, spec)
         outputs = self._outputs(request, spec, binary_default)
-        n = z.shape[0]
-        size = response_bytes(n, per_image_bytes(spec.image_shape, Encoding.FLOAT32))
-        if size > self._limits.max_message_bytes:
-            message = response_too_large(
-                n, Encoding.FLOAT32, spec.name, size, self._limits.max_message_bytes,
-                "split the batch into several requests",
-            )  # fmt: skip
-            raise InvalidArgument(message)
-        images = await generate_checked(model, z, y, deadline, is_cancelled, f"inputs[{INPUT_Z}]")
+        check_response_size(
+            self._limits, spec.name, z.shape[0], Encoding.FLOAT32,
+            per_image_bytes(spec.image_shape, Encoding.FLOAT32),
+            "split the batch into several requests",
+        )  # fmt: skip
+        images = await self._engine.images(
+            model, z, y, deadline, is_cancelled, f"inputs[{INPUT_Z}]"
+        )
         return InferResponse(
             model_name=spec.name,
             model_version=spec.version,

@@ -1,10 +1,12 @@
-"""The ``ganserve.v1.Generator`` servicer: a thin translation onto the server core.
+"""The ``ganserve.v1.Generator`` servicer: protobuf -> plan -> engine -> protobuf.
 
-Each RPC resolves the model, turns the request into a plan (``plan.py``), awaits
-the model's batched ``generate`` and encodes once per response. Errors of the core
-(``ServeError``) map 1:1 to gRPC status codes; anything else is logged and
-becomes INTERNAL without a traceback reaching the client. Response sizes are
-estimated by ``ganserve.contract.sizes``, the client's planner's estimate.
+Each RPC holds the model, turns the request into a plan (``plan.py``) and hands it to
+the serving engine (``engine.py``), which checks the response size, keeps the
+server-wide budgets, generates and encodes; the servicer fills the response message
+from what comes back. What stays here is gRPC's: counting and tracing the call,
+refusing calls beyond the in-flight limit or too late to answer, and mapping errors
+of the core (``ServeError``) 1:1 to status codes with a pushback trailer; anything
+else is logged and becomes INTERNAL without a traceback reaching the client.
 """
 
 from __future__ import annotations
@@ -19,33 +21,20 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 from grpc import aio
 
 from ganserve.contract.encodings import Encoding
 from ganserve.contract.limits import Limits
-from ganserve.contract.sizes import (
-    FLOAT_BYTES,
-    per_image_bytes,
-    response_bytes,
-    response_too_large,
-    sample_per_image_bytes,
-)
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from . import tracing
 from .budget import ServerBudgets, default_buffered_bytes
-from .calls import Call, CallCounter, hold_model
-from .encode import encode_images
+from .calls import Call, CallCounter
+from .engine import Engine, Generated
 from .errors import InvalidArgument, ResourceExhausted, ServeError, pushback_trailer, retry_after
-from .generation import (
-    OFFLOAD_IMAGES,
-    generate_checked,
-    plan_offloaded,
-    sample_latents,
-)
-from .latent import one_hot
+from .generation import plan_offloaded
+from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
 from .metrics import Metrics
 from .plan import SamplePlan, plan_arithmetic, plan_interpolate, plan_sample
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
@@ -54,45 +43,7 @@ __all__ = ["GeneratorService", "add_to_server", "model_info"]
 
 log = logging.getLogger(__name__)
 
-_CODES = {code.name: code for code in grpc.StatusCode}
 _SERVICE = pb.DESCRIPTOR.services_by_name["Generator"].full_name  # names the trace spans
-# time_remaining() of a call without a deadline is None or effectively infinite.
-_NO_DEADLINE_S = 1e7
-try:  # grpc's own error for a send on a call the client has left; not public API
-    from grpc._cython.cygrpc import ExecuteBatchError as _SendFailed
-except ImportError:  # pragma: no cover - a grpc without it: nothing to translate
-
-    class _SendFailed(Exception):  # type: ignore[no-redef]
-        pass
-
-
-def _sample_image_bytes(plan: SamplePlan, spec: ModelSpec) -> int:
-    """Response bytes of one image of a Sample / SampleStream plan."""
-    return sample_per_image_bytes(
-        spec.image_shape, plan.encoding, spec.latent_dim, spec.num_classes, plan.return_latents
-    )
-
-
-class _Undecodable:
-    """Request bytes that are not a valid message: the handler answers INVALID_ARGUMENT."""
-
-    __slots__ = ("error", "type_name")
-
-    def __init__(self, type_name: str, error: str) -> None:
-        self.type_name, self.error = type_name, error
-
-    def invalid(self) -> InvalidArgument:
-        return InvalidArgument(f"request: not a valid {self.type_name} message ({self.error})")
-
-
-def _lenient_parser(cls: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return cls.FromString(data)
-        except DecodeError as exc:
-            return _Undecodable(cls.DESCRIPTOR.full_name, str(exc) or "undecodable bytes")
-
-    return parse
 
 
 def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
@@ -109,7 +60,7 @@ def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
         )
         handlers[method.name] = make(
             getattr(servicer, method.name),
-            request_deserializer=_lenient_parser(getattr(pb, method.input_type.name)),
+            request_deserializer=lenient_parser(getattr(pb, method.input_type.name)),
             response_serializer=getattr(pb, method.output_type.name).SerializeToString,
         )
     server.add_generic_rpc_handlers(
@@ -125,7 +76,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
         async def unary(self: GeneratorService, request: Any, context: aio.ServicerContext) -> Any:
             with self._track(method, context) as call:
                 try:
-                    if type(request) is _Undecodable:
+                    if type(request) is Undecodable:
                         raise request.invalid()
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
@@ -147,7 +98,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
             # traceback. Here it becomes the cancellation it is.
             with self._track(method, context) as call:
                 try:
-                    if type(request) is _Undecodable:
+                    if type(request) is Undecodable:
                         raise request.invalid()
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
@@ -155,7 +106,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                         async for response in responses:
                             try:
                                 await context.write(response)
-                            except _SendFailed:
+                            except SendFailed:
                                 raise asyncio.CancelledError("the client left mid-send") from None
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
@@ -163,22 +114,6 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
         return functools.wraps(fn)(stream if streaming else unary)
 
     return decorate
-
-
-def _deadline_passed(context: aio.ServicerContext) -> bool:
-    """Whether the RPC has a deadline and it has passed (a cancel then is its expiry)."""
-    with contextlib.suppress(Exception):  # the call may be torn down already
-        remaining = context.time_remaining()
-        return remaining is not None and remaining <= 0
-    return False
-
-
-def _deadline(context: aio.ServicerContext) -> float | None:
-    """The RPC deadline as a ``time.monotonic()`` instant, or None."""
-    remaining = context.time_remaining()
-    if remaining is None or remaining > _NO_DEADLINE_S:
-        return None
-    return time.monotonic() + remaining
 
 
 def _latent_batch(z: np.ndarray) -> pb.LatentBatch:
@@ -197,6 +132,19 @@ def _fill_images(
     msg.data = raw
     if pngs:
         msg.png.extend(pngs)
+
+
+def _sample_response(spec: ModelSpec, plan: SamplePlan, out: Generated) -> pb.SampleResponse:
+    """Images [out.offset, out.offset + N) of a sample plan as one response message."""
+    response = pb.SampleResponse(model=spec.name, version=spec.version, offset=out.offset)
+    _fill_images(response.images, out.images, out.raw, out.pngs, plan.encoding)
+    if plan.seed is not None:
+        response.seed = plan.seed
+    if out.labels is not None:
+        response.labels.extend(out.labels.tolist())
+    if plan.return_latents:
+        response.latents.CopyFrom(_latent_batch(out.latents))
+    return response
 
 
 def model_info(status: ModelStatus) -> pb.ModelInfo:
@@ -239,8 +187,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._budgets = budgets or ServerBudgets(
             default_buffered_bytes(limits.max_message_bytes), 4096, 256
         )
+        self._engine = Engine(repository, limits, metrics, self._budgets)
         self._inflight = 0  # RPCs of this service being handled
-        self._streams = 0  # SampleStreams open
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
         self._calls = CallCounter(metrics, methods)
         self._spans = {
@@ -290,19 +238,20 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             call.span.record_exception(exc)
             call.code, message = "INTERNAL", f"internal error in {method}: see the server log"
         else:  # CancelledError / GeneratorExit: the client went away or its deadline passed
-            call.code = "DEADLINE_EXCEEDED" if _deadline_passed(context) else "CANCELLED"
+            call.code = "DEADLINE_EXCEEDED" if deadline_passed(context) else "CANCELLED"
             raise exc
         # Counted before the status goes out: a client that reads /metrics right after
         # its error must find it there (the abort sends first and raises after).
         self._record(method, call, message)
         try:
-            await context.abort(_CODES.get(call.code, grpc.StatusCode.UNKNOWN), message, trailer)
-        except _SendFailed:  # the client left as the status went out: no ERROR traceback
+            await context.abort(CODES.get(call.code, grpc.StatusCode.UNKNOWN), message, trailer)
+        except SendFailed:  # the client left as the status went out: no ERROR traceback
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
 
-    def _refused(self, reason: str, model: str = "") -> None:
-        self._metrics.rejected_total.labels(model, reason).inc()
+    def _refused(self, reason: str) -> None:
+        """A refusal before the model is known (its label stays "")."""
+        self._metrics.rejected_total.labels("", reason).inc()
 
     def _refuse_inflight(self) -> ResourceExhausted:
         self._refused("in_flight")
@@ -330,95 +279,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             self._budgets.late_s,
         )
 
-    @contextlib.asynccontextmanager
-    async def _buffered(
-        self, size: int, what: str, model: str, wait_s: float | None = None
-    ) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of the response budget while the response is built and
-        handed to gRPC: refused at once (``wait_s`` None) or after waiting that long."""
-        budget = self._budgets.buffered
-        try:
-            if wait_s is None:
-                budget.acquire_now(size, what)
-            else:
-                await budget.acquire(size, wait_s)
-        except ResourceExhausted as exc:
-            self._refused(exc.reason, model)
-            raise
-        try:
-            yield
-        finally:
-            budget.release(size)
-
     def _model(self, request: Any, call: Call) -> LoadedModel:
         if not request.model:
             raise InvalidArgument("model: give a model name (ListModels lists them)")
-        return hold_model(self._repo, request.model, request.version, call)
-
-    def _check_size(
-        self,
-        spec: ModelSpec,
-        n: int,
-        encoding: Encoding,
-        per_image: int,
-        hint: str,
-        extra: int = 0,
-    ) -> int:
-        """Fail before computing if ``n`` images of ``per_image`` bytes (and ``extra``
-        bytes besides) cannot fit in one message: ``contract.sizes``' estimate, which
-        is returned."""
-        size = response_bytes(n, per_image, extra)
-        limit = self._limits.max_message_bytes
-        if size > limit:
-            # Deterministic for this request: INVALID_ARGUMENT, so retry policies skip it.
-            raise InvalidArgument(response_too_large(n, encoding, spec.name, size, limit, hint))
-        return size
-
-    async def _run(
-        self,
-        model: LoadedModel,
-        z: np.ndarray,
-        y: np.ndarray | None,
-        deadline: float | None,
-        context: aio.ServicerContext,
-        encoding: str,
-        field: str = "latents",
-    ) -> tuple[np.ndarray, bytes, list[bytes]]:
-        """Generate and encode: (images (N, C, H, W), raw bytes, pngs); ``field`` names
-        the request field of ``z`` in the error for non-finite output."""
-        images = await generate_checked(model, z, y, deadline, context.done, field)
-        with tracing.encode_span(encoding, images.shape[0]):  # a no-op while tracing is off
-            if images.shape[0] >= OFFLOAD_IMAGES:
-                raw, pngs = await asyncio.to_thread(encode_images, images, encoding)
-            else:
-                raw, pngs = encode_images(images, encoding)
-        return images, raw, pngs
-
-    async def _sample_chunk(
-        self,
-        model: LoadedModel,
-        plan: SamplePlan,
-        start: int,
-        stop: int,
-        deadline: float | None,
-        context: aio.ServicerContext,
-    ) -> pb.SampleResponse:
-        """Images [start, stop) of a sample plan as one response message."""
-        z = await sample_latents(plan, start, stop)  # (stop - start, D)
-        labels = plan.image_labels(start, stop)
-        y = None if labels is None else one_hot(labels, plan.num_classes)  # (n, C)
-        images, raw, pngs = await self._run(model, z, y, deadline, context, plan.encoding)
-        response = pb.SampleResponse(
-            model=model.spec.name, version=model.spec.version, offset=start
-        )
-        _fill_images(response.images, images, raw, pngs, plan.encoding)
-        if plan.seed is not None:
-            response.seed = plan.seed
-        if labels is not None:
-            response.labels.extend(labels.tolist())
-        if plan.return_latents:
-            response.latents.CopyFrom(_latent_batch(z))
-        return response
+        return self._engine.hold(request.model, request.version, call)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -448,53 +312,19 @@ class GeneratorService(pb_grpc.GeneratorServicer):
     async def Sample(self, request: Any, context: Any, call: Call) -> pb.SampleResponse:
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
-        size = self._check_size(
-            model.spec,
-            plan.count,
-            plan.encoding,
-            _sample_image_bytes(plan, model.spec),
-            "use SampleStream",
-        )
-        async with self._buffered(size, "the response", call.model):
-            return await self._sample_chunk(model, plan, 0, plan.count, _deadline(context), context)
+        respond = functools.partial(_sample_response, model.spec, plan)
+        return await self._engine.sample(model, plan, deadline(context), context.done, respond)
 
     @_rpc("SampleStream", streaming=True)
-    async def SampleStream(
+    def SampleStream(
         self, request: Any, context: Any, call: Call
     ) -> AsyncIterator[pb.SampleResponse]:
+        # The engine's chunks, each computed once the previous one has been written
+        # (``_rpc`` asks for the next only then: see ``Engine.sample_stream``).
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=True)
-        per_image = _sample_image_bytes(plan, model.spec)
-        self._check_size(model.spec, plan.chunk_size, plan.encoding, per_image, "lower chunk_size")
-        if self._streams >= self._budgets.max_streams:
-            self._refused("streams", call.model)
-            raise ResourceExhausted(
-                f"the server has {self._streams} streams open, its limit (--max-streams "
-                f"{self._budgets.max_streams}); retry later",
-                "streams",
-                1.0,
-            )
-        deadline = _deadline(context)
-        self._streams += 1
-        try:
-            # A chunk is computed only once the previous one has left: gRPC's write of a
-            # chunk completes when the transport takes it, so a client that does not read
-            # stops the stream after what HTTP/2 flow control lets through, and each
-            # stream holds at most one chunk. The first chunk is refused at once when the
-            # response budget is full; later ones wait for room (within the deadline).
-            start = 0
-            while start < plan.count:
-                stop = min(start + plan.chunk_size, plan.count)
-                size = response_bytes(stop - start, per_image)
-                wait_s = None  # the first chunk: refused at once when it does not fit
-                if start:
-                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                    wait_s = _NO_DEADLINE_S if left is None else left
-                async with self._buffered(size, "the first chunk", call.model, wait_s):
-                    yield await self._sample_chunk(model, plan, start, stop, deadline, context)
-                start = stop
-        finally:
-            self._streams -= 1
+        respond = functools.partial(_sample_response, model.spec, plan)
+        return self._engine.sample_stream(model, plan, deadline(context), context.done, respond)
 
     @_rpc("Interpolate")
     async def Interpolate(self, request: Any, context: Any, call: Call) -> pb.InterpolateResponse:
@@ -507,23 +337,13 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(keys) <= self._limits.max_images_per_request:
             seeds = sum(k.WhichOneof("source") == "seed" for k in keys)
         plan = await plan_offloaded(plan_interpolate, request, model.spec, self._limits, seeds)
-        spec = model.spec
-        per_image = per_image_bytes(
-            spec.image_shape,
-            plan.encoding,
-            spec.latent_dim if plan.return_latents else 0,
-            FLOAT_BYTES * spec.num_classes,  # class_weights, conditional only
-        )
-        self._check_size(spec, plan.z.shape[0], plan.encoding, per_image, "request fewer steps")
-        images, raw, pngs = await self._run(
-            model, plan.z, plan.y, _deadline(context), context, plan.encoding, "keyframes"
-        )
+        out = await self._engine.interpolate(model, plan, deadline(context), context.done)
         response = pb.InterpolateResponse(model=model.spec.name, version=model.spec.version)
-        _fill_images(response.images, images, raw, pngs, plan.encoding)
+        _fill_images(response.images, out.images, out.raw, out.pngs, plan.encoding)
         if plan.y is not None:
             response.class_weights.extend(plan.y.ravel().tolist())
         if plan.return_latents:
-            response.latents.CopyFrom(_latent_batch(plan.z))
+            response.latents.CopyFrom(_latent_batch(out.latents))
         return response
 
     @_rpc("Arithmetic")
@@ -535,21 +355,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(terms) <= self._limits.max_images_per_request:
             seeds = sum(len(t.seeds.seeds) for t in terms)
         plan = await plan_offloaded(plan_arithmetic, request, model.spec, self._limits, seeds)
-        spec = model.spec
-        latent_dim = spec.latent_dim if plan.return_latents else 0
-        self._check_size(
-            spec,
-            plan.n_images,
-            plan.encoding,
-            per_image_bytes(spec.image_shape, plan.encoding, latent_dim),
-            "use fewer terms",
-            # the result's and every term's latent are returned, with or without their images
-            extra=(plan.latents.shape[0] - plan.n_images) * FLOAT_BYTES * latent_dim,
-        )
-        z = plan.latents[: plan.n_images]  # (1 [+ T], D)
-        images, raw, pngs = await self._run(
-            model, z, plan.y, _deadline(context), context, plan.encoding, "terms"
-        )
+        out = await self._engine.arithmetic(model, plan, deadline(context), context.done)
+        images, raw, pngs = out.images, out.raw, out.pngs
         # One encode for the result and the term images: split the bytes afterwards.
         per_image = len(raw) // images.shape[0]
         response = pb.ArithmeticResponse(model=model.spec.name, version=model.spec.version)
@@ -557,5 +364,5 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if plan.n_images > 1:
             _fill_images(response.term_images, images[1:], raw[per_image:], pngs[1:], plan.encoding)
         if plan.return_latents:
-            response.latents.CopyFrom(_latent_batch(plan.latents))
+            response.latents.CopyFrom(_latent_batch(out.latents))
         return response

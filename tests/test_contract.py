@@ -29,7 +29,7 @@ from ganserve.contract.limits import DEFAULT_LIMITS, Limits
 from ganserve.contract.load_state import LoadState
 from ganserve.contract.model_format import Key, ModelKind, read_metadata
 from ganserve.imaging import to_uint8
-from ganserve.server import service as server_service
+from ganserve.server import generation as server_generation
 from ganserve.server import spec as server_spec
 from ganserve.server.batcher import BatchingConfig
 from ganserve.server.config import ServerConfig
@@ -128,17 +128,12 @@ def _info(shape: tuple[int, int, int], latent_dim: int, num_classes: int) -> Mod
 def _server_accepts(spec: SimpleNamespace, n: int, encoding: Encoding, latents: bool) -> bool:
     """The server's own check of a Sample response of ``n`` images."""
     plan = SimpleNamespace(encoding=encoding, return_latents=latents)
-    service = SimpleNamespace(_limits=Limits(max_message_bytes=SEND_LIMIT))
-    per_image = server_service._sample_image_bytes(plan, spec)  # type: ignore[arg-type]
+    per_image = server_generation.sample_image_bytes(plan, spec)  # type: ignore[arg-type]
     try:
-        server_service.GeneratorService._check_size(
-            service,  # type: ignore[arg-type]
-            spec,  # type: ignore[arg-type]
-            n,
-            encoding,
-            per_image,
+        server_generation.check_response_size(
+            Limits(max_message_bytes=SEND_LIMIT), spec.name, n, encoding, per_image,
             "use SampleStream",
-        )
+        )  # fmt: skip
     except InvalidArgument:
         return False
     return True

@@ -2,9 +2,10 @@
 
 Each endpoint turns its query into the gRPC request message and plans it with the
 gRPC servicer's own planners (``plan.py``, ``validate.py``), so a mistake gets the
-same message (and status) over both protocols; it generates through the same
-shared path (``generation.py``) and the model's batcher. Pictures are checked
-against PIL's pixel limit before anything is generated, as the CLI checks them.
+same message (and status) over both protocols; it generates on the same serving
+engine (``engine.py``: the seed rule's latents, the model's batcher, the non-finite
+output check). Pictures are checked against PIL's pixel limit before anything is
+generated, as the CLI checks them, and drawn in a thread.
 
 Every request is counted like an RPC: ``ganserve_requests_total`` and
 ``ganserve_request_seconds`` with the method ``http_<endpoint>``, and
@@ -30,9 +31,10 @@ from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
 
-from ..calls import Call, CallCounter, hold_model
+from ..calls import Call, CallCounter
+from ..engine import Engine
 from ..errors import InvalidArgument, ServeError, retry_after
-from ..generation import generate_checked, plan_offloaded, sample_latents
+from ..generation import plan_offloaded, sample_inputs
 from ..latent import one_hot
 from ..metrics import Metrics
 from ..plan import plan_arithmetic, plan_interpolate, plan_sample
@@ -144,6 +146,8 @@ class RestApi:
         self._metrics = metrics
         self._limits = limits
         self._calls = CallCounter(metrics, METHODS)
+        # No server-wide byte budget: pictures are not the response messages it bounds.
+        self._engine = Engine(repository, limits, metrics)
 
     def routes(self) -> list[Route]:
         """The endpoints; each route's name is its metrics method label."""
@@ -168,7 +172,7 @@ class RestApi:
     def _model(self, request: Request, call: Call) -> LoadedModel:
         """The model of the path, held until the request is done (a reload closes it after)."""
         version = request.query_params.get("version", "")
-        return hold_model(self._repo, request.path_params["name"], version, call)
+        return self._engine.hold(request.path_params["name"], version, call)
 
     # ------------------------------------------------------------- endpoints
 
@@ -227,14 +231,12 @@ class RestApi:
         scale = query.positive("scale") or 1
         if fmt == "png":
             pictures.check_grid(plan.count, spec.image_shape, cols, scale)
-        z = await sample_latents(plan, 0, plan.count)  # (N, D)
-        image_labels = plan.image_labels(0, plan.count)
-        y = None if image_labels is None else one_hot(image_labels, spec.num_classes)  # (N, C)
+        z, _, y = await sample_inputs(plan, 0, plan.count)  # (N, D), y (N, C)
         if blend is not None and y is not None:
             other, weight = blend
             y = (1.0 - weight) * y + weight * one_hot(np.full(plan.count, other), spec.num_classes)
             y = y.astype(np.float32)
-        images = await generate_checked(model, z, y, None, None)  # (N, C, H, W)
+        images = await self._engine.images(model, z, y, None, None)  # (N, C, H, W)
         if fmt == "npy":
             body = await asyncio.to_thread(pictures.npy, images)
         else:
@@ -278,7 +280,7 @@ class RestApi:
         boomerang = query.flag("boomerang")
         plan = await plan_offloaded(plan_interpolate, req, spec, self._limits, 2)
         pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
-        images = await generate_checked(model, plan.z, plan.y, None, None, "keyframes")
+        images = await self._engine.images(model, plan.z, plan.y, None, None, "keyframes")
         if fmt == "npy":
             body = await asyncio.to_thread(pictures.npy, images)
         elif fmt == "png":
@@ -320,7 +322,7 @@ class RestApi:
         plan = await plan_offloaded(plan_arithmetic, req, spec, self._limits, seeds)
         pictures.check_equation(len(terms), spec.image_shape, scale)
         z = plan.latents[: plan.n_images]  # (1 + T, D): the result, then each term
-        images = await generate_checked(model, z, plan.y, None, None, "terms")
+        images = await self._engine.images(model, z, plan.y, None, None, "terms")
         weights = [float(t.weight) for t in req.terms]
 
         def draw() -> bytes:

@@ -1,0 +1,93 @@
+"""What ganserve's gRPC servicers share beyond grpc's public API, kept in one place.
+
+``SendFailed`` is grpc's own error for a send on a call the client has already left
+(``grpc._cython.cygrpc.ExecuteBatchError``): not public API, so it may move or vanish
+in a grpc release. The servicers catch it to turn such a send into the cancellation it
+is instead of an ERROR traceback in grpc's log; imported here only, a grpc that drops
+it changes one module, and ``SEND_FAILED_IS_GRPCS`` (pinned by a test) says so at once.
+
+The helpers both servicers (``ganserve.v1`` and KServe's) use: request parsers that
+answer undecodable bytes with INVALID_ARGUMENT, the call's deadline, status codes by
+name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc import aio
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "CODES",
+    "NO_DEADLINE_S",
+    "SEND_FAILED_IS_GRPCS",
+    "SendFailed",
+    "Undecodable",
+    "deadline",
+    "deadline_passed",
+    "lenient_parser",
+]
+
+try:
+    from grpc._cython.cygrpc import ExecuteBatchError as SendFailed
+
+    SEND_FAILED_IS_GRPCS = True
+except ImportError:  # pragma: no cover - a grpc without it: nothing to translate
+
+    class SendFailed(Exception):  # type: ignore[no-redef]
+        """Never raised: stands in for grpc's class so that ``except`` clauses still work."""
+
+    SEND_FAILED_IS_GRPCS = False
+
+# gRPC status codes by name (``ServeError.code_name``).
+CODES = {code.name: code for code in grpc.StatusCode}
+# time_remaining() of a call without a deadline is None or effectively infinite.
+NO_DEADLINE_S = 1e7
+
+
+class Undecodable:
+    """Request bytes that are not a valid message: the handler answers INVALID_ARGUMENT."""
+
+    __slots__ = ("error", "type_name")
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name, self.error = type_name, error
+
+    def invalid(self) -> InvalidArgument:
+        return InvalidArgument(f"request: not a valid {self.type_name} message ({self.error})")
+
+
+def lenient_parser(cls: Any) -> Callable[[bytes], Any]:
+    """A request deserializer for message class ``cls`` that returns an ``Undecodable``
+    instead of raising: grpc answers a parser's exception with UNKNOWN and logs it."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(cls.DESCRIPTOR.full_name, str(exc) or "undecodable bytes")
+
+    return parse
+
+
+def deadline(context: aio.ServicerContext) -> float | None:
+    """The RPC deadline as a ``time.monotonic()`` instant, or None."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
+def deadline_passed(context: aio.ServicerContext) -> bool:
+    """Whether the RPC has a deadline and it has passed (a cancel then is its expiry)."""
+    with contextlib.suppress(Exception):  # the call may be torn down already
+        remaining = context.time_remaining()
+        return remaining is not None and remaining <= 0
+    return False
