@@ -104,6 +104,10 @@ class ServerConfig:
     # calls/s, 128 calls are 60-130 ms of waiting). None: 10,000, or 128 with it.
     max_pending_rpcs: int | None = None
     grpc_fast_refusal: bool = False
+    # Server processes on the same port (workers.py); 1: this process serves.
+    workers: int = 1
+    # Listen with SO_REUSEPORT (set by the supervisor for its workers, not by people).
+    reuse_port: bool = False
     # Server-wide budgets (``budget.py``): what does not fit is refused with
     # RESOURCE_EXHAUSTED at once. 0 bytes: sized for the machine (default_buffered_bytes).
     max_buffered_bytes: int = 0
@@ -196,6 +200,7 @@ class ServerConfig:
         _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
         _check(self.max_inflight_rpcs >= 1, "--max-inflight-rpcs must be >= 1")
         _check(self.max_streams >= 1, "--max-streams must be >= 1")
+        _check(self.workers >= 1, "--workers must be >= 1")
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
@@ -450,6 +455,18 @@ _OPTIONS: tuple[_Option, ...] = (
         "ganserve.v1 calls handled at once; more are refused (default 4096)",
     ),
     _Option("max_streams", int, "SampleStreams open at once; more are refused (default 256)"),
+    _Option(
+        "workers",
+        int,
+        "server processes on the same ports (SO_REUSEPORT), each with the models loaded; "
+        "one /metrics with a worker label (default 1)",
+    ),
+    _Option(
+        "reuse_port",
+        _parse_bool,
+        "listen with SO_REUSEPORT (set by --workers for its processes)",
+        is_bool=True,
+    ),
     _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
     _Option("shutdown_delay_s", float, "on SIGTERM, serve N s more as NOT_SERVING (default 0)"),
     _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),

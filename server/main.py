@@ -110,6 +110,11 @@ def serve(config: ServerConfig) -> int:
     except ImportError as exc:
         print(f"ganserve serve needs the server extra: pip install 'ganserve[server]' ({exc})")
         return 2
+    if config.workers > 1:
+        from .workers import run_workers
+
+        argv = sys.argv[sys.argv.index("serve") + 1 :] if "serve" in sys.argv else []
+        return run_workers(config, argv)
     return asyncio.run(_Server(config).run())
 
 
@@ -189,8 +194,9 @@ class _Server:
             options=[
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
                 ("grpc.max_receive_message_length", cfg.max_request_bytes),
-                # A port already in use must fail loudly, not be silently shared.
-                ("grpc.so_reuseport", 0),
+                # A port already in use must fail loudly, not be silently shared (except
+                # by the workers of one --workers supervisor).
+                ("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
                 # A burst beyond gRPC core's pending-call backlog (1,000 by default) is
                 # cancelled before any handler sees it: let it reach the model queues.
                 ("grpc.server.max_pending_requests", cfg.max_pending_rpcs),
@@ -323,7 +329,7 @@ class _Server:
             static_dir=Path(__file__).resolve().parent / "static",
         )
         self._http_state = app.state.ganserve
-        sock = bind_socket(cfg.http_address, cfg.http_port)
+        sock = bind_socket(cfg.http_address, cfg.http_port, reuse_port=cfg.reuse_port)
         try:
             self._http = HttpServer(
                 app,

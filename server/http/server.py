@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 _STARTUP_POLL_S = 0.005
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (0: a free port); ``OSError`` if it cannot be."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port); ``OSError`` if it cannot be.
+    ``reuse_port``: shared with the other workers of a ``--workers`` supervisor."""
     host = host.strip("[]")  # "[::1]" as gRPC writes it
     family, kind, proto, _, address = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -41,6 +42,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
         # Rebinding right after a restart (TIME_WAIT) is fine; a live listener still
         # holds the port (no SO_REUSEPORT: sharing a port must fail, as for gRPC).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except OSError:
         sock.close()
