@@ -297,7 +297,7 @@ def test_evaluate_unconditional_noise_is_far_from_the_floor(
 ) -> None:
     path = tmp_path / "noise.onnx"
     _tiny_generator(path, small_mnist, conditional=False)
-    report = evaluate_onnx(path, small_mnist, n=200)
+    report = evaluate_onnx(path, small_mnist, n=200, ppl_pairs=0)
     assert set(report.generated) == {
         "fid",
         "precision",
@@ -319,8 +319,10 @@ def test_repeats_report_the_mean_and_spread_of_disjoint_seed_sets(
 ) -> None:
     path = tmp_path / "models" / "tiny-mlp" / "1" / "model.onnx"
     _tiny_generator(path, small_mnist, conditional=False)
-    report = evaluate_onnx(path, small_mnist, n=100, seed=7, repeats=3)
-    singles = [evaluate_onnx(path, small_mnist, n=100, seed=7 + 100 * r) for r in range(3)]
+    report = evaluate_onnx(path, small_mnist, n=100, seed=7, repeats=3, ppl_pairs=0)
+    singles = [
+        evaluate_onnx(path, small_mnist, n=100, seed=7 + 100 * r, ppl_pairs=0) for r in range(3)
+    ]
     for key, value in report.generated.items():
         values = [one.generated[key] for one in singles]
         assert value == pytest.approx(float(np.mean(values)))
@@ -355,13 +357,13 @@ def test_repeats_report_the_mean_and_spread_of_disjoint_seed_sets(
 
 
 def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mnist: Path) -> None:
-    report = evaluate_onnx(cond_model, small_mnist, n=200, seed=5)
+    report = evaluate_onnx(cond_model, small_mnist, n=200, seed=5, ppl_pairs=50)
     assert report.generated["cond_accuracy"] >= 0.8  # class medians are recognisable digits
     assert report.real["cond_accuracy"] == report.classifier_accuracy >= 0.95
     assert report.generated["min_class_share"] > 0.05  # labels in the train split's mix
     q = report.quality()
-    assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy"} <= set(q)
-    assert q["n"] == 200 and q["seed"] == 5
+    assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy", "ppl_class"} <= set(q)
+    assert q["n"] == 200 and q["seed"] == 5 and q["ppl_pairs"] == 50
     assert report.table().startswith("| metric | model | real floor | target |")
 
     before = {p.key: p.value for p in onnx.load(str(cond_model)).metadata_props}
@@ -370,7 +372,7 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     assert json.loads(after.pop("ganserve.quality")) == q
     before.pop("ganserve.quality")
     assert after == before
-    again = evaluate_onnx(cond_model, small_mnist, n=200, seed=5)  # the file still runs
+    again = evaluate_onnx(cond_model, small_mnist, n=200, seed=5, ppl_pairs=50)  # still runs
     assert again.generated == pytest.approx(report.generated)
 
     card = write_model_card(cond_model.parent.parent, cond_model, report)
@@ -395,11 +397,13 @@ def test_cli_writes_and_reports_errors(
     cond_model: Path, small_mnist: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_dir = cond_model.parent.parent
-    args = ["--model", str(model_dir), "--data-dir", str(small_mnist), "--n", "100", "--write"]
+    args = ["--model", str(model_dir), "--data-dir", str(small_mnist), "--n", "100", "--write",
+            "--ppl-pairs", "20"]  # fmt: skip
     assert run(_cli(args)) == 0
     out = capsys.readouterr().out
-    assert "| metric |" in out and "README.md" in out
+    assert "| metric |" in out and "README.md" in out and "| perceptual path length" in out
     assert ModelMetadata.from_onnx(cond_model).quality["n"] == 100
+    assert ModelMetadata.from_onnx(cond_model).quality["ppl_pairs"] == 20
     card = (model_dir / "README.md").read_text()
     (model_dir / "README.md").unlink()
     assert run(_cli(["--model", str(model_dir), "--card-only"])) == 0
@@ -409,3 +413,5 @@ def test_cli_writes_and_reports_errors(
     assert "no ONNX model" in capsys.readouterr().err
     assert run(_cli(["--train-classifier"])) == 2
     assert "needs --dataset" in capsys.readouterr().err
+    assert run(_cli(["--model", str(model_dir), "--ppl-pairs", "-1"])) == 2
+    assert "ppl_pairs >= 0" in capsys.readouterr().err

@@ -103,8 +103,48 @@ def _evaluation(report: EvalReport | None) -> list[str]:
         "ratio model / floor is the figure to read.",
         "- precision / recall: Kynkäänniemi et al. 2019, k = 3 nearest-neighbour balls.",
         "- class figures: classes as predicted by the classifier; entropy in bits.",
+        *_path_and_cas_notes(report),
         "",
     ]
+
+
+def _path_and_cas_notes(report: EvalReport) -> list[str]:
+    """Bullets for the figures beyond single samples, when the report has them."""
+    lines = []
+    cond = report.info.conditional
+    if "ppl_z" in report.generated:
+        lines.append(
+            "- perceptual path length (Karras et al. 2019): the squared step in the "
+            "classifier's feature space between the float32 images at t and t + 10⁻⁴ of a "
+            f"path, over 10⁻⁸, averaged over {report.ppl_pairs:,} paths with t uniform; unit: "
+            "the mean squared feature distance between two random t10k images. z paths: "
+            "slerp between the latents of two seeds"
+            + (
+                " at one class; class-blend paths: one latent, `y` blended linearly "
+                "between two one-hot classes"
+                if cond
+                else ""
+            )
+            + ". Lower is smoother. The filtered mean keeps the samples within the 1st–99th "
+            "percentile (as StyleGAN reports it): a rare jump (a discrete code switching, a "
+            "quantization step) raises the mean only."
+            + (
+                " This int8 model's hidden activations move by whole levels of their 8-bit "
+                "grid or not at all, and a step of 10⁻⁴ moves some of them almost every "
+                "time: both means measure that grid, not smoothness."
+                if report.info.quantization
+                else ""
+            )
+        )
+    if "cas" in report.generated:
+        lines.append(
+            "- classification accuracy score (Ravuri & Vinyals 2019): t10k accuracy of the "
+            f"classifier's network trained for {report.cas_epochs} epochs on "
+            f"{report.cas_images:,} generated images only (classes balanced); its real column "
+            "is the same training on as many real training images. Below the real one: "
+            "classes drawn poorly or with too little variety."
+        )
+    return lines
 
 
 def _quantization(recipe: dict[str, Any]) -> list[str]:

@@ -4,13 +4,21 @@ One network per data set, trained on ``train-*`` only and judged on ``t10k``. It
 weights are committed under ``training/evaluators/<dataset>-classifier.pt`` (float16,
 a few hundred KB) so that every evaluation of every model uses the same yardstick.
 
+The same architecture and recipe, trained afresh on other images, gives the
+classification accuracy score (:func:`classification_accuracy_score`, Ravuri & Vinyals
+2019); its real-data ceiling is cached per data set (:func:`real_cas`).
+
 Input convention is the generator's output convention: float32 ``(N, 1, 28, 28)``
 in ``[-1, 1]``; real uint8 images go through :func:`to_input` first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,13 +34,19 @@ from ganserve.training.data import DATASETS, load_split
 
 __all__ = [
     "AFFINE_AUGMENT",
+    "CAS_CACHE",
+    "CAS_EPOCHS",
+    "CAS_IMAGES",
     "DEFAULT_EPOCHS",
     "EVALUATOR_DIR",
     "FEATURE_DIM",
     "Classifier",
+    "classification_accuracy_score",
     "classifier_path",
+    "fit_classifier",
     "load_classifier",
     "predict",
+    "real_cas",
     "to_input",
     "train_classifier",
 ]
@@ -45,6 +59,14 @@ DEFAULT_EPOCHS = {"mnist": 30, "fashion-mnist": 4}
 # Rotation/shear/shift augmentation: needed on the small MNIST split, but it makes
 # Fashion-MNIST underfit (88 % after 4 epochs with it); pixel noise is used on both.
 AFFINE_AUGMENT = {"mnist": True, "fashion-mnist": False}
+# Classification accuracy score: training images (generated or real) and the default
+# epochs. The evaluator's own 30 epochs would take several minutes per model on one
+# core; this shorter run of the same recipe is the documented CAS recipe, used for the
+# generated images and the real ceiling alike (so the two are comparable).
+CAS_IMAGES = 10_000
+CAS_EPOCHS = 10
+# real-data ceilings by data set, recipe and data digest (see real_cas)
+CAS_CACHE = EVALUATOR_DIR / "cas-real.json"
 
 
 def _block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -143,6 +165,52 @@ def _accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray) -> floa
     return float((pred == labels).mean())
 
 
+def fit_classifier(
+    x: torch.Tensor,
+    y: torch.Tensor | np.ndarray,
+    num_classes: int,
+    epochs: int,
+    seed: int = 0,
+    batch_size: int = 128,
+    augment: bool = True,
+    affine: bool = True,
+    desc: str = "classifier",
+) -> Classifier:
+    """A fresh :class:`Classifier` trained on ``x`` float32 ``(N, 1, 28, 28)`` in [-1, 1]
+    with labels ``y`` ``(N,)``: the evaluator's recipe (AdamW, one-cycle learning rate
+    peaking at 3e-3, batch 128, pixel noise and with ``affine`` the small affine
+    jitter). Seeded (``torch.manual_seed(seed)`` and its own generator): the same
+    inputs give the same weights on CPU. Returned on CPU, float32, in eval mode."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    y_all = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    if len(x) != len(y_all) or len(x) == 0:
+        raise ValueError(f"need as many labels as images (> 0), got {len(x)} and {len(y_all)}")
+    model = Classifier(num_classes).to(device)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2
+    )
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}")
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            xb = _augment(x[idx], gen, affine) if augment else x[idx]
+            loss = F.cross_entropy(model(xb.to(device)), y_all[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.close()
+    return model.cpu().eval()
+
+
 def train_classifier(
     dataset: str,
     data_dir: Path | str,
@@ -163,36 +231,20 @@ def train_classifier(
         raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
     epochs = epochs if epochs is not None else DEFAULT_EPOCHS.get(dataset, 10)
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_x, train_y = load_split(data_dir, "train")
     test_x, test_y = load_split(data_dir, "t10k")
-    x_all, y_all = to_input(train_x), torch.from_numpy(train_y.astype(np.int64))
-    model = Classifier(len(DATASETS[dataset].class_names)).to(device)
-    steps_per_epoch = math.ceil(len(x_all) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch, pct_start=0.2
-    )
-    affine = AFFINE_AUGMENT.get(dataset, True)
     started = time.monotonic()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x_all), generator=gen)
-        bar = tqdm(range(steps_per_epoch), desc=f"{dataset} epoch {epoch + 1}/{epochs}")
-        for step in bar:
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            xb = _augment(x_all[idx], gen, affine) if augment else x_all[idx]
-            loss = F.cross_entropy(model(xb.to(device)), y_all[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
-    model = model.cpu()
+    model = fit_classifier(
+        to_input(train_x),
+        train_y,
+        len(DATASETS[dataset].class_names),
+        epochs,
+        seed,
+        batch_size,
+        augment,
+        AFFINE_AUGMENT.get(dataset, True),
+        dataset,
+    )
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     meta = {
@@ -230,3 +282,80 @@ def load_classifier(dataset: str, path: Path | str | None = None) -> Classifier:
     )
     model.meta = dict(blob["meta"])
     return model.eval()
+
+
+def classification_accuracy_score(
+    dataset: str,
+    x: torch.Tensor,
+    y: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    epochs: int = CAS_EPOCHS,
+    seed: int = 0,
+) -> float:
+    """Accuracy on the real ``test_images`` (uint8 ``(M, 28, 28)``) of a fresh evaluator
+    network trained only on ``x`` float32 ``(N, 1, 28, 28)`` in [-1, 1] with labels ``y``,
+    by :func:`fit_classifier` with the data set's augmentation: Ravuri & Vinyals' CAS
+    when ``x`` are a conditional generator's images and ``y`` the classes asked for."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    num_classes = len(DATASETS[dataset].class_names)
+    affine = AFFINE_AUGMENT.get(dataset, True)
+    model = fit_classifier(x, y, num_classes, epochs, seed, affine=affine, desc=f"CAS {dataset}")
+    return _accuracy(model, test_images, test_labels)
+
+
+def real_cas(
+    dataset: str,
+    data_dir: Path | str,
+    n: int = CAS_IMAGES,
+    epochs: int = CAS_EPOCHS,
+    seed: int = 0,
+    cache: Path | str | None = CAS_CACHE,
+) -> float:
+    """The CAS ceiling: :func:`classification_accuracy_score` of ``n`` real training images
+    (a subset drawn by ``seed``; all of them when the split is smaller) on ``t10k``.
+
+    Cached in the JSON file ``cache`` (None: no cache) under a key of the data set, the
+    recipe and a digest of the images, so a change of data or recipe recomputes it. A
+    cache that cannot be written costs a warning, not the figure."""
+    train_x, train_y = load_split(data_dir, "train")
+    test_x, test_y = load_split(data_dir, "t10k")
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train_x))[:n])
+    x, y = train_x[pick], train_y[pick]
+    digest = hashlib.sha256()
+    for part in (x, y, test_x, test_y):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    key = f"{dataset} images={len(x)} epochs={epochs} seed={seed} data={digest.hexdigest()[:16]}"
+    path = Path(cache) if cache is not None else None
+    entries = _read_cache(path)
+    hit = entries.get(key)
+    if isinstance(hit, dict) and isinstance(hit.get("accuracy"), float):
+        return hit["accuracy"]
+    started = time.monotonic()
+    accuracy = classification_accuracy_score(dataset, to_input(x), y, test_x, test_y, epochs, seed)
+    entries[key] = {
+        "accuracy": accuracy,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "torch": torch.__version__,
+    }
+    if path is not None:
+        try:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            tmp.replace(path)  # atomic: two evaluations may finish at once
+        except OSError as exc:
+            print(f"warning: CAS ceiling not cached ({exc})", file=sys.stderr)
+    return accuracy
+
+
+def _read_cache(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # unreadable: recompute (and rewrite it)
+    return entries if isinstance(entries, dict) else {}

@@ -22,6 +22,16 @@ halves 5k vs 5k 0.081, train 5k vs the same t10k half 0.110: the evaluator havin
 seen the training images makes the floor slightly pessimistic (higher), by about as
 much as halving the sample size would; precision/recall floors differ by < 0.03.
 
+Two figures look beyond single samples. The perceptual path length (Karras et al.
+2019, :func:`path_lengths`) is the expected squared step in evaluator feature space
+between images at t and t + 1e-4 along slerp paths between random latents (and, for
+conditional models, along linear blends between two classes at a fixed z), divided
+by 1e-8; it runs on the generator's float32 output, since the uint8 grid would hide
+a step that small. The classification accuracy score (Ravuri & Vinyals 2019,
+:func:`classification_accuracy`, opt-in: minutes) trains the evaluator's network on
+10,000 generated images of requested classes and tests it on real t10k, beside the
+same training on 10,000 real images (the ceiling).
+
 Heavy imports (torch, onnxruntime, onnx) happen inside functions: the CLI
 registration imports this module.
 """
@@ -47,15 +57,22 @@ from ganserve.training import metrics
 from ganserve.training.report import EvalReport, ModelMetadata
 
 __all__ = [
+    "PPL_EPSILON",
+    "PPL_PAIRS",
     "EvalReport",
     "EvaluationError",
     "add_arguments",
+    "classification_accuracy",
     "evaluate_onnx",
     "generate",
+    "path_lengths",
     "resolve_model_path",
     "run",
     "write_quality",
 ]
+
+PPL_EPSILON = 1e-4  # Karras et al.'s step along the path
+PPL_PAIRS = 2_000  # default path samples per figure: seconds on one core
 
 
 class EvaluationError(ValueError):
@@ -88,6 +105,32 @@ def prior_labels(n: int, train_labels: np.ndarray, num_classes: int) -> np.ndarr
     return np.repeat(np.arange(num_classes, dtype=np.int64), counts)
 
 
+def _session(onnx_path: Path, info: ModelMetadata, threads: int) -> Any:
+    """A CPU ONNX Runtime session of the generator, its inputs checked."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    if "z" not in names or (info.conditional and "y" not in names):
+        want = "z and y" if info.conditional else "z"
+        raise EvaluationError(f"{onnx_path}: inputs {sorted(names)}, expected {want}")
+    return sess
+
+
+def _images(sess: Any, onnx_path: Path, z: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    """The generator's float32 output ``(B, 1, 28, 28)`` for ``z`` ``(B, D)`` [and ``y``]."""
+    feed = {"z": z.astype(np.float32)}
+    if y is not None:
+        feed["y"] = y.astype(np.float32)  # (B, num_classes): one-hot or a blend
+    (img,) = sess.run(["image"], feed)
+    if img.shape[1:] != (1, 28, 28):
+        raise EvaluationError(f"{onnx_path}: output shape {img.shape}, expected (N,1,28,28)")
+    return np.asarray(img, dtype=np.float32)
+
+
 def generate(
     onnx_path: Path,
     info: ModelMetadata,
@@ -100,17 +143,9 @@ def generate(
     """Images float32 ``(n, 1, 28, 28)`` on the uint8 grid in [-1, 1], and the requested
     labels int64 ``(n,)`` (None for unconditional models). A conditional model gets
     ``labels``, or ``i % num_classes`` (the server's default) when None."""
-    import onnxruntime as ort
     from tqdm import tqdm
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    if "z" not in names or (info.conditional and "y" not in names):
-        want = "z and y" if info.conditional else "z"
-        raise EvaluationError(f"{onnx_path}: inputs {sorted(names)}, expected {want}")
+    sess = _session(onnx_path, info, threads)
     if not info.conditional:
         labels = None
     elif labels is None:
@@ -120,16 +155,108 @@ def generate(
     out = np.empty((n, 1, 28, 28), dtype=np.float32)
     for start in tqdm(range(0, n, batch_size), desc=f"generate {info.name}", leave=False):
         stop = min(start + batch_size, n)
-        feed = {"z": latents_from_seeds(seed + start, stop - start, info.latent_dim)}
-        if labels is not None:
-            # (B, num_classes) float one-hot
-            feed["y"] = np.eye(info.num_classes, dtype=np.float32)[labels[start:stop]]
-        (img,) = sess.run(["image"], feed)
-        if img.shape[1:] != (1, 28, 28):
-            raise EvaluationError(f"{onnx_path}: output shape {img.shape}, expected (N,1,28,28)")
-        out[start:stop] = img
+        z = latents_from_seeds(seed + start, stop - start, info.latent_dim)
+        y = None if labels is None else np.eye(info.num_classes)[labels[start:stop]]
+        out[start:stop] = _images(sess, onnx_path, z, y)
     # the server's uint8 rule, mapped back to [-1, 1]
     return to_uint8(out).astype(np.float32) / np.float32(127.5) - 1, labels
+
+
+def path_lengths(
+    onnx_path: Path,
+    info: ModelMetadata,
+    model: Any,
+    scale: float,
+    along: str = "z",
+    pairs: int = PPL_PAIRS,
+    seed: int = 0,
+    epsilon: float = PPL_EPSILON,
+    batch_size: int = 500,
+    threads: int = 1,
+) -> np.ndarray:
+    """Perceptual path length samples float64 ``(pairs,)``: ``|f(G(p(t))) -
+    f(G(p(t + epsilon)))|^2 / (scale * epsilon^2)`` with ``f`` the evaluator ``model``'s
+    128-d features and ``scale`` a squared feature distance (the mean one between two
+    t10k images, so 1 reads "as far apart as two random real images").
+
+    Path ``i``, with ``t`` uniform in [0, 1 - epsilon] (the step stays on the path):
+    ``along="z"``: slerp (the server's, norm interpolated linearly) from the latent of
+    seed ``seed + i`` to that of seed ``seed + pairs + i``; a conditional model keeps
+    one class, class ``a_i``. ``along="class"`` (conditional only): the latent of seed
+    ``seed + i`` with ``y`` the linear blend from one-hot ``a_i`` to one-hot ``b_i != a_i``.
+    ``t``, ``a``, ``b`` come from ``numpy.random.default_rng(seed)``: deterministic.
+
+    Images are the generator's float32 output, not the uint8 grid of :func:`generate`:
+    a step of 1e-4 moves pixels by far less than one grey level, so quantized images
+    would mostly come out identical and the rest jump by a whole level."""
+    import torch
+
+    from ganserve.server.latent import lerp, slerp
+    from ganserve.training.classifier import predict
+
+    if along not in ("z", "class") or (along == "class" and not info.conditional):
+        raise EvaluationError(f"path along {along!r}: expected z, or class (conditional only)")
+    sess = _session(onnx_path, info, threads)
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0.0, 1.0 - epsilon, pairs)
+    c = max(info.num_classes, 1)
+    a = rng.integers(0, c, pairs)
+    b = (a + rng.integers(1, max(c, 2), pairs)) % c  # any class but a
+    eye = np.eye(c)
+    z0 = latents_from_seeds(seed, pairs, info.latent_dim)  # (pairs, D)
+    z1 = latents_from_seeds(seed + pairs, pairs, info.latent_dim)
+    out = np.empty(pairs)
+    step = max(1, batch_size // 2)  # pairs per batch: both ends of each in one run
+    for start in range(0, pairs, step):
+        s = slice(start, min(start + step, pairs))
+        ends = (t[s], t[s] + epsilon)
+        if along == "z":
+            z = np.concatenate([slerp(z0[s], z1[s], e) for e in ends])  # (2B, D)
+            y = np.tile(eye[a[s]], (2, 1)) if info.conditional else None
+        else:
+            z = np.tile(z0[s], (2, 1))
+            y = np.concatenate([lerp(eye[a[s]], eye[b[s]], e) for e in ends])  # (2B, C)
+        feats, _ = predict(model, torch.from_numpy(_images(sess, onnx_path, z, y)))
+        k = s.stop - s.start
+        out[s] = metrics.feature_step_sq(feats[:k], feats[k:], scale, epsilon)
+    return out
+
+
+def classification_accuracy(
+    onnx_path: Path,
+    info: ModelMetadata,
+    dataset: str,
+    data_dir: Path | str,
+    epochs: int | None = None,
+    seed: int = 0,
+    batch_size: int = 500,
+    threads: int = 1,
+    cache: Path | str | None = None,
+    images: int | None = None,
+) -> tuple[float, float]:
+    """CAS and its real ceiling: t10k accuracy of the evaluator's network trained (for
+    ``epochs``, default ``classifier.CAS_EPOCHS``) on ``images`` (default 10,000) images of
+    the conditional model (seeds ``seed`` onwards, class ``i % num_classes``: balanced),
+    and the same for as many real training images (cached in ``cache``, default
+    ``classifier.CAS_CACHE``)."""
+    import torch
+
+    from ganserve.training import classifier as clf
+    from ganserve.training.data import load_split
+
+    if not info.conditional:
+        raise EvaluationError(f"{info.name}: CAS needs a conditional model")
+    epochs = clf.CAS_EPOCHS if epochs is None else epochs
+    images = clf.CAS_IMAGES if images is None else images
+    if epochs < 1 or images < 1:
+        raise EvaluationError(f"CAS epochs and images must be >= 1, got {epochs}, {images}")
+    test_x, test_y = load_split(data_dir, "t10k")
+    fake, labels = generate(onnx_path, info, images, seed, batch_size, threads)
+    assert labels is not None  # conditional
+    x = torch.from_numpy(fake)
+    cas = clf.classification_accuracy_score(dataset, x, labels, test_x, test_y, epochs, seed)
+    cache = clf.CAS_CACHE if cache is None else cache
+    return cas, clf.real_cas(dataset, data_dir, images, epochs, seed, cache)
 
 
 @functools.lru_cache(maxsize=4)
@@ -145,6 +272,7 @@ def _reference(dataset: str, data_dir: str) -> dict[str, Any]:
         "model": model,
         "feats": feats,
         "radii": metrics.kth_neighbour_radii(feats, k=3),
+        "pair_sq": metrics.mean_pair_sq_distance(feats),  # the path lengths' unit
         "accuracy": metrics.accuracy(preds, labels),
     }
 
@@ -173,9 +301,18 @@ def evaluate_onnx(
     batch_size: int = 500,
     threads: int = 1,
     repeats: int = 1,
+    ppl_pairs: int = PPL_PAIRS,
+    cas: bool = False,
+    cas_epochs: int | None = None,
+    cas_cache: Path | str | None = None,
+    cas_images: int | None = None,
 ) -> EvalReport:
     """Generate ``n`` images from ``onnx_path`` and compare them (and ``n`` real training
     images, the floor) with ``t10k`` of ``dataset`` (default: the model's own).
+
+    Then the perceptual path lengths of ``ppl_pairs`` paths (0: none; :func:`path_lengths`)
+    and, with ``cas`` on a conditional model, the classification accuracy score and its
+    real ceiling (:func:`classification_accuracy`; None: the default epochs, cache, images).
 
     With ``repeats`` > 1 that is done for ``repeats`` disjoint seed sets (``seed + r*n``
     onwards): the report holds the mean of each figure and, in ``spread``, its sample
@@ -185,7 +322,7 @@ def evaluate_onnx(
     five sets of 10,000, ``mnist-cdcgan`` 0.210 to 0.220."""
     import torch
 
-    from ganserve.training.classifier import predict, to_input
+    from ganserve.training.classifier import CAS_EPOCHS, CAS_IMAGES, predict, to_input
     from ganserve.training.data import DATASETS, default_data_dir, load_split
 
     started = time.monotonic()
@@ -203,6 +340,8 @@ def evaluate_onnx(
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
     if batch_size < 1 or threads < 1:
         raise EvaluationError(f"batch_size and threads must be >= 1, got {batch_size}, {threads}")
+    if ppl_pairs < 0 or (cas_epochs is not None and cas_epochs < 1):
+        raise EvaluationError(f"need ppl_pairs >= 0, cas_epochs >= 1: {ppl_pairs}, {cas_epochs}")
     num_classes = len(DATASETS[dataset].class_names)
     if info.conditional and info.num_classes != num_classes:
         raise EvaluationError(f"model has {info.num_classes} classes, {dataset} {num_classes}")
@@ -234,6 +373,21 @@ def evaluate_onnx(
     real, _ = _figures(real_feats, real_preds, ref, num_classes)
     if labels is not None:
         real["cond_accuracy"] = ref["accuracy"]
+    for along in (("z", "class") if info.conditional else ("z",)) if ppl_pairs else ():
+        d = path_lengths(
+            onnx_path, info, ref["model"], ref["pair_sq"], along, ppl_pairs, seed,
+            batch_size=batch_size, threads=threads,
+        )  # fmt: skip
+        generated[f"ppl_{along}"], generated[f"ppl_{along}_filtered"] = metrics.path_length_means(d)
+    if cas and labels is not None:
+        cas_epochs = CAS_EPOCHS if cas_epochs is None else cas_epochs
+        cas_images = CAS_IMAGES if cas_images is None else cas_images
+        generated["cas"], real["cas"] = classification_accuracy(
+            onnx_path, info, dataset, data_dir, cas_epochs, seed, batch_size, threads, cas_cache,
+            cas_images,
+        )  # fmt: skip
+    else:
+        cas_epochs = cas_images = 0
     return EvalReport(
         info=info,
         generated=generated,
@@ -246,6 +400,9 @@ def evaluate_onnx(
         train_images=len(train_x),
         repeats=repeats,
         spread=spread,
+        ppl_pairs=ppl_pairs,
+        cas_epochs=cas_epochs,
+        cas_images=cas_images,
     )
 
 
@@ -268,6 +425,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="evaluate this many disjoint seed sets of --n images; report mean ± sd (default 1)",
     )
+    parser.add_argument(
+        "--ppl-pairs",
+        type=int,
+        default=PPL_PAIRS,
+        help=f"paths per perceptual path length figure; 0: none (default {PPL_PAIRS})",
+    )
+    parser.add_argument(
+        "--cas",
+        action="store_true",
+        help="conditional models: classification accuracy score, a classifier trained on "
+        "10,000 generated images and tested on real t10k (minutes)",
+    )
+    parser.add_argument("--cas-epochs", type=int, help="epochs of the CAS classifier (default 10)")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
     parser.add_argument(
@@ -325,6 +495,9 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             args.threads,
             args.repeats,
+            args.ppl_pairs,
+            args.cas,
+            args.cas_epochs,
         )
     except (EvaluationError, DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -335,6 +508,8 @@ def run(args: argparse.Namespace) -> int:
         f"{report.seconds:.0f} s"
     )
     print(report.table())
+    if args.cas and not report.info.conditional:
+        print(f"no CAS: {report.info.name} is unconditional (it has no classes to ask for)")
     if args.write:
         write_quality(onnx_path, report)
         print(f"wrote ganserve.quality into {onnx_path}")

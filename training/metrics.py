@@ -6,6 +6,8 @@
   10,000 x 10,000 comparisons stay within a few tens of MB.
 - :func:`class_histogram`, :func:`entropy_bits`, :func:`min_share`: mode coverage.
 - :func:`accuracy`: share of predictions equal to the requested labels.
+- :func:`mean_pair_sq_distance`, :func:`feature_step_sq`, :func:`path_length_means`: the
+  pieces of the perceptual path length (Karras et al. 2019) in feature space.
 
 No torch, no scipy: importable from the lightweight CLI registration path.
 """
@@ -20,9 +22,12 @@ __all__ = [
     "accuracy",
     "class_histogram",
     "entropy_bits",
+    "feature_step_sq",
     "fid",
     "kth_neighbour_radii",
+    "mean_pair_sq_distance",
     "min_share",
+    "path_length_means",
     "precision_recall",
 ]
 
@@ -143,3 +148,37 @@ def accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
     if predicted.shape != requested.shape:
         raise ValueError(f"shape mismatch {predicted.shape} vs {requested.shape}")
     return float((predicted == requested).mean()) if predicted.size else 0.0
+
+
+def mean_pair_sq_distance(x: np.ndarray) -> float:
+    """Mean squared Euclidean distance between two different rows of ``x`` ``(N, D)``:
+    ``2 * sum of the per-column variances (ddof=1)``, exactly, without the N^2 pairs."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need a (N >= 2, D) feature array, got shape {x.shape}")
+    return float(2.0 * x.var(0, ddof=1).sum())
+
+
+def feature_step_sq(a: np.ndarray, b: np.ndarray, scale: float, epsilon: float) -> np.ndarray:
+    """Squared distances of rows ``a`` to rows ``b`` ``(N, D)``, divided by ``scale`` and by
+    ``epsilon ** 2``: ``(N,)``. Differences are taken directly, not as ``|a|^2 + |b|^2 -
+    2 a.b``, which would cancel away a step of 1e-4 of the norms."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {a.shape} vs {b.shape}")
+    if not scale > 0 or not epsilon > 0:
+        raise ValueError(f"scale and epsilon must be > 0, got {scale}, {epsilon}")
+    return ((a - b) ** 2).sum(-1) / (scale * epsilon**2)
+
+
+def path_length_means(distances: np.ndarray) -> tuple[float, float]:
+    """The mean of ``distances`` and the mean of those within their 1st..99th percentile
+    (NumPy's "lower" and "higher" percentile methods, inclusive): how StyleGAN reports
+    the perceptual path length, so that a few near-discontinuities do not dominate."""
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        raise ValueError("no path-length samples")
+    lo = np.percentile(d, 1, method="lower")
+    hi = np.percentile(d, 99, method="higher")
+    return float(d.mean()), float(d[(d >= lo) & (d <= hi)].mean())

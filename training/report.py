@@ -31,7 +31,15 @@ METRICS: dict[str, str] = {
     "class_entropy": "class entropy, bits (uniform: log2 10 = 3.32)",
     "min_class_share": "smallest class share",
     "cond_accuracy": "conditional accuracy (requested label)",
+    "ppl_z": "perceptual path length, z slerp: mean ↓",
+    "ppl_z_filtered": "perceptual path length, z slerp: 1st–99th percentile mean ↓",
+    "ppl_class": "perceptual path length, class blend: mean ↓",
+    "ppl_class_filtered": "perceptual path length, class blend: 1st–99th percentile mean ↓",
+    "cas": "classification accuracy score (real column: trained on real images) ↑",
 }
+
+# figures shown with 3 significant digits (the rest with 3 decimals)
+_SIGNIFICANT = frozenset({"fid", "ppl_z", "ppl_z_filtered", "ppl_class", "ppl_class_filtered"})
 
 
 # short names for sentences (the card's verdict line)
@@ -42,6 +50,11 @@ SHORT_NAMES: dict[str, str] = {
     "class_entropy": "class entropy",
     "min_class_share": "smallest class share",
     "cond_accuracy": "conditional accuracy",
+    "ppl_z": "path length (z)",
+    "ppl_z_filtered": "filtered path length (z)",
+    "ppl_class": "path length (class blend)",
+    "ppl_class_filtered": "filtered path length (class blend)",
+    "cas": "classification accuracy score",
 }
 
 
@@ -153,7 +166,7 @@ def targets_for(info: ModelMetadata, real: Mapping[str, float]) -> list[Target]:
 def _fmt(key: str, value: float | None) -> str:
     if value is None:
         return "—"
-    if key == "fid":  # 3 significant digits, trailing zeros kept: 3.00, 0.0753, 12.4
+    if key in _SIGNIFICANT:  # 3 significant digits, trailing zeros kept: 3.00, 0.0753, 12.4
         return f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}".rstrip(".")
     return f"{value:.3f}"
 
@@ -175,6 +188,9 @@ class EvalReport:
     # over the sets and ``spread`` their sample standard deviations (empty for 1 set)
     repeats: int = 1
     spread: dict[str, float] = field(default_factory=dict)
+    ppl_pairs: int = 0  # paths per perceptual path length figure (0: not measured)
+    cas_epochs: int = 0  # epochs of the CAS classifiers (0: no CAS)
+    cas_images: int = 0  # images each CAS classifier was trained on
 
     @property
     def last_seed(self) -> int:
@@ -227,6 +243,9 @@ class EvalReport:
             out["repeats"] = float(self.repeats)
         if self.train_images:
             out["train_images"] = float(self.train_images)
+        for key in ("ppl_pairs", "cas_epochs", "cas_images"):
+            if getattr(self, key):
+                out[key] = float(getattr(self, key))
         return out
 
     @classmethod
@@ -248,4 +267,7 @@ class EvalReport:
             train_images=int(q.get("train_images", 0)),
             repeats=int(q.get("repeats", 1)),
             spread=spread,
+            ppl_pairs=int(q.get("ppl_pairs", 0)),
+            cas_epochs=int(q.get("cas_epochs", 0)),
+            cas_images=int(q.get("cas_images", 0)),
         )
