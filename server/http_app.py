@@ -37,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ganserve.contract.limits import Limits
 
 from . import tracing
+from .engine import Engine
 from .http.errors import HTTP_STATUS, error_response
 from .http.openapi import openapi_document
 from .http.rest import RestApi
@@ -186,6 +187,7 @@ def create_app(
     auth_token: str | None,
     extra_routes: Sequence[BaseRoute] = (),
     static_dir: Path | None = None,
+    engine: Engine | None = None,
 ) -> Starlette:
     """The HTTP API of one server (see the module docstring).
 
@@ -194,7 +196,7 @@ def create_app(
     the playground's folder; None or missing: a placeholder page at ``/``.
     """
     state = HttpState(repository)
-    rest = RestApi(repository, metrics, limits)
+    rest = RestApi(repository, metrics, limits, engine)
     routes: list[BaseRoute] = [*rest.routes(), *extra_routes]
     document = openapi_document(routes)
 

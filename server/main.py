@@ -147,6 +147,7 @@ class _Server:
         self._http_state: Any = None  # http_app.HttpState
         self._oip: Any = None  # oip.OipCore: KServe v2 over gRPC and HTTP
         self._force_stop: asyncio.Task[None] | None = None
+        self._engine: Any = None  # engine.Engine: plans to images, for every edge
 
     async def run(self) -> int:
         import grpc
@@ -160,6 +161,7 @@ class _Server:
         from . import tracing
         from .auth import BearerTokenInterceptor
         from .budget import ServerBudgets, default_buffered_bytes
+        from .engine import Engine
         from .kserve_grpc import METHOD_LABELS, KServeService, add_kserve_to_server
         from .metrics import Metrics
         from .oip import OipCore
@@ -213,8 +215,14 @@ class _Server:
         buffered = budgets.buffered
         metrics.buffered_bytes.set_function(lambda: buffered.used)  # read at scrape time
         metrics.buffered_bytes_capacity.set(buffered.capacity)
-        add_to_server(GeneratorService(self.repository, metrics, limits, budgets), server)
-        self._oip = OipCore(self.repository, metrics, limits, cfg.batching, ready=self._ready)
+        # One engine under every edge (gRPC, KServe, HTTP): plans to images.
+        self._engine = Engine(self.repository, limits, metrics, budgets)
+        add_to_server(
+            GeneratorService(self.repository, metrics, limits, budgets, self._engine), server
+        )
+        self._oip = OipCore(
+            self.repository, metrics, limits, cfg.batching, ready=self._ready, engine=self._engine
+        )
         add_kserve_to_server(KServeService(self._oip), server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -327,6 +335,7 @@ class _Server:
             auth_token=cfg.auth_token,
             extra_routes=self._extra_routes(),
             static_dir=Path(__file__).resolve().parent / "static",
+            engine=self._engine,
         )
         self._http_state = app.state.ganserve
         sock = bind_socket(cfg.http_address, cfg.http_port, reuse_port=cfg.reuse_port)

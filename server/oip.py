@@ -139,6 +139,7 @@ class OipCore:
         limits: Limits,
         batching: BatchingConfig | None = None,
         ready: Callable[[], bool] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self._repo = repository
         self._metrics = metrics
@@ -146,7 +147,9 @@ class OipCore:
         self._batching = batching
         self._ready = ready if ready is not None else (lambda: repository.ready)
         self._calls = CallCounter(metrics)
-        self._engine = Engine(repository, limits, metrics)  # no server-wide byte budget
+        # The server's one engine; KServe answers tensors of its own, so it generates
+        # through it (batcher, non-finite check) without the response-bytes budget.
+        self._engine = engine or Engine(repository, limits, metrics)
 
     # ------------------------------------------------------------- bookkeeping
 

@@ -180,6 +180,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         metrics: Metrics,
         limits: Limits,
         budgets: ServerBudgets | None = None,
+        engine: Engine | None = None,
     ):
         self._repo = repository
         self._metrics = metrics
@@ -187,7 +188,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         self._budgets = budgets or ServerBudgets(
             default_buffered_bytes(limits.max_message_bytes), 4096, 256
         )
-        self._engine = Engine(repository, limits, metrics, self._budgets)
+        # The server's one engine (shared with the other edges), or one of its own.
+        self._engine = engine or Engine(repository, limits, metrics, self._budgets)
         self._inflight = 0  # RPCs of this service being handled
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
         self._calls = CallCounter(metrics, methods)

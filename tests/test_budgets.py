@@ -150,13 +150,17 @@ def test_streams_and_calls_in_flight_beyond_their_limits_are_refused(
 
 
 def test_response_bytes_held_by_unread_streams_bound_other_calls(
-    start_server, tiny_model_repo, stalled_streams, scrape
+    start_server, tiny_model_repo, stalled_streams, scrape, wait_until
 ) -> None:
     """Unread streams hold their chunk's bytes (a 12.8 MB chunk of 4,096 float32 images
     cannot leave while nobody reads); a reply that does not fit beside them is refused
     at once, and fits again once they are cancelled."""
     server = start_server(tiny_model_repo, "--max-buffered-bytes", str(16 * MIB))
     streams = stalled_streams(server.target, 1, 4096)
+    # The stream's chunk is held (it cannot leave while nobody reads) before the probe:
+    # a probe first would hold the budget and the stream's first chunk be refused.
+    held = ("ganserve_buffered_bytes", ())
+    wait_until(lambda: scrape(server).get(held, 0) >= 12 * MIB, "a held chunk", timeout=20)
     refused = _until(lambda: _sample(server.target, 2000), "RESOURCE_EXHAUSTED")
     assert refused.startswith("RESOURCE_EXHAUSTED"), refused
     assert "--max-buffered-bytes" in refused

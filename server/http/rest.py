@@ -141,13 +141,20 @@ def _blend(query: Query, labels: list[int], spec: ModelSpec) -> tuple[int, float
 class RestApi:
     """The ``/v1`` endpoints over one repository."""
 
-    def __init__(self, repository: ModelRepository, metrics: Metrics, limits: Limits) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        metrics: Metrics,
+        limits: Limits,
+        engine: Engine | None = None,
+    ) -> None:
         self._repo = repository
         self._metrics = metrics
         self._limits = limits
         self._calls = CallCounter(metrics, METHODS)
-        # No server-wide byte budget: pictures are not the response messages it bounds.
-        self._engine = Engine(repository, limits, metrics)
+        # The server's one engine; pictures are not the response messages its byte
+        # budget bounds, so the API generates through it without that budget.
+        self._engine = engine or Engine(repository, limits, metrics)
 
     def routes(self) -> list[Route]:
         """The endpoints; each route's name is its metrics method label."""
