@@ -85,9 +85,17 @@ def deadline(context: aio.ServicerContext) -> float | None:
     return time.monotonic() + remaining
 
 
+# A cancel this close to the call's deadline is its expiry on the client's clock: the
+# server's copy of the deadline starts when it has read the call's headers, later than
+# the client's (under load, while the call waited to be read), so the client gives up
+# first and its cancel arrives while the server's deadline still runs.
+DEADLINE_SLACK_S = 0.25
+
+
 def deadline_passed(context: aio.ServicerContext) -> bool:
-    """Whether the RPC has a deadline and it has passed (a cancel then is its expiry)."""
+    """Whether the RPC has a deadline and it has passed, or all but ``DEADLINE_SLACK_S``
+    of it (a cancel then is its expiry, counted DEADLINE_EXCEEDED, not CANCELLED)."""
     with contextlib.suppress(Exception):  # the call may be torn down already
         remaining = context.time_remaining()
-        return remaining is not None and remaining <= 0
+        return remaining is not None and remaining <= DEADLINE_SLACK_S
     return False

@@ -52,3 +52,22 @@ def test_deadlines_from_the_calls_time_remaining() -> None:
 
     assert not grpc_compat.deadline_passed(SimpleNamespace(time_remaining=torn_down))  # type: ignore[arg-type]
     assert grpc_compat.CODES["RESOURCE_EXHAUSTED"] is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _Remaining:
+    """Just the one method deadline_passed reads from a servicer context."""
+
+    def __init__(self, left: float | None) -> None:
+        self._left = left
+
+    def time_remaining(self) -> float | None:
+        return self._left
+
+
+def test_a_cancel_near_the_deadline_counts_as_its_expiry() -> None:
+    from ganserve.server.grpc_compat import DEADLINE_SLACK_S, deadline_passed
+
+    assert deadline_passed(_Remaining(-0.01))  # type: ignore[arg-type]
+    assert deadline_passed(_Remaining(DEADLINE_SLACK_S / 2))  # type: ignore[arg-type]
+    assert not deadline_passed(_Remaining(5.0))  # type: ignore[arg-type]
+    assert not deadline_passed(_Remaining(None))  # type: ignore[arg-type]
