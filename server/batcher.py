@@ -1,81 +1,40 @@
-"""Dynamic batching per model version: one queue, worker threads, a Future per request.
+"""Dynamic batching per model version: the threads that run batches and the hand-offs.
 
-``submit`` (on the event loop) appends a request to a bounded queue and awaits
-its asyncio Future. A worker thread takes requests off the queue, merges
-them into one batch of at most ``max_batch_size`` images, runs inference (ONNX
-Runtime releases the GIL, so the loop keeps serving meanwhile) and hands every
-result of the batch back with one ``loop.call_soon_threadsafe``. ``instances``
-workers (Triton's instance count) share the queue: with more than one, batches run
-side by side; with single-threaded ONNX Runtime sessions (``--intra-op-threads 1``)
-that is one core per batch and no thread hand-off per operator, which can beat one
-batch at a time on several intra-op threads (the manual's performance page has the
-figures and when it pays).
+``submit`` (on the event loop) asks the scheduling policy (``scheduling.py``: the
+queue, admission, when and where a batch runs, and why) to admit a request, runs it
+inline or queues it, and awaits its asyncio Future. Worker threads take batches off the
+queue when the policy says so, run inference (ONNX Runtime releases the GIL, so the loop
+keeps serving meanwhile) and hand every result of a batch back with one
+``loop.call_soon_threadsafe``. This module holds what a pure policy cannot: the lock and
+condition variable its state lives under, the waits it asks for, the futures, the
+inference calls and their metrics, and the reassembly of split requests, whose pieces
+two workers may fill at once.
 
-Side batches (the default with one instance, when the runner grants them: on CPU with
-exactly two intra-op threads, where it has a single-threaded twin session): a second
-worker starts a batch only when a full batch of images is queued while the other
-worker's batch runs, and a batch that runs beside another one (or leaves a full
-batch queued for the other worker) runs on the twin, one core each, instead of on the
-intra-op thread pool that two batches would share. So concurrent large requests
-(several count=64 clients, a request of thousands of images split into full batches)
-use both cores without one
-batch's per-operator thread hand-offs, while a lone batch still gets every thread and
-small requests at high concurrency still merge into one batch (the queue behind a
-running batch then never holds a full one). The twin runs the same graph, so a
-request's bytes do not depend on where its batch ran.
+``instances`` workers (Triton's instance count) share the queue: with more than one,
+batches run side by side; with single-threaded ONNX Runtime sessions
+(``--intra-op-threads 1``) that is one core per batch and no thread hand-off per
+operator, which can beat one batch at a time on several intra-op threads (the manual's
+performance page has the figures and when it pays). With one instance and a
+single-threaded twin session (``infer_side``), two workers run side batches.
 
-When to run a batch (adaptive, closed-loop aware):
-
-* An idle model never waits: if the requests answered by the previous batch
-  came from a single request, a new arrival runs at once, so the latency at
-  concurrency 1 stays one inference.
-* A lone small request skips the worker thread altogether: when nothing of the
-  model is queued or running and the previous request finished longer ago than
-  one inference takes (a closed-loop client at concurrency 1, or a first request
-  after a pause), ``submit`` runs it inline on the event loop. That saves the two
-  thread hand-offs (a condition-variable wake-up and ``call_soon_threadsafe``), a
-  good share of the latency at concurrency 1. Arrivals that queued up while an
-  inline inference blocked the loop come in back to back, so they fail the gap
-  test and go to the worker, where they batch. Nor does a request run inline while
-  other callbacks are ready on the loop (other RPCs' reads and writes, under load):
-  with a model faster than the loop's own work per request, the gap test alone lets
-  most requests under load run inline one after another on the loop, unbatched, while
-  the worker idles (figures in the manual's batching page). ``inline_max_images``
-  bounds the loop's blocking (0 turns the path off).
-* Under load the worker expects the ``k`` clients it just answered to come back;
-  it waits for up to ``k`` queued requests (or a full batch), but never longer
-  than ``max_queue_delay_ms`` after the oldest queued request arrived. The
-  default 0 is greedy: a batch is whatever queued up during the previous
-  inference: a fixed wait costs every request its length at low concurrency and
-  buys little under load, where batches fill during the previous inference anyway.
-
-A request larger than ``max_batch_size`` is split; its pieces may share
-batches with other requests and are reassembled in order. Expired (deadline)
-or cancelled requests are dropped before compute. An inference error reaches
-every waiter of that batch and the worker goes on. ``max_queue_size`` counts
-requests (not images): a bound on waiting clients that never rejects a single
-large request outright; memory is bounded by it times the service's
-max images per request.
+An inference error reaches every waiter of that batch and the worker goes on; a bug in
+a worker fails its batch and the queue and stops the batcher, so nobody waits forever.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import tracing as _tracing
-from .admission import Admission, AdmissionConfig
 from .errors import (
-    Cancelled,
     DeadlineExceeded,
     Internal,
     InvalidArgument,
@@ -83,6 +42,8 @@ from .errors import (
     ServeError,
     Unavailable,
 )
+from .loop_compat import has_ready_callbacks
+from .scheduling import Batch, BatchingConfig, Request, SchedulingPolicy, gone
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -93,81 +54,13 @@ log = logging.getLogger(__name__)
 
 InferFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
-
-@dataclass(frozen=True)
-class BatchingConfig:
-    """Knobs of the dynamic batcher. ``enabled=False``: every request runs alone."""
-
-    enabled: bool = True
-    max_batch_size: int = 64
-    max_queue_delay_ms: float = 0.0  # 0: greedy, take what is queued (Triton's default too)
-    max_queue_size: int = 1024  # requests
-    inline_max_images: int = 8  # a lone request of at most this many runs on the loop
-    instances: int = 1  # worker threads taking batches off the queue, side by side
-    # With one instance and a single-threaded twin (``infer_side``): a second worker runs
-    # a full batch queued behind a running one, both then on one thread each.
-    side_batches: bool = True
-    # Admission control (``admission.py``): a request without a deadline that would wait
-    # longer than this is refused; the adaptive concurrency limit on top of the queue size.
-    max_queue_wait_ms: float = 1000.0
-    adaptive_limit: bool = True
-
-    @property
-    def wants_side_batches(self) -> bool:
-        """Side batches asked for, and possible with these settings (one instance,
-        batching on); the runner then says whether the hardware grants them."""
-        return self.side_batches and self.enabled and self.instances == 1
-
-    def __post_init__(self) -> None:
-        if self.instances < 1:
-            raise ValueError(f"instances must be >= 1, got {self.instances}")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_queue_delay_ms < 0:
-            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if self.inline_max_images < 0:
-            raise ValueError(f"inline_max_images must be >= 0, got {self.inline_max_images}")
-        if self.max_queue_wait_ms <= 0:
-            raise ValueError(f"max_queue_wait_ms must be > 0, got {self.max_queue_wait_ms}")
-
-    def admission(self) -> AdmissionConfig:
-        return AdmissionConfig(self.max_queue_wait_ms / 1000.0, self.adaptive_limit)
-
-
-class _Request:
-    """One submitted request; ``taken`` images of it are already in batches."""
-
-    __slots__ = (
-        "deadline", "enqueued", "failed", "filled", "future", "is_cancelled",
-        "n", "out", "taken", "trace", "y", "z",
-    )  # fmt: skip
-
-    def __init__(self, z, y, future, deadline, is_cancelled) -> None:  # type: ignore[no-untyped-def]
-        self.z: np.ndarray = z
-        self.y: np.ndarray | None = y
-        self.n: int = z.shape[0]
-        self.future: asyncio.Future[np.ndarray] = future
-        self.deadline: float | None = deadline
-        self.is_cancelled: Callable[[], bool] | None = is_cancelled
-        self.enqueued = time.monotonic()
-        self.taken = 0  # images handed to batches so far
-        self.filled = 0  # images computed so far (split requests)
-        self.out: np.ndarray | None = None  # reassembly buffer (split requests)
-        self.failed = False
-        # The RPC's span while tracing is on and records (made on the loop, in its context).
-        self.trace = _tracing.current() if _tracing.active else None
-
-
-# (request, first image, end image) of one piece of a batch
-_Piece = tuple[_Request, int, int]
+_Future = asyncio.Future[np.ndarray]
 # (future, result, error): what the loop thread resolves
-_Delivery = tuple["asyncio.Future[np.ndarray]", "np.ndarray | None", "BaseException | None"]
+_Delivery = tuple[_Future, "np.ndarray | None", "BaseException | None"]
 
 
 class Batcher:
-    """The batch queue and worker of one model version."""
+    """The batch queue and workers of one model version."""
 
     def __init__(
         self,
@@ -178,42 +71,23 @@ class Batcher:
         infer_side: InferFn | None = None,
     ):
         self._infer = infer
-        # Side batches: see the module docstring. ``infer_side`` runs a batch on one
-        # thread (the runner's single-threaded twin session).
+        # ``infer_side`` runs a batch on one thread (the runner's single-threaded twin
+        # session): side batches, when the policy grants them (``scheduling.py``).
         self._infer_side = infer_side
-        self._side = infer_side is not None and config.wants_side_batches
-        self._workers = 2 if self._side else config.instances
-        self._config = config
+        self._policy: SchedulingPolicy[_Future] = SchedulingPolicy(
+            config, twin=infer_side is not None
+        )
+        self._admission = self._policy.admission
         self._model = model
-        self._queue: collections.deque[_Request] = collections.deque()
+        # Guards the policy's queue state; workers wait on it for work.
         self._cond = threading.Condition(threading.Lock())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         self._running = 0  # workers not yet exited
         self._exited: asyncio.Future[None] | None = None
         self._accepting = False
-        self._stopping = False
-        self._queued_images = 0
-        # Per worker: it holds a batch (taken off the queue, not yet posted). One slot
-        # each, written by its worker only: the loop reads them without the lock.
-        self._busy = [False] * self._workers
-        # Per worker: its batch in hand runs beside another one (on ``infer_side``).
-        self._beside = [False] * self._workers
         # Split requests filled by batches on two workers at once: their bookkeeping.
         self._fill_lock = threading.Lock()
-        self._last_take = 1  # requests in the most recent batch any worker took
-        self._pending = 0  # submit() calls not yet returned: requests in flight
-        self._pending_images = 0  # their images (queued, running or being delivered)
-        self._admission = Admission(
-            config.admission(), config.max_queue_size, config.max_batch_size, self._workers
-        )
-        self._last_done = 0.0  # monotonic time the last submit() returned
-        self._inline_s = 0.0  # duration of the last inline inference
-        # Share of the event loop's time inline inference took in the last window, and
-        # the window being measured (see _inline_allowed).
-        self._inline_window = 0.0  # start (monotonic s)
-        self._inline_busy = 0.0  # inline seconds within it
-        self._inline_hot = False  # the last window was mostly inline inference
         # Label children bound once: per-batch metric updates stay cheap.
         self._m_wait = metrics.queue_wait_seconds.labels(model)
         self._m_infer = metrics.inference_seconds.labels(model)
@@ -227,7 +101,7 @@ class Batcher:
     @property
     def queue_depth(self) -> int:
         """Requests waiting (including the rest of a partly batched one)."""
-        return len(self._queue)
+        return len(self._policy.queue)
 
     @property
     def concurrency_limit(self) -> int:
@@ -237,7 +111,7 @@ class Batcher:
     @property
     def running_batches(self) -> int:
         """Workers holding a batch (taken off the queue, results not yet posted)."""
-        return sum(self._busy)
+        return sum(self._policy.busy)
 
     @property
     def accepting(self) -> bool:
@@ -251,9 +125,9 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
         self._metrics.track_queue(
-            self._model, id(self), self._queue.__len__, lambda: self._admission.limit
+            self._model, id(self), self._policy.queue.__len__, lambda: self._admission.limit
         )
-        n = self._workers
+        n = self._policy.workers
         self._threads = [
             threading.Thread(
                 target=self._work,
@@ -280,16 +154,14 @@ class Batcher:
         self._accepting = False
         if not self._threads or self._exited is None:
             return
-        dropped: list[_Request] = []
+        dropped: list[Request[_Future]] = []
         with self._cond:
             if not drain:
-                dropped = list(self._queue)
-                self._queue.clear()
-                self._queued_images = 0
-            self._stopping = True
+                dropped = self._policy.clear()
+            self._policy.stopping = True
             self._cond.notify_all()
-        gone = Unavailable(f"model '{self._model}' is shutting down")
-        self._deliver([(r.future, None, gone) for r in dropped])  # on the loop already
+        gone_ = Unavailable(f"model '{self._model}' is shutting down")
+        self._deliver([(r.future, None, gone_) for r in dropped])  # on the loop already
         await asyncio.shield(self._exited)
         self._metrics.track_queue(self._model, id(self), None)
 
@@ -314,40 +186,35 @@ class Batcher:
         now = time.monotonic()
         if deadline is not None and now >= deadline:  # too late already: not an overload
             raise DeadlineExceeded("deadline passed before the request was run")
-        refusal = self._admission.admit(
-            self._model, n, len(self._queue), self._pending, self._pending_images, now, deadline
-        )
+        loop = self._loop
+        assert loop is not None
+        policy = self._policy
+        refusal = policy.admit(self._model, n, now, deadline)  # counted in flight from here
         if refusal is not None:
             if refusal.reason == "too_late":
                 raise DeadlineExceeded(refusal.message)
             self._rejected(refusal.reason).inc()
             raise ResourceExhausted(refusal.message, refusal.reason, refusal.retry_after_s)
-        assert self._loop is not None
-        self._pending += 1
-        self._pending_images += n
         ok = False
         try:
-            if self._idle_for(n):
+            if policy.may_run_inline(n, now, has_ready_callbacks(loop)):
                 out = self._run_inline(z, y, deadline, is_cancelled)
                 ok = True
                 return out
-            req = _Request(z, y, self._loop.create_future(), deadline, is_cancelled)
+            trace = _tracing.current() if _tracing.active else None  # made in the RPC's context
+            req = Request(
+                z, y, loop.create_future(), deadline, is_cancelled, time.monotonic(), trace
+            )
             with self._cond:
                 if not self._accepting:  # the worker crashed since the check above
                     raise Unavailable(f"model '{self._model}' is not accepting requests")
-                self._queue.append(req)
-                self._queued_images += req.n
-                if self._workers == 1 or self._wake_another():
+                if policy.enqueue(req):
                     self._cond.notify()
             out = await req.future
             ok = True
             return out
         finally:
-            self._pending -= 1
-            self._pending_images -= n
-            done = self._last_done = time.monotonic()
-            if ok:  # a failure's latency says nothing about capacity
-                self._admission.finished(done - now, self._pending)
+            policy.finished(n, now, time.monotonic(), ok)
 
     def _rejected(self, reason: str) -> Any:
         """The ``ganserve_rejected_total`` child of ``reason`` (looked up once)."""
@@ -358,36 +225,6 @@ class Batcher:
             )
         return child
 
-    # ------------------------------------------------------------ inline path (loop thread)
-
-    def _idle_for(self, n: int) -> bool:
-        """May a request of ``n`` images run inline? (see the module docstring)"""
-        return (
-            n <= self._config.inline_max_images
-            and self._pending == 1  # only the caller
-            and not _loop_has_work(self._loop)
-            and not any(self._busy)
-            and not self._queue
-            and time.monotonic() - self._last_done > self._inline_s
-            and self._inline_allowed()
-        )
-
-    def _inline_allowed(self) -> bool:
-        """Not while inline inference took most of the loop's last window. Under an
-        open-loop overload each call can look like a lone one (the loop, blocked by the
-        previous inline inference, takes one new call at a time from gRPC): inline, one
-        unbatched inference after another, would then hold the loop most of the time,
-        calls would wait in gRPC's queue until their deadlines passed, and nothing would
-        ever batch. On the worker the loop keeps taking calls and they merge."""
-        now = time.monotonic()
-        if now - self._inline_window >= _INLINE_WINDOW_S:
-            elapsed = now - self._inline_window
-            self._inline_hot = self._inline_busy > _INLINE_MAX_SHARE * min(
-                elapsed, 2 * _INLINE_WINDOW_S
-            )
-            self._inline_window, self._inline_busy = now, 0.0
-        return not self._inline_hot
-
     def _run_inline(
         self,
         z: np.ndarray,
@@ -395,15 +232,15 @@ class Batcher:
         deadline: float | None,
         is_cancelled: Callable[[], bool] | None,
     ) -> np.ndarray:
-        gone = _gone(deadline, is_cancelled, time.monotonic())
-        if gone is not None:
-            raise gone
+        """Run a lone request on the loop thread (the policy allowed it)."""
+        error = gone(deadline, is_cancelled, time.monotonic())
+        if error is not None:
+            raise error
         self._m_wait.observe(0.0)
         infer = _tracing.inline_infer(self._infer, z.shape[0]) if _tracing.active else None
         start = time.perf_counter()
         out, error = self._compute(z, y, infer)
-        self._inline_s = time.perf_counter() - start
-        self._inline_busy += self._inline_s
+        self._policy.inline_ran(time.perf_counter() - start)
         if error is not None:
             raise error
         assert out is not None
@@ -413,22 +250,23 @@ class Batcher:
 
     def _work(self, worker: int) -> None:
         expect = 1  # requests answered by the last batch: closed-loop clients return
+        policy = self._policy
         try:
             while True:
                 # Reset first: a crash in _next_batch has no batch in hand.
-                pieces: list[_Piece] | None = None
-                pieces, dropped, waits = self._next_batch(expect, worker)
-                if dropped:
-                    self._post(dropped)
-                if pieces is None:
+                batch: Batch[_Future] | None = None
+                batch = self._next_batch(expect, worker)
+                if batch is None:
                     return
-                if pieces:
-                    for w in waits:
+                if batch.dropped:
+                    self._post([(r.future, None, error) for r, error in batch.dropped])
+                if batch.pieces:
+                    for w in batch.waits:
                         self._m_wait.observe(w)
                     try:
-                        expect = self._run(pieces, worker)
+                        expect = self._run(batch)
                     finally:
-                        self._busy[worker] = False
+                        policy.release(worker)
         except Exception:  # a bug here must not leave waiters hanging silently
             log.exception("batcher worker of model %s crashed", self._model)
             crashed = Internal(f"batcher of model '{self._model}' crashed")
@@ -437,136 +275,53 @@ class Batcher:
             self._fail_all(crashed)
             # The batch in hand is off the queue: its waiters are told here (a result
             # already posted for one of them arrives first and wins).
-            self._post([(req.future, None, crashed) for req, _, _ in pieces or ()])
+            held = batch.pieces if batch is not None else ()
+            self._post([(req.future, None, crashed) for req, _, _ in held])
         finally:
             with self._cond:
                 self._accepting = False
                 self._running -= 1
                 last = self._running == 0
-                self._stopping = True  # the other workers exit once the queue is empty
+                policy.stopping = True  # the other workers exit once the queue is empty
                 self._cond.notify_all()
             if last:
                 self._post_exit()
 
-    def _next_batch(
-        self, expect: int, worker: int = 0
-    ) -> tuple[list[_Piece] | None, list[_Delivery], list[float]]:
-        """Block for work; returns (pieces or None to exit, dropped requests, queue waits)."""
-        cfg = self._config
+    def _next_batch(self, expect: int, worker: int) -> Batch[_Future] | None:
+        """Block until the policy hands ``worker`` a batch; None: exit."""
+        policy = self._policy
         with self._cond:
             while True:
-                while not self._queue or self._leave_to_busy_worker(worker):
-                    if self._stopping and not self._queue:
-                        return None, [], []
+                while not policy.ready(worker):
+                    if policy.drained:
+                        return None
                     self._cond.wait()
-                target = min(expect, cfg.max_batch_size)
-                if cfg.enabled and target > 1 and not self._stopping:
-                    until = self._queue[0].enqueued + cfg.max_queue_delay_ms / 1000.0
-                    while (
-                        len(self._queue) < target
-                        and self._queued_images < cfg.max_batch_size
-                        and not self._stopping
-                    ):
-                        left = until - time.monotonic()
-                        if left <= 0:
-                            break
+                until = policy.fill_until(expect)
+                if until is not None:
+                    while (left := policy.should_wait(expect, until, time.monotonic())) is not None:
                         self._cond.wait(left)
                 # Waiting for the batch to fill let go of the lock: another worker may
-                # have taken the queue or started a batch since. Look again.
-                if self._queue and not self._leave_to_busy_worker(worker):
-                    return self._take(worker)
+                # have taken the queue or started a batch since, and take looks again.
+                batch = policy.take(worker, time.monotonic())
+                if batch is not None:
+                    if batch.wake:
+                        self._cond.notify()
+                    return batch
 
-    def _leave_to_busy_worker(self, worker: int) -> bool:
-        """With several instances, an idle worker leaves a small queue to the busy ones
-        (lock held): it starts a second batch side by side only once the queue holds as
-        many requests as the last batch took, or a full batch of images. Greedy, it
-        would take each arrival alone while the other runs, and small batches cost more
-        per image than one worker's larger ones. No wake-up is lost: a worker that
-        yields waits only while another is busy, and that one looks at the queue next."""
-        if self._workers == 1 or self._stopping or not self._config.enabled:
-            return False  # batching off: each batch is one request, there is nothing to merge
-        return self._other_busy(worker) and not self._second_batch_ready()
-
-    def _second_batch_ready(self) -> bool:
-        """Is the queue worth a batch beside a running one? (lock held)"""
-        full = self._queued_images >= self._config.max_batch_size
-        if self._side:  # side batches: only a full batch starts beside a running one
-            return full
-        return full or len(self._queue) >= max(2, self._last_take)
-
-    def _wake_another(self) -> bool:
-        """Several workers, a request just queued (lock held): must a waiting worker
-        wake? Only if it would take a batch: when every worker is idle, or when the queue
-        is worth a batch beside the running ones. Otherwise a busy worker looks at the
-        queue when its batch is done; a worker woken for nothing would only take the
-        GIL from the event loop (at count=1 c=64: once per request)."""
-        return not self._config.enabled or not any(self._busy) or self._second_batch_ready()
-
-    def _take(self, worker: int = 0) -> tuple[list[_Piece], list[_Delivery], list[float]]:
-        """Pop up to max_batch_size images off the queue (lock held)."""
-        limit = self._config.max_batch_size
-        now = time.monotonic()
-        pieces: list[_Piece] = []
-        dropped: list[_Delivery] = []
-        waits: list[float] = []
-        total = 0
-        q = self._queue
-        while q and total < limit:
-            req = q[0]
-            error = self._dead(req, now)
-            if error is not None or req.failed:
-                q.popleft()
-                self._queued_images -= req.n - req.taken
-                if error is not None:
-                    dropped.append((req.future, None, error))
-                continue
-            if req.taken == 0:
-                waits.append(now - req.enqueued)
-            k = min(req.n - req.taken, limit - total)
-            pieces.append((req, req.taken, req.taken + k))
-            req.taken += k
-            total += k
-            self._queued_images -= k
-            if req.taken == req.n:
-                q.popleft()
-            if not self._config.enabled:
-                break  # batching off: one request (or one piece of it) per inference
-        self._busy[worker] = bool(pieces)
-        if pieces:
-            self._last_take = len(pieces)
-            # Beside another batch: one running now, or a full one left queued that the
-            # other worker is about to take.
-            self._beside[worker] = self._side and (
-                self._other_busy(worker) or self._queued_images >= limit
-            )
-        if self._workers > 1 and q and self._wake_another():
-            # What is left is worth a second batch (e.g. the rest of a split request,
-            # which was one submit and so one wake-up): hand it to a waiting worker.
-            self._cond.notify()
-        return pieces, dropped, waits
-
-    def _other_busy(self, worker: int) -> bool:
-        return any(busy for j, busy in enumerate(self._busy) if j != worker)
-
-    @staticmethod
-    def _dead(req: _Request, now: float) -> ServeError | None:
-        if req.future.done():  # the awaiting task was cancelled
-            return Cancelled("request cancelled")
-        return _gone(req.deadline, req.is_cancelled, now)
-
-    def _run(self, pieces: list[_Piece], worker: int = 0) -> int:
+    def _run(self, batch: Batch[_Future]) -> int:
         """Infer one batch and post the results; returns requests completed."""
+        pieces = batch.pieces
         first, a0, b0 = pieces[0]
-        infer = self._infer_side if self._beside[worker] else None
+        infer = self._infer_side if batch.beside else None
         if _tracing.active:  # the traced requests' queue, batch and inference spans
             parts = [(r.trace, r.enqueued, a, b - a) for r, a, b in pieces]
-            infer = _tracing.batch_infer(infer or self._infer, parts, self._beside[worker])
+            infer = _tracing.batch_infer(infer or self._infer, parts, batch.beside)
         if len(pieces) == 1 and a0 == 0 and b0 == first.n:
             z, y = first.z, first.y  # the common unsplit single request: no copy
         else:
             z = np.concatenate([r.z[a:b] for r, a, b in pieces])  # (B, D)
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
-        if self._beside[worker]:
+        if batch.beside:
             self._m_side.inc()
         out, error = self._compute(z, y, infer)
         deliveries: list[_Delivery] = []
@@ -626,6 +381,8 @@ class Batcher:
             self._m_images.inc(batch)
         return out, error
 
+    # ------------------------------------------------------------ hand-off to the loop
+
     def _post(self, deliveries: list[_Delivery]) -> None:
         """Hand results to the loop thread: one wake-up per batch."""
         assert self._loop is not None
@@ -642,9 +399,7 @@ class Batcher:
         with self._cond:
             # Under the lock: submit() checks it there, so nothing joins a dead queue.
             self._accepting = False
-            dropped: list[_Delivery] = [(r.future, None, error) for r in self._queue]
-            self._queue.clear()
-            self._queued_images = 0
+            dropped: list[_Delivery] = [(r.future, None, error) for r in self._policy.clear()]
         self._post(dropped)
 
     @staticmethod
@@ -657,31 +412,6 @@ class Batcher:
                 future.set_exception(error)
             else:
                 future.set_result(result)  # type: ignore[arg-type]
-
-
-# Inline inference may take at most this share of the event loop's time, measured over
-# windows of this length (a closed-loop client at concurrency 1 keeps it near a third:
-# the rest is its round trip).
-_INLINE_WINDOW_S = 0.05
-_INLINE_MAX_SHARE = 0.5
-
-
-def _loop_has_work(loop: asyncio.AbstractEventLoop | None) -> bool:
-    """Are callbacks ready to run on ``loop`` (besides the caller)? asyncio's own loops
-    keep them in the ``_ready`` deque (an implementation detail, stable since Python
-    3.4); a loop without one (uvloop) reads as idle, which leaves the gap test alone."""
-    return bool(getattr(loop, "_ready", ()))
-
-
-def _gone(
-    deadline: float | None, is_cancelled: Callable[[], bool] | None, now: float
-) -> ServeError | None:
-    """Why a request must not be computed any more (deadline passed, client gone), or None."""
-    if deadline is not None and now >= deadline:
-        return DeadlineExceeded("deadline passed before the request was run")
-    if is_cancelled is not None and is_cancelled():
-        return Cancelled("client cancelled the request")
-    return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
