@@ -107,10 +107,17 @@ def test_every_gauge_tells_the_truth_when_idle_after_overload(
     channels = [grpc.insecure_channel(proc.target) for _ in range(3)]
     try:
         stub = pb_grpc.GeneratorStub(channels[0])
-        futures = [
-            stub.Sample.future(pb.SampleRequest(model=MODEL, count=64, seed=i)) for i in range(200)
-        ]
-        codes = {f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures}
+        codes: set[grpc.StatusCode] = set()
+        for _ in range(5):  # on a busy machine a burst may arrive slowly enough to fit
+            futures = [
+                stub.Sample.future(pb.SampleRequest(model=MODEL, count=256, seed=i))
+                for i in range(200)
+            ]
+            codes |= {
+                f.exception().code() if f.exception() else grpc.StatusCode.OK for f in futures
+            }
+            if grpc.StatusCode.RESOURCE_EXHAUSTED in codes:
+                break
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
         streams = [
             pb_grpc.GeneratorStub(ch).SampleStream(
