@@ -56,13 +56,19 @@ class BareGenerator(pb_grpc.GeneratorServicer):
 
 
 async def serve(port: int, ready_file: Path) -> None:
+    await run_servicer(BareGenerator(), port, ready_file)
+
+
+async def run_servicer(servicer: pb_grpc.GeneratorServicer, port: int, ready_file: Path) -> None:
+    """Serve ``servicer`` on loopback until SIGTERM/SIGINT, announced in ``ready_file``
+    (the reference servers of the benchmark share this)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ]
     )
-    pb_grpc.add_GeneratorServicer_to_server(BareGenerator(), server)
+    pb_grpc.add_GeneratorServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     stop = asyncio.Event()

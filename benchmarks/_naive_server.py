@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import signal
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnxruntime as ort
+from _bare_server import run_servicer  # beside this file: run as a script or from tests
 
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
@@ -83,26 +81,7 @@ def load_session(model: Path, device: str) -> ort.InferenceSession:
 
 
 async def serve(model: Path, device: str, port: int, ready_file: Path) -> None:
-    session = load_session(model, device)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ]
-    )
-    pb_grpc.add_GeneratorServicer_to_server(NaiveGenerator(session), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Written atomically so that a poller never reads half a file.
-    tmp = ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": bound, "pid": os.getpid()}))
-    tmp.replace(ready_file)
-    await stop.wait()
-    await server.stop(grace=1.0)
+    await run_servicer(NaiveGenerator(load_session(model, device)), port, ready_file)
 
 
 def main() -> None:
