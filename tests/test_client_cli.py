@@ -257,7 +257,9 @@ def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path)
                 assert time.monotonic() < deadline, f"no progress within 60 s: {''.join(seen)}"
                 time.sleep(0.02)  # polling interval, not a wait for an event
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 130
+            code = proc.wait(timeout=30)
+            reader.join(timeout=10)
+            assert code == 130, "".join(seen)
         finally:
             if proc.poll() is None:
                 proc.kill()
