@@ -235,6 +235,27 @@ def test_progress_only_when_a_request_takes_more_than_a_moment(server, tmp_path:
         )
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT delivered and not ignored, as a shell's
+    foreground job has it. The test process's own state (threads of earlier tests may
+    leave SIGINT blocked or ignored, which a child inherits) must not decide whether
+    the CLI can be interrupted."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _sigint_state(pid: int) -> str:
+    """The child's blocked and ignored signal masks, for a failure message."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return "(no /proc)"
+    return " ".join(
+        line.replace("\t", "")
+        for line in status.read_text().splitlines()
+        if line.startswith(("SigBlk", "SigIgn", "SigCgt"))
+    )
+
+
 def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path) -> None:
     """A real SIGINT to the CLI once its progress shows (no terminal: stderr is a pipe):
     exit 130, the stream cancelled, one line instead of a traceback, no partial file."""
@@ -245,6 +266,7 @@ def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path)
         [sys.executable, "-m", "ganserve", "--target", server.target, "sample",
          "--model", "tiny-uncond", "--count", "1000000", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=clean,
+        preexec_fn=_sigint_as_in_a_terminal,
     ) as proc:  # fmt: skip
         stream = proc.stderr
         assert stream is not None
@@ -256,10 +278,11 @@ def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path)
                 assert proc.poll() is None, f"ended early: {''.join(seen)}"
                 assert time.monotonic() < deadline, f"no progress within 60 s: {''.join(seen)}"
                 time.sleep(0.02)  # polling interval, not a wait for an event
+            dispositions = _sigint_state(proc.pid)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=30)
             reader.join(timeout=10)
-            assert code == 130, "".join(seen)
+            assert code == 130, f"{dispositions}\n{''.join(seen)}"
         finally:
             if proc.poll() is None:
                 proc.kill()
