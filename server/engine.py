@@ -98,6 +98,11 @@ class Engine:
         self._streams = 0  # sample streams open
 
     @property
+    def budgets(self) -> ServerBudgets | None:
+        """The server-wide budgets its calls are held to (None: none)."""
+        return self._budgets
+
+    @property
     def streams(self) -> int:
         """Sample streams open (started, not yet finished or closed)."""
         return self._streams
@@ -108,7 +113,9 @@ class Engine:
 
     # ---------------------------------------------------------------- budgets
 
-    def _refused(self, reason: str, model: str) -> None:
+    def refused(self, reason: str, model: str) -> None:
+        """Count a refusal before any work (``ganserve_rejected_total``); the edges'
+        own refusals (server-wide limits) are counted here too, with ``model=""``."""
         self._metrics.rejected_total.labels(model, reason).inc()
 
     def _reserve_now(self, budget: ByteBudget, size: int, what: str, model: str) -> None:
@@ -116,7 +123,7 @@ class Engine:
         try:
             budget.acquire_now(size, what)
         except ResourceExhausted as exc:
-            self._refused(exc.reason, model)
+            self.refused(exc.reason, model)
             raise
 
     async def _reserve(
@@ -128,7 +135,7 @@ class Engine:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             await budget.acquire(size, left)
         except ResourceExhausted as exc:
-            self._refused(exc.reason, model)
+            self.refused(exc.reason, model)
             raise
 
     # ------------------------------------------------------------- generation
@@ -272,7 +279,7 @@ class Engine:
         )
         budgets = self._budgets
         if budgets is not None and self._streams >= budgets.max_streams:
-            self._refused("streams", spec.name)
+            self.refused("streams", spec.name)
             raise ResourceExhausted(
                 f"the server has {self._streams} streams open, its limit (--max-streams "
                 f"{budgets.max_streams}); retry later",

@@ -217,9 +217,7 @@ class _Server:
         metrics.buffered_bytes_capacity.set(buffered.capacity)
         # One engine under every edge (gRPC, KServe, HTTP): plans to images.
         self._engine = Engine(self.repository, limits, metrics, budgets)
-        add_to_server(
-            GeneratorService(self.repository, metrics, limits, budgets, self._engine), server
-        )
+        add_to_server(GeneratorService(self.repository, metrics, limits, self._engine), server)
         self._oip = OipCore(
             self.repository, metrics, limits, cfg.batching, ready=self._ready, engine=self._engine
         )

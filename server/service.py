@@ -29,7 +29,7 @@ from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 from . import tracing
-from .budget import ServerBudgets, default_buffered_bytes
+from .budget import ServerBudgets
 from .calls import Call, CallCounter
 from .engine import Engine, Generated
 from .errors import InvalidArgument, ResourceExhausted, ServeError, pushback_trailer, retry_after
@@ -179,17 +179,17 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         repository: ModelRepository,
         metrics: Metrics,
         limits: Limits,
-        budgets: ServerBudgets | None = None,
-        engine: Engine | None = None,
+        engine: Engine,
     ):
         self._repo = repository
         self._metrics = metrics
         self._limits = limits
-        self._budgets = budgets or ServerBudgets(
-            default_buffered_bytes(limits.max_message_bytes), 4096, 256
-        )
-        # The server's one engine (shared with the other edges), or one of its own.
-        self._engine = engine or Engine(repository, limits, metrics, self._budgets)
+        # The server's one engine (shared with the other edges) and the budgets it holds
+        # calls to; the servicer adds the server-wide in-flight limit of those budgets.
+        if engine.budgets is None:
+            raise ValueError("the gRPC servicer needs an engine with the server's budgets")
+        self._engine = engine
+        self._budgets: ServerBudgets = engine.budgets
         self._inflight = 0  # RPCs of this service being handled
         methods = ("ListModels", "GetModel", "Sample", "SampleStream", "Interpolate", "Arithmetic")
         self._calls = CallCounter(metrics, methods)
@@ -251,12 +251,8 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
 
-    def _refused(self, reason: str) -> None:
-        """A refusal before the model is known (its label stays "")."""
-        self._metrics.rejected_total.labels("", reason).inc()
-
     def _refuse_inflight(self) -> ResourceExhausted:
-        self._refused("in_flight")
+        self._engine.refused("in_flight", "")
         budgets = self._budgets
         limit = budgets.inflight_limit
         why = (
@@ -272,7 +268,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         )
 
     def _refuse_late(self, left: float) -> ResourceExhausted:
-        self._refused("deadline")
+        self._engine.refused("deadline", "")
         return ResourceExhausted(
             f"the server is overloaded: the call reached it with {max(left, 0) * 1e3:.0f} ms "
             f"of its deadline left, less than answering takes now "
