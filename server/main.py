@@ -126,6 +126,23 @@ def _write_ready_file(path: Path, content: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def start_metrics_http(cfg: ServerConfig, registry: Any) -> Any:
+    """Serve ``registry`` as /metrics on ``--metrics-host:--metrics-port``, over HTTPS
+    with the --metrics-tls-* settings; the server object (``OSError`` if it cannot)."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(
+        cfg.metrics_port,
+        addr=cfg.metrics_address,
+        registry=registry,
+        certfile=_optional_str(cfg.metrics_tls_cert),
+        keyfile=_optional_str(cfg.metrics_tls_key),
+        client_cafile=_optional_str(cfg.metrics_tls_client_ca),
+        client_auth_required=cfg.metrics_tls_client_ca is not None,
+    )
+    return server
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -242,18 +259,8 @@ class _Server:
         metrics_http = None
         metrics_port = -1
         if cfg.metrics_port >= 0:
-            from prometheus_client import start_http_server
-
             try:
-                metrics_http, _ = start_http_server(
-                    cfg.metrics_port,
-                    addr=cfg.metrics_address,
-                    registry=metrics.registry,
-                    certfile=_optional_str(cfg.metrics_tls_cert),
-                    keyfile=_optional_str(cfg.metrics_tls_key),
-                    client_cafile=_optional_str(cfg.metrics_tls_client_ca),
-                    client_auth_required=cfg.metrics_tls_client_ca is not None,
-                )
+                metrics_http = start_metrics_http(cfg, metrics.registry)
             except OSError as exc:
                 log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
                 return 1

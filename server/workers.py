@@ -149,7 +149,9 @@ def _signal_all(procs: Iterable[subprocess.Popen[bytes]], sig: int) -> None:
 def run_workers(config: Any, argv: Sequence[str]) -> int:
     """Supervise ``config.workers`` worker processes (see the module docstring); the
     exit code is 0 after a clean drain of all of them."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
+
+    from .main import _write_ready_file, start_metrics_http
 
     n = config.workers
     holder = _reserve_port(config.host, config.port)
@@ -189,24 +191,14 @@ def run_workers(config: Any, argv: Sequence[str]) -> int:
             registry.register(
                 WorkerMetrics({str(i): int(info["metrics_port"]) for i, info in enumerate(infos)})
             )
-            metrics_http, _ = start_http_server(
-                config.metrics_port,
-                addr=config.metrics_address,
-                registry=registry,
-                certfile=_opt(config.metrics_tls_cert),
-                keyfile=_opt(config.metrics_tls_key),
-                client_cafile=_opt(config.metrics_tls_client_ca),
-                client_auth_required=config.metrics_tls_client_ca is not None,
-            )
+            metrics_http = start_metrics_http(config, registry)
             metrics_port = metrics_http.server_port
         if config.ready_file is not None:
             ready = {"port": port, "metrics_port": metrics_port, "http_port": http_port}
             ready |= {"pid": os.getpid(), "workers": [p.pid for p in procs]}
-            tmp = config.ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(ready))
-            tmp.replace(config.ready_file)
+            _write_ready_file(config.ready_file, ready)
         code = _supervise(procs, stopping)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # a worker that did not start; a port in use
         log.error("%s", exc)
         code = 1
     finally:
@@ -244,19 +236,8 @@ def _supervise(procs: list[subprocess.Popen[bytes]], stopping: threading.Event) 
             return 0 if stopping.is_set() and not any(codes) else 1
         if not stopping.is_set():
             for i, c in enumerate(codes):
-                if c is not None:
+                if c is not None:  # the caller stops the others
                     log.error("worker %d exited with code %d: stopping the others", i, c)
                     stopping.set()
-                    _signal_all(procs, signal.SIGTERM)
-                    return _drain(procs) or 1
+                    return 1
         time.sleep(0.1)
-
-
-def _drain(procs: list[subprocess.Popen[bytes]]) -> int:
-    for proc in procs:
-        proc.wait()
-    return 0
-
-
-def _opt(path: Path | None) -> str | None:
-    return None if path is None else str(path)
