@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ganserve.clients import images
+from ganserve.clients import _interruptible, images
 from ganserve.clients.errors import InvalidRequest, ModelNotFound
 from ganserve.clients.results import ModelInfo
 from ganserve.clients.sync import GanClient
@@ -120,16 +120,20 @@ def _sample(client: GanClient, args: argparse.Namespace) -> int:
     received, seed = 0, None
     try:
         with out, _progress(total, args.model, args.progress) as bar:
-            for chunk in client.sample_stream(
-                args.model,
-                total,
-                version=args.model_version,
-                seed=args.seed,
-                truncation=args.truncation,
-                label=labels[0] if labels and len(labels) == 1 else None,
-                labels=labels if labels and len(labels) > 1 else None,
-                encoding="float32" if fmt == "npy" else "uint8",
-            ):
+            chunks = _interruptible.iterate(
+                lambda: client.sample_stream(
+                    args.model,
+                    total,
+                    version=args.model_version,
+                    seed=args.seed,
+                    truncation=args.truncation,
+                    label=labels[0] if labels and len(labels) == 1 else None,
+                    labels=labels if labels and len(labels) > 1 else None,
+                    encoding="float32" if fmt == "npy" else "uint8",
+                ),
+                cancel=client.close,
+            )
+            for chunk in chunks:
                 out.put(chunk.offset, chunk.images)
                 received += len(chunk.images)
                 seed = chunk.seed
@@ -300,15 +304,18 @@ def _interpolate(client: GanClient, args: argparse.Namespace) -> int:
     suffix = Path(args.out).suffix.lower()
     _check_frames(args, suffix, info.image_shape or (1, 28, 28))
     try:
-        result = client.interpolate(
-            args.model,
-            seeds,
-            version=args.model_version,
-            labels=labels,
-            steps=args.steps,
-            method=args.method,
-            truncation=args.truncation,
-            encoding="uint8",
+        result = _interruptible.call(
+            lambda: client.interpolate(
+                args.model,
+                seeds,
+                version=args.model_version,
+                labels=labels,
+                steps=args.steps,
+                method=args.method,
+                truncation=args.truncation,
+                encoding="uint8",
+            ),
+            cancel=client.close,
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted before the {args.steps} frames arrived") from None
@@ -390,14 +397,17 @@ def _arithmetic(client: GanClient, args: argparse.Namespace) -> int:
         hint="fewer terms or a lower --scale",
     )
     try:
-        result = client.arithmetic(
-            args.model,
-            args.term,
-            version=args.model_version,
-            label=label,
-            truncation=args.truncation,
-            encoding="uint8",
-            return_term_images=True,
+        result = _interruptible.call(
+            lambda: client.arithmetic(
+                args.model,
+                args.term,
+                version=args.model_version,
+                label=label,
+                truncation=args.truncation,
+                encoding="uint8",
+                return_term_images=True,
+            ),
+            cancel=client.close,
         )
     except KeyboardInterrupt:
         raise Interrupted("interrupted before the result arrived") from None

@@ -1,0 +1,105 @@
+"""The CLI's Ctrl-C guard: gRPC work in a worker thread, the interrupt in the main one."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ganserve.clients import _interruptible
+
+
+def _interrupt_main_soon(after_s: float = 0.2) -> threading.Timer:
+    """A real SIGINT to the main thread, as a terminal's Ctrl-C delivers it."""
+    timer = threading.Timer(
+        after_s, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+    )
+    timer.start()
+    return timer
+
+
+@pytest.fixture(autouse=True)
+def _default_sigint() -> Iterator[None]:
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_call_returns_the_result_and_raises_the_error_in_the_caller() -> None:
+    assert _interruptible.call(lambda: 42, cancel=lambda: None) == 42
+    with pytest.raises(ValueError, match="bad"):
+        _interruptible.call(lambda: (_ for _ in ()).throw(ValueError("bad")), cancel=lambda: None)
+
+
+def test_ctrl_c_during_a_call_cancels_it_and_waits_for_the_worker() -> None:
+    cancelled = threading.Event()
+    worker_done = threading.Event()
+
+    def work() -> int:
+        cancelled.wait(30)  # a call that only ends when cancelled, like a stalled RPC
+        worker_done.set()
+        return 1
+
+    timer = _interrupt_main_soon()
+    with pytest.raises(KeyboardInterrupt):
+        _interruptible.call(work, cancel=cancelled.set)
+    timer.join()
+    assert cancelled.is_set()
+    assert worker_done.is_set()  # joined before the interrupt reached the caller
+
+
+def test_iterate_yields_everything_in_order_then_ends() -> None:
+    seen = list(_interruptible.iterate(lambda: iter(range(100)), cancel=lambda: None))
+    assert seen == list(range(100))
+
+
+def test_iterate_raises_the_producers_error_after_its_items() -> None:
+    def make() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("stream broke")
+
+    got: list[int] = []
+    with pytest.raises(RuntimeError, match="stream broke"):
+        for item in _interruptible.iterate(make, cancel=lambda: None):
+            got.append(item)
+    assert got == [1]
+
+
+def test_ctrl_c_while_iterating_cancels_and_closes_the_producer() -> None:
+    cancelled = threading.Event()
+    closed = threading.Event()
+
+    def make() -> Iterator[int]:
+        try:
+            yield 1
+            cancelled.wait(30)  # the next message never comes until the call is cancelled
+            yield 2
+        finally:
+            closed.set()  # the client's own generator cancels its call here
+
+    got: list[int] = []
+    timer = _interrupt_main_soon()
+    with pytest.raises(KeyboardInterrupt):
+        for item in _interruptible.iterate(make, cancel=cancelled.set):
+            got.append(item)
+    timer.join()
+    assert got == [1]
+    assert cancelled.is_set()
+    assert closed.is_set()
+
+
+def test_a_slow_consumer_holds_the_producer_back() -> None:
+    produced: list[int] = []
+
+    def make() -> Iterator[int]:
+        for i in range(50):
+            produced.append(i)
+            yield i
+
+    items = _interruptible.iterate(make, cancel=lambda: None, depth=2)
+    assert next(items) == 0
+    threading.Event().wait(0.3)  # let the producer run as far as the hand-off allows
+    assert len(produced) <= 4  # one taken, two waiting, one blocked in the hand-off
+    items.close()
