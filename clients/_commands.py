@@ -54,7 +54,10 @@ def _add_models(parser: argparse.ArgumentParser) -> None:
 def _models(client: GanClient, args: argparse.Namespace) -> int:
     models = client.list_models()
     if args.json:
-        rows = [{**vars(m), "versions": list(m.versions)} for m in models]
+        rows = [
+            {**vars(m), "versions": list(m.versions), "runtime": m.runtime and vars(m.runtime)}
+            for m in models
+        ]
         print(json.dumps(rows, indent=2, default=list))
         return 0
     header = ("NAME", "VERSION", "KIND", "LATENT", "CLASSES", "FID", "PRECISION", "RECALL", "STATE")

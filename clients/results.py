@@ -27,6 +27,7 @@ __all__ = [
     "ArithmeticResult",
     "InterpolateResult",
     "ModelInfo",
+    "RuntimePlan",
     "SampleResult",
     "ServerLimits",
 ]
@@ -63,6 +64,30 @@ class ServerLimits:
 
 
 @dataclass(frozen=True)
+class RuntimePlan:
+    """How the server runs a loaded version (``ModelInfo.runtime``): the graph, the
+    batch sizes on one ORT thread, and the measured seconds per batch behind them."""
+
+    graph: str  # "original" | "rewritten"
+    single_thread_max_batch: int
+    threads: int
+    source: str  # "measured" | "saved" | "defaults" | "pinned"
+    tuning_seconds: float
+    costs: tuple[tuple[int, str, int, float], ...]  # (batch size, graph, threads, seconds)
+
+    @classmethod
+    def from_proto(cls, msg: pb.RuntimePlan) -> RuntimePlan:
+        return cls(
+            graph=msg.graph,
+            single_thread_max_batch=msg.single_thread_max_batch,
+            threads=msg.threads,
+            source=msg.source,
+            tuning_seconds=msg.tuning_seconds,
+            costs=tuple((c.batch_size, c.graph, c.threads, c.seconds) for c in msg.costs),
+        )
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """One model version: what it is, how well it does, whether it serves."""
 
@@ -81,6 +106,7 @@ class ModelInfo:
     state: str  # "loading" | "ready" | "failed" | "unspecified"
     state_message: str
     device: str
+    runtime: RuntimePlan | None = None  # READY versions
 
     @property
     def conditional(self) -> bool:
@@ -108,6 +134,7 @@ class ModelInfo:
             state=_STATES.get(msg.state, "unspecified"),
             state_message=msg.state_message,
             device=msg.device,
+            runtime=RuntimePlan.from_proto(msg.runtime) if msg.HasField("runtime") else None,
         )
 
 

@@ -349,13 +349,26 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "runtime.small_batch_max",
         int,
-        "on CPU, batches of <= N images run on a single-threaded twin session (default 8; 0 = off)",
+        "on CPU, batches of <= N images run on a single-threaded twin session (0 = off; "
+        "default: measured at load)",
     ),
     _Option(
         "runtime.rewrite_conv_transpose",
         _parse_bool,
-        "on CPU, run stride-2 ConvTranspose layers as phase convolutions (default on)",
+        "on CPU, run stride-2 ConvTranspose layers as phase convolutions (default: "
+        "whichever measured faster at load)",
         is_bool=True,
+    ),
+    _Option(
+        "runtime.tuning",
+        str,
+        "auto (a plan `ganserve tune` saved for this host, else measure at load) | measure "
+        "| off (built-in defaults, no measuring)",
+    ),
+    _Option(
+        "runtime.tuning_budget_s",
+        float,
+        "seconds to measure one model version's candidate sessions at load (default 1)",
     ),
     _Option("runtime.warmup_batch_sizes", _parse_sizes, "batch sizes to warm up, e.g. 1,8,64"),
     _Option("batching.enabled", _parse_bool, "dynamic batching (default on)", True, "batching"),

@@ -48,6 +48,9 @@ def register(root: argparse.ArgumentParser, subparsers: Any) -> None:
     )
     add_arguments(parser)
     parser.set_defaults(func=_serve_command)
+    from .tune_cli import register as register_tune
+
+    register_tune(subparsers)
 
 
 def _serve_command(args: argparse.Namespace) -> int:

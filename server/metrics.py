@@ -12,7 +12,7 @@ import functools
 import platform
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +25,9 @@ from prometheus_client import (
 )
 
 from ganserve import __version__
+
+if TYPE_CHECKING:
+    from .tuning import RuntimePlan
 from ganserve.contract.load_state import LoadState
 
 __all__ = ["LATENCY_BUCKETS", "STATES", "Metrics"]
@@ -161,6 +164,28 @@ class Metrics:
             ("model", "version", "state"),
             registry=r,
         )
+        self.model_batch_seconds = Gauge(
+            "ganserve_model_batch_seconds",
+            "Seconds one batch of batch_size took on the session chosen for it, as measured "
+            "at load (or saved by `ganserve tune`).",
+            ("model", "version", "batch_size"),
+            registry=r,
+        )
+        self.model_single_thread_max_batch = Gauge(
+            "ganserve_model_single_thread_max_batch",
+            "Batches up to this many images run on the single-threaded session (0: none).",
+            ("model", "version"),
+            registry=r,
+        )
+        # the plan series of each READY version, to remove them with it
+        self._plan_series: dict[tuple[str, str], list[tuple[Gauge, tuple[str, ...]]]] = {}
+        self.model_runtime_plan = Gauge(
+            "ganserve_model_runtime_plan",
+            "1 for the graph a version runs and where that choice came from (measured, "
+            "saved, defaults, pinned).",
+            ("model", "version", "graph", "source"),
+            registry=r,
+        )
         self.model_rewritten_layers = Gauge(
             "ganserve_model_rewritten_layers",
             "ConvTranspose layers of a loaded model version that run as phase convolutions "
@@ -235,11 +260,32 @@ class Metrics:
         state series by ``set_model_state(..., None)``)."""
         self.model_rewritten_layers.labels(model, version).set(layers)
 
+    def set_runtime_plan(self, model: str, version: str, plan: RuntimePlan) -> None:
+        """A version went READY with ``plan`` (removed with its state series)."""
+        self._drop_plan(model, version)
+        series: list[tuple[Gauge, tuple[str, ...]]] = [
+            (self.model_runtime_plan, (model, version, plan.graph, plan.source)),
+            (self.model_single_thread_max_batch, (model, version)),
+        ]
+        series += [
+            (self.model_batch_seconds, (model, version, str(size))) for size in plan.chosen_costs()
+        ]
+        values = [1.0, float(plan.single_thread_max), *plan.chosen_costs().values()]
+        for (gauge, labels), value in zip(series, values, strict=True):
+            gauge.labels(*labels).set(value)
+        self._plan_series[model, version] = series
+
+    def _drop_plan(self, model: str, version: str) -> None:
+        for gauge, labels in self._plan_series.pop((model, version), []):
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
     def set_model_state(self, model: str, version: str, state: str | None) -> None:
         """Mark ``state`` as current for a version; ``None`` removes the version's series."""
         if state is None:
             with contextlib.suppress(KeyError):
                 self.model_rewritten_layers.remove(model, version)
+            self._drop_plan(model, version)
         for s in STATES:
             if state is None:
                 with contextlib.suppress(KeyError):

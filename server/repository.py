@@ -28,6 +28,7 @@ from .errors import InvalidArgument, NotFound, Unavailable
 from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
 from .spec import ModelSpec, ModelSpecError, read_spec
+from .tuning import RuntimePlan
 
 __all__ = [
     "LoadedModel",
@@ -122,6 +123,7 @@ class ModelStatus:
     message: str
     spec: ModelSpec | None
     device: str
+    plan: RuntimePlan | None = None  # how its sessions were chosen (READY versions)
 
 
 @dataclass
@@ -210,8 +212,9 @@ class ModelRepository:
         spec = read_spec(scan.path, scan.name, scan.version)
         try:
             side = self._batching.wants_side_batches
-            runner = OrtRunner(scan.path, spec, self._runtime, side_batches=side)
-            runner.warmup(warmup_sizes(self._runtime, self._batching.max_batch_size))
+            sizes = warmup_sizes(self._runtime, self._batching.max_batch_size)
+            runner = OrtRunner(scan.path, spec, self._runtime, side_batches=side, tune_sizes=sizes)
+            runner.warmup(sizes)
         except ModelSpecError:
             raise
         except Exception as exc:  # ORT's own errors: unsupported op, bad graph, ...
@@ -230,12 +233,13 @@ class ModelRepository:
         side = runner.run_single_threaded if runner.side_batches else None
         batcher = Batcher(runner.run, self._batching, self._metrics, scan.name, infer_side=side)
         await batcher.start()
+        self._metrics.set_runtime_plan(scan.name, scan.version, runner.plan)
         log.info(
             "loaded model %s version %s (%s, latent %d, %d classes%s) on %s, "
-            "%d ConvTranspose layer(s) rewritten, side batches %s",
+            "%d ConvTranspose layer(s) rewritten, side batches %s; %s",
             spec.name, spec.version, spec.kind, spec.latent_dim, spec.num_classes,
             ", int8" if Key.QUANTIZATION in spec.metadata else "", runner.device,
-            runner.rewritten, "on" if runner.side_batches else "off",
+            runner.rewritten, "on" if runner.side_batches else "off", runner.plan.summary(),
         )  # fmt: skip
         return LoadedModel(spec, runner, batcher), ""
 
@@ -397,7 +401,8 @@ class ModelRepository:
         versions = sorted(self._models[name], key=version_key)
         state = LoadState.READY if entry.model is not None else entry.state
         device = entry.model.device if entry.model is not None else ""
-        return ModelStatus(name, chosen, versions, state, entry.message, entry.spec, device)
+        plan = entry.model.runner.plan if entry.model is not None else None
+        return ModelStatus(name, chosen, versions, state, entry.message, entry.spec, device, plan)
 
     def statuses(self) -> list[ModelStatus]:
         """One status per model (the version ``get(name)`` serves), sorted by name."""

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from .errors import Unavailable
 from .rewrite import rewritten_model
 from .spec import ModelSpecError
+from .tuning import MODES, RuntimePlan, default_plan, plan_for
 
 if TYPE_CHECKING:
     from .spec import ModelSpec
@@ -58,13 +59,16 @@ class RuntimeConfig:
     ``warmup_batch_sizes`` None: powers of two up to the max batch size.
     ``small_batch_max``: on CPU with more than one intra-op thread, batches of at most
     this many images run on a second, single-threaded session of the same model (0 =
-    off). A small batch gains little from a second thread but pays a wake-up of the
-    pool thread per operator, and that thread competes with the gRPC threads for the
-    cores (lower p99 and server CPU per request at concurrency 1: figures in the
-    manual). Results are bit-identical (ORT's CPU kernels do not depend on the thread
-    count or the batch size for these models; a test checks it for the tiny model).
+    off; None = measured at load, see ``tuning.py``). A small batch may gain little
+    from a second thread but pays a wake-up of the pool thread per operator, and that
+    thread competes with the gRPC threads for the cores. Results are bit-identical
+    (ORT's CPU kernels do not depend on the thread count or the batch size for these
+    models; a test checks it for the tiny model).
     ``rewrite_conv_transpose``: on CPU, run stride-2 ConvTranspose layers as phase
-    convolutions (``server/rewrite.py``; checked against the original at load).
+    convolutions (``server/rewrite.py``; checked against the original at load); None =
+    whichever measured faster at load.
+    ``tuning``: auto (a plan ``ganserve tune`` saved for this host, else measure) |
+    measure | off (built-in defaults); ``tuning_budget_s``: time to measure one version.
     """
 
     device: str = "auto"
@@ -72,16 +76,22 @@ class RuntimeConfig:
     inter_op_threads: int = 1
     allow_spinning: bool = False
     warmup_batch_sizes: tuple[int, ...] | None = None
-    small_batch_max: int = 8
-    rewrite_conv_transpose: bool = True
+    small_batch_max: int | None = None
+    rewrite_conv_transpose: bool | None = None
+    tuning: str = "auto"
+    tuning_budget_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be >= 0 (0 = ONNX Runtime default)")
-        if self.small_batch_max < 0:
+        if self.small_batch_max is not None and self.small_batch_max < 0:
             raise ValueError(f"small_batch_max must be >= 0, got {self.small_batch_max}")
+        if self.tuning not in MODES:
+            raise ValueError(f"tuning must be one of {', '.join(MODES)}, got {self.tuning!r}")
+        if not self.tuning_budget_s > 0:
+            raise ValueError(f"tuning_budget_s must be > 0, got {self.tuning_budget_s}")
         if self.warmup_batch_sizes is not None and any(b < 1 for b in self.warmup_batch_sizes):
             raise ValueError(f"warm-up batch sizes must be >= 1, got {self.warmup_batch_sizes}")
 
@@ -179,7 +189,7 @@ def session_source(
     phases when the session has more than one intra-op thread. A runner's small-batch
     twin gets the same graph (one graph per runner keeps a request's bytes independent
     of the batch it ran in) and reuses the check's session: its options are the twin's."""
-    if not config.rewrite_conv_transpose or providers[0] != _CPU:
+    if config.rewrite_conv_transpose is False or providers[0] != _CPU:
         return str(path), 0, None
     check_options = _session_options(replace(config, intra_op_threads=1))
     built: list[ort.InferenceSession] = []  # sessions of rewritten graphs, in order
@@ -204,12 +214,44 @@ class OrtRunner:
     one thread would leave the other cores idle."""
 
     def __init__(
-        self, path: Path, spec: ModelSpec, config: RuntimeConfig, side_batches: bool = False
+        self,
+        path: Path,
+        spec: ModelSpec,
+        config: RuntimeConfig,
+        side_batches: bool = False,
+        tune_sizes: tuple[int, ...] | None = None,
     ):
+        """``tune_sizes``: the batch sizes to measure candidates at (``tuning.py``);
+        None takes the pinned values or the defaults without measuring."""
         self.path = Path(path)
         self.spec = spec
         providers = resolve_providers(config.device)
-        source, self.rewritten, checked = session_source(self.path, config, providers)
+        rewritten: list[tuple[str | bytes, int, ort.InferenceSession | None]] = []
+
+        def rewritten_source() -> tuple[str | bytes, int, ort.InferenceSession | None]:
+            if not rewritten:  # the rewrite and its check run once per load
+                rewritten.append(session_source(self.path, config, providers))
+            return rewritten[0]
+
+        def build(graph: str, threads: int) -> Any:
+            source = str(self.path) if graph == "original" else rewritten_source()[0]
+            if graph == "rewritten" and isinstance(source, str):
+                return None  # nothing to rewrite: one graph
+            options = _session_options(replace(config, intra_op_threads=threads))
+            session = ort.InferenceSession(source, sess_options=options, providers=[_CPU])
+            output = session.get_outputs()[0].name
+            return lambda feeds: session.run([output], feeds)
+
+        if providers[0] != _CPU:
+            self.plan = RuntimePlan("original", 0, "defaults", _intra_threads(config))
+        elif tune_sizes is None:
+            self.plan = default_plan(config)
+        else:
+            self.plan = plan_for(self.path, spec, config, tune_sizes, build)
+        if self.plan.graph == "rewritten":
+            source, self.rewritten, checked = rewritten_source()
+        else:
+            source, self.rewritten, checked = str(self.path), 0, None
         self._session = ort.InferenceSession(
             source, sess_options=_session_options(config), providers=providers
         )
@@ -226,10 +268,11 @@ class OrtRunner:
         self.side_batches = side_batches and self.device == "cpu" and _intra_threads(config) == 2
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
+        single_max = self.plan.single_thread_max
         if (
             self.device == "cpu"
-            and config.intra_op_threads != 1
-            and (config.small_batch_max > 0 or self.side_batches)
+            and _intra_threads(config) != 1
+            and (single_max > 0 or self.side_batches)
         ):
             self._small = (
                 checked
@@ -240,7 +283,7 @@ class OrtRunner:
                     providers=[_CPU],
                 )
             )
-            self._small_max = config.small_batch_max
+            self._small_max = single_max
         self._conditional = spec.num_classes > 0
         self._output = self._session.get_outputs()[0].name
         self.warmed: tuple[int, ...] = ()  # batch sizes run by warmup(), for checks

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 from grpc import aio
 
 from ganserve.contract.encodings import Encoding
@@ -157,6 +158,8 @@ def model_info(status: ModelStatus) -> pb.ModelInfo:
         state_message=status.message or "",
         device=status.device or "",
     )
+    if status.plan is not None:
+        json_format.ParseDict(status.plan.as_fields(), info.runtime)
     spec: ModelSpec | None = status.spec
     if spec is not None:
         info.kind = spec.kind.number  # type: ignore[assignment]

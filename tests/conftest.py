@@ -40,8 +40,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
-# Every test server runs ONNX Runtime on one thread: the machine's cores are shared.
-DEFAULT_FLAGS = ("--intra-op-threads", "1", "--log-level", "INFO")
+# Every test server runs ONNX Runtime on one thread: the machine's cores are shared; and
+# takes the built-in session plan, since measuring at load would add up to a second per
+# model to every server start (tuning has its own tests, which pass --tuning measure).
+DEFAULT_FLAGS = ("--intra-op-threads", "1", "--tuning", "off", "--log-level", "INFO")
 _counter = itertools.count()
 
 

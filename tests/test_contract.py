@@ -285,7 +285,7 @@ async def test_repository_and_evaluate_read_version_folders_alike(tmp_path: Path
         make_tiny_generator(model_path(root, "tiny", name), name="tiny")
     for name in ("01", "0", "-1", "a", "²", "v2"):
         make_tiny_generator(model_path(root, "odd", name), name="odd")
-    runtime = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1,))
+    runtime = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1,), tuning="off")
     repo = ModelRepository(root, runtime, BatchingConfig(max_batch_size=4), Metrics())
     try:
         await repo.start()

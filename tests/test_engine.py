@@ -39,7 +39,7 @@ from ganserve.server.repository import LoadedModel, ModelRepository
 from ganserve.server.runtime import RuntimeConfig
 from ganserve.v1 import generator_pb2 as pb
 
-RUNTIME = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1,))
+RUNTIME = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1,), tuning="off")
 LIMITS = Limits()
 FLOAT32_IMAGE = 28 * 28 * 4  # one tiny image's float32 bytes
 

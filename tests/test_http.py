@@ -569,7 +569,7 @@ def _app(tmp_path: Path, static_dir: Path | None = None, extra_routes: Any = ())
     from ganserve.server.runtime import RuntimeConfig
 
     metrics = Metrics()
-    repo = ModelRepository(tmp_path, RuntimeConfig(), BatchingConfig(), metrics)
+    repo = ModelRepository(tmp_path, RuntimeConfig(tuning="off"), BatchingConfig(), metrics)
     return create_app(
         repo, metrics, Limits(), auth_token=None, static_dir=static_dir, extra_routes=extra_routes
     )

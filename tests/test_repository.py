@@ -19,7 +19,7 @@ from ganserve.server.metrics import Metrics
 from ganserve.server.repository import ModelRepository, ModelSpecError, read_spec
 from ganserve.server.runtime import RuntimeConfig
 
-RUNTIME = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1, 4))
+RUNTIME = RuntimeConfig(device="cpu", intra_op_threads=1, warmup_batch_sizes=(1, 4), tuning="off")
 
 
 @pytest.fixture
@@ -287,7 +287,9 @@ async def test_side_batches_are_wired_where_they_pay(  # type: ignore[no-untyped
     tmp_path: Path, metrics, caplog, threads, batching, side
 ) -> None:
     make_tiny_generator(model_path(tmp_path, "tiny", "1"))
-    runtime = RuntimeConfig(device="cpu", intra_op_threads=threads, warmup_batch_sizes=(1, 4))
+    runtime = RuntimeConfig(
+        device="cpu", intra_op_threads=threads, warmup_batch_sizes=(1, 4), tuning="off"
+    )
     repository = ModelRepository(tmp_path, runtime, batching, metrics)
     with caplog.at_level(logging.INFO, logger="ganserve.server.repository"):
         await repository.start()

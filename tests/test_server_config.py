@@ -25,7 +25,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.max_images_per_request == 4096 and config.max_message_bytes == 64 * 2**20
     assert config.max_request_bytes == 16 * 2**20
     assert config.auth_token is None and not config.tls
-    assert config.runtime.rewrite_conv_transpose
+    assert config.runtime.rewrite_conv_transpose is None  # measured at load
+    assert (config.runtime.tuning, config.runtime.small_batch_max) == ("auto", None)
     assert config.batching.side_batches and config.batching.instances == 1
 
 

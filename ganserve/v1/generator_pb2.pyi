@@ -112,7 +112,7 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "versions", "kind", "latent_dim", "class_names", "image_shape", "value_min", "value_max", "dataset", "architecture", "quality", "metadata", "state", "state_message", "device")
+    __slots__ = ("name", "version", "versions", "kind", "latent_dim", "class_names", "image_shape", "value_min", "value_max", "dataset", "architecture", "quality", "metadata", "state", "state_message", "device", "runtime")
     class QualityEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     versions: _containers.RepeatedScalarFieldContainer[str]
@@ -159,7 +160,36 @@ class ModelInfo(_message.Message):
     state: LoadState
     state_message: str
     device: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., latent_dim: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., image_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., dataset: _Optional[str] = ..., architecture: _Optional[str] = ..., quality: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[LoadState, str]] = ..., state_message: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    runtime: RuntimePlan
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., kind: _Optional[_Union[ModelKind, str]] = ..., latent_dim: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., image_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ..., dataset: _Optional[str] = ..., architecture: _Optional[str] = ..., quality: _Optional[_Mapping[str, float]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[LoadState, str]] = ..., state_message: _Optional[str] = ..., device: _Optional[str] = ..., runtime: _Optional[_Union[RuntimePlan, _Mapping]] = ...) -> None: ...
+
+class RuntimePlan(_message.Message):
+    __slots__ = ("graph", "single_thread_max_batch", "threads", "source", "tuning_seconds", "costs")
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    SINGLE_THREAD_MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TUNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COSTS_FIELD_NUMBER: _ClassVar[int]
+    graph: str
+    single_thread_max_batch: int
+    threads: int
+    source: str
+    tuning_seconds: float
+    costs: _containers.RepeatedCompositeFieldContainer[BatchCost]
+    def __init__(self, graph: _Optional[str] = ..., single_thread_max_batch: _Optional[int] = ..., threads: _Optional[int] = ..., source: _Optional[str] = ..., tuning_seconds: _Optional[float] = ..., costs: _Optional[_Iterable[_Union[BatchCost, _Mapping]]] = ...) -> None: ...
+
+class BatchCost(_message.Message):
+    __slots__ = ("batch_size", "graph", "threads", "seconds")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    graph: str
+    threads: int
+    seconds: float
+    def __init__(self, batch_size: _Optional[int] = ..., graph: _Optional[str] = ..., threads: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
 
 class SampleRequest(_message.Message):
     __slots__ = ("model", "version", "count", "seed", "latents", "truncation", "labels", "encoding", "return_latents", "chunk_size")

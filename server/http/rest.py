@@ -70,6 +70,7 @@ def model_json(status: ModelStatus) -> dict[str, Any]:
         "architecture": spec.architecture if spec else "",
         "quality": {k: float(v) for k, v in spec.quality.items()} if spec else {},
         "metadata": dict(spec.metadata) if spec else {},
+        "runtime": status.plan.as_fields() if status.plan is not None else None,
     }
 
 
