@@ -1,8 +1,9 @@
 """The compute limit: raw in-process ONNX Runtime throughput of the served model file.
 
 The session is built exactly as the server builds it (``ganserve.server.runtime``: same
-providers, thread counts, spinning and optimisation level, and the same graph: on CPU the
-ConvTranspose rewrite unless it is switched off), and driven by one caller in a
+providers, thread counts, spinning and optimisation level, and the same graph: the bench
+pins the plan the served model measured at load, its graph and the batch sizes it runs
+on one thread), and driven by one caller in a
 tight loop (or, for a server with ``--model-instances N``, N callers side by side), so the
 ratio "served images/s / raw images/s" isolates what serving costs.
 Also builds stand-in model repositories while the bundled model does not exist yet.
@@ -14,7 +15,7 @@ import json
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,10 @@ def measure_raw_ort(
         options.log_severity_level = 3
     else:
         source, _, _ = runtime.session_source(path, config, providers)
+        small = config.small_batch_max or 0
+        if batch <= small and providers[0] == "CPUExecutionProvider":
+            # the server's single-threaded twin runs this size (same graph, one thread)
+            options = runtime._session_options(replace(config, intra_op_threads=1))
     session = ort.InferenceSession(source, sess_options=options, providers=providers)
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     dims = _input_dims(path)

@@ -295,6 +295,28 @@ def report(args: argparse.Namespace, results: dict, raw: dict, machine: dict, no
         args.json.write_text(json.dumps(doc, indent=2))
 
 
+def served_plan(target: str, model: str) -> dict:
+    """The session plan the batched server measured at load (``GetModel``), printed and
+    returned as runtime pins, so that the raw-ort reference runs the same graph on the
+    same thread count per batch size."""
+    from ganserve.clients.sync import GanClient
+
+    with GanClient(target) as client:
+        plan = client.get_model(model).runtime
+    if plan is None or plan.graph == "":
+        return {}
+    chosen = {n: s for n, g, t, s in plan.costs if g == plan.graph and
+              (t == 1) == (n <= plan.single_thread_max_batch or plan.threads == 1)}  # fmt: skip
+    costs = ", ".join(f"{n}: {s * 1e3:.2f}" for n, s in sorted(chosen.items()))
+    print(f"server plan: {plan.graph} graph, batches <= {plan.single_thread_max_batch} on one "
+          f"thread ({plan.source}); ms per batch {costs}", flush=True)  # fmt: skip
+    return {
+        "rewrite_conv_transpose": plan.graph == "rewritten",
+        "small_batch_max": plan.single_thread_max_batch,
+        "tuning": "off",
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = make_workdir()
@@ -305,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         # Probe the device first: --device cuda without a GPU fails here, before any server.
         _, device = measure_raw_ort(model_path, 1, 0.01, 0.0, kwargs)
         servers = start_servers(args, repo, flags, workdir, model_path, device)
+        kwargs = kwargs | served_plan(servers["batched"].target, args.model)
         machine = machine_info(device)
         print(f"model: {note}", flush=True)
         print("machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()), flush=True)
