@@ -237,7 +237,9 @@ class OrtRunner:
             source = str(self.path) if graph == "original" else rewritten_source()[0]
             if graph == "rewritten" and isinstance(source, str):
                 return None  # nothing to rewrite: one graph
-            options = _session_options(replace(config, intra_op_threads=threads))
+            # one thread, or exactly the main session's options (ORT's own default count)
+            options = _session_options(replace(config, intra_op_threads=1) if threads == 1
+                                       else config)  # fmt: skip
             session = ort.InferenceSession(source, sess_options=options, providers=[_CPU])
             output = session.get_outputs()[0].name
             return lambda feeds: session.run([output], feeds)
@@ -252,6 +254,8 @@ class OrtRunner:
             source, self.rewritten, checked = rewritten_source()
         else:
             source, self.rewritten, checked = str(self.path), 0, None
+        if isinstance(source, str) and self.plan.graph != "original":
+            self.plan = replace(self.plan, graph="original")  # nothing rewritten: say so
         self._session = ort.InferenceSession(
             source, sess_options=_session_options(config), providers=providers
         )
@@ -284,6 +288,8 @@ class OrtRunner:
                 )
             )
             self._small_max = single_max
+        if self._small_max != self.plan.single_thread_max:  # e.g. one thread: no twin
+            self.plan = replace(self.plan, single_thread_max=self._small_max)
         self._conditional = spec.num_classes > 0
         self._output = self._session.get_outputs()[0].name
         self.warmed: tuple[int, ...] = ()  # batch sizes run by warmup(), for checks

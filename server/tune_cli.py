@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
 
 def _tune_command(args: argparse.Namespace) -> int:
     from .runtime import OrtRunner, warmup_sizes
-    from .spec import ModelSpecError, read_spec
+    from .spec import read_spec
     from .tuning import save
 
     try:
@@ -64,16 +64,23 @@ def _tune_command(args: argparse.Namespace) -> int:
             path = vdir / MODEL_FILE
             if not path.is_file():
                 continue
+            where = f"{model_dir.name}/{vdir.name}"
             try:
                 spec = read_spec(path, model_dir.name, vdir.name)
                 runner = OrtRunner(path, spec, runtime, tune_sizes=sizes)
-            except (ModelSpecError, OSError, RuntimeError, ValueError) as exc:
-                print(f"{model_dir.name}/{vdir.name}: not tuned: {exc}", file=sys.stderr)
+            except Exception as exc:  # ORT's own errors too: go on with the next one
+                print(f"{where}: not tuned: {exc}", file=sys.stderr)
                 failed += 1
                 continue
             if runner.plan.source != "measured":
-                print(f"{model_dir.name}/{vdir.name}: nothing to measure ({runner.plan.source})")
+                print(f"{where}: nothing to measure ({runner.plan.source})")
                 continue
-            file = save(runner.plan, path)
-            print(f"{model_dir.name}/{vdir.name}: {runner.plan.summary()} -> {file}")
+            try:
+                file = save(runner.plan, path)
+            except OSError as exc:
+                print(f"{where}: measured ({runner.plan.summary()}) but not saved: {exc}",
+                      file=sys.stderr)  # fmt: skip
+                failed += 1
+                continue
+            print(f"{where}: {runner.plan.summary()} -> {file}")
     return 1 if failed else 0

@@ -29,6 +29,8 @@ takes the built-in defaults. On CUDA nothing is tuned yet (one session, IO bindi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -36,8 +38,10 @@ import math
 import os
 import platform
 import statistics
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,14 +139,28 @@ class RuntimePlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str) -> RuntimePlan:
+        """A saved plan; ValueError/TypeError/KeyError where a field is missing or of
+        the wrong type."""
+        graph = data["graph"]
+        if graph not in ("original", "rewritten"):
+            raise ValueError(f"graph {graph!r}")
+        costs = tuple(
+            Cost(int(c["batch_size"]), str(c["graph"]), int(c["threads"]), float(c["seconds"]))
+            for c in data.get("costs", ())
+        )
+        if any(not (math.isfinite(c.seconds) and c.seconds > 0) for c in costs):
+            raise ValueError("a cost that is not a positive number")
+        host = data.get("host", {})
+        if not isinstance(host, dict):
+            raise TypeError("host is not an object")
         return cls(
-            graph=str(data["graph"]),
+            graph=graph,
             single_thread_max=int(data["single_thread_max"]),
             source=source,
             threads=int(data.get("threads", 0)),
-            costs=tuple(Cost(**c) for c in data.get("costs", ())),
+            costs=costs,
             seconds=float(data.get("seconds", 0.0)),
-            host=dict(data.get("host", {})),
+            host=host,
         )
 
 
@@ -151,33 +169,55 @@ def _threads(config: RuntimeConfig) -> int:
 
 
 def default_plan(config: RuntimeConfig, source: str = "defaults") -> RuntimePlan:
-    """The plan without measuring: pinned values, else the built-in defaults."""
+    """The plan without measuring: pinned values, else the built-in defaults (no
+    single-threaded range where the main session has one thread anyway)."""
     rewrite = config.rewrite_conv_transpose
-    single = config.small_batch_max
+    single = DEFAULT_SINGLE_THREAD_MAX if config.small_batch_max is None else config.small_batch_max
     return RuntimePlan(
         graph="original" if rewrite is False else "rewritten",
-        single_thread_max=DEFAULT_SINGLE_THREAD_MAX if single is None else single,
+        single_thread_max=0 if _threads(config) == 1 else single,
         source=source,
         threads=_threads(config),
     )
 
 
-def host_fingerprint(path: Path, config: RuntimeConfig) -> dict[str, Any]:
-    """What a saved plan is valid for: the CPU, the cores and threads, ONNX Runtime's
-    version and the model file's bytes."""
-    cpu = platform.processor() or platform.machine()
+def _cpu_name() -> str:
+    """The CPU model (x86: "model name"; ARM: implementer and part, which tell e.g.
+    Neoverse N1 from V1 where the machine name alone would not)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, sep, value = line.partition(":")
+            key = key.strip()
+            if sep and key in ("model name", "CPU implementer", "CPU part") and key not in fields:
+                fields[key] = value.strip()
     except OSError:
         pass
+    if "model name" in fields:
+        return fields["model name"]
+    parts = [fields[k] for k in ("CPU implementer", "CPU part") if k in fields]
+    return " ".join([platform.machine(), *parts]) or platform.processor()
+
+
+def host_fingerprint(path: Path, config: RuntimeConfig, sizes: Sequence[int]) -> dict[str, Any]:
+    """What a saved plan is valid for: the CPU, the cores and threads, the settings that
+    shape the plan (pins, batch sizes, spinning), the versions of ONNX Runtime and of the
+    server (its graph rewrite), and the model file's bytes."""
+    from ganserve import __version__
+
     return {
-        "cpu": cpu,
+        "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "threads": _threads(config),
+        "settings": {
+            "small_batch_max": config.small_batch_max,
+            "rewrite_conv_transpose": config.rewrite_conv_transpose,
+            "batch_sizes": list(sizes),
+            "inter_op_threads": config.inter_op_threads,
+            "allow_spinning": config.allow_spinning,
+        },
         "onnxruntime": ort.__version__,
+        "ganserve": __version__,
         "model_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
     }
 
@@ -186,21 +226,23 @@ def _tuning_path(model_path: Path) -> Path:
     return Path(model_path).with_name(TUNING_FILE)
 
 
-def load_saved(model_path: Path, config: RuntimeConfig) -> RuntimePlan | None:
-    """The plan ``ganserve tune`` saved for this model on a host like this one, or None
-    (no file, another host or model file, or unreadable: then it is measured again)."""
+def load_saved(model_path: Path, config: RuntimeConfig, sizes: Sequence[int]) -> RuntimePlan | None:
+    """The plan ``ganserve tune`` saved for this model on a host like this one with the
+    same settings, or None (no file, another host, settings or model file, or unreadable:
+    then it is measured again; a broken file never fails the load)."""
     file = _tuning_path(model_path)
     if not file.is_file():
         return None
     try:
         data = json.loads(file.read_text())
-        if data.get("format") != _FORMAT:
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            log.warning("%s: not a tuning plan of this version, measuring again", file)
             return None
-        if data.get("host") != host_fingerprint(model_path, config):
-            log.info("%s: measured on another host or model file, measuring again", file)
+        if data.get("host") != host_fingerprint(model_path, config, sizes):
+            log.info("%s: measured on another host, settings or model file; measuring", file)
             return None
         return RuntimePlan.from_json(data, "saved")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # any damage: measure instead of failing the model
         log.warning("%s: unreadable (%s), measuring again", file, exc)
         return None
 
@@ -209,8 +251,12 @@ def save(plan: RuntimePlan, model_path: Path) -> Path:
     """Write ``plan`` beside the model file (atomically: a server may be reading it)."""
     file = _tuning_path(model_path)
     tmp = file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
-    tmp.replace(file)
+    try:
+        tmp.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        tmp.replace(file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return file
 
 
@@ -234,17 +280,18 @@ def measure(
     """Time every ``(graph, threads)`` candidate at every size; returns the chosen graph,
     the single-thread range, the median costs and the seconds spent.
 
-    Round-robin over candidates and sizes until ``budget_s`` is spent (at least
-    ``_MIN_ROUNDS`` rounds, or one where a round alone exceeds the budget)."""
+    An untimed first pass, then round-robin over candidates and sizes until ``budget_s``
+    (first pass included) is spent: at least one timed round, and ``_MIN_ROUNDS`` unless
+    that would take more than three budgets."""
     rng = np.random.default_rng(0)
     feeds = {n: _inputs(spec, n, rng) for n in sizes}
-    for run in candidates.values():  # first runs pay allocations: not timed
+    start = clock()
+    for run in candidates.values():  # first runs pay allocations: not kept
         for n in sizes:
             run(feeds[n])
     times: dict[tuple[str, int, int], list[float]] = {
         (g, t, n): [] for (g, t) in candidates for n in sizes
     }
-    start = clock()
     rounds = 0
     while rounds < _MAX_ROUNDS:
         round_start = clock()
@@ -254,8 +301,12 @@ def measure(
                 run(feeds[n])
                 times[graph, threads, n].append(clock() - t0)
         rounds += 1
-        spent = clock() - start
-        if spent >= budget_s and (rounds >= _MIN_ROUNDS or clock() - round_start > budget_s):
+        now = clock()
+        if now - start < budget_s:
+            continue
+        # Past the budget: stop after _MIN_ROUNDS, or sooner where another round would
+        # take the whole past three budgets (a large model: fewer, longer rounds).
+        if rounds >= _MIN_ROUNDS or now - start + (now - round_start) > 3 * budget_s:
             break
     costs = tuple(
         Cost(n, g, t, statistics.median(v)) for (g, t, n), v in sorted(times.items()) if v
@@ -309,51 +360,63 @@ def plan_for(
     """The plan for one CPU model version under ``config.tuning``.
 
     ``build(graph, threads)`` returns a run function of a fresh session of that graph
-    with that many intra-op threads, or None where the graph does not exist (nothing
-    to rewrite)."""
-    if config.tuning == "off":
+    with one intra-op thread (``threads`` 1) or the main session's options, or None where
+    the graph does not exist (nothing to rewrite). Measurements run one at a time in a
+    process and, where a lock file can be made, on the machine: versions loading side
+    by side, or worker processes starting together, would time each other's load."""
+    if config.tuning == "off" or not sizes:
         return default_plan(config)
     pinned_graph = config.rewrite_conv_transpose is not None
     pinned_single = config.small_batch_max
     if pinned_graph and (pinned_single is not None or _threads(config) == 1):
         return default_plan(config, "pinned")
     if config.tuning == "auto":
-        saved = load_saved(path, config)
+        saved = load_saved(path, config, sizes)
         if saved is not None:
-            return _apply_pins(saved, config)
+            return saved
     graphs = ["rewritten", "original"]
     if pinned_graph:
         graphs = ["rewritten" if config.rewrite_conv_transpose else "original"]
     counts = sorted({1, _threads(config)})
-    candidates = {}
-    for graph in graphs:
-        for threads in counts:
-            run = build(graph, threads)
-            if run is not None:
-                candidates[graph, threads] = run
-    if not candidates:
-        return default_plan(config)
-    graph, single, costs, spent = measure(candidates, spec, sizes, config.tuning_budget_s,
-                                          pinned_single)  # fmt: skip
-    if _threads(config) == 1:
-        single = 0
+    with _measuring():
+        candidates = {}
+        for graph in graphs:
+            for threads in counts:
+                run = build(graph, threads)
+                if run is not None:
+                    candidates[graph, threads] = run
+        if not candidates:
+            return default_plan(config)
+        graph, single, costs, spent = measure(candidates, spec, sizes, config.tuning_budget_s,
+                                              pinned_single)  # fmt: skip
     return RuntimePlan(
         graph=graph,
-        single_thread_max=single,
+        single_thread_max=0 if _threads(config) == 1 else single,
         source="measured",
         threads=_threads(config),
         costs=costs,
         seconds=spent,
-        host=host_fingerprint(path, config),
+        host=host_fingerprint(path, config, sizes),
     )
 
 
-def _apply_pins(plan: RuntimePlan, config: RuntimeConfig) -> RuntimePlan:
-    """A saved plan with the operator's pinned values on top."""
-    from dataclasses import replace
+_LOCK = threading.Lock()
 
-    if config.rewrite_conv_transpose is not None:
-        plan = replace(plan, graph="rewritten" if config.rewrite_conv_transpose else "original")
-    if config.small_batch_max is not None:
-        plan = replace(plan, single_thread_max=config.small_batch_max)
-    return plan
+
+@contextlib.contextmanager
+def _measuring() -> Iterator[None]:
+    """One measurement at a time: in this process, and across processes of this machine
+    through an advisory lock file in the temporary folder (skipped where none can be
+    made, e.g. a read-only file system without a writable /tmp)."""
+    with _LOCK:
+        try:
+            handle = open(Path(tempfile.gettempdir()) / "ganserve-tuning.lock", "a")  # noqa: SIM115
+        except OSError:
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,7 +16,7 @@ from ganserve.cli import main as ganserve_main
 from ganserve.clients.sync import GanClient
 from ganserve.server.runtime import OrtRunner, RuntimeConfig
 from ganserve.server.spec import read_spec
-from ganserve.server.tuning import TUNING_FILE, Cost, choose, load_saved
+from ganserve.server.tuning import TUNING_FILE, Cost, choose, host_fingerprint, load_saved
 
 SIZES = (1, 2, 4, 8)
 
@@ -129,13 +129,59 @@ def test_tune_saves_a_plan_that_serve_reuses_on_this_host_only(
     config = RuntimeConfig(device="cpu", intra_op_threads=2)
     elsewhere = saved | {"host": saved["host"] | {"cpu": "another CPU"}}
     (path.parent / TUNING_FILE).write_text(json.dumps(elsewhere))
-    assert load_saved(path, config) is None
+    assert load_saved(path, config, SIZES) is None
     (path.parent / TUNING_FILE).write_text(json.dumps(saved))
-    assert load_saved(path, config) is not None
+    assert load_saved(path, config, SIZES) is not None
     shutil.copy(make_tiny_generator(tmp_path / "x" / "model.onnx"), path)
-    assert load_saved(path, config) is None
-    (path.parent / TUNING_FILE).write_text("{not json")
-    assert load_saved(path, config) is None
+    assert load_saved(path, config, SIZES) is None
+    for broken in ("{not json", "null", "[]", '"x"'):
+        (path.parent / TUNING_FILE).write_text(broken)
+        assert load_saved(path, config, SIZES) is None
+    wrong = saved | {"host": host_fingerprint(path, config, SIZES)}
+    for damage in ({"costs": [{"batch_size": 1}]}, {"graph": "other"}, {"seconds": "x"}):
+        (path.parent / TUNING_FILE).write_text(json.dumps(wrong | damage))
+        assert load_saved(path, config, SIZES) is None  # measured again, never a failed load
+    (path.parent / TUNING_FILE).write_text(json.dumps(wrong))
+    assert load_saved(path, config, SIZES) is not None
+
+
+def test_a_plan_saved_with_pins_is_not_reused_without_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = make_tiny_dcgan(model_path(tmp_path, "conv", "1"))
+    argv = ["tune", "--model-dir", str(tmp_path), "--device", "cpu", "--intra-op-threads",
+            "2", "--tuning-budget-s", "0.05", "--max-batch-size", "8",
+            "--small-batch-max", "4"]  # fmt: skip
+    assert ganserve_main(argv) == 0
+    assert (path.parent / TUNING_FILE).exists()
+    assert _runner(path, "conv", intra_op_threads=2).plan.source == "measured"
+    assert _runner(path, "conv", intra_op_threads=2, small_batch_max=4).plan.source == "saved"
+
+
+def test_tune_goes_on_past_a_model_it_cannot_save(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    locked = make_tiny_dcgan(model_path(tmp_path, "a-locked", "1")).parent
+    make_tiny_dcgan(model_path(tmp_path, "b-open", "1"))
+    (locked / TUNING_FILE).mkdir()  # a file that cannot be written, even by root
+    argv = ["tune", "--model-dir", str(tmp_path), "--device", "cpu", "--intra-op-threads",
+            "2", "--tuning-budget-s", "0.02", "--max-batch-size", "2"]  # fmt: skip
+    assert ganserve_main(argv) == 1
+    captured = capsys.readouterr()
+    assert "a-locked/1: measured (" in captured.err and "but not saved" in captured.err
+    assert "b-open/1: " in captured.out
+    assert (tmp_path / "b-open" / "1" / TUNING_FILE).is_file()
+
+
+def test_the_plan_says_what_the_runner_runs(tmp_path: Path) -> None:
+    plain = make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    off = _runner(plain, "tiny", intra_op_threads=2, tuning="off")
+    assert off.plan.graph == "original" and off.rewritten == 0  # nothing to rewrite
+    conv = make_tiny_dcgan(model_path(tmp_path, "conv", "1"))
+    one = _runner(conv, "conv", intra_op_threads=1, tuning="off")
+    assert one.plan.single_thread_max == one.small_batch_max == 0  # one thread: no twin
+    none = OrtRunner(conv, one.spec, RuntimeConfig(device="cpu", intra_op_threads=2), tune_sizes=())
+    assert none.plan.source == "defaults"  # no warm-up sizes: nothing to measure at
 
 
 def test_tune_refuses_an_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
