@@ -19,7 +19,7 @@ BIN := $(VENV)/bin
 # CPU build; it lies on disk here. GPU users: install the torch build you need first.
 TORCH_VERSION ?= 2.13.0
 DATA_DIR ?= ../shared/data
-MODELS ?= mnist-mlp mnist-dcgan mnist-cdcgan fashion-cdcgan
+MODELS ?= mnist-mlp mnist-dcgan mnist-infogan mnist-cdcgan fashion-cdcgan
 PORT ?= 50051
 METRICS_PORT ?= 8000
 HTTP_PORT ?= 8080

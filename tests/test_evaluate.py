@@ -362,7 +362,8 @@ def test_evaluate_conditional_write_quality_and_card(cond_model: Path, small_mni
     assert report.real["cond_accuracy"] == report.classifier_accuracy >= 0.95
     assert report.generated["min_class_share"] > 0.05  # labels in the train split's mix
     q = report.quality()
-    assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy", "ppl_class"} <= set(q)
+    assert {"fid", "fid_real", "precision_real", "recall", "cond_accuracy", "ppl_class",
+            "walk_jump"} <= set(q)  # fmt: skip
     assert q["n"] == 200 and q["seed"] == 5 and q["ppl_pairs"] == 50
     assert report.table().startswith("| metric | model | real floor | target |")
 

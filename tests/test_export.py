@@ -228,7 +228,7 @@ def test_build_model_refuses_a_bad_evaluation_before_training(
 
 
 def test_run_mismatch_names_what_differs_from_the_recipe() -> None:
-    cfg = get_recipe("mnist-dcgan").train_config("runs/mnist-dcgan", None, threads=2)
+    cfg = get_recipe("mnist-infogan").train_config("runs/mnist-infogan", None, threads=2)
     saved = asdict(cfg) | {"out": "elsewhere", "threads": 1, "data_dir": "/d"}  # run-only
     assert run_mismatch(saved, cfg.epochs - 1, cfg) == []  # an unfinished run of the recipe
     diff = run_mismatch(saved | {"codes": 0}, cfg.epochs + 50, cfg)

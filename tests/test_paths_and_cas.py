@@ -29,6 +29,7 @@ from ganserve.training.evaluate import (  # noqa: E402
     classification_accuracy,
     evaluate_onnx,
     path_lengths,
+    walk_jumps,
 )
 from ganserve.training.report import EvalReport, ModelMetadata  # noqa: E402
 
@@ -185,6 +186,31 @@ def test_path_length_of_a_jumping_generator_is_far_larger(
     # a pixel flips sign somewhere on a path: a few of the 128 steps hit one
     assert means["jumps"][0] > 100 * means["steep"][0]
     assert means["jumps"][1] > 100 * means["steep"][1]  # more than 1 % of them
+
+
+def test_largest_step_share_of_even_and_switching_walks() -> None:
+    even = np.linspace(0, 1, 11)[None, :, None] * np.ones((1, 1, 4))  # 10 equal steps
+    switch = np.concatenate([np.zeros((1, 5, 4)), np.ones((1, 6, 4))], axis=1)
+    still = np.zeros((1, 11, 4))
+    shares = metrics.largest_step_share(np.concatenate([even, switch, still]))
+    assert shares == pytest.approx([0.1, 1.0, 0.0])
+    with pytest.raises(ValueError, match="frames >= 2"):
+        metrics.largest_step_share(np.zeros((2, 1, 4)))
+
+
+def test_the_largest_walk_step_sees_a_switch(tmp_path: Path, evaluator: torch.nn.Module) -> None:
+    # every pixel is act(z . u): Tanh of a small slope morphs, Sign flips the whole image
+    u = np.random.default_rng(0).standard_normal((LATENT, 1)) / np.sqrt(LATENT)
+    rank_one = np.repeat(u, 784, axis=1)
+    even = _generator(tmp_path / "even" / "1" / "model.onnx", 0.3 * rank_one)
+    switch = _generator(tmp_path / "switch" / "1" / "model.onnx", rank_one, "Sign")
+    s_even, s_switch = (
+        walk_jumps(p, ModelMetadata.from_onnx(p), evaluator, 40, seed=1, frames=32)
+        for p in (even, switch)
+    )
+    crossed = s_switch > 0  # a slerp crosses z . u = 0 at most once: one step or none
+    assert crossed.any() and s_switch[crossed] == pytest.approx(1.0)
+    assert s_even.mean() < 0.15 < s_switch.mean()
 
 
 def test_evaluate_reports_both_path_lengths_and_cas(tmp_path: Path, bars: Path) -> None:

@@ -303,7 +303,11 @@ def test_command_line_registration_does_not_import_torch() -> None:
 
 
 def test_recipes_cover_the_bundled_models() -> None:
-    assert set(RECIPES) == {"mnist-mlp", "mnist-dcgan", "mnist-cdcgan", "fashion-cdcgan"}
+    assert set(RECIPES) == {
+        "mnist-mlp", "mnist-dcgan", "mnist-infogan", "mnist-cdcgan", "fashion-cdcgan"
+    }  # fmt: skip
+    # the default DCGAN is the smooth one: no argmax code in front of its first layer
+    assert RECIPES["mnist-dcgan"].config.codes == 0 and RECIPES["mnist-infogan"].config.codes > 0
     mlp = RECIPES["mnist-mlp"].config
     assert (mlp.arch, mlp.loss, mlp.real_label, mlp.lr, mlp.beta1) == ("mlp", "bce", 0.9, 2e-4, 0.5)
     assert RECIPES["fashion-cdcgan"].config.dataset == "fashion-mnist"

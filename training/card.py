@@ -136,6 +136,15 @@ def _path_and_cas_notes(report: EvalReport) -> list[str]:
                 else ""
             )
         )
+    if "walk_jump" in report.generated:
+        lines.append(
+            "- largest walk step: over z walks of 64 frames (slerp between the latents of "
+            "two seeds, as `Interpolate` walks), the largest squared feature step between "
+            "consecutive frames as a share of the walk's summed squared steps, averaged over "
+            "the walks. An even morph scores about 1/63 = 0.016; a walk that switches digit "
+            "within a frame scores near 1. The path length's single infinitesimal step per "
+            "path almost never lands on such a switch; this figure sees every one."
+        )
     if "cas" in report.generated:
         lines.append(
             "- classification accuracy score (Ravuri & Vinyals 2019): t10k accuracy of the "

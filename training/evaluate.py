@@ -73,6 +73,7 @@ __all__ = [
 
 PPL_EPSILON = 1e-4  # Karras et al.'s step along the path
 PPL_PAIRS = 2_000  # default path samples per figure: seconds on one core
+WALK_FRAMES = 64  # frames per walk of the jump figure (walk_jump)
 
 
 class EvaluationError(ValueError):
@@ -220,6 +221,45 @@ def path_lengths(
         k = s.stop - s.start
         out[s] = metrics.feature_step_sq(feats[:k], feats[k:], scale, epsilon)
     return out
+
+
+def walk_jumps(
+    onnx_path: Path,
+    info: ModelMetadata,
+    model: Any,
+    walks: int,
+    seed: int = 0,
+    frames: int = WALK_FRAMES,
+    threads: int = 1,
+) -> np.ndarray:
+    """Per z walk, its largest step's share of the walk's squared feature change
+    (:func:`metrics.largest_step_share`): ``walks`` slerps of ``frames`` frames from
+    the latent of seed ``seed + i`` to that of seed ``seed + walks + i``, as
+    ``Interpolate`` walks; a conditional model keeps a random class per walk. float32
+    images, as for the path length."""
+    import torch
+
+    from ganserve.server.latent import slerp
+    from ganserve.training.classifier import predict
+
+    sess = _session(onnx_path, info, threads)
+    rng = np.random.default_rng(seed)
+    c = max(info.num_classes, 1)
+    a = rng.integers(0, c, walks)
+    z0 = latents_from_seeds(seed, walks, info.latent_dim)  # (W, D)
+    z1 = latents_from_seeds(seed + walks, walks, info.latent_dim)
+    t = np.linspace(0.0, 1.0, frames)
+    per_batch = max(1, 512 // frames)  # walks per generator run
+    parts = []
+    for start in range(0, walks, per_batch):
+        s = slice(start, min(start + per_batch, walks))
+        k = s.stop - s.start
+        z = np.stack([slerp(z0[s], z1[s], ti) for ti in t], axis=1).reshape(k * frames, -1)
+        y = np.repeat(np.eye(c)[a[s]], frames, axis=0) if info.conditional else None
+        f, _ = predict(model, torch.from_numpy(_images(sess, onnx_path, z, y)))
+        parts.append(np.asarray(f).reshape(k, frames, -1))
+    feats = np.concatenate(parts)
+    return metrics.largest_step_share(feats)
 
 
 def classification_accuracy(
@@ -379,6 +419,10 @@ def evaluate_onnx(
             batch_size=batch_size, threads=threads,
         )  # fmt: skip
         generated[f"ppl_{along}"], generated[f"ppl_{along}_filtered"] = metrics.path_length_means(d)
+    if ppl_pairs:
+        walks = max(1, ppl_pairs // 10)  # 64 frames each: about a third of the PPL's images
+        shares = walk_jumps(onnx_path, info, ref["model"], walks, seed, threads=threads)
+        generated["walk_jump"] = float(shares.mean())
     if cas and labels is not None:
         cas_epochs = CAS_EPOCHS if cas_epochs is None else cas_epochs
         cas_images = CAS_IMAGES if cas_images is None else cas_images

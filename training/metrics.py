@@ -182,3 +182,20 @@ def path_length_means(distances: np.ndarray) -> tuple[float, float]:
     lo = np.percentile(d, 1, method="lower")
     hi = np.percentile(d, 99, method="higher")
     return float(d.mean()), float(d[(d >= lo) & (d <= hi)].mean())
+
+
+def largest_step_share(feats: np.ndarray) -> np.ndarray:
+    """Per walk, the largest squared feature step between consecutive frames as a share
+    of all the walk's squared steps: ``feats`` ``(P, T, D)`` -> ``(P,)`` in (0, 1].
+
+    An even walk of ``T`` frames scores about ``1 / (T - 1)``; a walk whose change
+    happens in one step (a discrete switch) scores near 1. Unlike the path length, which
+    samples one infinitesimal step per path and so almost never lands on a switch, this
+    sees every switch a walk makes."""
+    f = np.asarray(feats, dtype=np.float64)
+    if f.ndim != 3 or f.shape[1] < 2:
+        raise ValueError(f"expected (paths, frames >= 2, features), got {f.shape}")
+    steps = ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1)  # (P, T-1)
+    total = steps.sum(-1)
+    return np.divide(steps.max(-1), total, out=np.zeros_like(total), where=total > 0)
+

@@ -39,6 +39,9 @@ class Recipe:
 
 
 _CONV = {"g_width": 64, "d_width": 64, "batch_size": 64, "ema_decay": 0.999, "sample_every": 5}
+# The unconditional MNIST DCGANs' nets and loss (the two differ in the code and epochs).
+_MNIST_DCGAN = {"arch": "dcgan", "dataset": "mnist", "loss": "bce", "g_blocks": 2, "d_blocks": 2,
+                **_CONV}  # fmt: skip
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -62,18 +65,14 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mnist-dcgan",
             "Unconditional DCGAN (Radford et al.) on MNIST, 2 extra 3x3 blocks in G and in D, "
-            "a 10-value InfoGAN code chosen by z, BCE, lr annealed to 0 over the second half.",
-            TrainConfig(
-                arch="dcgan",
-                dataset="mnist",
-                loss="bce",
-                epochs=100,
-                lr_decay_start=50,
-                g_blocks=2,
-                d_blocks=2,
-                codes=10,
-                **_CONV,
-            ),
+            "BCE, lr annealed to 0 over the second half; G is continuous in z, so walks morph.",
+            TrainConfig(epochs=120, lr_decay_start=60, **_MNIST_DCGAN),
+        ),
+        Recipe(
+            "mnist-infogan",
+            "mnist-dcgan's nets with a 10-value InfoGAN code chosen by z (argmax): sharper "
+            "digits and a better FID, but walks switch digit where the code changes.",
+            TrainConfig(epochs=100, lr_decay_start=50, codes=10, **_MNIST_DCGAN),
         ),
         Recipe(
             "mnist-cdcgan",

@@ -35,6 +35,7 @@ METRICS: dict[str, str] = {
     "ppl_z_filtered": "perceptual path length, z slerp: 1st–99th percentile mean ↓",
     "ppl_class": "perceptual path length, class blend: mean ↓",
     "ppl_class_filtered": "perceptual path length, class blend: 1st–99th percentile mean ↓",
+    "walk_jump": "largest step of a 64-frame z walk, share of its change ↓",
     "cas": "classification accuracy score (real column: trained on real images) ↑",
 }
 
@@ -54,6 +55,7 @@ SHORT_NAMES: dict[str, str] = {
     "ppl_z_filtered": "filtered path length (z)",
     "ppl_class": "path length (class blend)",
     "ppl_class_filtered": "filtered path length (class blend)",
+    "walk_jump": "largest walk step",
     "cas": "classification accuracy score",
 }
 
