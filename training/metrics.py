@@ -198,4 +198,3 @@ def largest_step_share(feats: np.ndarray) -> np.ndarray:
     steps = ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1)  # (P, T-1)
     total = steps.sum(-1)
     return np.divide(steps.max(-1), total, out=np.zeros_like(total), where=total > 0)
-
