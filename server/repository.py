@@ -149,6 +149,23 @@ class _Scan:
     fingerprint: tuple[int, int] = field(default=(0, 0))
 
 
+def scan_files(root: Path) -> list[_Scan]:
+    """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``)."""
+    if not root.is_dir():
+        log.warning("model repository %s is not a directory", root)
+        return []
+    found = []
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for vdir in model_dir.iterdir():
+            if not (vdir.is_dir() and is_version(vdir.name)):
+                continue
+            path = vdir / MODEL_FILE
+            if path.is_file():
+                st = path.stat()
+                found.append(_Scan(model_dir.name, vdir.name, path, (st.st_mtime_ns, st.st_size)))
+    return found
+
+
 # Longest client-given name or version echoed back in an error message: the message
 # travels in the trailers, and a client's metadata limit (8 KiB soft, 16 KiB hard in
 # gRPC core, after percent-encoding) turns a longer one into RESOURCE_EXHAUSTED.
@@ -190,22 +207,7 @@ class ModelRepository:
     # ----------------------------------------------------------------- loading
 
     def _scan(self) -> list[_Scan]:
-        """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``)."""
-        if not self.root.is_dir():
-            log.warning("model repository %s is not a directory", self.root)
-            return []
-        found = []
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for vdir in model_dir.iterdir():
-                if not (vdir.is_dir() and is_version(vdir.name)):
-                    continue
-                path = vdir / MODEL_FILE
-                if path.is_file():
-                    st = path.stat()
-                    found.append(
-                        _Scan(model_dir.name, vdir.name, path, (st.st_mtime_ns, st.st_size))
-                    )
-        return found
+        return scan_files(self.root)
 
     def _load(self, scan: _Scan) -> tuple[ModelSpec, OrtRunner]:
         """Read, check and warm one file (runs in a worker thread)."""

@@ -12,7 +12,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-from ganserve.contract.layout import MODEL_FILE, is_version
+from ganserve.contract.layout import version_key
 
 from .config import ConfigError, ServerConfig, add_arguments, configure_logging
 
@@ -37,6 +37,7 @@ def register(subparsers: Any) -> None:
 
 
 def _tune_command(args: argparse.Namespace) -> int:
+    from .repository import scan_files
     from .runtime import OrtRunner, warmup_sizes
     from .spec import read_spec
     from .tuning import save
@@ -50,37 +51,33 @@ def _tune_command(args: argparse.Namespace) -> int:
     runtime = replace(config.runtime, tuning="measure")
     sizes = warmup_sizes(runtime, config.batching.max_batch_size)
     wanted = set(args.model)
-    root = config.model_dir
-    models = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    unknown = wanted - {p.name for p in models}
+    scans = sorted(scan_files(config.model_dir), key=lambda f: (f.name, version_key(f.version)))
+    unknown = wanted - {f.name for f in scans}
     if unknown:
-        print(f"ganserve tune: no model {', '.join(sorted(unknown))} in {root}", file=sys.stderr)
+        print(f"ganserve tune: no model {', '.join(sorted(unknown))} in {config.model_dir}",
+              file=sys.stderr)  # fmt: skip
         return 2
     failed = 0
-    for model_dir in models:
-        if wanted and model_dir.name not in wanted:
+    for found in scans:
+        if wanted and found.name not in wanted:
             continue
-        for vdir in sorted(v for v in model_dir.iterdir() if v.is_dir() and is_version(v.name)):
-            path = vdir / MODEL_FILE
-            if not path.is_file():
-                continue
-            where = f"{model_dir.name}/{vdir.name}"
-            try:
-                spec = read_spec(path, model_dir.name, vdir.name)
-                runner = OrtRunner(path, spec, runtime, tune_sizes=sizes)
-            except Exception as exc:  # ORT's own errors too: go on with the next one
-                print(f"{where}: not tuned: {exc}", file=sys.stderr)
-                failed += 1
-                continue
-            if runner.plan.source != "measured":
-                print(f"{where}: nothing to measure ({runner.plan.source})")
-                continue
-            try:
-                file = save(runner.plan, path)
-            except OSError as exc:
-                print(f"{where}: measured ({runner.plan.summary()}) but not saved: {exc}",
-                      file=sys.stderr)  # fmt: skip
-                failed += 1
-                continue
-            print(f"{where}: {runner.plan.summary()} -> {file}")
+        path, where = found.path, f"{found.name}/{found.version}"
+        try:
+            spec = read_spec(path, found.name, found.version)
+            runner = OrtRunner(path, spec, runtime, tune_sizes=sizes)
+        except Exception as exc:  # ORT's own errors too: go on with the next one
+            print(f"{where}: not tuned: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if runner.plan.source != "measured":
+            print(f"{where}: nothing to measure ({runner.plan.source})")
+            continue
+        try:
+            file = save(runner.plan, path)
+        except OSError as exc:
+            print(f"{where}: measured ({runner.plan.summary()}) but not saved: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            failed += 1
+            continue
+        print(f"{where}: {runner.plan.summary()} -> {file}")
     return 1 if failed else 0
