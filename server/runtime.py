@@ -233,14 +233,23 @@ class OrtRunner:
                 rewritten.append(session_source(self.path, config, providers))
             return rewritten[0]
 
+        # Candidate sessions by (graph, threads): the chosen ones are kept as the runner's
+        # own, so a measured load builds no session twice.
+        candidates: dict[tuple[str, int], ort.InferenceSession] = {}
+
         def build(graph: str, threads: int) -> Any:
-            source = str(self.path) if graph == "original" else rewritten_source()[0]
+            source, _, checked = (str(self.path), 0, None) if graph == "original" else (
+                rewritten_source())  # fmt: skip
             if graph == "rewritten" and isinstance(source, str):
                 return None  # nothing to rewrite: one graph
-            # one thread, or exactly the main session's options (ORT's own default count)
-            options = _session_options(replace(config, intra_op_threads=1) if threads == 1
-                                       else config)  # fmt: skip
-            session = ort.InferenceSession(source, sess_options=options, providers=[_CPU])
+            if threads == 1 and checked is not None:
+                session = checked  # the rewrite's check built it with these options
+            else:
+                # one thread, or exactly the main session's options (ORT's own count)
+                options = _session_options(replace(config, intra_op_threads=1) if threads == 1
+                                           else config)  # fmt: skip
+                session = ort.InferenceSession(source, sess_options=options, providers=[_CPU])
+            candidates[graph, threads] = session
             output = session.get_outputs()[0].name
             return lambda feeds: session.run([output], feeds)
 
@@ -256,9 +265,12 @@ class OrtRunner:
             source, self.rewritten, checked = str(self.path), 0, None
         if isinstance(source, str) and self.plan.graph != "original":
             self.plan = replace(self.plan, graph="original")  # nothing rewritten: say so
-        self._session = ort.InferenceSession(
+        many = _intra_threads(config)
+        main = candidates.get((self.plan.graph, many)) if many != 1 else None
+        self._session = main or ort.InferenceSession(
             source, sess_options=_session_options(config), providers=providers
         )
+        checked = candidates.get((self.plan.graph, 1), checked)
         active = self._session.get_providers()
         self.device = "cuda" if active and active[0] == _CUDA else "cpu"
         if self.device == "cpu" and providers[0] != _CPU:
