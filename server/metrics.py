@@ -263,17 +263,17 @@ class Metrics:
     def set_runtime_plan(self, model: str, version: str, plan: RuntimePlan) -> None:
         """A version went READY with ``plan`` (removed with its state series)."""
         self._drop_plan(model, version)
-        series: list[tuple[Gauge, tuple[str, ...]]] = [
-            (self.model_runtime_plan, (model, version, plan.graph, plan.source)),
-            (self.model_single_thread_max_batch, (model, version)),
+        series: list[tuple[Gauge, tuple[str, ...], float]] = [
+            (self.model_runtime_plan, (model, version, plan.graph, plan.source), 1.0),
+            (self.model_single_thread_max_batch, (model, version), plan.single_thread_max),
         ]
         series += [
-            (self.model_batch_seconds, (model, version, str(size))) for size in plan.chosen_costs()
+            (self.model_batch_seconds, (model, version, str(size)), seconds)
+            for size, seconds in plan.chosen_costs().items()
         ]
-        values = [1.0, float(plan.single_thread_max), *plan.chosen_costs().values()]
-        for (gauge, labels), value in zip(series, values, strict=True):
+        for gauge, labels, value in series:
             gauge.labels(*labels).set(value)
-        self._plan_series[model, version] = series
+        self._plan_series[model, version] = [(gauge, labels) for gauge, labels, _ in series]
 
     def _drop_plan(self, model: str, version: str) -> None:
         for gauge, labels in self._plan_series.pop((model, version), []):
