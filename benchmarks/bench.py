@@ -300,19 +300,20 @@ def served_plan(target: str, model: str) -> dict:
     returned as runtime pins, so that the raw-ort reference runs the same graph on the
     same thread count per batch size."""
     from ganserve.clients.sync import GanClient
+    from ganserve.server.tuning import Cost, RuntimePlan
 
     with GanClient(target) as client:
-        plan = client.get_model(model).runtime
-    if plan is None or plan.graph == "":
+        served = client.get_model(model).runtime
+    if served is None or served.graph == "":
         return {}
-    chosen = {n: s for n, g, t, s in plan.costs if g == plan.graph and
-              (t == 1) == (n <= plan.single_thread_max_batch or plan.threads == 1)}  # fmt: skip
-    costs = ", ".join(f"{n}: {s * 1e3:.2f}" for n, s in sorted(chosen.items()))
-    print(f"server plan: {plan.graph} graph, batches <= {plan.single_thread_max_batch} on one "
+    plan = RuntimePlan(served.graph, served.single_thread_max_batch, served.source,
+                       served.threads, tuple(Cost(*c) for c in served.costs))  # fmt: skip
+    costs = ", ".join(f"{n}: {s * 1e3:.2f}" for n, s in plan.chosen_costs().items())
+    print(f"server plan: {plan.graph} graph, batches <= {plan.single_thread_max} on one "
           f"thread ({plan.source}); ms per batch {costs}", flush=True)  # fmt: skip
     return {
         "rewrite_conv_transpose": plan.graph == "rewritten",
-        "small_batch_max": plan.single_thread_max_batch,
+        "small_batch_max": plan.single_thread_max,
         "tuning": "off",
     }
 
