@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import onnxruntime as ort
 from .errors import Unavailable
 from .rewrite import rewritten_model
 from .spec import ModelSpecError
-from .tuning import MODES, RuntimePlan, default_plan, plan_for
+from .tuning import MODES, RuntimePlan, default_plan, intra_threads, plan_for
 
 if TYPE_CHECKING:
     from .spec import ModelSpec
@@ -174,11 +173,6 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return opts
 
 
-def _intra_threads(config: RuntimeConfig) -> int:
-    """The intra-op threads a session of ``config`` gets (0: ORT takes every core)."""
-    return config.intra_op_threads or os.cpu_count() or 1
-
-
 def session_source(
     path: Path, config: RuntimeConfig, providers: list[Any]
 ) -> tuple[str | bytes, int, ort.InferenceSession | None]:
@@ -200,7 +194,7 @@ def session_source(
             built.append(session)
         return session
 
-    found = rewritten_model(Path(path), make_session, chain=_intra_threads(config) > 1)
+    found = rewritten_model(Path(path), make_session, chain=intra_threads(config) > 1)
     if found is None:
         return str(path), 0, None
     return found[0], found[1], built[-1]
@@ -254,7 +248,7 @@ class OrtRunner:
             return lambda feeds: session.run([output], feeds)
 
         if providers[0] != _CPU:
-            self.plan = RuntimePlan("original", 0, "defaults", _intra_threads(config))
+            self.plan = RuntimePlan("original", 0, "defaults", intra_threads(config))
         elif tune_sizes is None:
             self.plan = default_plan(config)
         else:
@@ -265,7 +259,7 @@ class OrtRunner:
             source, self.rewritten, checked = str(self.path), 0, None
         if isinstance(source, str) and self.plan.graph != "original":
             self.plan = replace(self.plan, graph="original")  # nothing rewritten: say so
-        many = _intra_threads(config)
+        many = intra_threads(config)
         main = candidates.get((self.plan.graph, many)) if many != 1 else None
         self._session = main or ort.InferenceSession(
             source, sess_options=_session_options(config), providers=providers
@@ -281,13 +275,13 @@ class OrtRunner:
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
         # A single-threaded twin session (CPU only): small batches run on it (see
         # RuntimeConfig), and so do batches the batcher runs side by side.
-        self.side_batches = side_batches and self.device == "cpu" and _intra_threads(config) == 2
+        self.side_batches = side_batches and self.device == "cpu" and intra_threads(config) == 2
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
         single_max = self.plan.single_thread_max
         if (
             self.device == "cpu"
-            and _intra_threads(config) != 1
+            and intra_threads(config) != 1
             and (single_max > 0 or self.side_batches)
         ):
             self._small = (

@@ -60,6 +60,7 @@ __all__ = [
     "Cost",
     "RuntimePlan",
     "default_plan",
+    "intra_threads",
     "load_saved",
     "measure",
     "plan_for",
@@ -164,7 +165,8 @@ class RuntimePlan:
         )
 
 
-def _threads(config: RuntimeConfig) -> int:
+def intra_threads(config: RuntimeConfig) -> int:
+    """The intra-op threads a session of ``config`` gets (0: one per core)."""
     return config.intra_op_threads or os.cpu_count() or 1
 
 
@@ -175,9 +177,9 @@ def default_plan(config: RuntimeConfig, source: str = "defaults") -> RuntimePlan
     single = DEFAULT_SINGLE_THREAD_MAX if config.small_batch_max is None else config.small_batch_max
     return RuntimePlan(
         graph="original" if rewrite is False else "rewritten",
-        single_thread_max=0 if _threads(config) == 1 else single,
+        single_thread_max=0 if intra_threads(config) == 1 else single,
         source=source,
-        threads=_threads(config),
+        threads=intra_threads(config),
     )
 
 
@@ -208,7 +210,7 @@ def host_fingerprint(path: Path, config: RuntimeConfig, sizes: Sequence[int]) ->
     return {
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
-        "threads": _threads(config),
+        "threads": intra_threads(config),
         "settings": {
             "small_batch_max": config.small_batch_max,
             "rewrite_conv_transpose": config.rewrite_conv_transpose,
@@ -368,7 +370,7 @@ def plan_for(
         return default_plan(config)
     pinned_graph = config.rewrite_conv_transpose is not None
     pinned_single = config.small_batch_max
-    if pinned_graph and (pinned_single is not None or _threads(config) == 1):
+    if pinned_graph and (pinned_single is not None or intra_threads(config) == 1):
         return default_plan(config, "pinned")
     if config.tuning == "auto":
         saved = load_saved(path, config, sizes)
@@ -377,7 +379,7 @@ def plan_for(
     graphs = ["rewritten", "original"]
     if pinned_graph:
         graphs = ["rewritten" if config.rewrite_conv_transpose else "original"]
-    counts = sorted({1, _threads(config)})
+    counts = sorted({1, intra_threads(config)})
     with _measuring():
         candidates = {}
         for graph in graphs:
@@ -391,9 +393,9 @@ def plan_for(
                                               pinned_single)  # fmt: skip
     return RuntimePlan(
         graph=graph,
-        single_thread_max=0 if _threads(config) == 1 else single,
+        single_thread_max=0 if intra_threads(config) == 1 else single,
         source="measured",
-        threads=_threads(config),
+        threads=intra_threads(config),
         costs=costs,
         seconds=spent,
         host=host_fingerprint(path, config, sizes),
