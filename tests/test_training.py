@@ -220,6 +220,32 @@ def test_dry_run_with_minibatch_std(tmp_path: Path) -> None:
     assert ckpt["discriminator"]["head.weight"].shape[1] == 2 * 8 * 49 + 1
 
 
+def test_spectral_discriminator_bounds_every_weight(tmp_path: Path) -> None:
+    """With --d-spectral every conv D weight in use has spectral norm ~1 (power iteration
+    converges over the steps), D has no batch norm, and a run resumes exactly."""
+    torch.manual_seed(0)
+    d = build_discriminator("cdcgan", 10, width=8, blocks=1, spectral=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    weighted = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(weighted) == 3 + 2  # three convs, the head and the class embedding
+    x, y = torch.randn(4, 1, 28, 28), torch.eye(10)[:4]
+    for _ in range(30):  # training-mode passes run the power iteration
+        d(x, y)
+    for m in weighted:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert abs(float(sigma) - 1.0) < 0.05, (m, float(sigma))
+    plain = build_discriminator("cdcgan", 10, width=8, blocks=1)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+    straight = _weights(train(tiny(tmp_path / "a", arch="cdcgan", d_spectral=True, epochs=2),
+                              quiet=True))  # fmt: skip
+    train(tiny(tmp_path / "b", arch="cdcgan", d_spectral=True, epochs=1), quiet=True)
+    resumed = train(tiny(tmp_path / "b", arch="cdcgan", d_spectral=True, epochs=2),
+                    resume=True, quiet=True)  # fmt: skip
+    assert _same(straight, _weights(resumed))
+    assert load_checkpoint(resumed)["config"]["d_spectral"] is True
+
+
 def test_discriminator_blocks_deepen_the_conv_discriminator(tmp_path: Path) -> None:
     plain = build_discriminator("dcgan", 10, width=8)
     deep = build_discriminator("dcgan", 10, width=8, blocks=2)

@@ -65,6 +65,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
     p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
+    p.add_argument("--d-spectral", action="store_true",
+                   help="spectral norm on every conv D weight instead of batch norm "
+                   "(Miyato et al. 2018)")  # fmt: skip
     p.add_argument("--codes", type=int, default=0, metavar="K",
                    help="InfoGAN categorical code with K values, chosen by z itself (conv "
                    "nets; 0: off)")  # fmt: skip
@@ -101,7 +104,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # May differ on --resume (train() takes them from the command line); the rest is the run's.
 _RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
-_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "codes")
+_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "d_spectral", "codes")
 
 
 def _flag(key: str) -> str:

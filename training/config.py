@@ -47,6 +47,7 @@ class TrainConfig:
     d_width: int = 64
     d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators
+    d_spectral: bool = False  # spectral norm on conv D's weights, in place of its batch norm
     codes: int = 0  # > 0: InfoGAN categorical code with this many values (conv nets)
     info_weight: float = 1.0  # weight of the code's cross-entropy in D's and G's loss
     augment: str = "none"  # D-input augmentation (DiffAugment): none | translate

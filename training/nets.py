@@ -313,12 +313,23 @@ def build_discriminator(
     mbstd: bool = False,
     blocks: int = 0,
     codes: int = 0,
+    spectral: bool = False,
 ) -> nn.Module:
     """The discriminator (critic) of ``arch``; ``norm``, ``mbstd``, ``blocks`` (extra
-    3x3 blocks at 7x7) and ``codes`` (InfoGAN code head) only apply to conv ones."""
+    3x3 blocks at 7x7), ``codes`` (InfoGAN code head) and ``spectral`` only apply to
+    conv ones.
+
+    ``spectral``: every weight of D (convolutions, head, class embedding) divided by its
+    largest singular value (one power iteration per step, Miyato et al. 2018), which
+    bounds D's Lipschitz constant; it replaces ``norm`` (batch statistics would undo
+    the bound)."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPDiscriminator()
-    net = ConvDiscriminator(classes, width, norm, mbstd, blocks, codes)
+    net = ConvDiscriminator(classes, width, "none" if spectral else norm, mbstd, blocks, codes)
     net.apply(_dcgan_init)
+    if spectral:
+        for module in list(net.modules()):
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(module)
     return net

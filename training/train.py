@@ -99,8 +99,9 @@ class _Run:
         ).to(device)
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
         self.D = build_discriminator(
-            cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks, cfg.codes
-        ).to(device)
+            cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks, cfg.codes,
+            cfg.d_spectral,
+        ).to(device)  # fmt: skip
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
