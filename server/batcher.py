@@ -323,7 +323,10 @@ class Batcher:
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
         if batch.beside:
             self._m_side.inc()
+        start = time.perf_counter()
         out, error = self._compute(z, y, infer)
+        if out is not None and not batch.beside:  # the main session: what inline would use
+            self._policy.small_batch_ran(z.shape[0], time.perf_counter() - start)
         deliveries: list[_Delivery] = []
         completed = 0
         offset = 0

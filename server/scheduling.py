@@ -198,7 +198,8 @@ class SchedulingPolicy(Generic[W]):
     """The queue and every decision of one model version's batcher (see the module
     docstring). Methods touching the queue or ``busy`` need the batcher's lock;
     ``admit``, ``may_run_inline``, ``inline_ran`` and ``finished`` run on the event loop
-    only; ``busy`` and the queue's length are read there without the lock."""
+    only (``small_batch_ran``, a float store, on the workers); ``busy`` and the queue's
+    length are read there without the lock."""
 
     def __init__(self, config: BatchingConfig, twin: bool = False) -> None:
         self.config = config
@@ -218,7 +219,11 @@ class SchedulingPolicy(Generic[W]):
             config.admission(), config.max_queue_size, config.max_batch_size, self.workers
         )
         self.last_done = 0.0  # when the last request finished
-        self.inline_s = 0.0  # duration of the last inline inference
+        # Duration of the latest small inference (inline_max_images images or fewer),
+        # inline or on a worker: the gap test's "one inference". Only inline runs would
+        # leave it stale: one slow inline run (a preempted loop) sent every later lone
+        # request to the worker, where it never ran inline again to correct it.
+        self.inline_s = 0.0
         # The window of the inline guard: its start, inline seconds within it, and
         # whether the previous window was mostly inline inference.
         self._inline_window = 0.0
@@ -273,6 +278,12 @@ class SchedulingPolicy(Generic[W]):
         """An inline inference blocked the loop for ``seconds``."""
         self.inline_s = seconds
         self._inline_busy += seconds
+
+    def small_batch_ran(self, images: int, seconds: float) -> None:
+        """A worker ran a batch of ``images`` in ``seconds``: a small one is the cost a
+        lone request would have inline (any thread: one float store)."""
+        if images <= self.config.inline_max_images:
+            self.inline_s = seconds
 
     # ------------------------------------------------------------ queue (lock held)
 

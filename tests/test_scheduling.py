@@ -305,6 +305,23 @@ def test_inline_needs_a_gap_longer_than_the_last_inline_inference() -> None:
     assert p.may_run_inline(1, T0 + 0.0045, loop_busy=False)  # after a pause: alone
 
 
+def test_the_gap_follows_the_latest_small_inference_on_a_worker_too() -> None:
+    """One slow inline run must not send every later lone request to a worker for good:
+    the worker's small batches keep the gap's "one inference" current."""
+    p = policy(inline_max_images=4)
+    admitted(p, 1, T0)
+    p.inline_ran(0.010)  # a preempted loop: 10 ms
+    p.finished(1, T0, T0 + 0.010, ok=True)
+    admitted(p, 1, T0 + 0.012)
+    assert not p.may_run_inline(1, T0 + 0.012, loop_busy=False)  # 2 ms < 10 ms: a worker
+    p.small_batch_ran(1, 0.0005)  # where it took 0.5 ms
+    p.finished(1, T0 + 0.012, T0 + 0.0125, ok=True)
+    admitted(p, 1, T0 + 0.0135)
+    assert p.may_run_inline(1, T0 + 0.0135, loop_busy=False)  # 1 ms > 0.5 ms: inline again
+    p.small_batch_ran(64, 0.020)  # a large batch says nothing of a lone request's cost
+    assert p.inline_s == 0.0005
+
+
 def test_no_inline_while_inline_took_most_of_the_last_50_ms_window() -> None:
     p = policy(inline_max_images=4)
     admitted(p, 1, T0)
