@@ -343,7 +343,11 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("model_dir", Path, "model repository: <name>/<version>/model.onnx (default models/)"),
     _Option("runtime.device", str, "auto | cuda | cpu (default auto)"),
-    _Option("runtime.intra_op_threads", int, "ONNX Runtime intra-op threads (0 = ORT default)"),
+    _Option(
+        "runtime.intra_op_threads",
+        int,
+        "ONNX Runtime intra-op threads (0 = one per usable core: affinity, CPU quota)",
+    ),
     _Option("runtime.inter_op_threads", int, "ONNX Runtime inter-op threads (default 1)"),
     _Option("runtime.allow_spinning", _parse_bool, "let ORT threads spin", is_bool=True),
     _Option(

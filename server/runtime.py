@@ -52,7 +52,7 @@ _CUDA_OPTIONS = {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
 class RuntimeConfig:
     """How sessions are created.
 
-    ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core.
+    ``intra_op_threads`` 0: one thread per usable core (``cores.py``).
     ``allow_spinning`` off: ORT's spinning pool threads would burn every core
     even while idle, taking CPU from the gRPC event loop on a small machine.
     ``warmup_batch_sizes`` None: powers of two up to the max batch size.
@@ -162,7 +162,9 @@ def _log_cpu_fallback() -> None:
 
 def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = config.intra_op_threads
+    # Explicit: ORT's own default (0) counts the machine's physical cores, blind to an
+    # affinity mask or a container's CPU limit (cores.py).
+    opts.intra_op_num_threads = intra_threads(config)
     opts.inter_op_num_threads = config.inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -49,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from .cores import usable_cores
+
 if TYPE_CHECKING:
     from .runtime import RuntimeConfig
     from .spec import ModelSpec
@@ -166,8 +168,8 @@ class RuntimePlan:
 
 
 def intra_threads(config: RuntimeConfig) -> int:
-    """The intra-op threads a session of ``config`` gets (0: one per core)."""
-    return config.intra_op_threads or os.cpu_count() or 1
+    """The intra-op threads a session of ``config`` gets (0: one per usable core)."""
+    return config.intra_op_threads or usable_cores()
 
 
 def default_plan(config: RuntimeConfig, source: str = "defaults") -> RuntimePlan:

@@ -38,6 +38,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cores import usable_cores
+
 __all__ = ["WorkerMetrics", "run_workers", "worker_argv"]
 
 log = logging.getLogger(__name__)
@@ -162,8 +164,8 @@ def run_workers(config: Any, argv: Sequence[str]) -> int:
         http_holder = _reserve_port(config.http_address, http_port)
         http_port = http_holder.getsockname()[1]
     threads = None
-    if config.runtime.intra_op_threads == 0:  # ORT's default (a thread per core): divide
-        threads = max(1, (os.cpu_count() or 1) // n)
+    if config.runtime.intra_op_threads == 0:  # a thread per usable core: divide them
+        threads = max(1, usable_cores() // n)
     work = Path(tempfile.mkdtemp(prefix="ganserve-workers-"))
     files = [work / f"worker-{i}.json" for i in range(n)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_METRICS_TLS_")}
