@@ -170,6 +170,8 @@ _LATENCY_ALPHA = 0.05
 # A call is too late to start below max(_MIN_LATE_S, _LATE_MARGIN * expected time).
 _MIN_LATE_S = 0.005
 _LATE_MARGIN = 3.0
+# The latency estimate is stale when no call was answered for longer than it (or this).
+_MIN_FRESH_S = 0.1
 
 
 class ServerBudgets:
@@ -182,12 +184,12 @@ class ServerBudgets:
     each call waits for the ones before it and answers come after their deadlines).
 
     ``latency_s`` refuses calls that reach the server with less of their deadline left
-    than calls take now. gRPC queues calls the event loop has not taken yet first in,
-    first out, and drops the ones whose deadline passes there: under an overload the
-    oldest call still alive, the next one taken, is one about to expire. Computing it
-    is wasted (its client is gone when the answer is ready) and makes every call
-    behind it later still; refused at once, the queue drains towards calls that can
-    still be answered in time.
+    than calls take now (``too_late``), while answered calls keep confirming it. gRPC
+    queues calls the event loop has not taken yet first in, first out, and drops the
+    ones whose deadline passes there: under an overload the oldest call still alive, the
+    next one taken, is one about to expire. Computing it is wasted (its client is gone
+    when the answer is ready) and makes every call behind it later still; refused at
+    once, the queue drains towards calls that can still be answered in time.
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class ServerBudgets:
         # and how late the event loop runs a timer (see watch_loop).
         self.latency_s = 0.0
         self.loop_lag_s = 0.0
+        self.answered_at = 0.0  # time.monotonic() of the last answered call
 
     @property
     def late_s(self) -> float:
@@ -232,8 +235,26 @@ class ServerBudgets:
     def inflight_limit(self) -> int:
         return self.max_inflight_rpcs if self.gradient is None else int(self.gradient.limit)
 
-    def call_done(self, seconds: float, inflight: int) -> None:
+    def too_late(self, left: float, now: float) -> bool:
+        """Refuse a call with ``left`` seconds of its deadline at ``now`` (monotonic):
+        less than ``late_s``, on an estimate an answered call confirmed within its own
+        span. A stale one is not trusted: once every call is refused as late, none is
+        answered to lower it, and a server that had slowed down under load would refuse
+        every call for good after the load has gone (an idle server refusing all calls
+        with 1 s deadlines was measured so). Stale, calls are let in (the in-flight limit
+        still bounds them) and the first answer replaces the estimate (``call_done``)."""
+        return left < self.late_s and not self._stale(now)
+
+    def _stale(self, now: float) -> bool:
+        return now - self.answered_at > max(self.latency_s, _MIN_FRESH_S)
+
+    def call_done(self, seconds: float, inflight: int, now: float | None = None) -> None:
         """A call was answered ``seconds`` after receipt; ``inflight`` are still handled."""
-        self.latency_s += _LATENCY_ALPHA * (seconds - self.latency_s)
+        now = time.monotonic() if now is None else now
+        if self._stale(now):  # it described a load that has gone: start over
+            self.latency_s = seconds
+        else:
+            self.latency_s += _LATENCY_ALPHA * (seconds - self.latency_s)
+        self.answered_at = now
         if self.gradient is not None:
             self.gradient.sample(seconds, inflight)

@@ -82,7 +82,7 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
                     left = context.time_remaining()
-                    if left is not None and left < self._budgets.late_s:
+                    if left is not None and self._budgets.too_late(left, time.monotonic()):
                         raise self._refuse_late(left)
                     response = await fn(self, request, context, call)
                     self._budgets.call_done(time.perf_counter() - call.start, self._inflight)

@@ -190,3 +190,26 @@ def test_freed_memory_is_handed_back_once_large_responses_are_gone() -> None:
     budget.acquire_now(8 * MIB, "again")
     budget.release(8 * MIB)
     assert budget.trims == 1  # within the second: no second trim
+
+
+def test_late_refusals_trust_only_an_estimate_answers_keep_confirming() -> None:
+    """Calls that take 0.4 s make a 1 s deadline too short (3 x 0.4 > 1): refused while
+    answers confirm it. Once all are refused none is answered: after the estimate's own
+    span without an answer it is stale, calls are let in again, and the first answer
+    replaces it (an idle server once refused every call this way for good)."""
+    b = ServerBudgets(1 << 20, 1000, 10)
+    t = 1000.0
+    assert not b.too_late(0.001, t)  # no estimate yet
+    for i in range(50):
+        b.call_done(0.4, 1, now=t + i * 0.01)
+    t += 0.5
+    assert 1.0 < b.late_s < 1.3
+    assert b.too_late(1.0, t)  # answered 0.01 s ago: fresh
+    assert not b.too_late(1.5, t)  # enough deadline left
+    assert b.too_late(1.0, t + 0.3)  # no answer for 0.31 s < its 0.4 s: still trusted
+    assert not b.too_late(1.0, t + 0.5)  # none for 0.51 s: stale, let it in
+    b.call_done(0.002, 1, now=t + 0.502)  # answered in 2 ms: replaces the estimate
+    assert b.latency_s == 0.002
+    assert not b.too_late(0.1, t + 0.51)
+    b.call_done(0.004, 1, now=t + 0.52)  # fresh answers blend in again
+    assert 0.002 < b.latency_s < 0.004
