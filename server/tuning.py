@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import statistics
 import tempfile
@@ -211,7 +210,7 @@ def host_fingerprint(path: Path, config: RuntimeConfig, sizes: Sequence[int]) ->
 
     return {
         "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
+        "cores": usable_cores(),
         "threads": intra_threads(config),
         "settings": {
             "small_batch_max": config.small_batch_max,
