@@ -76,9 +76,16 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "mnist-cdcgan",
-            "Class-conditional DCGAN with a projection discriminator (1 extra 3x3 block) on MNIST.",
+            "Class-conditional DCGAN with a projection discriminator (1 extra 3x3 block, "
+            "spectral norm instead of batch norm) on MNIST.",
             TrainConfig(
-                arch="cdcgan", dataset="mnist", loss="bce", epochs=100, d_blocks=1, **_CONV
+                arch="cdcgan",
+                dataset="mnist",
+                loss="bce",
+                epochs=100,
+                d_blocks=1,
+                d_spectral=True,
+                **_CONV,
             ),
         ),
         Recipe(
