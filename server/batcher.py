@@ -238,9 +238,8 @@ class Batcher:
             raise error
         self._m_wait.observe(0.0)
         infer = _tracing.inline_infer(self._infer, z.shape[0]) if _tracing.active else None
-        start = time.perf_counter()
-        out, error = self._compute(z, y, infer)
-        self._policy.inline_ran(time.perf_counter() - start)
+        out, error, seconds = self._compute(z, y, infer)
+        self._policy.inline_ran(seconds)
         if error is not None:
             raise error
         assert out is not None
@@ -323,10 +322,9 @@ class Batcher:
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
         if batch.beside:
             self._m_side.inc()
-        start = time.perf_counter()
-        out, error = self._compute(z, y, infer)
+        out, error, seconds = self._compute(z, y, infer)
         if out is not None and not batch.beside:  # the main session: what inline would use
-            self._policy.small_batch_ran(z.shape[0], time.perf_counter() - start)
+            self._policy.small_batch_ran(z.shape[0], seconds)
         deliveries: list[_Delivery] = []
         completed = 0
         offset = 0
@@ -359,9 +357,9 @@ class Batcher:
 
     def _compute(
         self, z: np.ndarray, y: np.ndarray | None, infer: InferFn | None = None
-    ) -> tuple[np.ndarray | None, ServeError | None]:
+    ) -> tuple[np.ndarray | None, ServeError | None, float]:
         """Run one batch (on ``infer``, default the main one) and record its metrics:
-        (images, None) or (None, the error)."""
+        (images, None, seconds) or (None, the error, seconds)."""
         start = time.perf_counter()
         out: np.ndarray | None
         error: ServeError | None = None
@@ -382,7 +380,7 @@ class Batcher:
         self._m_batch.observe(batch)
         if out is not None:
             self._m_images.inc(batch)
-        return out, error
+        return out, error, seconds
 
     # ------------------------------------------------------------ hand-off to the loop
 
