@@ -277,13 +277,13 @@ class OrtRunner:
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
         # A single-threaded twin session (CPU only): small batches run on it (see
         # RuntimeConfig), and so do batches the batcher runs side by side.
-        self.side_batches = side_batches and self.device == "cpu" and intra_threads(config) == 2
+        self.side_batches = side_batches and self.device == "cpu" and many == 2
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
         single_max = self.plan.single_thread_max
         if (
             self.device == "cpu"
-            and intra_threads(config) != 1
+            and many != 1
             and (single_max > 0 or self.side_batches)
         ):
             self._small = (
