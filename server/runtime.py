@@ -281,11 +281,7 @@ class OrtRunner:
         self._small: ort.InferenceSession | None = None
         self._small_max = 0
         single_max = self.plan.single_thread_max
-        if (
-            self.device == "cpu"
-            and many != 1
-            and (single_max > 0 or self.side_batches)
-        ):
+        if self.device == "cpu" and many != 1 and (single_max > 0 or self.side_batches):
             self._small = (
                 checked
                 if checked is not None
