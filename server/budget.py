@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -29,8 +30,10 @@ __all__ = ["MIN_INFLIGHT_LIMIT", "ByteBudget", "ServerBudgets", "default_buffere
 
 _MIB = 1024 * 1024
 # Give freed memory back to the system once the budget falls to empty after holding at
-# least this much, at most once per _TRIM_EVERY_S (see ByteBudget._maybe_trim).
+# least this much, _TRIM_DELAY_S later and at most once per _TRIM_EVERY_S (see
+# ByteBudget._schedule_trim).
 _TRIM_AFTER_BYTES = 4 * _MIB
+_TRIM_DELAY_S = 0.25
 _TRIM_EVERY_S = 1.0
 
 
@@ -69,7 +72,8 @@ class ByteBudget:
         self.used = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._peak = 0  # most bytes held since the last trim
-        self._trimmed_at = 0.0
+        self._trimmed_at = -_TRIM_EVERY_S
+        self._trim_timer: asyncio.TimerHandle | None = None
         self.trims = 0  # malloc_trim calls made (for tests and curiosity)
 
     def try_acquire(self, size: int) -> bool:
@@ -112,7 +116,11 @@ class ByteBudget:
             if waiter.done() and not waiter.cancelled():
                 self.release(size)  # granted as we gave up: hand it on
             else:
-                self._waiters.remove(entry)
+                # _wake may already have dropped it: wait_for cancels the waiter at once
+                # but resumes this task a loop turn later, and a release in between pops
+                # done waiters.
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
                 self._wake()
             if isinstance(exc, asyncio.TimeoutError):
                 raise DeadlineExceeded(
@@ -123,28 +131,45 @@ class ByteBudget:
     def release(self, size: int) -> None:
         self.used -= size
         self._wake()
-        if self.used == 0:
-            self._maybe_trim()
+        if self.used == 0 and self._peak >= _TRIM_AFTER_BYTES:
+            self._schedule_trim()
 
-    def _maybe_trim(self) -> None:
-        """All responses are gone after large ones: hand the freed memory back. glibc
-        keeps freed blocks in its heaps and arenas for reuse, so the server's RSS would
-        stay at its peak after clients leave (measured: 32 unread streams, +41 MB after
-        they are cancelled; -13 MB after ``malloc_trim(0)``). The trim runs in a thread
-        (it walks the heaps) and at most once per second."""
-        now = time.monotonic()
-        if (
-            _TRIM is None
-            or self._peak < _TRIM_AFTER_BYTES
-            or now - self._trimmed_at < _TRIM_EVERY_S
-        ):
+    def _schedule_trim(self) -> None:
+        """All responses are gone after large ones: hand the freed memory back soon.
+
+        glibc keeps freed blocks in its heaps and arenas for reuse, so the server's RSS
+        would stay at its peak after clients leave (measured: 32 unread streams, +41 MB
+        after they are cancelled; -13 MB after ``malloc_trim(0)``). The trim waits
+        ``_TRIM_DELAY_S``: the release comes from the handler's ``finally``, while the
+        last response message is still referenced by its frame and gRPC core still
+        holds the call's send buffers, both freed only after the call ends; a trim at
+        once ran before them and left tens of MB in the heap in some runs. A trim
+        within ``_TRIM_EVERY_S`` of the last one is moved later, never dropped (the
+        last emptying of a burst is the one that matters). The trim itself runs in a
+        thread (it walks the heaps)."""
+        if _TRIM is None or self._trim_timer is not None:
             return
-        self._peak, self._trimmed_at = 0, now
-        self.trims += 1
         try:
-            asyncio.get_running_loop().run_in_executor(None, _TRIM, 0)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (tests that use the budget bare): trim inline
+            if time.monotonic() - self._trimmed_at >= _TRIM_EVERY_S:
+                self._trim(None)
+            return
+        wait = max(_TRIM_DELAY_S, self._trimmed_at + _TRIM_EVERY_S - time.monotonic())
+        self._trim_timer = loop.call_later(wait, self._trim_due, loop)
+
+    def _trim_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._trim_timer = None
+        if self.used == 0:  # else: in use again; its next emptying schedules one
+            self._trim(loop)
+
+    def _trim(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._peak, self._trimmed_at = 0, time.monotonic()
+        self.trims += 1
+        if loop is None:
             _TRIM(0)
+        else:
+            loop.run_in_executor(None, _TRIM, 0)
 
     def _wake(self) -> None:
         while self._waiters:

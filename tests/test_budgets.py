@@ -172,6 +172,28 @@ def test_response_bytes_held_by_unread_streams_bound_other_calls(
     assert metrics[key] >= 1
 
 
+async def test_a_waiter_given_up_just_before_a_release_ends_with_its_own_status() -> None:
+    """wait_for cancels a waiter at once but resumes the waiting task a loop turn later;
+    a release in that turn drops the cancelled waiter from the queue. The task must end
+    with its cancellation or DeadlineExceeded (a ValueError here once became INTERNAL)."""
+    budget = ByteBudget(10)
+    budget.acquire_now(10, "held")
+    cancelled = asyncio.create_task(budget.acquire(5, None))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    budget.release(10)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    budget.acquire_now(10, "held")
+    expired = asyncio.create_task(budget.acquire(5, 0.0))  # a stream past its deadline
+    await asyncio.sleep(0)
+    budget.release(10)
+    with pytest.raises(DeadlineExceeded):
+        await expired
+    assert budget.used == 0 and not budget._waiters
+    budget.acquire_now(10, "all of it again")
+
+
 @pytest.mark.skipif(budget_module._TRIM is None, reason="no glibc malloc_trim here")
 def test_freed_memory_is_handed_back_once_large_responses_are_gone() -> None:
     """glibc keeps freed blocks for reuse: after holding megabytes of responses the
@@ -190,6 +212,40 @@ def test_freed_memory_is_handed_back_once_large_responses_are_gone() -> None:
     budget.acquire_now(8 * MIB, "again")
     budget.release(8 * MIB)
     assert budget.trims == 1  # within the second: no second trim
+
+
+@pytest.mark.skipif(budget_module._TRIM is None, reason="no glibc malloc_trim here")
+def test_on_the_event_loop_the_trim_waits_for_the_last_frees_and_is_never_dropped() -> None:
+    """On the loop the trim runs a little after the budget empties (gRPC core and the
+    handler's frame free the last message after the release); a second emptying
+    within the second moves the next trim later instead of dropping it, and a budget
+    in use again when the timer fires is not trimmed."""
+
+    async def scenario() -> list[int]:
+        budget = ByteBudget(64 * MIB)
+        seen = []
+        budget.acquire_now(8 * MIB, "a")
+        budget.release(8 * MIB)
+        seen.append(budget.trims)  # 0: not at once
+        await asyncio.sleep(budget_module._TRIM_DELAY_S + 0.2)
+        seen.append(budget.trims)  # 1
+        budget.acquire_now(8 * MIB, "b")
+        budget.release(8 * MIB)  # within the second of the first trim
+        await asyncio.sleep(budget_module._TRIM_DELAY_S + 0.2)
+        seen.append(budget.trims)  # still 1: moved to a second after the first
+        await asyncio.sleep(budget_module._TRIM_EVERY_S)
+        seen.append(budget.trims)  # 2: moved, not dropped
+        budget.acquire_now(8 * MIB, "c")
+        budget.release(8 * MIB)
+        budget.acquire_now(MIB, "d")  # in use again before the timer fires
+        await asyncio.sleep(budget_module._TRIM_EVERY_S + 0.3)
+        seen.append(budget.trims)  # 2
+        budget.release(MIB)  # empty again after the 8 MiB peak: trimmed
+        await asyncio.sleep(budget_module._TRIM_DELAY_S + 0.2)
+        seen.append(budget.trims)  # 3
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 1, 2, 2, 3]
 
 
 def test_late_refusals_trust_only_an_estimate_answers_keep_confirming() -> None:
