@@ -25,8 +25,9 @@ every call's hot path: no tasks, no copies of the images, no awaits beyond the w
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
@@ -55,6 +56,8 @@ __all__ = ["Engine", "Generated"]
 
 _T = TypeVar("_T")
 IsCancelled = Callable[[], bool] | None
+# Registers a callable to run once the edge's transport has taken the response.
+OnSent = Callable[[Callable[[], None]], None]
 
 
 @dataclass(slots=True)
@@ -203,6 +206,7 @@ class Engine:
         deadline: float | None,
         is_cancelled: IsCancelled,
         respond: Callable[[Generated], _T],
+        on_sent: OnSent | None = None,
     ) -> _T: ...
 
     async def sample(
@@ -212,27 +216,55 @@ class Engine:
         deadline: float | None,
         is_cancelled: IsCancelled,
         respond: Callable[[Generated], Any] | None = None,
+        on_sent: OnSent | None = None,
     ) -> Any:
         """All images of a sample plan as one response.
 
         Its bytes are reserved before anything is computed (RESOURCE_EXHAUSTED at once
-        when they do not fit) and given back once ``respond``, the edge's message
-        builder, has turned the result into the response; returned is what it returns
-        (without ``respond``: the ``Generated``).
+        when they do not fit) and given back once the edge's transport has taken the
+        response: ``on_sent(release)`` registers ``release`` for then (gRPC: the call's
+        done callback); without it, once ``respond``, the edge's message builder, has
+        turned the result into the response. Returned is what ``respond`` returns
+        (without it: the ``Generated``).
         """
         spec = model.spec
         per_image = sample_image_bytes(plan, spec)
         size = check_response_size(
             self._limits, spec.name, plan.count, plan.encoding, per_image, "use SampleStream"
         )
+
+        def work() -> Awaitable[Generated]:
+            return self._sample_chunk(model, plan, 0, plan.count, deadline, is_cancelled)
+
+        return await self._held(spec.name, size, work, respond, on_sent)
+
+    async def _held(
+        self,
+        model: str,
+        size: int,
+        work: Callable[[], Awaitable[Generated]],
+        respond: Callable[[Generated], Any] | None,
+        on_sent: OnSent | None,
+    ) -> Any:
+        """``work()``'s result (through ``respond``) with ``size`` bytes of the response
+        budget held: reserved before any work (RESOURCE_EXHAUSTED at once when they do
+        not fit), given back when the edge's transport has taken the response
+        (``on_sent``) or, without it or when anything fails, on return."""
         budget = self._buffered
-        if budget is not None:
-            self._reserve_now(budget, size, "the response", spec.name)
-        try:
-            result = await self._sample_chunk(model, plan, 0, plan.count, deadline, is_cancelled)
+        if budget is None:
+            result = await work()
             return result if respond is None else respond(result)
+        self._reserve_now(budget, size, "the response", model)
+        handed = False
+        try:
+            result = await work()
+            out = result if respond is None else respond(result)
+            if on_sent is not None:
+                on_sent(functools.partial(budget.release, size))
+                handed = True
+            return out
         finally:
-            if budget is not None:
+            if not handed:
                 budget.release(size)
 
     @overload
@@ -302,7 +334,12 @@ class Engine:
                     chunk = await self._sample_chunk(
                         model, plan, start, stop, deadline, is_cancelled
                     )
-                    yield chunk if respond is None else respond(chunk)
+                    message = chunk if respond is None else respond(chunk)
+                    # While the stream waits for its reader this frame stays alive: it
+                    # keeps the message, not the float images (4x a UINT8 reply's bytes)
+                    del chunk
+                    yield message
+                    del message
                 finally:
                     if budget is not None:
                         budget.release(size)
@@ -316,8 +353,11 @@ class Engine:
         plan: InterpolatePlan,
         deadline: float | None,
         is_cancelled: IsCancelled,
-    ) -> Generated:
-        """The frames of an interpolation plan; ``latents``: its path ``plan.z``."""
+        respond: Callable[[Generated], Any] | None = None,
+        on_sent: OnSent | None = None,
+    ) -> Any:
+        """The frames of an interpolation plan; ``latents``: its path ``plan.z``. Its
+        bytes are held in the response budget as a sample's are (``sample``)."""
         spec = model.spec
         per_image = per_image_bytes(
             spec.image_shape,
@@ -325,14 +365,18 @@ class Engine:
             spec.latent_dim if plan.return_latents else 0,
             FLOAT_BYTES * spec.num_classes,  # class_weights, conditional only
         )
-        check_response_size(
+        size = check_response_size(
             self._limits, spec.name, plan.z.shape[0], plan.encoding, per_image,
             "request fewer steps",
         )  # fmt: skip
-        images, raw, pngs = await self._generate(
-            model, plan.z, plan.y, deadline, is_cancelled, plan.encoding, "keyframes"
-        )
-        return Generated(images, raw, pngs, plan.z)
+
+        async def work() -> Generated:
+            images, raw, pngs = await self._generate(
+                model, plan.z, plan.y, deadline, is_cancelled, plan.encoding, "keyframes"
+            )
+            return Generated(images, raw, pngs, plan.z)
+
+        return await self._held(spec.name, size, work, respond, on_sent)
 
     async def arithmetic(
         self,
@@ -340,12 +384,15 @@ class Engine:
         plan: ArithmeticPlan,
         deadline: float | None,
         is_cancelled: IsCancelled,
-    ) -> Generated:
+        respond: Callable[[Generated], Any] | None = None,
+        on_sent: OnSent | None = None,
+    ) -> Any:
         """The result's image (and each term's, when the plan asks), encoded as one batch:
-        the result is image 0. ``latents``: the result's and every term's."""
+        the result is image 0. ``latents``: the result's and every term's. Its bytes are
+        held in the response budget as a sample's are (``sample``)."""
         spec = model.spec
         latent_dim = spec.latent_dim if plan.return_latents else 0
-        check_response_size(
+        size = check_response_size(
             self._limits,
             spec.name,
             plan.n_images,
@@ -356,7 +403,11 @@ class Engine:
             extra=(plan.latents.shape[0] - plan.n_images) * FLOAT_BYTES * latent_dim,
         )
         z = plan.latents[: plan.n_images]  # (1 [+ T], D)
-        images, raw, pngs = await self._generate(
-            model, z, plan.y, deadline, is_cancelled, plan.encoding, "terms"
-        )
-        return Generated(images, raw, pngs, plan.latents)
+
+        async def work() -> Generated:
+            images, raw, pngs = await self._generate(
+                model, z, plan.y, deadline, is_cancelled, plan.encoding, "terms"
+            )
+            return Generated(images, raw, pngs, plan.latents)
+
+        return await self._held(spec.name, size, work, respond, on_sent)

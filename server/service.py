@@ -37,7 +37,14 @@ from .errors import InvalidArgument, ResourceExhausted, ServeError, pushback_tra
 from .generation import plan_offloaded
 from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
 from .metrics import Metrics
-from .plan import SamplePlan, plan_arithmetic, plan_interpolate, plan_sample
+from .plan import (
+    ArithmeticPlan,
+    InterpolatePlan,
+    SamplePlan,
+    plan_arithmetic,
+    plan_interpolate,
+    plan_sample,
+)
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 
 __all__ = ["GeneratorService", "add_to_server", "model_info"]
@@ -82,7 +89,9 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
                     left = context.time_remaining()
-                    if left is not None and self._budgets.too_late(left, time.monotonic()):
+                    if left is not None and self._budgets.too_late(
+                        left, time.monotonic(), self._inflight
+                    ):
                         raise self._refuse_late(left)
                     response = await fn(self, request, context, call)
                     self._budgets.call_done(time.perf_counter() - call.start, self._inflight)
@@ -109,6 +118,9 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                                 await context.write(response)
                             except SendFailed:
                                 raise asyncio.CancelledError("the client left mid-send") from None
+                            # gRPC has its own copy now: hold nothing while the next
+                            # chunk is computed (the budget counts one chunk a stream)
+                            response = None
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
 
@@ -146,6 +158,45 @@ def _sample_response(spec: ModelSpec, plan: SamplePlan, out: Generated) -> pb.Sa
     if plan.return_latents:
         response.latents.CopyFrom(_latent_batch(out.latents))
     return response
+
+
+def _interpolate_response(
+    spec: ModelSpec, plan: InterpolatePlan, out: Generated
+) -> pb.InterpolateResponse:
+    response = pb.InterpolateResponse(model=spec.name, version=spec.version)
+    _fill_images(response.images, out.images, out.raw, out.pngs, plan.encoding)
+    if plan.y is not None:
+        response.class_weights.extend(plan.y.ravel().tolist())
+    if plan.return_latents:
+        response.latents.CopyFrom(_latent_batch(out.latents))
+    return response
+
+
+def _arithmetic_response(
+    spec: ModelSpec, plan: ArithmeticPlan, out: Generated
+) -> pb.ArithmeticResponse:
+    images, raw, pngs = out.images, out.raw, out.pngs
+    # One encode for the result and the term images: split the bytes afterwards.
+    per_image = len(raw) // images.shape[0]
+    response = pb.ArithmeticResponse(model=spec.name, version=spec.version)
+    _fill_images(response.result, images[:1], raw[:per_image], pngs[:1], plan.encoding)
+    if plan.n_images > 1:
+        _fill_images(response.term_images, images[1:], raw[per_image:], pngs[1:], plan.encoding)
+    if plan.return_latents:
+        response.latents.CopyFrom(_latent_batch(out.latents))
+    return response
+
+
+def _when_sent(context: aio.ServicerContext) -> Callable[[Callable[[], None]], None]:
+    """The engine's ``on_sent`` for a unary call: run ``release`` when the call ends.
+    gRPC serializes and sends a unary reply after the handler has returned; a client
+    that reads nothing keeps it in gRPC core until then, so its bytes stay counted in the
+    response budget until the call ends (sent, cancelled or expired)."""
+
+    def register(release: Callable[[], None]) -> None:
+        context.add_done_callback(lambda _context: release())
+
+    return register
 
 
 def model_info(status: ModelStatus) -> pb.ModelInfo:
@@ -314,7 +365,9 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         model = self._model(request, call)
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
         respond = functools.partial(_sample_response, model.spec, plan)
-        return await self._engine.sample(model, plan, deadline(context), context.done, respond)
+        return await self._engine.sample(
+            model, plan, deadline(context), context.done, respond, _when_sent(context)
+        )
 
     @_rpc("SampleStream", streaming=True)
     def SampleStream(
@@ -338,14 +391,10 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(keys) <= self._limits.max_images_per_request:
             seeds = sum(k.WhichOneof("source") == "seed" for k in keys)
         plan = await plan_offloaded(plan_interpolate, request, model.spec, self._limits, seeds)
-        out = await self._engine.interpolate(model, plan, deadline(context), context.done)
-        response = pb.InterpolateResponse(model=model.spec.name, version=model.spec.version)
-        _fill_images(response.images, out.images, out.raw, out.pngs, plan.encoding)
-        if plan.y is not None:
-            response.class_weights.extend(plan.y.ravel().tolist())
-        if plan.return_latents:
-            response.latents.CopyFrom(_latent_batch(out.latents))
-        return response
+        respond = functools.partial(_interpolate_response, model.spec, plan)
+        return await self._engine.interpolate(
+            model, plan, deadline(context), context.done, respond, _when_sent(context)
+        )
 
     @_rpc("Arithmetic")
     async def Arithmetic(self, request: Any, context: Any, call: Call) -> pb.ArithmeticResponse:
@@ -356,14 +405,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         if len(terms) <= self._limits.max_images_per_request:
             seeds = sum(len(t.seeds.seeds) for t in terms)
         plan = await plan_offloaded(plan_arithmetic, request, model.spec, self._limits, seeds)
-        out = await self._engine.arithmetic(model, plan, deadline(context), context.done)
-        images, raw, pngs = out.images, out.raw, out.pngs
-        # One encode for the result and the term images: split the bytes afterwards.
-        per_image = len(raw) // images.shape[0]
-        response = pb.ArithmeticResponse(model=model.spec.name, version=model.spec.version)
-        _fill_images(response.result, images[:1], raw[:per_image], pngs[:1], plan.encoding)
-        if plan.n_images > 1:
-            _fill_images(response.term_images, images[1:], raw[per_image:], pngs[1:], plan.encoding)
-        if plan.return_latents:
-            response.latents.CopyFrom(_latent_batch(out.latents))
-        return response
+        respond = functools.partial(_arithmetic_response, model.spec, plan)
+        return await self._engine.arithmetic(
+            model, plan, deadline(context), context.done, respond, _when_sent(context)
+        )

@@ -226,6 +226,82 @@ async def test_a_sample_is_answered_while_its_bytes_are_held_and_refused_when_th
     assert budget.used == size  # the refused call held nothing
 
 
+async def test_interpolations_and_arithmetic_hold_their_bytes_as_samples_do(
+    repo: ModelRepository, metrics: Metrics
+) -> None:
+    """Every response reserves its bytes: interpolations and arithmetic too (a 4,096-frame
+    interpolation is as large as the largest sample)."""
+    budgets = _budgets(1 << 30)
+    budget, engine, model = budgets.buffered, _engine(repo, metrics, budgets), repo.get("tiny")
+    keys = [pb.Keyframe(seed=1), pb.Keyframe(seed=2)]
+    path = plan_interpolate(
+        pb.InterpolateRequest(model="tiny", keyframes=keys, steps=6), model.spec, LIMITS
+    )
+    terms = [pb.ArithmeticTerm(weight=1, seeds=pb.SeedList(seeds=[3]))]
+    sums = plan_arithmetic(pb.ArithmeticRequest(model="tiny", terms=terms), model.spec, LIMITS)
+    held: list[int] = []
+
+    def respond(out: object) -> int:
+        held.append(budget.used)
+        return len(held)
+
+    assert await engine.interpolate(model, path, None, None, respond) == 1
+    assert await engine.arithmetic(model, sums, None, None, respond) == 2
+    assert held[0] >= 6 * FLOAT32_IMAGE and 0 < held[1] < held[0] and budget.used == 0
+    budget.acquire_now(budget.capacity - 100, "everything else")
+    with pytest.raises(ResourceExhausted, match="does not fit now"):
+        await engine.interpolate(model, path, None, None)
+    with pytest.raises(ResourceExhausted, match="does not fit now"):
+        await engine.arithmetic(model, sums, None, None)
+    assert _rejected(metrics, "tiny", "buffered_bytes") == 2
+
+
+async def test_a_response_holds_its_bytes_until_the_edge_says_it_was_sent(
+    repo: ModelRepository, metrics: Metrics
+) -> None:
+    """With ``on_sent`` the bytes stay reserved after the response is built, until the
+    edge's transport has taken it (gRPC sends a unary reply after its handler returns);
+    a call that fails gives them back at once."""
+    budgets = _budgets(1 << 30)
+    budget, engine, model = budgets.buffered, _engine(repo, metrics, budgets), repo.get("tiny")
+    releases: list[object] = []
+    out = await engine.sample(
+        model, _plan(model, count=4, seed=0), None, None, lambda g: g, releases.append
+    )
+    assert out.images.shape[0] == 4 and len(releases) == 1 and budget.used > 0
+    releases.pop()()  # type: ignore[operator]
+    assert budget.used == 0
+    nan = repo.get("nan")
+    with pytest.raises(Internal):
+        await engine.sample(
+            nan, _plan(nan, count=2, seed=0), None, None, lambda g: g, releases.append
+        )
+    assert releases == [] and budget.used == 0
+
+
+async def test_a_paused_stream_keeps_its_message_not_the_float_images(
+    repo: ModelRepository, metrics: Metrics
+) -> None:
+    """A stream whose reader stalls sits at its yield: its frame must not keep the chunk's
+    float32 images (four times a UINT8 reply's bytes) besides the message it yielded."""
+    import gc
+    import weakref
+
+    engine, model = _engine(repo, metrics, _budgets(1 << 30)), repo.get("tiny")
+    plan = _plan(model, True, count=8, seed=1, chunk_size=4, encoding=pb.ENCODING_UINT8)
+    seen: list[weakref.ref[np.ndarray]] = []
+
+    def respond(chunk: object) -> bytes:
+        seen.append(weakref.ref(chunk.images))  # type: ignore[attr-defined]
+        return bytes(chunk.raw)  # type: ignore[attr-defined]
+
+    stream = engine.sample_stream(model, plan, None, None, respond)
+    message = await anext(stream)
+    gc.collect()
+    assert len(message) == 4 * 28 * 28 and seen[0]() is None
+    await stream.aclose()
+
+
 async def test_a_stream_holds_one_chunk_at_a_time_and_gives_it_back(
     repo: ModelRepository, metrics: Metrics
 ) -> None:
