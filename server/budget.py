@@ -260,15 +260,17 @@ class ServerBudgets:
     def inflight_limit(self) -> int:
         return self.max_inflight_rpcs if self.gradient is None else int(self.gradient.limit)
 
-    def too_late(self, left: float, now: float) -> bool:
+    def too_late(self, left: float, now: float, inflight: int) -> bool:
         """Refuse a call with ``left`` seconds of its deadline at ``now`` (monotonic):
         less than ``late_s``, on an estimate an answered call confirmed within its own
-        span. A stale one is not trusted: once every call is refused as late, none is
+        span, while other calls are handled (``inflight`` counts this one too). Alone,
+        a call waits for nobody: the estimate, other calls' latency, says nothing of it.
+        A stale estimate is not trusted: once every call is refused as late, none is
         answered to lower it, and a server that had slowed down under load would refuse
         every call for good after the load has gone (an idle server refusing all calls
         with 1 s deadlines was measured so). Stale, calls are let in (the in-flight limit
         still bounds them) and the first answer replaces the estimate (``call_done``)."""
-        return left < self.late_s and not self._stale(now)
+        return inflight > 1 and left < self.late_s and not self._stale(now)
 
     def _stale(self, now: float) -> bool:
         return now - self.answered_at > max(self.latency_s, _MIN_FRESH_S)
@@ -276,7 +278,12 @@ class ServerBudgets:
     def call_done(self, seconds: float, inflight: int, now: float | None = None) -> None:
         """A call was answered ``seconds`` after receipt; ``inflight`` are still handled."""
         now = time.monotonic() if now is None else now
-        if self._stale(now):  # it described a load that has gone: start over
+        # One call counts for at most twice the estimate (plus _MIN_LATE_S): calls of
+        # every size share it, and one large call (seconds for thousands of images)
+        # must not make every small one look too late. A real slow-down moves it all
+        # the same, by up to 5 % a call (ten-fold within ~50 answers).
+        seconds = min(seconds, 2 * self.latency_s + _MIN_LATE_S)
+        if self._stale(now):  # it described a load that has gone: start over, lower
             self.latency_s = seconds
         else:
             self.latency_s += _LATENCY_ALPHA * (seconds - self.latency_s)

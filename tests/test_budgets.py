@@ -255,17 +255,35 @@ def test_late_refusals_trust_only_an_estimate_answers_keep_confirming() -> None:
     replaces it (an idle server once refused every call this way for good)."""
     b = ServerBudgets(1 << 20, 1000, 10)
     t = 1000.0
-    assert not b.too_late(0.001, t)  # no estimate yet
-    for i in range(50):
-        b.call_done(0.4, 1, now=t + i * 0.01)
-    t += 0.5
+    busy = 8  # calls in flight, this one included
+    assert not b.too_late(0.001, t, busy)  # no estimate yet
+    for i in range(200):  # a slow-down reaches the estimate within a hundred answers
+        b.call_done(0.4, busy, now=t + i * 0.01)
+    t += 2.0
     assert 1.0 < b.late_s < 1.3
-    assert b.too_late(1.0, t)  # answered 0.01 s ago: fresh
-    assert not b.too_late(1.5, t)  # enough deadline left
-    assert b.too_late(1.0, t + 0.3)  # no answer for 0.31 s < its 0.4 s: still trusted
-    assert not b.too_late(1.0, t + 0.5)  # none for 0.51 s: stale, let it in
+    assert b.too_late(1.0, t, busy)  # answered 0.01 s ago: fresh
+    assert not b.too_late(1.0, t, 1)  # alone it waits for nobody: let in
+    assert not b.too_late(1.5, t, busy)  # enough deadline left
+    assert b.too_late(1.0, t + 0.3, busy)  # no answer for 0.31 s < its 0.4 s: still trusted
+    assert not b.too_late(1.0, t + 0.5, busy)  # none for 0.51 s: stale, let it in
     b.call_done(0.002, 1, now=t + 0.502)  # answered in 2 ms: replaces the estimate
     assert b.latency_s == 0.002
-    assert not b.too_late(0.1, t + 0.51)
+    assert not b.too_late(0.1, t + 0.51, busy)
     b.call_done(0.004, 1, now=t + 0.52)  # fresh answers blend in again
     assert 0.002 < b.latency_s < 0.004
+
+
+def test_one_large_call_does_not_make_every_small_call_too_late() -> None:
+    """Calls of every size share the latency estimate: an 8 s call of thousands of
+    images, answered after a pause (the estimate stale) or among small calls, must not
+    refuse the 1-image calls with 1 s deadlines that follow (it once refused them all for
+    8 s on an idle server)."""
+    b = ServerBudgets(1 << 20, 1000, 10)
+    t = 1000.0
+    for i in range(100):
+        b.call_done(0.002, 4, now=t + i * 0.001)
+    b.call_done(8.0, 1, now=t + 5.0)  # after a pause: the estimate was stale
+    assert b.late_s < 0.1 and not b.too_late(1.0, t + 5.01, 4)
+    b.call_done(0.002, 4, now=t + 5.02)
+    b.call_done(8.0, 4, now=t + 5.03)  # among fresh small calls
+    assert b.late_s < 0.1 and not b.too_late(1.0, t + 5.04, 4)
