@@ -198,6 +198,13 @@ class ServerConfig:
             self.max_pending_rpcs = 128 if self.grpc_fast_refusal else 10_000
         _check(self.max_pending_rpcs >= 1, "--max-pending-rpcs must be >= 1")
         _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
+        # Smaller, a request the limits accept could never be answered: refused for good
+        # with RESOURCE_EXHAUSTED, the status that tells clients to retry later.
+        _check(
+            self.max_buffered_bytes == 0 or self.max_buffered_bytes >= self.max_message_bytes,
+            f"--max-buffered-bytes ({self.max_buffered_bytes}) must hold at least the largest "
+            f"reply, --max-message-bytes ({self.max_message_bytes}), or be 0 (auto)",
+        )
         _check(self.max_inflight_rpcs >= 1, "--max-inflight-rpcs must be >= 1")
         _check(self.max_streams >= 1, "--max-streams must be >= 1")
         _check(self.workers >= 1, "--workers must be >= 1")
@@ -463,8 +470,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "max_buffered_bytes",
         int,
         "response bytes held in memory at once, all calls together; a call that does not "
-        "fit is refused (RESOURCE_EXHAUSTED), a stream's next chunk waits (default 0: a "
-        "sixteenth of RAM, 256 MiB to 2 GiB)",
+        "fit is refused (RESOURCE_EXHAUSTED), a stream's next chunk waits; at least "
+        "--max-message-bytes (default 0: a sixteenth of RAM, 256 MiB to 2 GiB)",
     ),
     _Option(
         "max_inflight_rpcs",

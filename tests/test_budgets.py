@@ -155,7 +155,9 @@ def test_response_bytes_held_by_unread_streams_bound_other_calls(
     """Unread streams hold their chunk's bytes (a 12.8 MB chunk of 4,096 float32 images
     cannot leave while nobody reads); a reply that does not fit beside them is refused
     at once, and fits again once they are cancelled."""
-    server = start_server(tiny_model_repo, "--max-buffered-bytes", str(16 * MIB))
+    server = start_server(
+        tiny_model_repo, "--max-buffered-bytes", str(16 * MIB), "--max-message-bytes", str(16 * MIB)
+    )
     streams = stalled_streams(server.target, 1, 4096)
     # The stream's chunk is held (it cannot leave while nobody reads) before the probe:
     # a probe first would hold the budget and the stream's first chunk be refused.

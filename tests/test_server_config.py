@@ -97,6 +97,7 @@ def test_token_file(tmp_path: Path) -> None:
         (["--stream-chunk-default", "9000"], {}, "--stream-chunk-default"),
         (["--max-images-per-request", "100000"], {}, "--max-message-bytes"),
         (["--max-request-bytes", "1000"], {}, "--max-request-bytes must be >= 1 MiB"),
+        (["--max-buffered-bytes", str(8 << 20)], {}, "must hold at least the largest reply"),
         (["--log-level", "loud"], {}, "--log-level"),
         ([], {"GANSERVE_BATCHING": "maybe"}, "GANSERVE_BATCHING"),
     ],
