@@ -82,7 +82,7 @@ RECIPES: dict[str, Recipe] = {
                 arch="cdcgan",
                 dataset="mnist",
                 loss="bce",
-                epochs=100,
+                epochs=140,
                 d_blocks=1,
                 d_spectral=True,
                 **_CONV,
