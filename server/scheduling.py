@@ -235,8 +235,11 @@ class SchedulingPolicy(Generic[W]):
     def admit(self, model: str, n: int, now: float, deadline: float | None) -> Refusal | None:
         """None to admit a request of ``n`` images (it is counted in flight until
         ``finished``), or why not (``admission.py``)."""
+        # Requests that gave up stay queued until a worker takes them off, unrun; only
+        # admitted requests not yet finished (``pending``) can still be waiting.
+        queued = min(len(self.queue), self.pending)
         refusal = self.admission.admit(
-            model, n, len(self.queue), self.pending, self.pending_images, now, deadline
+            model, n, queued, self.pending, self.pending_images, now, deadline
         )
         if refusal is None:
             self.pending += 1

@@ -351,9 +351,15 @@ def test_the_inline_share_is_of_at_most_two_windows() -> None:
 
 def test_admission_refusal_reasons() -> None:
     p = policy(max_queue_size=2, max_batch_size=4, max_queue_wait_ms=100.0)
+    for _ in range(2):
+        admitted(p, 1, T0)
     queue(p, 1, 1)
     refusal = p.admit("m", 1, T0, None)
     assert refusal is not None and refusal.reason == "queue_full"
+    p.finished(1, T0, T0, ok=False)  # one gave up: it stays queued until a worker drops it
+    assert p.admit("m", 1, T0, None) is None  # but it no longer fills the queue
+    p.finished(1, T0, T0, ok=True)
+    p.finished(1, T0, T0, ok=False)
     p.clear()
     p.admission.batch_done(1, 0.05)  # 50 ms per image, as if measured
     admitted(p, 3, T0)  # nothing ahead (its own compute is no wait)
