@@ -99,16 +99,21 @@ class ClientBase:
                 differs from the target's host.
             token: Bearer token, sent as ``authorization: Bearer <token>`` on every call.
             timeout: Default deadline in seconds of each unary call (``None``: none);
-                streams have no deadline unless a call passes ``timeout``.
-            keepalive: Seconds between keepalive pings on an idle connection
-                (``None``: off); servers refuse pings more often than every 5 minutes
-                unless configured otherwise.
+                streams have no deadline unless a call passes ``timeout`` (then one
+                for the whole stream).
+            keepalive: Seconds without data on a connection with calls in flight
+                (a long stream, a slow request) before a ping checks that the server
+                is still there; no answer in 20 s fails those calls ``UNAVAILABLE``.
+                No pings while no call is in flight (servers with gRPC's defaults
+                refuse those). ``None`` or 0: off. Servers refuse pings more often
+                than every 5 minutes unless configured otherwise.
             max_message_bytes: Largest message this client sends or receives; the
                 client plans with the smaller of it and the server's limits.
-            retries: Extra attempts (0 to 4) of a call that fails ``UNAVAILABLE`` or
-                ``RESOURCE_EXHAUSTED``, with exponential backoff, or after the server's
-                ``grpc-retry-pushback-ms`` when it sends one; also the attempts to
-                resume a stream cut by ``UNAVAILABLE``.
+            retries: Extra attempts (a whole number, 0 to 4) of a call that fails
+                ``UNAVAILABLE`` or ``RESOURCE_EXHAUSTED``, with exponential backoff, or
+                after the server's ``grpc-retry-pushback-ms`` when it sends one. A
+                stream cut after it delivered images is resumed by one call, once a
+                server answers again (waiting up to ``retries`` x 2 s); 0: not resumed.
             retry_max_tokens: Size of the channel's retry token bucket (gRPC's
                 ``retryThrottling``, 1 to 1000): each attempt failing ``UNAVAILABLE``
                 or ``RESOURCE_EXHAUSTED`` takes a token, and no call is retried while
@@ -119,11 +124,11 @@ class ClientBase:
             options: Extra gRPC channel options ``(name, value)``, appended last.
 
         Raises:
-            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse), or ``retries``,
-                ``retry_max_tokens`` or ``retry_token_ratio`` out of range; an unreadable
-                TLS file or an unresolvable target list (``GanClient`` at once,
-                ``AsyncGanClient`` at the first call, when its channel opens on the
-                running event loop).
+            ValueError: ``tls_cert`` without ``tls_key`` (or the reverse); ``retries``,
+                ``keepalive``, ``retry_max_tokens`` or ``retry_token_ratio`` out of range
+                or of the wrong type; an unreadable TLS file or an unresolvable target
+                list (``GanClient`` at once, ``AsyncGanClient`` at the first call, when
+                its channel opens on the running event loop).
         """
         self._config = ChannelConfig(
             target=target,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import numbers
 import os
 import socket
 from collections.abc import Sequence
@@ -87,9 +89,17 @@ class ChannelConfig:
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together (client certificate for mTLS)")
+        # 2.5 or True would pass a range check and become a maxAttempts gRPC core cannot
+        # parse (3.5) or did not mean: every call of the channel would then fail.
+        if isinstance(self.retries, bool) or not isinstance(self.retries, numbers.Integral):
+            raise ValueError(f"retries must be a whole number, got {self.retries!r}")
         if not 0 <= self.retries <= 4:
             # gRPC caps maxAttempts at 5 (1 call + 4 retries) and silently clamps above.
             raise ValueError(f"retries must be in [0, 4], got {self.retries}")
+        _check_backoff("retry_initial_backoff_s", self.retry_initial_backoff_s)
+        _check_backoff("retry_max_backoff_s", self.retry_max_backoff_s)
+        if self.keepalive_s is not None:
+            _check_keepalive(self.keepalive_s)
         if self.retry_max_tokens is not None:
             _check_throttling(self.retry_max_tokens, self.retry_token_ratio)
         if self.max_message_bytes <= 0:
@@ -115,7 +125,7 @@ class ChannelConfig:
                 {
                     "name": [{"service": s} for s in _SERVICES],
                     "retryPolicy": {
-                        "maxAttempts": self.retries + 1,
+                        "maxAttempts": int(self.retries) + 1,
                         "initialBackoff": f"{self.retry_initial_backoff_s:.3f}s",
                         "maxBackoff": f"{self.retry_max_backoff_s:.3f}s",
                         "backoffMultiplier": 2,
@@ -142,7 +152,11 @@ class ChannelConfig:
         ]
         if self.keepalive_s:
             # Servers reject pings more often than every 5 min by default (GOAWAY
-            # too_many_pings); shorter intervals need the server's consent.
+            # too_many_pings); shorter intervals need the server's consent. Without
+            # grpc.keepalive_permit_without_calls gRPC pings only while calls are in
+            # flight: a server with default settings answers pings on a connection
+            # without calls with GOAWAY too_many_pings, and the Node.js client
+            # (test_client_node.py) sends the same options.
             opts += [
                 ("grpc.keepalive_time_ms", int(self.keepalive_s * 1000)),
                 ("grpc.keepalive_timeout_ms", 20_000),
@@ -170,6 +184,24 @@ class ChannelConfig:
         if self.uses_tls:
             return grpc.aio.secure_channel(target, self.credentials(), options=self.options())
         return grpc.aio.insecure_channel(target, options=self.options())
+
+
+def _check_backoff(name: str, seconds: float) -> None:
+    """The service config writes backoffs with 3 decimals ("0.100s"), and gRPC core
+    refuses a backoff of 0: below 1 ms, or not a finite number, no call would work."""
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise ValueError(f"{name} must be a number of seconds, got {seconds!r}")
+    if not (math.isfinite(seconds) and round(seconds, 3) >= 0.001):
+        raise ValueError(f"{name} must be a finite number >= 0.001 (1 ms), got {seconds}")
+
+
+def _check_keepalive(seconds: float) -> None:
+    """0 is off, as ``None`` (and as ``--keepalive 0`` of the Node.js client); gRPC takes
+    whole milliseconds, so a positive value under 1 ms would turn keepalive off."""
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        raise ValueError(f"keepalive must be a number of seconds or None, got {seconds!r}")
+    if not (math.isfinite(seconds) and (seconds == 0 or seconds >= 0.001)):
+        raise ValueError(f"keepalive must be None, 0 (off) or >= 0.001 s, got {seconds}")
 
 
 def _check_throttling(max_tokens: float, token_ratio: float) -> None:

@@ -28,7 +28,7 @@ from ganserve.clients.errors import InvalidRequest, ModelNotFound
 from ganserve.clients.results import ModelInfo
 from ganserve.clients.sync import GanClient
 
-__all__ = ["COMMANDS", "Command", "Interrupted", "positive_float", "positive_int"]
+__all__ = ["COMMANDS", "Command", "Interrupted", "positive_float", "positive_int", "replacing"]
 
 Command = Callable[[GanClient, argparse.Namespace], int]
 
@@ -133,6 +133,9 @@ def _sample(client: GanClient, args: argparse.Namespace) -> int:
                     label=labels[0] if labels and len(labels) == 1 else None,
                     labels=labels if labels and len(labels) > 1 else None,
                     encoding="float32" if fmt == "npy" else "uint8",
+                    # --timeout, when given, bounds the whole stream (gRPC's deadline
+                    # is the call's, not a chunk's); unset, a large count may take long.
+                    timeout=args.timeout,
                 ),
                 cancel=client.close,
             )
@@ -177,7 +180,8 @@ class _GridOutput:
     def finish(self) -> None:
         batch = np.concatenate([b for _, b in sorted(self._chunks, key=lambda c: c[0])])
         self._chunks.clear()
-        images.save_grid(batch, self.path, cols=self.cols, padding=2, scale=self.scale)
+        with replacing(self.path) as tmp:
+            images.save_grid(batch, tmp, cols=self.cols, padding=2, scale=self.scale)
 
 
 class _NpyOutput:
@@ -209,7 +213,7 @@ class _NpyOutput:
         if self._array is None:  # the first chunk tells the layout: (N, H, W) or (N, H, W, C)
             target = Path(self.path)
             # Created by open_memmap like any new file (mode from the umask), unlike mkstemp's 0600.
-            self._tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            self._tmp = _temporary(target)
             self._array = np.lib.format.open_memmap(
                 self._tmp, mode="w+", dtype=batch.dtype, shape=(self.total, *batch.shape[1:])
             )
@@ -228,7 +232,8 @@ def _check_writable(path: str, picture: bool = False) -> None:
     target = Path(path)
     folder = target.resolve().parent
     if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: no directory {folder}")
+        # A bad --out, like a bad suffix: exit 2 (an OSError would be 1, "cannot write").
+        raise ValueError(f"cannot write {path}: no directory {folder}")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"cannot write {path}: {folder} is not writable")
     if picture:
@@ -237,6 +242,25 @@ def _check_writable(path: str, picture: bool = False) -> None:
         fmt = Image.registered_extensions().get(target.suffix.lower())
         if fmt is None or fmt not in Image.SAVE:
             raise ValueError(f"cannot write a picture as {path}: unknown suffix (use .png)")
+
+
+def _temporary(target: Path) -> Path:
+    """A name beside ``target`` (same folder, so the rename is atomic) that keeps its
+    suffix: PIL picks the format from it, and np.save adds none to a ``.npy``."""
+    return target.with_name(f".{target.stem}.{os.getpid()}.part{target.suffix}")
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[Path]:
+    """A temporary file to write ``path``'s content to; it becomes ``path`` only once
+    written. On an error or Ctrl-C while writing it is removed: no truncated picture
+    is left, and a file already at ``path`` is kept."""
+    tmp = _temporary(Path(path))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _bytes(n: int) -> str:
@@ -296,13 +320,17 @@ def _add_interpolate(parser: argparse.ArgumentParser) -> None:
 def _interpolate(client: GanClient, args: argparse.Namespace) -> int:
     seeds = [args.from_seed, *args.via_seed, args.to_seed]
     given = [args.from_label, *args.via_label, args.to_label]
-    if args.via_label and len(args.via_label) != len(args.via_seed):
+    labelled = any(x is not None for x in given)
+    if (labelled or args.via_label) and len(args.via_label) != len(args.via_seed):
+        # One class per keyframe: a middle keyframe has no class to default to that
+        # would not be a guess, so say what to add.
         raise InvalidRequest(
-            f"{len(args.via_label)} --via-label for {len(args.via_seed)} --via-seed"
+            f"{len(args.via_label)} --via-label for {len(args.via_seed)} --via-seed: "
+            "with classes, give one --via-label per --via-seed"
         )
     info = client.get_model(args.model, args.model_version)
     labels = None
-    if any(x is not None for x in given):
+    if labelled:
         labels = [None if x is None else _label_index(info, x) for x in given]
     suffix = Path(args.out).suffix.lower()
     _check_frames(args, suffix, info.image_shape or (1, 28, 28))
@@ -322,16 +350,15 @@ def _interpolate(client: GanClient, args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted before the {args.steps} frames arrived") from None
-    if suffix == ".gif":
-        images.save_gif(
-            result.images, args.out, fps=args.fps, boomerang=args.boomerang, scale=args.scale
-        )
-    elif suffix == ".npy":
-        import numpy as np
-
-        np.save(args.out, result.images)
-    else:
-        images.save_grid(result.images, args.out, rows=1, padding=0, scale=args.scale)
+    with replacing(args.out) as tmp:
+        if suffix == ".gif":
+            images.save_gif(
+                result.images, tmp, fps=args.fps, boomerang=args.boomerang, scale=args.scale
+            )
+        elif suffix == ".npy":
+            np.save(tmp, result.images)
+        else:
+            images.save_grid(result.images, tmp, rows=1, padding=0, scale=args.scale)
     print(f"wrote {len(result.images)} frames to {args.out}")
     return 0
 
@@ -343,6 +370,7 @@ def _check_frames(args: argparse.Namespace, suffix: str, shape: tuple[int, ...])
         return  # steps x one image: bounded by the server's max_images_per_request
     height, width = shape[1] * args.scale, shape[2] * args.scale
     if suffix == ".gif":
+        images.gif_frame_ms(fps=args.fps)  # a too low --fps, before the frames are made
         frames = args.steps + (max(0, args.steps - 2) if args.boomerang else 0)
         what = f"a GIF of {args.steps} steps at --scale {args.scale}"
         hint = "fewer --steps, a lower --scale, or --out FILE.npy"
@@ -416,7 +444,9 @@ def _arithmetic(client: GanClient, args: argparse.Namespace) -> int:
         raise Interrupted("interrupted before the result arrived") from None
     assert result.term_images is not None
     weights = [w for w, _ in args.term]
-    images.equation(result.term_images, weights, result.image, scale=args.scale).save(args.out)
+    picture = images.equation(result.term_images, weights, result.image, scale=args.scale)
+    with replacing(args.out) as tmp:
+        picture.save(tmp)
     print(f"wrote {len(weights)} terms and the result to {args.out}")
     return 0
 
@@ -477,13 +507,13 @@ def _labels(info: ModelInfo, text: str | None) -> list[int] | None:
 def _label_index(info: ModelInfo, text: str) -> int:
     """A class index, given as a number or as a class name (case-insensitive)."""
     text = text.strip()
-    if text.lstrip("-").isdigit():
+    # ASCII digits with one sign: "--3" or "²" would pass isdigit() and fail int().
+    if re.fullmatch(r"[+-]?[0-9]+", text):
         return int(text)
     names = [n.lower() for n in info.class_names]
     if text.lower() not in names:
-        raise InvalidRequest(
-            f"unknown class {text!r} for {info.name}; classes: {', '.join(names) or 'none'}"
-        )
+        what = f"an index or one of {', '.join(names)}" if names else "an index"
+        raise InvalidRequest(f"unknown class {text!r} for {info.name}: a class is {what}")
     return names.index(text.lower())
 
 

@@ -89,8 +89,11 @@ def iterate(
         return False
 
     def produce() -> None:
-        items = make()
+        items: Iterator[T] | None = None
         try:
+            # make() inside the try: an error it raises (a request refused before
+            # sending) must reach the consumer, which otherwise waits for ever.
+            items = make()
             for item in items:
                 if not offer(_Outcome(item)):
                     return

@@ -20,6 +20,7 @@ here before sending, with the server's words.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ganserve.clients.errors import (
+    DeadlineExceeded,
     GanServeError,
     InvalidRequest,
     from_rpc_error,
@@ -211,14 +213,19 @@ def _slice(
 class PartFetch:
     """The ``SampleStream`` calls of one part, resumed where a cut stream stopped.
 
-    A stream that fails UNAVAILABLE (the server restarted, or drained for a rolling
-    update, while it streamed) is called again for the images still missing: the same
-    seeds (the part's, or the one the server reported in the first chunk), latents
-    and labels, so the images are the ones the uncut stream would have given. At most
-    ``retries`` attempts in a row without a new chunk, ``backoff_s`` doubling up to
-    ``max_backoff_s`` between them, or the server's pushback (``grpc-retry-pushback-ms``)
-    when it asks for longer; a negative pushback is not resumed, as in gRPC's own
-    retries. Other errors are not retried here.
+    A stream that fails UNAVAILABLE after it delivered images (the server restarted,
+    or drained for a rolling update, while it streamed) is called again for the images
+    still missing: the same seeds (the part's, or the one the server reported in the
+    first chunk), latents and labels, so the images are the ones the uncut stream
+    would have given. Only a call that delivered at least one chunk is resumed, with
+    one call per cut: after ``backoff_s``, or the server's pushback
+    (``grpc-retry-pushback-ms``) when it asks for longer, the client waits up to
+    ``reconnect_s`` for a server to answer again (a ``ListModels`` held by gRPC's
+    wait_for_ready, so no attempt fails while none is connected) and calls once, with
+    gRPC's own retries. A call that fails before its first chunk has had those retries
+    (under the channel's token bucket); resuming it as well would multiply the
+    attempts, so it ends the stream. A negative pushback is not resumed, as in gRPC's
+    own retries, nor is anything with ``retries`` 0. Other errors are not retried here.
     """
 
     def __init__(
@@ -232,10 +239,17 @@ class PartFetch:
     ) -> None:
         self.part, self.offset, self.info = part, offset, info
         self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.count = _checked_count(part, part.WhichOneof("source"))
         self.done = 0  # images of the part received
         self._start = 0  # images of the part received before the current call
         self._seed: int | None = int(part.seed) if part.HasField("seed") else None
-        self._failures = 0  # failed calls since the last chunk
+
+    @property
+    def reconnect_s(self) -> float:
+        """How long a resume waits for a server to answer again: ``retries`` times
+        the longest backoff, so a restart of a few seconds is ridden out with one
+        resume call rather than one per attempt."""
+        return self.retries * self.max_backoff_s
 
     def request(self) -> pb.SampleRequest:
         """The next call's request: the part, or what is left of it."""
@@ -243,10 +257,9 @@ class PartFetch:
         if self.done == 0:
             return self.part
         source = self.part.WhichOneof("source")
-        count = _checked_count(self.part, source)
         seed = None if source == "latents" else self._seed
         template = _template(self.part)
-        return _slice(self.part, template, seed, self.done, count - self.done, self.info)
+        return _slice(self.part, template, seed, self.done, self.count - self.done, self.info)
 
     def place(self, msg: pb.SampleResponse) -> SampleResult:
         """A chunk of the current call, placed in the whole request."""
@@ -254,26 +267,58 @@ class PartFetch:
         if self._seed is None and chunk.seed is not None:
             self._seed = chunk.seed - self._start  # the part's first seed
         self.done = self._start + msg.offset + msg.images.count
-        self._failures = 0
         return rebase(chunk, self.offset + self._start)
+
+    def check_complete(self) -> None:
+        """After the call ended OK: DATA_LOSS unless every image of the part arrived
+        (``sample`` refuses a short stream the same way; a caller of ``sample_stream``
+        would otherwise take a truncated answer for the whole)."""
+        if self.done != self.count:
+            where = f" of the part at image {self.offset}" if self.offset else ""
+            raise GanServeError(
+                f"stream ended after {self.done} of {self.count} images{where}",
+                grpc.StatusCode.DATA_LOSS,
+            )
 
     def resume_delay(self, exc: grpc.RpcError) -> float:
         """Seconds to wait before resuming after ``exc``; raises its typed error instead
         when the stream is not to be resumed."""
         pushback = server_pushback_s(exc)
+        progressed = self.done > self._start  # this call delivered a chunk before the cut
         give_up = (
             exc.code() != grpc.StatusCode.UNAVAILABLE
-            or self._failures >= self.retries
+            or not self.retries
+            or not progressed
             or (pushback is not None and pushback < 0)
         )
         # (a seed-based stream whose chunks named no seed cannot be resumed exactly)
-        if give_up or (
-            self.done and self.part.WhichOneof("source") != "latents" and self._seed is None
-        ):
+        if give_up or (self.part.WhichOneof("source") != "latents" and self._seed is None):
             raise from_rpc_error(exc) from exc
-        delay = min(self.backoff_s * 2**self._failures, self.max_backoff_s)
-        self._failures += 1
+        delay = min(self.backoff_s, self.max_backoff_s)
         return delay if pushback is None else max(delay, pushback)
+
+
+class Deadline:
+    """One deadline for a whole streamed request (every part, every resume): gRPC's
+    deadline is per call, so each call gets what is left. ``None``: no deadline."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def left(self) -> float | None:
+        """Seconds left; DeadlineExceeded once none are (gRPC may still start a call
+        whose deadline is now, and a chunk may arrive before it notices)."""
+        if self._end is None:
+            return None
+        left = self._end - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded("Deadline Exceeded")  # gRPC's own words for it
+        return left
+
+    def wait(self, delay: float) -> float:
+        """``delay``, cut to what is left: no sleep past the deadline."""
+        left = self.left()
+        return delay if left is None else min(delay, left)
 
 
 def _checked_count(req: pb.SampleRequest, source: str | None) -> int:

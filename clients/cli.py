@@ -33,6 +33,8 @@ from ganserve.clients.sync import GanClient
 
 __all__ = ["register"]
 
+_DEFAULT_TIMEOUT_S = 30.0  # of each call but sample's stream
+
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (InvalidRequest, 2),
     (ModelNotFound, 3),
@@ -41,7 +43,9 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (Overloaded, 4),
     (Unauthenticated, 5),
     (GanServeError, 1),
-    (ValueError, 2),  # client-side checks: grid layout, an output too large to make, TLS files
+    # client-side checks: grid layout, an output too large to make or with no folder,
+    # TLS files
+    (ValueError, 2),
     (OSError, 1),  # cannot write the output file
 )
 
@@ -82,8 +86,11 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     group.add_argument(
         "--timeout",
         type=positive_float,
-        default=default(30.0),
-        help="seconds per call (default 30)",
+        # None when not given: sample's stream then has no deadline (a large count may
+        # rightly take long), while every other call gets the default.
+        default=default(None),
+        help=f"seconds per call (default {_DEFAULT_TIMEOUT_S:g}); for sample, a deadline "
+        "for the whole stream, none unless given",
     )
 
 
@@ -98,7 +105,7 @@ def _client(args: argparse.Namespace) -> GanClient:
         tls_key=args.tls_key,
         tls_server_name=args.tls_server_name,
         token=args.token or os.environ.get("GANSERVE_TOKEN") or None,
-        timeout=args.timeout,
+        timeout=_DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout,
     )
 
 

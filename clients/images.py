@@ -21,6 +21,7 @@ __all__ = [
     "MIN_GIF_FPS",
     "check_picture_size",
     "equation",
+    "gif_frame_ms",
     "grid",
     "grid_size",
     "max_picture_pixels",
@@ -175,18 +176,11 @@ def save_gif(
         raise ValueError("no frames to save")
     if fps is not None and duration is not None:
         raise ValueError("give fps or duration, not both")
+    frames_out = len(batch) + (max(0, len(batch) - 2) if boomerang else 0)
+    frame_ms = gif_frame_ms(fps, duration, frames_out)  # before the frames are drawn
     images = [to_pil(f, scale=scale) for f in batch]
     if boomerang and len(images) > 2:
         images = images + images[-2:0:-1]
-    if duration is not None:
-        frame_ms = max(20, round(1000 * duration / len(images)))
-    else:
-        frame_ms = max(20, round(1000 / (fps or 12.0)))
-    if frame_ms > GIF_MAX_FRAME_MS:
-        raise ValueError(
-            f"a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at least "
-            f"{MIN_GIF_FPS:.4f} (or shorten duration)"
-        )
     # GIF timing has 10 ms resolution; most viewers clamp frames under 20 ms.
     images[0].save(
         path,
@@ -199,6 +193,22 @@ def save_gif(
         disposal=1,
     )
     return images
+
+
+def gif_frame_ms(fps: float | None = None, duration: float | None = None, frames: int = 1) -> int:
+    """Milliseconds per GIF frame for ``fps`` (default 12) or ``duration`` (seconds of
+    ``frames`` frames); ValueError for a pace a GIF cannot store, so a caller can check
+    before it asks for the frames."""
+    if duration is not None:
+        frame_ms = max(20, round(1000 * duration / max(1, frames)))
+    else:
+        frame_ms = max(20, round(1000 / (fps or 12.0)))
+    if frame_ms > GIF_MAX_FRAME_MS:
+        raise ValueError(
+            f"a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at least "
+            f"{MIN_GIF_FPS:.4f} (or shorten duration)"
+        )
+    return frame_ms
 
 
 def equation(

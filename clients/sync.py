@@ -10,6 +10,7 @@ use it as a context manager, or call ``close()``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import (
+    Deadline,
     SampleAccumulator,
     check_request_size,
     plan_sample,
@@ -196,8 +198,10 @@ class GanClient(ClientBase):
             chunk_size: Images per streamed chunk (0: the server's default).
             version: Model version (default: the latest ready one).
             progress: Show a progress bar on stderr while a streamed count arrives.
-            timeout: Deadline in seconds of each call (default: the client's
-                ``timeout`` for a single ``Sample``; none for a stream).
+            timeout: Deadline in seconds: of the ``Sample`` call, or of the whole
+                streamed count, every ``SampleStream`` call and resume included
+                (default: the client's ``timeout`` for a single ``Sample``; none for a
+                stream).
 
         Returns:
             The images, ``(count, H, W)`` (grayscale) or ``(count, H, W, C)``, with
@@ -206,6 +210,8 @@ class GanClient(ClientBase):
         Raises:
             InvalidRequest: A bad argument (checked before sending or by the server).
             ModelNotFound: No such model or version.
+            GanServeError: ``DATA_LOSS`` when a stream ends without error but with
+                images missing.
         """
         check_labels(label, labels)
         req = sample_request(
@@ -250,8 +256,9 @@ class GanClient(ClientBase):
         """The chunks of ``SampleStream`` as they arrive.
 
         A count beyond one stream is fetched as consecutive streams; a stream cut
-        by ``UNAVAILABLE`` is resumed where it stopped. Stop iterating (or
-        ``close()`` the iterator) to cancel the call and the server's work.
+        by ``UNAVAILABLE`` after it delivered images is resumed where it stopped.
+        Stop iterating (or ``close()`` the iterator) to cancel the call and the
+        server's work.
 
         Args:
             model: Model name, e.g. ``"mnist-cdcgan"``.
@@ -269,7 +276,9 @@ class GanClient(ClientBase):
             return_latents: Also return the latent vectors in ``chunk.latents``.
             chunk_size: Images per chunk (0: the server's default).
             version: Model version (default: the latest ready one).
-            timeout: Deadline in seconds of each call (default: none).
+            timeout: Deadline in seconds of the whole stream, every
+                ``SampleStream`` call and resume included, not of each chunk
+                (default: none).
 
         Yields:
             Chunks in order; ``chunk.offset`` is the index of the chunk's first image
@@ -278,6 +287,8 @@ class GanClient(ClientBase):
         Raises:
             InvalidRequest: A bad argument (checked before sending or by the server).
             ModelNotFound: No such model or version.
+            GanServeError: ``DATA_LOSS`` when a stream ends without error but with
+                images missing.
         """
         check_labels(label, labels)
         req = sample_request(
@@ -297,22 +308,35 @@ class GanClient(ClientBase):
 
     def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
         # A generator: the calls start at the first next(), like the async client's.
-        info = self._cached_info(req.model, req.version, timeout)
-        for offset, part in split_sample(req, self.limits(timeout=timeout), info):
+        deadline = Deadline(timeout)
+        info = self._cached_info(req.model, req.version, deadline.left())
+        for offset, part in split_sample(req, self.limits(timeout=deadline.left()), info):
             fetch = self._part_fetch(part, offset, info)
             while True:
                 call = self._stub.SampleStream(
-                    fetch.request(), **self._call_kwargs(timeout, stream=True)
+                    fetch.request(), **self._call_kwargs(deadline.left(), stream=True)
                 )
                 try:
                     for msg in call:
                         yield fetch.place(msg)
+                    fetch.check_complete()  # an OK end with images missing is DATA_LOSS
                     break
                 except grpc.RpcError as exc:
                     delay = fetch.resume_delay(exc)  # or raises the typed error
                 finally:
                     call.cancel()  # no-op after the end; stops the server when the consumer quits
-                time.sleep(delay)  # then resume the cut stream where it stopped
+                time.sleep(deadline.wait(delay))  # then resume the cut stream where it stopped
+                self._wait_connected(deadline.wait(fetch.reconnect_s))
+
+    def _wait_connected(self, seconds: float) -> None:
+        """Until a server answers, ``seconds`` at most. With wait_for_ready the probe is
+        held, not failed, while no server is connected, so a restart is waited out
+        without attempts; the resume is then one call, whatever the outcome. (Not
+        grpc.channel_ready_future: its polling thread raises once the channel closes.)"""
+        with contextlib.suppress(grpc.RpcError):  # the resume call says what is wrong
+            self._stub.ListModels(
+                pb.ListModelsRequest(), wait_for_ready=True, **self._call_kwargs(seconds)
+            )
 
     # ---------------------------------------------------- latent operations
     def interpolate(

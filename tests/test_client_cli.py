@@ -20,18 +20,20 @@ import pytest
 from PIL import Image
 
 from ganserve.cli import main
-from ganserve.clients import GanClient
+from ganserve.clients import GanClient, _commands
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def ganserve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def ganserve(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
     return subprocess.run(
         [sys.executable, "-m", "ganserve", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         cwd=ROOT,
         env={**clean, **(env or {})},
     )
@@ -128,7 +130,18 @@ FPS, BAD = "--fps: must be a finite number > 0", ("0", "-5", "nan")
         (("sample", "--model", "nope"), 3, "'nope' not found"),
         (("sample", "--model", "tiny-uncond", "--label", "1"), 2, "unconditional"),
         (("sample", "--model", "tiny-cond", "--label", "banana"), 2, "unknown class 'banana'"),
-        (("sample", "--model", "tiny-cond", "--out", "/no/such/dir/x.png"), 1, "/no/such/dir"),
+        # was 1, as for a file that cannot be written; a missing folder is a bad --out
+        (("sample", "--model", "tiny-cond", "--out", "/no/such/dir/x.png"), 2, "/no/such/dir"),
+        (("interpolate", "--model", "tiny-cond", *GIF, "--out", "/no/such/dir/m.gif"), 2,
+         "no directory /no/such/dir"),
+        # was: "invalid literal for int() with base 10: '--3'"
+        (("sample", "--model", "tiny-cond", "--label=--3"), 2,
+         "unknown class '--3' for tiny-cond: a class is an index or one of class0, "),
+        (("sample", "--model", "tiny-cond", "--label", "1,²"), 2, "unknown class '²'"),
+        # was: "2 labels for 3 keyframes", which named no option
+        (("interpolate", "--model", "tiny-cond", *GIF, "--via-seed", "5", "--from-label", "0",
+          "--to-label", "1"), 2, "0 --via-label for 1 --via-seed: with classes, give one "
+         "--via-label per --via-seed"),
         (("arithmetic", "--model", "tiny-cond", "--term", "1:colors=3"), 2, "bad term"),
         (("interpolate", "--model", "tiny-cond", "--from-seed", "1"), 2, "--to-seed"),
         # was: a GIF at 12 fps (0) or 50 fps (-5), and "cannot convert float NaN" (nan)
@@ -138,7 +151,7 @@ FPS, BAD = "--fps: must be a finite number > 0", ("0", "-5", "nan")
         # was: the repr of grpc's _InactiveRpcError (the health service sends no message)
         (("health", "--service", "nope"), 3, "unknown service 'nope'"),
     ],
-)
+)  # fmt: skip
 def test_user_errors_exit_codes_without_traceback(server, args, code, message, capsys) -> None:
     # In-process (the same main() the console script runs) to keep the suite fast;
     # an exception escaping main() would fail the test with its traceback.
@@ -149,6 +162,56 @@ def test_user_errors_exit_codes_without_traceback(server, args, code, message, c
     assert returned == code
     stderr = capsys.readouterr().err
     assert message in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "option", "value", "field"),
+    [
+        ("tiny-uncond", "--seed", "-1", "seed"),
+        ("tiny-uncond", "--seed", "18446744073709551616", "seed"),
+        ("tiny-cond", "--label", "2147483648", "label"),
+    ],
+)
+def test_a_request_refused_before_sending_ends_in_one_line(
+    server, tmp_path: Path, model: str, option: str, value: str, field: str
+) -> None:
+    """The refusal was raised in the worker thread that makes the stream: a thread
+    traceback, and the command waited for ever. (A subprocess: a hang fails the test.)"""
+    out = tmp_path / "x.png"
+    args = ("sample", "--model", model, option, value, "--out", str(out))
+    done = ganserve("--target", server.target, *args, timeout=30)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ganserve: error: {field}"), done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_pictures_are_written_whole_or_not_at_all(server, tmp_path: Path, capsys) -> None:
+    """Ctrl-C while the grid was saved left a truncated file, and the message said
+    "not written": outputs go to a temporary file that is renamed once complete."""
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"an older grid")
+    with pytest.raises(KeyboardInterrupt), _commands.replacing(str(out)) as tmp:
+        tmp.write_bytes(b"half a PNG")
+        raise KeyboardInterrupt  # as a Ctrl-C lands while PIL writes
+    assert out.read_bytes() == b"an older grid"
+    assert list(tmp_path.iterdir()) == [out]
+    # every output of every command is written so, and no temporary file stays behind
+    target = ("--target", server.target)
+    morph = ("interpolate", "--model", "tiny-uncond", *GIF, "--steps", "3")
+    outputs = {
+        "grid.png": ("sample", "--model", "tiny-uncond", "--count", "4"),
+        "morph.gif": morph,
+        "strip.png": morph,
+        "frames.npy": morph,
+        "sum.png": ("arithmetic", "--model", "tiny-uncond", "--term", "1:seeds=1"),
+    }
+    for name, args in outputs.items():
+        assert main([*target, *args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(outputs)
+    with Image.open(out) as img:
+        assert img.format == "PNG"
+    assert np.load(tmp_path / "frames.npy").shape == (3, 28, 28)
 
 
 def test_unreachable_server() -> None:
@@ -203,6 +266,30 @@ def test_an_output_too_large_is_refused_before_the_server_is_asked(
     assert len(stderr.strip().splitlines()) == 1
     assert sample_calls(scrape, server) == before  # nothing generated
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def generation_calls(scrape, proc) -> float:
+    """Sample, SampleStream, Interpolate and Arithmetic requests counted so far."""
+    methods = ("Sample", "SampleStream", "Interpolate", "Arithmetic")
+    return sum(
+        value
+        for (name, labels), value in scrape(proc).items()
+        if name == "ganserve_requests_total" and dict(labels).get("method") in methods
+    )
+
+
+def test_a_gif_pace_too_slow_is_refused_before_the_server_is_asked(
+    server, scrape, tmp_path: Path, capsys
+) -> None:
+    """--fps 0.001 was refused by the GIF writer, after the server made the frames."""
+    before = generation_calls(scrape, server)
+    out = tmp_path / "m.gif"
+    args = ("interpolate", "--model", "tiny-uncond", *GIF, "--fps", "0.001", "--out", str(out))
+    assert main(["--target", server.target, *args]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("ganserve: error: a GIF frame lasts at most 655.35 s: raise fps")
+    assert generation_calls(scrape, server) == before
+    assert not list(tmp_path.iterdir())
 
 
 def test_an_array_larger_than_the_free_disk_is_refused(server, tmp_path: Path, capsys) -> None:

@@ -359,12 +359,25 @@ def test_a_cut_stream_is_resumed_after_the_pushback() -> None:
     info = ModelInfo.from_proto(pb.ModelInfo(name=MODEL, latent_dim=8, image_shape=[1, 4, 4]))
     part = pb.SampleRequest(model=MODEL, count=4, seed=1)
     unavailable = grpc.StatusCode.UNAVAILABLE
-    fetch = PartFetch(part, 0, info, 3, 0.1, 2.0)
-    assert fetch.resume_delay(StatusError(unavailable, ())) == 0.1  # the backoff
-    assert fetch.resume_delay(StatusError(unavailable, ((PUSHBACK, "700"),))) == 0.7
-    assert fetch.resume_delay(StatusError(unavailable, ((PUSHBACK, "50"),))) == 0.4  # never less
+    one_image = pb.SampleResponse(
+        images=pb.Images(encoding=pb.ENCODING_UINT8, count=1, shape=[1, 4, 4], data=bytes(16)),
+        seed=1,
+    )
+
+    def cut_after_a_chunk() -> PartFetch:
+        fetch = PartFetch(part, 0, info, 3, 0.1, 2.0)
+        fetch.request()
+        fetch.place(one_image)
+        return fetch
+
+    assert cut_after_a_chunk().resume_delay(StatusError(unavailable, ())) == 0.1  # the backoff
+    pushback = StatusError(unavailable, ((PUSHBACK, "700"),))
+    assert cut_after_a_chunk().resume_delay(pushback) == 0.7
+    shorter = StatusError(unavailable, ((PUSHBACK, "50"),))
+    assert cut_after_a_chunk().resume_delay(shorter) == 0.1  # never less than the backoff
     with pytest.raises(Unavailable) as raised:  # the server says: do not retry
-        PartFetch(part, 0, info, 3, 0.1, 2.0).resume_delay(
-            StatusError(unavailable, ((PUSHBACK, "-1"),))
-        )
+        cut_after_a_chunk().resume_delay(StatusError(unavailable, ((PUSHBACK, "-1"),)))
     assert raised.value.retry_after_s is None
+    # a call that delivered nothing has had gRPC's own retries: not resumed on top
+    with pytest.raises(Unavailable):
+        PartFetch(part, 0, info, 3, 0.1, 2.0).resume_delay(StatusError(unavailable, ()))

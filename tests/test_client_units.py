@@ -4,6 +4,7 @@ request building, the unary/stream plan, decoding, the seed rule, CLI parsing.""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import grpc
@@ -208,6 +209,42 @@ def test_channel_options() -> None:
         ChannelConfig(retries=5)
     with pytest.raises(ValueError, match="cannot read TLS file"):
         ChannelConfig(tls_ca="/no/such/ca.pem").credentials()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # was: maxAttempts 3.5 in the service config, and every call of the client failed
+        ({"retries": 2.5}, "retries must be a whole number"),
+        ({"retries": True}, "retries must be a whole number"),
+        ({"retries": "3"}, "retries must be a whole number"),
+        ({"retry_initial_backoff_s": 0}, "retry_initial_backoff_s must be a finite number"),
+        ({"retry_initial_backoff_s": -0.1}, "retry_initial_backoff_s"),
+        ({"retry_initial_backoff_s": 0.0004}, "retry_initial_backoff_s"),  # "0.000s"
+        ({"retry_initial_backoff_s": math.nan}, "retry_initial_backoff_s"),
+        ({"retry_max_backoff_s": math.inf}, "retry_max_backoff_s"),
+        ({"keepalive_s": -1}, "keepalive must be None, 0"),
+        ({"keepalive_s": 0.0004}, "keepalive"),  # 0 ms: would be off
+        ({"keepalive_s": math.nan}, "keepalive"),
+        ({"keepalive_s": True}, "keepalive must be a number"),
+    ],
+)
+def test_channel_settings_grpc_cannot_take_are_refused_at_once(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ChannelConfig(**kwargs)
+
+
+def test_the_clients_check_retries_and_keepalive_when_made() -> None:
+    with pytest.raises(ValueError, match="retries must be a whole number"):
+        clients.GanClient("127.0.0.1:1", retries=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keepalive"):
+        clients.AsyncGanClient("127.0.0.1:1", keepalive=-300)
+    # what they take: a numpy integer, keepalive 0 or None (off), the smallest backoff
+    policy = ChannelConfig(retries=np.int64(2), retry_initial_backoff_s=0.001).service_config()
+    retry = json.loads(json.dumps(policy))["methodConfig"][0]["retryPolicy"]
+    assert retry["maxAttempts"] == 3 and retry["initialBackoff"] == "0.001s"
+    for off in (0, None):
+        assert "grpc.keepalive_time_ms" not in dict(ChannelConfig(keepalive_s=off).options())
 
 
 # ------------------------------------------------------------------- requests

@@ -103,3 +103,25 @@ def test_a_slow_consumer_holds_the_producer_back() -> None:
     threading.Event().wait(0.3)  # let the producer run as far as the hand-off allows
     assert len(produced) <= 4  # one taken, two waiting, one blocked in the hand-off
     items.close()
+
+
+def test_iterate_raises_the_error_of_make_itself() -> None:
+    """make() refusing the request before any call (``--seed -1``) used to kill the
+    worker thread with a traceback and leave the consumer waiting for ever."""
+
+    def make() -> Iterator[int]:
+        raise ValueError("seed: must be >= 0")
+
+    raised: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            list(_interruptible.iterate(make, cancel=lambda: None))
+        except ValueError as exc:
+            raised.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)  # daemon: a hang fails, not blocks
+    consumer.start()
+    consumer.join(timeout=10)
+    assert not consumer.is_alive(), "the consumer still waits for an item"
+    assert [str(e) for e in raised] == ["seed: must be >= 0"]
