@@ -142,8 +142,8 @@ class ByteBudget:
         after they are cancelled; -13 MB after ``malloc_trim(0)``). The trim waits
         ``_TRIM_DELAY_S``: the release comes from the handler's ``finally``, while the
         last response message is still referenced by its frame and gRPC core still
-        holds the call's send buffers, both freed only after the call ends; a trim at
-        once ran before them and left tens of MB in the heap in some runs. A trim
+        holds the call's send buffers, both freed only after the call ends: a trim at
+        once can run before them and leave them in the heap. A trim
         within ``_TRIM_EVERY_S`` of the last one is moved later, never dropped (the
         last emptying of a burst is the one that matters). The trim itself runs in a
         thread (it walks the heaps)."""
