@@ -223,12 +223,15 @@ class ServerBudgets:
         max_inflight_rpcs: int,
         max_streams: int,
         adaptive: bool = True,
+        stream_stall_s: float = 0.0,
     ) -> None:
         if max_inflight_rpcs < 1 or max_streams < 1:
             raise ValueError("max_inflight_rpcs and max_streams must be >= 1")
         self.buffered = ByteBudget(max_buffered_bytes)
         self.max_inflight_rpcs = max_inflight_rpcs
         self.max_streams = max_streams
+        # A stream's chunk not taken by its reader within this is ended (0: never).
+        self.stream_stall_s = stream_stall_s
         self.gradient = (
             GradientLimit(min(MIN_INFLIGHT_LIMIT, max_inflight_rpcs), max_inflight_rpcs)
             if adaptive

@@ -113,6 +113,9 @@ class ServerConfig:
     max_buffered_bytes: int = 0
     max_inflight_rpcs: int = 4096
     max_streams: int = 256
+    # A stream whose reader takes nothing for this long is ended (0: never): an unread
+    # stream holds its place, a call in flight and a chunk of the budget.
+    stream_stall_timeout_s: float = 120.0
     grace_period_s: float = 10.0  # in-flight RPCs get this long after SIGTERM
     # After SIGTERM, keep serving this long with health NOT_SERVING, so that load
     # balancers and Kubernetes endpoints stop routing here before new RPCs are refused.
@@ -207,6 +210,7 @@ class ServerConfig:
         )
         _check(self.max_inflight_rpcs >= 1, "--max-inflight-rpcs must be >= 1")
         _check(self.max_streams >= 1, "--max-streams must be >= 1")
+        _check(self.stream_stall_timeout_s >= 0, "--stream-stall-timeout-s must be >= 0 (0: never)")
         _check(self.workers >= 1, "--workers must be >= 1")
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
@@ -479,6 +483,12 @@ _OPTIONS: tuple[_Option, ...] = (
         "ganserve.v1 calls handled at once; more are refused (default 4096)",
     ),
     _Option("max_streams", int, "SampleStreams open at once; more are refused (default 256)"),
+    _Option(
+        "stream_stall_timeout_s",
+        float,
+        "a SampleStream whose client reads nothing for this long ends RESOURCE_EXHAUSTED, "
+        "freeing its place and buffer (default 120; 0: never)",
+    ),
     _Option(
         "workers",
         int,

@@ -231,6 +231,7 @@ class _Server:
             cfg.max_inflight_rpcs,
             cfg.max_streams,
             adaptive=cfg.batching.adaptive_limit,
+            stream_stall_s=cfg.stream_stall_timeout_s,
         )
         buffered = budgets.buffered
         metrics.buffered_bytes.set_function(lambda: buffered.used)  # read at scrape time

@@ -149,7 +149,8 @@ class Metrics:
         self.rejected_total = Counter(
             "ganserve_rejected_total",
             "Requests refused with RESOURCE_EXHAUSTED before any work, by model and reason "
-            "(queue_full, concurrency, deadline, queue_wait, in_flight, buffered_bytes).",
+            "(queue_full, concurrency, deadline, queue_wait, in_flight, streams, "
+            "buffered_bytes), and streams ended for an idle reader (stream_stalled).",
             ("model", "reason"),
             registry=r,
         )

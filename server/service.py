@@ -112,12 +112,18 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                         raise request.invalid()
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
+                    stall = self._budgets.stream_stall_s
                     async with contextlib.aclosing(fn(self, request, context, call)) as responses:
                         async for response in responses:
                             try:
-                                await context.write(response)
+                                if stall:
+                                    await asyncio.wait_for(context.write(response), stall)
+                                else:
+                                    await context.write(response)
                             except SendFailed:
                                 raise asyncio.CancelledError("the client left mid-send") from None
+                            except TimeoutError:
+                                raise self._refuse_stalled(call, stall) from None
                             # gRPC has its own copy now: hold nothing while the next
                             # chunk is computed (the budget counts one chunk a stream)
                             response = None
@@ -304,6 +310,17 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         except SendFailed:  # the client left as the status went out: no ERROR traceback
             raise asyncio.CancelledError("the client left before the status was sent") from None
         raise AssertionError("unreachable: abort raises")
+
+    def _refuse_stalled(self, call: Call, stall: float) -> ResourceExhausted:
+        """A stream whose reader took nothing for ``stall`` seconds: ended, so that it
+        gives back its place among the streams, its call in flight and its chunk."""
+        self._engine.refused("stream_stalled", call.model or "")
+        return ResourceExhausted(
+            f"the client read nothing of this stream for {stall:g} s "
+            "(--stream-stall-timeout-s): it was ended to free its place; read the chunks "
+            "as they come, or ask for smaller ones",
+            "stream_stalled",
+        )
 
     def _refuse_inflight(self) -> ResourceExhausted:
         self._engine.refused("in_flight", "")

@@ -149,6 +149,33 @@ def test_streams_and_calls_in_flight_beyond_their_limits_are_refused(
     assert _sample(server.target, 4) == "OK"
 
 
+def test_a_stream_whose_reader_takes_nothing_is_ended_and_frees_its_place(
+    start_server, tiny_model_repo, stalled_streams, scrape, wait_until
+) -> None:
+    """An unread stream would hold its place among --max-streams, a call in flight and a
+    chunk of the budget for as long as its client stays connected: after
+    --stream-stall-timeout-s without a chunk taken it ends RESOURCE_EXHAUSTED (what the
+    client sees once it reads) and is counted; the place is free again."""
+    server = start_server(tiny_model_repo, "--max-streams", "1", "--stream-stall-timeout-s", "1")
+    stalled = stalled_streams(server.target, 1, 1024)[0]
+    streaming = ("ganserve_inflight_requests", (("method", "SampleStream"),))
+    wait_until(lambda: scrape(server).get(streaming) == 1, "an open stream", timeout=20)
+    wait_until(lambda: scrape(server).get(streaming) == 0, "the stalled stream ended", timeout=20)
+    stalled_key = (
+        "ganserve_rejected_total",
+        (("model", "tiny-uncond"), ("reason", "stream_stalled")),
+    )
+    assert scrape(server)[stalled_key] == 1
+    assert scrape(server)[("ganserve_buffered_bytes", ())] == 0
+    with pytest.raises(grpc.RpcError) as info:
+        for _ in stalled:  # the chunks sent before it stalled, then its status
+            pass
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--stream-stall-timeout-s" in info.value.details()
+    reader = stalled_streams(server.target, 1, 256)[0]  # its place is free again
+    assert next(reader).images.count == 256
+
+
 def test_response_bytes_held_by_unread_streams_bound_other_calls(
     start_server, tiny_model_repo, stalled_streams, scrape, wait_until
 ) -> None:
