@@ -38,6 +38,7 @@ from ganserve.contract.limits import Limits
 
 from . import tracing
 from .engine import Engine
+from .http.budgets import HttpBudgets
 from .http.errors import HTTP_STATUS, error_response
 from .http.openapi import openapi_document
 from .http.rest import RestApi
@@ -59,6 +60,14 @@ log = logging.getLogger(__name__)
 PROTECTED_PREFIXES = ("/v1", "/v2")
 OPEN_PREFIXES = ("/v2/health/",)
 OTHER_ROUTE = "http_other"  # the method label of a refused request that matches no route
+# The routes that generate images: held to the server's budgets (``http/budgets.py``).
+INFERENCE_ROUTES = (
+    "http_sample",
+    "http_interpolate",
+    "http_arithmetic",
+    "http_v2_infer",
+    "http_v2_version_infer",
+)
 
 
 class HttpState:
@@ -123,7 +132,16 @@ class _Gate:
         await self.app(scope, receive, send)
 
     def _route_name(self, scope: Scope) -> str:
-        """The name of the route ``scope`` would reach: a fixed set, a safe label."""
+        return _RouteNames(self.routes)(scope)
+
+
+class _RouteNames:
+    """The name of the route a request would reach: a fixed set, a safe label."""
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        self.routes = routes
+
+    def __call__(self, scope: Scope) -> str:
         for route in self.routes:
             if isinstance(route, Mount) and route.path == "":
                 continue  # the static files at "/" match every path
@@ -209,12 +227,23 @@ def create_app(
         routes.append(_StaticMount(tuple(routes), app=files, name="static"))
     else:
         routes.append(Route("/", _placeholder, methods=["GET"], name="http_page"))
+    gate = Middleware(_Gate, state=state, metrics=metrics, auth_token=auth_token, routes=routes)
+    middleware = [Middleware(tracing.AsgiTracing), gate]  # tracing outermost: refusals too
+    budgets = None if engine is None else engine.budgets
+    if budgets is not None:  # after the gate: unauthenticated requests hold nothing
+        names = _RouteNames(routes)
+        middleware.append(
+            Middleware(
+                HttpBudgets,
+                budgets=budgets,
+                metrics=metrics,
+                routes=INFERENCE_ROUTES,
+                route_name=names,
+            )
+        )
     app = Starlette(
         routes=routes,
-        middleware=[
-            Middleware(tracing.AsgiTracing),  # outermost: the gate's refusals are traced too
-            Middleware(_Gate, state=state, metrics=metrics, auth_token=auth_token, routes=routes),
-        ],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error},
     )
     app.state.ganserve = state

@@ -148,7 +148,8 @@ class OipCore:
         self._ready = ready if ready is not None else (lambda: repository.ready)
         self._calls = CallCounter(metrics)
         # The server's one engine; KServe answers tensors of its own, so it generates
-        # through it (batcher, non-finite check) without the response-bytes budget.
+        # through it (batcher, non-finite check); on HTTP the reply's bytes are held in
+        # the response budget by the edge's middleware (``http/budgets.py``).
         self._engine = engine or Engine(repository, limits, metrics)
 
     # ------------------------------------------------------------- bookkeeping

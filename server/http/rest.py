@@ -153,8 +153,8 @@ class RestApi:
         self._metrics = metrics
         self._limits = limits
         self._calls = CallCounter(metrics, METHODS)
-        # The server's one engine; pictures are not the response messages its byte
-        # budget bounds, so the API generates through it without that budget.
+        # The server's one engine; the pictures' bytes are held in the response budget
+        # by the HTTP edge's middleware (``http/budgets.py``), which sees their size.
         self._engine = engine or Engine(repository, limits, metrics)
 
     def routes(self) -> list[Route]:

@@ -1,0 +1,175 @@
+"""The server-wide budgets on the HTTP edges (``/v1`` pictures, KServe ``infer``).
+
+The gRPC edge holds every call to ``budget.ServerBudgets``: calls in flight, response
+bytes held, and a time limit on a reader that takes nothing. Without the same on HTTP,
+clients there could hold any number of requests and replies (a 12.8 MB ``.npy`` each,
+for a reader that never reads) while gRPC clients were refused. This ASGI middleware,
+in front of the inference routes only, holds them to the same limits:
+
+- **requests in flight**: at most the server's in-flight limit (the adaptive one, at
+  most ``--max-inflight-rpcs``) at once on HTTP; more get 429 with ``Retry-After``;
+- **response bytes**: each body message reserves its bytes in the server's response
+  budget (``--max-buffered-bytes``, shared with gRPC) until the server has handed it
+  to the connection; a reply that does not fit is replaced by a 429 (its headers are
+  held back until its body is known, so the status can still change);
+- **a reader that takes nothing** for ``--stream-stall-timeout-s``: the connection is
+  closed and its bytes given back.
+
+Refusals are counted in ``ganserve_requests_total`` (``RESOURCE_EXHAUSTED``, under the
+route's name) and ``ganserve_rejected_total{reason}``. Pure ASGI: bodies pass through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..budget import ServerBudgets
+from ..metrics import Metrics
+from .errors import error_response
+
+__all__ = ["HttpBudgets"]
+
+log = logging.getLogger(__name__)
+
+
+# Body pieces a reply is sent in: uvicorn waits for the client between them once its
+# socket buffer is past its high-water mark (64 KiB), so this much more stays queued.
+_PIECE = 256 * 1024
+
+
+class StalledReader(Exception):
+    """The client took no part of a reply for ``seconds``: give up on the connection."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the client took nothing of a reply for {seconds:g} s")
+        self.seconds = seconds
+
+
+class HttpBudgets:
+    """Budgets for the routes named in ``routes`` (``route_name(scope)`` tells)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        budgets: ServerBudgets,
+        metrics: Metrics,
+        routes: Collection[str],
+        route_name: Callable[[Scope], str],
+    ) -> None:
+        self.app = app
+        self.budgets = budgets
+        self.metrics = metrics
+        self.routes = frozenset(routes)
+        self.route_name = route_name
+        self.inflight = 0  # inference requests being handled on HTTP
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self.route_name(scope)
+        if route not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        budgets = self.budgets
+        if self.inflight >= budgets.inflight_limit:
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                route,
+                "in_flight",
+                f"the server is overloaded: it is handling {self.inflight} HTTP inference "
+                f"requests, its limit (at most --max-inflight-rpcs {budgets.max_inflight_rpcs}); "
+                "retry later",
+            )
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, self._held(scope, receive, send, route))
+        except StalledReader as exc:
+            # Returning without completing the reply makes uvicorn close the connection
+            # (one log line), which frees what it still buffered for this client.
+            log.info("%s: %s (--stream-stall-timeout-s): closing it", route, exc)
+            self.metrics.rejected_total.labels("", "stream_stalled").inc()
+        finally:
+            self.inflight -= 1
+
+    def _held(self, scope: Scope, receive: Receive, send: Send, route: str) -> Send:
+        """``send`` with each body's bytes held in the response budget until the
+        connection has taken them, the headers held back until the first body is known
+        to fit. A body goes in pieces: uvicorn writes a message to the socket's buffer
+        whole and waits for the client only before the next, so one message would leave
+        the whole reply in memory, out of the budget, for a client that never reads."""
+        buffered = self.budgets.buffered
+        stall = self.budgets.stream_stall_s
+        start: Message | None = None
+        refused = False
+
+        async def forward(message: Message) -> None:
+            if not stall:
+                await send(message)
+                return
+            try:
+                await asyncio.wait_for(send(message), stall)
+            except TimeoutError:
+                raise StalledReader(stall) from None
+
+        async def held(message: Message) -> None:
+            nonlocal start, refused
+            if refused:  # the reply was replaced by a refusal: drop the rest of it
+                return
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] != "http.response.body":
+                await forward(message)
+                return
+            body = message.get("body", b"")
+            size = len(body)
+            if not buffered.try_acquire(size):
+                if start is not None:  # nothing sent yet: the status can still change
+                    refused = True
+                    await self._refuse(
+                        scope,
+                        receive,
+                        send,
+                        route,
+                        "buffered_bytes",
+                        f"the server is holding {buffered.used} of its {buffered.capacity} "
+                        f"bytes of responses (--max-buffered-bytes): this reply ({size} "
+                        "bytes) does not fit now; retry later",
+                    )
+                    return
+                await buffered.acquire(size, stall or None)  # a later part: wait for room
+            try:
+                if start is not None:
+                    first, start = start, None
+                    await forward(first)
+                more = message.get("more_body", False)
+                at = 0
+                while True:
+                    piece, at = body[at : at + _PIECE], at + _PIECE
+                    last = at >= size
+                    await forward(
+                        {"type": "http.response.body", "body": piece, "more_body": more or not last}
+                    )
+                    if last:
+                        break
+            finally:
+                buffered.release(size)
+
+        return held
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, route: str, reason: str, message: str
+    ) -> None:
+        self.metrics.rejected_total.labels("", reason).inc()
+        self.metrics.requests_total.labels(model="", method=route, code="RESOURCE_EXHAUSTED").inc()
+        response: Any = error_response("RESOURCE_EXHAUSTED", message, retry_after_s=1.0)
+        await response(scope, receive, send)

@@ -1,0 +1,101 @@
+"""The server-wide budgets on the HTTP edges (``server/http/budgets.py``), against a
+real server: requests in flight, response bytes held for a client that reads nothing,
+and the stall timeout that closes such a connection."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+MIB = 1024 * 1024
+# 4,096 float32 28x28 images as .npy: 12.8 MB, more than the kernel's socket buffers
+# take on loopback once the client's receive buffer is small
+BIG = "/v1/models/tiny-uncond/sample?count=4096&format=npy&seed=1"
+SMALL = "/v1/models/tiny-uncond/sample?count=4&format=npy&seed=1"
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return response.status, headers, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+@pytest.fixture
+def unread() -> Iterator[list[socket.socket]]:
+    """Sockets that sent a request and read nothing; closed at the end."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def ask_and_read_nothing(port: int, path: str, opened: list[socket.socket]) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: it sticks
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    opened.append(sock)
+
+
+def _rejected(metrics: dict, reason: str) -> float:
+    return metrics.get(("ganserve_rejected_total", (("model", ""), ("reason", reason))), 0.0)
+
+
+def test_http_requests_in_flight_are_bounded_and_a_stalled_reader_is_cut_off(
+    start_server, tiny_model_repo, scrape, wait_until, unread
+) -> None:
+    """A client that reads nothing keeps its request in flight (its reply goes out in
+    pieces, each once the connection has taken the last): beyond the in-flight limit
+    the next request gets 429 with Retry-After, counted; after --stream-stall-timeout-s
+    the stalled connection is closed, its bytes given back, and requests pass again."""
+    server = start_server(
+        tiny_model_repo, "--max-inflight-rpcs", "1", "--stream-stall-timeout-s", "2"
+    )
+    held = ("ganserve_buffered_bytes", ())
+    ask_and_read_nothing(server.http_port, BIG, unread)
+    wait_until(lambda: scrape(server).get(held, 0) >= 12 * MIB, "the reply held", timeout=20)
+    status, headers, body = get(server.http_port, SMALL)
+    assert status == 429 and headers.get("retry-after") == "1", body
+    assert b"RESOURCE_EXHAUSTED" in body and b"--max-inflight-rpcs" in body
+    metrics = scrape(server)
+    assert _rejected(metrics, "in_flight") == 1
+    labels = (("code", "RESOURCE_EXHAUSTED"), ("method", "http_sample"), ("model", ""))
+    refused = ("ganserve_requests_total", labels)
+    assert metrics[refused] == 1
+    wait_until(lambda: _rejected(scrape(server), "stream_stalled") == 1, "the cut", timeout=20)
+    assert scrape(server)[held] == 0
+    status, _, body = get(server.http_port, SMALL)
+    assert status == 200 and body.startswith(b"\x93NUMPY")
+
+
+def test_http_replies_count_in_the_response_budget(
+    start_server, tiny_model_repo, scrape, wait_until, unread
+) -> None:
+    """A reply a client does not read stays in the server's response budget (shared
+    with gRPC): a second large one does not fit and gets 429 instead of its body; a
+    small one still fits; gRPC and HTTP see the same budget."""
+    server = start_server(
+        tiny_model_repo, "--max-buffered-bytes", str(16 * MIB), "--max-message-bytes", str(16 * MIB)
+    )
+    held = ("ganserve_buffered_bytes", ())
+    ask_and_read_nothing(server.http_port, BIG, unread)
+    wait_until(lambda: scrape(server).get(held, 0) >= 12 * MIB, "the reply held", timeout=20)
+    status, headers, body = get(server.http_port, BIG)
+    assert status == 429 and headers.get("retry-after") == "1", body[:200]
+    assert b"--max-buffered-bytes" in body
+    assert _rejected(scrape(server), "buffered_bytes") == 1
+    status, _, body = get(server.http_port, SMALL)
+    assert status == 200 and body.startswith(b"\x93NUMPY")
+    unread.pop().close()  # the client leaves: its bytes come back
+    wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
+    status, _, body = get(server.http_port, BIG)
+    assert status == 200 and len(body) > 12 * MIB
