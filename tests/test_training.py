@@ -12,6 +12,7 @@ import math
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.losses import get_loss, gradient_penalty
 from ganserve.training.nets import build_discriminator, build_generator, minibatch_std
 from ganserve.training.recipes import RECIPES
-from ganserve.training.train import load_checkpoint, train
+from ganserve.training.train import _check_lr_continues, load_checkpoint, train
 
 torch.set_num_threads(1)
 
@@ -256,6 +257,22 @@ def test_discriminator_blocks_deepen_the_conv_discriminator(tmp_path: Path) -> N
     ckpt = load_checkpoint(train(tiny(tmp_path, arch="dcgan", d_blocks=1), quiet=True))
     assert ckpt["config"]["d_blocks"] == 1
     assert ckpt["discriminator"]["body.5.weight"].shape == (16, 16, 3, 3)
+
+
+def test_a_resume_that_would_jump_the_learning_rate_is_refused(tmp_path: Path) -> None:
+    """Extending an annealed run would lift its lr from ~0; annealing from before the
+    epochs done would drop it at once: both are refused with what to do instead, and
+    annealing a constant-lr run from where it stands is allowed."""
+    annealed = TrainConfig(epochs=120, lr_decay_start=60)
+    with pytest.raises(ValueError, match=r"after epoch 120 from .* --lr-decay-start >= 120"):
+        _check_lr_continues(annealed, replace(annealed, epochs=160), 120 * 156, 156, 120)
+    constant = TrainConfig(epochs=150)
+    extended = replace(constant, epochs=200, lr_decay_start=150)
+    _check_lr_continues(constant, extended, 150 * 156, 156, 150)  # anneals from here: fine
+    # the same through train(): a dry run (2 epochs at most) annealed from epoch 1 of 2
+    train(tiny(tmp_path, epochs=2), quiet=True)
+    with pytest.raises(ValueError, match="would move the learning rate"):
+        train(tiny(tmp_path, epochs=2, lr_decay_start=1), resume=True, quiet=True)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

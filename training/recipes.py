@@ -7,9 +7,10 @@ The shared MNIST ``train`` split is a 10,000-image subset (156 batches of 64 per
 epoch); Fashion-MNIST's has 60,000 images (938 batches), so ``fashion-cdcgan``'s 30
 epochs are about 1.8x as many steps as ``mnist-cdcgan``'s 100 (clothes vary more
 than digits), with the same deeper discriminator and the learning rate annealed
-over the second half. On a GPU, or with more time, more epochs improve all of them:
-the runs resume exactly (``ganserve build-model NAME --epochs N`` continues
-``runs/NAME``).
+over the second half. On a GPU, or with more time, more epochs improve them: the
+constant-lr runs resume exactly (``ganserve build-model NAME --epochs N`` continues
+``runs/NAME``); an annealed run cannot be extended (its lr would climb back from ~0;
+``train`` refuses it), so retrain it with more epochs.
 """
 
 from __future__ import annotations

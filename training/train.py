@@ -212,13 +212,32 @@ class _Run:
 
 def learning_rate(cfg: TrainConfig, batch_no: int, steps: int) -> float:
     """The lr of (1-based) batch ``batch_no`` of a run with ``steps`` batches per epoch:
-    ``cfg.lr`` until epoch ``cfg.lr_decay_start``, then falling linearly to 0 at the end
-    of epoch ``cfg.epochs`` (the last batch gets ``cfg.lr / decay_batches``)."""
+    ``cfg.lr`` until epoch ``cfg.lr_decay_start``, then falling linearly towards 0 at the
+    end of epoch ``cfg.epochs`` (the last batch gets ``cfg.lr / decay_batches``)."""
     start = (cfg.lr_decay_start or 0) * steps
     if not start or batch_no <= start:
         return cfg.lr
     total = max(cfg.epochs * steps - start, 1)
     return cfg.lr * max(0.0, 1.0 - (batch_no - start - 1) / total)
+
+
+def _check_lr_continues(
+    followed: TrainConfig, cfg: TrainConfig, batch_no: int, steps: int, epochs_done: int
+) -> None:
+    """A resume continues the learning-rate schedule the run followed, or is refused.
+    The schedule depends on ``--epochs`` once annealing has begun: extending an annealed
+    run would raise the lr from ~0 back up, and an earlier ``--lr-decay-start`` would drop
+    it at once; neither is the run "trained with those settings from the start"."""
+    before = learning_rate(followed, batch_no, steps)
+    after = learning_rate(cfg, batch_no, steps)
+    if abs(after - before) > 1e-3 * cfg.lr:
+        raise ValueError(
+            f"resuming with --epochs {cfg.epochs} --lr-decay-start {cfg.lr_decay_start} "
+            f"would move the learning rate after epoch {epochs_done} from {before:.3g} to "
+            f"{after:.3g}: the schedule the run followed changes; anneal from here with "
+            f"--lr-decay-start >= {epochs_done} on a run that has not started annealing, "
+            "or train a new run"
+        )
 
 
 def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor | None:
@@ -231,8 +250,10 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train (or continue) the run in ``cfg.out``; returns the checkpoint path."""
     ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
     ckpt = load_checkpoint(ckpt_path) if resume else None
+    followed: TrainConfig | None = None  # the schedule the checkpoint was trained on
     if ckpt is not None:  # the run's own settings win; only these may change on resume
         saved = TrainConfig.from_dict(ckpt["config"])
+        followed = TrainConfig.from_dict(ckpt["config"])
         for name in ("epochs", "out", "data_dir", "sample_every", "device", "threads"):
             setattr(saved, name, getattr(cfg, name))
         if cfg.lr_decay_start is not None:  # e.g. anneal a finished run: --epochs N+k
@@ -255,6 +276,8 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
     batch_no = run.epoch * steps
+    if followed is not None and batch_no:
+        _check_lr_continues(followed, cfg, batch_no, steps, run.epoch)
     while run.epoch < cfg.epochs:
         started = time.perf_counter()
         run.G.train()
