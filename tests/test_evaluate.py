@@ -155,8 +155,22 @@ def test_targets_by_model_and_table_verdicts() -> None:
     cond = {**generated, "cond_accuracy": 0.97}
     cdcgan = EvalReport(_info("mnist-cdcgan", "cdcgan"), cond, real, n=10_000)
     assert cdcgan.targets_met()["cond_accuracy"] is False
-    fashion = EvalReport(_info("fashion-cdcgan", "cdcgan", "fashion-mnist"), cond, real, n=1)
-    assert fashion.targets_met() == {}
+    # Fashion-MNIST conv models: FID <= 10 x floor, precision >= 0.8, recall >= 0.7,
+    # conditional accuracy within 0.02 of the evaluator's own (its floor)
+    real_f = {**real, "cond_accuracy": 0.909}
+    clothes = {"fid": 0.9, "precision": 0.85, "recall": 0.75, "min_class_share": 0.09,
+               "cond_accuracy": 0.895}  # fmt: skip
+    fashion = EvalReport(_info("fashion-cdcgan", "cdcgan", "fashion-mnist"), clothes, real_f, n=1)
+    assert fashion.targets_met() == {
+        "min_class_share": True,
+        "precision": True,
+        "recall": True,
+        "fid": True,  # 0.9 <= 10 x 0.1
+        "cond_accuracy": True,  # 0.895 >= 0.909 - 0.02
+    }
+    worse = EvalReport(fashion.info, {**clothes, "fid": 1.1, "cond_accuracy": 0.88}, real_f, n=1)
+    assert worse.targets_met()["fid"] is False and worse.targets_met()["cond_accuracy"] is False
+    assert "≥ evaluator's − 0.02 = 0.889: NOT met" in worse.table()
     assert EvalReport.from_quality(dcgan.info, dcgan.quality()).table() == table
 
 
