@@ -78,7 +78,9 @@ def _evaluate(
         from ganserve.training.data import default_data_dir
 
         data_dir = str(default_data_dir(dataset))
-    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0, repeats=repeats)
+    # conditional models get their classification accuracy score too (minutes): a card
+    # without it would drop the figure a later evaluation without --cas left out
+    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0, repeats=repeats, cas=True)
     write_quality(onnx_path, report)
     card = write_model_card(model_root, onnx_path, report)
     print(f"{model_root.name}:\n{report.table()}", flush=True)
