@@ -29,12 +29,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .encode import encode_images
-from .errors import InvalidArgument
+from .errors import Cancelled, InvalidArgument
 from .generation import OFFLOAD_IMAGES
 from .http.errors import error_response
 from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
@@ -79,6 +79,12 @@ def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Aw
     return handle
 
 
+def _length(text: str) -> bool:
+    """Whether a length header is a whole number: ASCII digits only, since ``isdigit``
+    also takes digits that ``int`` refuses ("²") or reads as another script's ("٣")."""
+    return text.isascii() and text.isdigit()
+
+
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused beyond ``limit`` bytes (the gRPC receive limit)."""
 
@@ -88,14 +94,19 @@ async def _body(request: Request, limit: int) -> bytes:
         )
 
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _length(declared) and int(declared) > limit:
         raise too_large(declared)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(f"more than {limit}")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"more than {limit}")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client left mid-upload: its cancel, as a gRPC client's (CANCELLED, no
+        # traceback), not a server fault that would count towards the INTERNAL ratio.
+        raise Cancelled("request: the client disconnected while sending the body") from None
     return b"".join(chunks)
 
 
@@ -121,7 +132,7 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
     json_part: bytes | memoryview = body
     binary = memoryview(b"")
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not _length(header_length) or int(header_length) > len(body):
             raise InvalidArgument(
                 f"{HEADER_LENGTH}: {header_length[:20]!r} is not a length within the body "
                 f"({len(body)} bytes)"
@@ -167,7 +178,8 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
         where = f"outputs[{i}]"
         _field(where, item, dict, "an object")
         out_name = _field(f"{where}.name", item.get("name"), str, "a string")
-        outputs.append(RequestedOutput(out_name, _parameters(where, item.get("parameters"))))
+        params = _parameters(f"{where}.parameters", item.get("parameters"))
+        outputs.append(RequestedOutput(out_name, params))
     return InferRequest(
         model_name=name,
         model_version=version,

@@ -49,6 +49,7 @@ __all__ = [
     "FP32",
     "INPUT_Y",
     "INPUT_Z",
+    "MAX_TIMEOUT_US",
     "OUTPUT",
     "PLATFORM",
     "Y_SUM_TOLERANCE",
@@ -74,6 +75,10 @@ FP32 = "FP32"
 # |row sum - 1| accepted for a class vector: float32 blends a client computed itself.
 Y_SUM_TOLERANCE = 1e-3
 _LE_FLOAT32 = np.dtype("<f4")
+# The largest ``timeout`` (microseconds): gRPC's InferParameter carries it as an int64;
+# JSON's integers have no bound, and one beyond a float's range would fail the deadline's
+# arithmetic (a 500) instead of being refused.
+MAX_TIMEOUT_US = 2**63 - 1
 # Triton's request parameters that change nothing here (scheduling hints).
 _IGNORED_PARAMETERS = ("priority",)
 
@@ -406,9 +411,14 @@ def _deadline(parameters: dict[str, Any], deadline: float | None) -> float | Non
     timeout = parameters.get("timeout")
     if timeout is None:
         return deadline
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int)
+        or not 0 <= timeout <= MAX_TIMEOUT_US
+    ):
         raise InvalidArgument(
-            f"parameters.timeout: microseconds as an integer >= 0, got {_shown(str(timeout))}"
+            f"parameters.timeout: microseconds as an integer in [0, {MAX_TIMEOUT_US}] (int64), "
+            f"got {_shown(str(timeout))}"
         )
     if timeout == 0:  # Triton's "no timeout"
         return deadline

@@ -221,7 +221,8 @@ def test_interpolate_gif_strip_and_npy_are_the_grpc_frames(server, grpc_stub) ->
     )
     array = np.load(io.BytesIO(get(server.http_port, base + "&format=npy").body))
     assert array.shape == (steps, 1, 28, 28)
-    boomerang = get(server.http_port, base + "&boomerang=true&scale=2").image()
+    larger = base.replace("scale=1", "scale=2")  # not "&scale=2" again: a repeat is refused
+    boomerang = get(server.http_port, larger + "&boomerang=true").image()
     assert (boomerang.n_frames, boomerang.size) == (2 * steps - 2, (56, 56))
 
 
@@ -390,6 +391,17 @@ def test_errors_have_the_grpc_status_and_message(server, grpc_stub, path, method
         (f"/v1/models/{UNCOND}/arithmetic?terms=x", 400, "terms: bad term 'x'"),
         (f"/v1/models/{UNCOND}/arithmetic", 400, "terms: required"),
         ("/v1/nothing", 404, "/v1/nothing: no such endpoint"),
+        # Found in review: a repeat kept its last value, an empty choice meant the
+        # default, and the list took any parameter.
+        (f"/v1/models/{COND}/sample?label=3&label=5", 400, "label: given 2 times; give it once"),
+        (f"/v1/models/{UNCOND}/sample?count=1&count=4096", 400, "count: given 2 times"),
+        (f"/v1/models/{UNCOND}/sample?version=1&version=1", 400, "version: given 2 times"),
+        (f"/v1/models/{UNCOND}/sample?format=", 400, "format: empty; give a value or leave"),
+        (f"/v1/models/{UNCOND}/sample?count=", 400, "count: empty; give a value or leave"),
+        (f"/v1/models/{UNCOND}/sample?version=", 400, "version: empty"),
+        (f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&method=", 400, "method: empty"),
+        (f"/v1/models/{UNCOND}?version=", 400, "version: empty"),
+        ("/v1/models?bogus=1", 400, "bogus: unknown parameter; this endpoint takes none"),
     ],
 )
 def test_http_only_mistakes(server, path, status, start) -> None:
@@ -397,6 +409,46 @@ def test_http_only_mistakes(server, path, status, start) -> None:
     assert reply.status == status
     assert reply.json()["error"].startswith(start), reply.json()
     assert reply.json()["code"] == ("INVALID_ARGUMENT" if status == 400 else "NOT_FOUND")
+
+
+def test_a_boolean_given_bare_is_true(server) -> None:
+    """The one exception to "an empty value is refused": ``?boomerang`` is a flag."""
+    base = f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=3&scale=1"
+    assert get(server.http_port, base + "&boomerang").image().n_frames == 4  # 3 + 1 back
+    assert get(server.http_port, base).image().n_frames == 3
+
+
+def test_npy_answers_are_held_to_max_message_bytes(tmp_path, start_server) -> None:
+    """The float32 images of a .npy are gRPC's and KServe's: the same limit, estimate and
+    message (gRPC's hint where it fits); they were unbounded but for the image count."""
+    make_tiny_generator(model_path(tmp_path, "rgb", "1"), name="rgb", image_shape=(3, 64, 64))
+    # 2 MiB: the server takes no limit its largest request or chunk could not meet
+    caps = {"message-bytes": 2 * 2**20, "images-per-request": 100}
+    chunks = {"stream-chunk-max": 100, "stream-chunk-default": 100}
+    proc = start_server(tmp_path, *(f"--max-{k}={v}" for k, v in caps.items()),
+                        *(f"--{k}={v}" for k, v in chunks.items()))  # fmt: skip
+    port = proc.http_port
+    # 41 images of 48 KiB and the 64 KiB margin fit 2 MiB; 42 do not
+    fits = get(port, "/v1/models/rgb/sample?count=41&seed=1&format=npy")
+    assert fits.status == 200 and np.load(io.BytesIO(fits.body)).shape == (41, 3, 64, 64)
+    with grpc.insecure_channel(proc.target) as channel:
+        stub = pb_grpc.GeneratorStub(channel)
+        _, sample = grpc_error(stub, "Sample", pb.SampleRequest(model="rgb", count=42))
+        keyframes = [pb.Keyframe(seed=1), pb.Keyframe(seed=2)]
+        _, frames = grpc_error(
+            stub, "Interpolate", pb.InterpolateRequest(model="rgb", keyframes=keyframes, steps=42)
+        )
+    refused = get(port, "/v1/models/rgb/sample?count=42&seed=1&format=npy")
+    assert refused.status == 400
+    estimate = sample.rsplit("; ", 1)[0]  # gRPC's hint is SampleStream, which HTTP lacks
+    assert estimate.startswith("42 float32 images of rgb need about ") and "2097152" in estimate
+    hint = "lower count, and go on in another request from seed + count"
+    assert refused.json()["error"] == f"{estimate}; {hint}"
+    walk = "/v1/models/rgb/interpolate?from_seed=1&to_seed=2&steps=42&scale=1&format="
+    assert get(port, walk + "npy").json() == {"error": frames, "code": "INVALID_ARGUMENT"}
+    # pictures are bounded by PIL's pixel limits only, as before
+    assert get(port, walk + "png").status == 200
+    assert get(port, "/v1/models/rgb/sample?count=42&scale=1").status == 200
 
 
 @pytest.mark.parametrize(

@@ -396,6 +396,20 @@ def test_http_errors_in_kserve_format(server: Any) -> None:
     assert status == 400 and json.loads(body)["error"].startswith("request: not valid JSON")
 
 
+def test_http_timeout_is_an_int64(server: Any) -> None:
+    """A JSON integer has no bound: one beyond a float's range was a 500."""
+    z = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+    url = f"/v2/models/{UNCOND}/infer"
+    for timeout in (2**63, 10**400):
+        status, _, body = _http(server, url, {"inputs": [z], "parameters": {"timeout": timeout}})
+        assert status == 400, body
+        assert json.loads(body)["error"].startswith(
+            f"parameters.timeout: microseconds as an integer in [0, {2**63 - 1}] (int64)"
+        )
+    status, _, body = _http(server, url, {"inputs": [z], "parameters": {"timeout": 2**63 - 1}})
+    assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 1, 28, 28]
+
+
 # --------------------------------------------------------------- token, metrics
 
 

@@ -3,15 +3,15 @@ the OpenAPI document alike, so the two cannot drift.
 
 Parsing turns text into the values of the gRPC request fields; whatever the gRPC
 planners check (ranges, limits, labels against the model) they check, with their
-messages. Here: the text itself (a number that is not one, an unknown parameter, a
-class name the model does not have).
+messages. Here: the text itself (a number that is not one, an unknown parameter, one
+given twice or empty, a class name the model does not have).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ganserve.contract import labels as label_rule
 from ganserve.seeds import MAX_SEED
@@ -19,7 +19,17 @@ from ganserve.seeds import MAX_SEED
 from ..errors import InvalidArgument
 from ..spec import ModelSpec
 
-__all__ = ["ARITHMETIC", "INTERPOLATE", "SAMPLE", "VERSION", "Param", "Query", "parse_terms"]
+__all__ = [
+    "ARITHMETIC",
+    "INTERPOLATE",
+    "SAMPLE",
+    "VERSION",
+    "MultiParams",
+    "Param",
+    "Query",
+    "parse_terms",
+    "version_of",
+]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -97,17 +107,43 @@ ARITHMETIC = (
 )  # fmt: skip
 
 
+class MultiParams(Protocol):
+    """A query string's pairs, repeats kept (Starlette's ``QueryParams``)."""
+
+    def multi_items(self) -> list[tuple[str, str]]: ...
+
+
+def _one(param: Param, values: list[str]) -> str:
+    """The one value of ``param``: a repeat is refused, since a mapping keeps only one
+    of them (``label=3&label=5`` would silently be 5); so is an empty one (``format=``),
+    which would silently be the default, except a boolean's: ``?boomerang`` is true."""
+    if len(values) > 1:
+        raise InvalidArgument(f"{param.name}: given {len(values)} times; give it once")
+    if not values[0] and param.type != "boolean":
+        raise InvalidArgument(f"{param.name}: empty; give a value or leave the parameter out")
+    return values[0]
+
+
+def version_of(params: MultiParams) -> str:
+    """``version``, checked as ``Query`` checks it ("" when absent: the default), for
+    the model lookup that comes before the endpoint's other parameters are read."""
+    values = [value for name, value in params.multi_items() if name == VERSION.name]
+    return _one(VERSION, values) if values else ""
+
+
 class Query:
     """The query of one request, read against its endpoint's table."""
 
-    def __init__(self, params: Mapping[str, str], table: Sequence[Param]) -> None:
+    def __init__(self, params: MultiParams, table: Sequence[Param]) -> None:
         known = {p.name: p for p in table}
-        for name in params:
+        given: dict[str, list[str]] = {}
+        for name, value in params.multi_items():
             if name not in known:
                 raise InvalidArgument(
-                    f"{name}: unknown parameter; this endpoint takes {', '.join(known)}"
+                    f"{name}: unknown parameter; this endpoint takes {', '.join(known) or 'none'}"
                 )
-        self._params = params
+            given.setdefault(name, []).append(value)
+        self._params = {name: _one(known[name], values) for name, values in given.items()}
         self._table = known
 
     def raw(self, name: str) -> str | None:

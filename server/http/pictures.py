@@ -1,5 +1,6 @@
 """Pictures of generated images for the REST API: PNG grids and strips, GIFs, the
 arithmetic equation; checked against PIL's pixel limit before anything is generated.
+The raw images as ``.npy`` are checked against the server's ``max_message_bytes``.
 
 The drawing and the limits are the CLI's (``ganserve.clients.images``): a picture the
 server makes is one the CLI would have made of the same images, and one the CLI
@@ -13,13 +14,20 @@ import io
 import numpy as np
 
 from ganserve.clients import images as draw
+from ganserve.contract.encodings import Encoding
+from ganserve.contract.limits import Limits
+from ganserve.contract.sizes import per_image_bytes
 
 from ..errors import InvalidArgument
+from ..generation import check_response_size
+from ..spec import ModelSpec
 
 __all__ = [
+    "NPY_SAMPLE_HINT",
     "check_equation",
     "check_frames",
     "check_grid",
+    "check_npy",
     "equation_png",
     "gif",
     "grid_png",
@@ -28,6 +36,9 @@ __all__ = [
 ]
 
 PADDING = 2  # pixels between grid cells (and around them), as the CLI draws
+# gRPC's Sample says "use SampleStream"; HTTP has no stream, but the seed rule lets the
+# images be fetched in several requests.
+NPY_SAMPLE_HINT = "lower count, and go on in another request from seed + count"
 
 
 def _hwc(images: np.ndarray) -> np.ndarray:
@@ -81,6 +92,14 @@ def check_equation(terms: int, shape: tuple[int, int, int], scale: int) -> None:
         )  # fmt: skip
     except ValueError as exc:
         raise _refuse(exc) from None
+
+
+def check_npy(limits: Limits, spec: ModelSpec, n: int, hint: str) -> None:
+    """A ``.npy`` of ``n`` images fits ``max_message_bytes``: it is the float32 images
+    gRPC and KServe send, so the same limit and estimate hold (the estimate's margin
+    covers the file's header); unchecked, it had no bound but the image count."""
+    per_image = per_image_bytes(spec.image_shape, Encoding.FLOAT32)
+    check_response_size(limits, spec.name, n, Encoding.FLOAT32, per_image, hint)
 
 
 def _png(picture: np.ndarray, scale: int) -> bytes:

@@ -5,7 +5,8 @@ gRPC servicer's own planners (``plan.py``, ``validate.py``), so a mistake gets t
 same message (and status) over both protocols; it generates on the same serving
 engine (``engine.py``: the seed rule's latents, the model's batcher, the non-finite
 output check). Pictures are checked against PIL's pixel limit before anything is
-generated, as the CLI checks them, and drawn in a thread.
+generated, as the CLI checks them, and drawn in a thread; ``.npy`` answers (the
+float32 images as they are) against ``max_message_bytes``, as gRPC's and KServe's.
 
 Every request is counted like an RPC: ``ganserve_requests_total`` and
 ``ganserve_request_seconds`` with the method ``http_<endpoint>``, and
@@ -43,7 +44,7 @@ from ..validate import check_label
 from . import pictures
 from .errors import error_response
 from .openapi import documented
-from .params import ARITHMETIC, INTERPOLATE, SAMPLE, VERSION, Query, parse_terms
+from .params import ARITHMETIC, INTERPOLATE, SAMPLE, VERSION, Query, parse_terms, version_of
 
 __all__ = ["METHODS", "RestApi", "model_json"]
 
@@ -179,7 +180,7 @@ class RestApi:
 
     def _model(self, request: Request, call: Call) -> LoadedModel:
         """The model of the path, held until the request is done (a reload closes it after)."""
-        version = request.query_params.get("version", "")
+        version = version_of(request.query_params)
         return self._engine.hold(request.path_params["name"], version, call)
 
     # ------------------------------------------------------------- endpoints
@@ -188,6 +189,7 @@ class RestApi:
     @documented((), JSON)
     async def list_models(self, request: Request, call: Call) -> Response:
         """The models (one entry each: the version served by default) and the limits."""
+        Query(request.query_params, ())  # none taken: a typo is refused, as elsewhere
         lim = self._limits
         return JSONResponse(
             {
@@ -206,10 +208,8 @@ class RestApi:
     @documented((VERSION,), JSON)
     async def get_model(self, request: Request, call: Call) -> Response:
         """One model: the version served by default, or ``?version=``."""
-        Query(request.query_params, (VERSION,))
-        status = self._repo.status(
-            request.path_params["name"], request.query_params.get("version", "")
-        )
+        query = Query(request.query_params, (VERSION,))
+        status = self._repo.status(request.path_params["name"], query.raw("version") or "")
         call.model = status.name
         return JSONResponse(model_json(status))
 
@@ -239,6 +239,8 @@ class RestApi:
         scale = query.positive("scale") or 1
         if fmt == "png":
             pictures.check_grid(plan.count, spec.image_shape, cols, scale)
+        else:
+            pictures.check_npy(self._limits, spec, plan.count, pictures.NPY_SAMPLE_HINT)
         z, _, y = await sample_inputs(plan, 0, plan.count)  # (N, D), y (N, C)
         if blend is not None and y is not None:
             other, weight = blend
@@ -288,6 +290,8 @@ class RestApi:
         boomerang = query.flag("boomerang")
         plan = await plan_offloaded(plan_interpolate, req, spec, self._limits, 2)
         pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
+        if fmt == "npy":
+            pictures.check_npy(self._limits, spec, plan.z.shape[0], "request fewer steps")
         images = await self._engine.images(model, plan.z, plan.y, None, None, "keyframes")
         if fmt == "npy":
             body = await asyncio.to_thread(pictures.npy, images)
