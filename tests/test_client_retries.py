@@ -9,12 +9,12 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import pytest
+from fake_generator import MODEL, start_fake_generator
 
 from ganserve.clients import (
     AsyncGanClient,
@@ -29,7 +29,6 @@ from ganserve.clients._sampling import PartFetch
 from ganserve.clients.results import ModelInfo
 from ganserve.v1 import generator_pb2 as pb
 
-MODEL = "tiny"
 PUSHBACK = "grpc-retry-pushback-ms"
 CALL_TIMEOUT_S = 30.0  # bounds every call; no test waits for it
 TIMER_SLACK_S = 0.01  # a timer may fire a hair early; no upper bounds anywhere
@@ -49,46 +48,14 @@ class OverloadedServer:
         self.pushback, self.code = pushback, code
         self.attempts: list[float] = []
         self._lock = threading.Lock()
-        info = pb.ModelInfo(
-            name=MODEL,
-            version="1",
-            versions=["1"],
-            kind=pb.MODEL_KIND_UNCONDITIONAL,
-            latent_dim=8,
-            image_shape=[1, 4, 4],
-            value_min=-1.0,
-            value_max=1.0,
-            state=pb.LOAD_STATE_READY,
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._sample,
+            request_deserializer=pb.SampleRequest.FromString,
+            response_serializer=pb.SampleResponse.SerializeToString,
         )
-        limits = pb.ServerLimits(
-            max_images_per_request=16,
-            max_images_per_stream=1024,
-            max_stream_chunk=16,
-            max_message_bytes=4 * 1024 * 1024,
+        self.server, self.target = start_fake_generator(
+            {"Sample": handler}, side=4, stream_chunk=16, workers=2
         )
-        handlers = {
-            "ListModels": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: pb.ListModelsResponse(models=[info], limits=limits),
-                request_deserializer=pb.ListModelsRequest.FromString,
-                response_serializer=pb.ListModelsResponse.SerializeToString,
-            ),
-            "GetModel": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: info,
-                request_deserializer=pb.GetModelRequest.FromString,
-                response_serializer=pb.ModelInfo.SerializeToString,
-            ),
-            "Sample": grpc.unary_unary_rpc_method_handler(
-                self._sample,
-                request_deserializer=pb.SampleRequest.FromString,
-                response_serializer=pb.SampleResponse.SerializeToString,
-            ),
-        }
-        self.server = grpc.server(ThreadPoolExecutor(2))
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("ganserve.v1.Generator", handlers),)
-        )
-        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-        self.server.start()
 
     def _sample(self, request: pb.SampleRequest, context: grpc.ServicerContext) -> Any:
         with self._lock:

@@ -9,7 +9,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from fake_generator import MODEL, start_fake_generator
 
 from ganserve.cli import main
 from ganserve.clients import (
@@ -29,7 +29,6 @@ from ganserve.clients import (
 )
 from ganserve.v1 import generator_pb2 as pb
 
-MODEL = "tiny"
 SEED = 5
 SIDE = 4  # images are (1, 4, 4)
 
@@ -62,46 +61,14 @@ class StreamServer:
         self.script = script
         self.requests: list[pb.SampleRequest] = []
         self._lock = threading.Lock()
-        info = pb.ModelInfo(
-            name=MODEL,
-            version="1",
-            versions=["1"],
-            kind=pb.MODEL_KIND_UNCONDITIONAL,
-            latent_dim=8,
-            image_shape=[1, SIDE, SIDE],
-            value_min=-1.0,
-            value_max=1.0,
-            state=pb.LOAD_STATE_READY,
+        handler = grpc.unary_stream_rpc_method_handler(
+            self._sample_stream,
+            request_deserializer=pb.SampleRequest.FromString,
+            response_serializer=pb.SampleResponse.SerializeToString,
         )
-        limits = pb.ServerLimits(
-            max_images_per_request=16,
-            max_images_per_stream=1024,
-            max_stream_chunk=4,
-            max_message_bytes=4 * 1024 * 1024,
+        self.server, self.target = start_fake_generator(
+            {"SampleStream": handler}, side=SIDE, stream_chunk=4, workers=4
         )
-        handlers = {
-            "ListModels": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: pb.ListModelsResponse(models=[info], limits=limits),
-                request_deserializer=pb.ListModelsRequest.FromString,
-                response_serializer=pb.ListModelsResponse.SerializeToString,
-            ),
-            "GetModel": grpc.unary_unary_rpc_method_handler(
-                lambda request, context: info,
-                request_deserializer=pb.GetModelRequest.FromString,
-                response_serializer=pb.ModelInfo.SerializeToString,
-            ),
-            "SampleStream": grpc.unary_stream_rpc_method_handler(
-                self._sample_stream,
-                request_deserializer=pb.SampleRequest.FromString,
-                response_serializer=pb.SampleResponse.SerializeToString,
-            ),
-        }
-        self.server = grpc.server(ThreadPoolExecutor(4))
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("ganserve.v1.Generator", handlers),)
-        )
-        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
-        self.server.start()
 
     def _sample_stream(
         self, request: pb.SampleRequest, context: grpc.ServicerContext
