@@ -28,7 +28,7 @@ from ganserve.kserve.v2 import grpc_predict_v2_pb2 as pb
 from ganserve.kserve.v2 import model_config_pb2 as config_pb
 
 from . import tracing
-from .errors import InvalidArgument, pushback_trailer
+from .errors import InvalidArgument, ResourceExhausted, pushback_trailer
 from .generation import OFFLOAD_IMAGES, encode
 from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
 from .oip import FP32, Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
@@ -176,6 +176,7 @@ class KServeService:
 
     def __init__(self, core: OipCore) -> None:
         self._core = core
+        self._inflight = 0  # ModelInfer calls being handled
 
     @_rpc("ServerLive", counted=False)
     async def ServerLive(self, request: Any, context: Any, call: Call) -> pb.ServerLiveResponse:
@@ -213,6 +214,42 @@ class KServeService:
 
     @_rpc("ModelInfer")
     async def ModelInfer(self, request: Any, context: Any, call: Call) -> pb.ModelInferResponse:
+        budgets = self._core.engine.budgets
+        if budgets is None:
+            return await self._infer(request, context, call)
+        # The server's budgets, as on the other edges: calls in flight (counted apart
+        # from ganserve.v1's, up to the same limit) and the reply's bytes until the call
+        # ends (its size is known once it is made: a reply that does not fit is lost work,
+        # but memory stays bounded).
+        if self._inflight >= budgets.inflight_limit:
+            self._core.engine.refused("in_flight", "")
+            raise ResourceExhausted(
+                f"the server is overloaded: it is handling {self._inflight} KServe inference "
+                f"calls, its limit (at most --max-inflight-rpcs {budgets.max_inflight_rpcs}); "
+                "retry later",
+                "in_flight",
+                1.0,
+            )
+        self._inflight += 1
+        try:
+            response = await self._infer(request, context, call)
+        finally:
+            self._inflight -= 1
+        size = response.ByteSize()
+        buffered = budgets.buffered
+        if not buffered.try_acquire(size):
+            self._core.engine.refused("buffered_bytes", call.model or "")
+            raise ResourceExhausted(
+                f"the server is holding {buffered.used} of its {buffered.capacity} bytes of "
+                f"responses (--max-buffered-bytes): this reply ({size} bytes) does not fit "
+                "now; retry later",
+                "buffered_bytes",
+                1.0,
+            )
+        context.add_done_callback(lambda _context: buffered.release(size))
+        return response
+
+    async def _infer(self, request: Any, context: Any, call: Call) -> pb.ModelInferResponse:
         result = await self._core.infer(
             infer_request(request),
             call,

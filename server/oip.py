@@ -188,6 +188,11 @@ class OipCore:
     def limits(self) -> Limits:
         return self._limits
 
+    @property
+    def engine(self) -> Engine:
+        """The engine inference runs on (its ``budgets``: the server's, or None)."""
+        return self._engine
+
     # ---------------------------------------------------------------- health
 
     def server_live(self) -> bool:

@@ -483,3 +483,59 @@ def test_metrics_count_both_protocols(
     assert samples[("ganserve_inflight_requests", (("method", "ModelInfer"),))] == 0
     latency = ("ganserve_request_seconds_count", (("method", "ModelInfer"), ("model", UNCOND)))
     assert samples[latency] >= 1
+
+
+def _raw_infer(n: int) -> Any:
+    request = service_pb2.ModelInferRequest(model_name=UNCOND)
+    request.inputs.add(name="z", datatype="FP32", shape=[n, LATENT])
+    request.raw_input_contents.append(_latents(n).tobytes())
+    return request
+
+
+def test_model_infer_is_held_to_the_servers_budgets(
+    start_server: Callable[..., Any], tiny_model_repo: Path, scrape: Any, wait_until: Any
+) -> None:
+    """ModelInfer replies count in the response budget shared with ganserve.v1 (here
+    held by a stream that reads nothing) and its calls in flight are bounded: what
+    does not fit is RESOURCE_EXHAUSTED with a retry hint, counted; the rest is served."""
+    mib = 1024 * 1024
+    server = start_server(
+        tiny_model_repo,
+        *("--max-buffered-bytes", str(16 * mib), "--max-message-bytes", str(16 * mib)),
+        *("--max-inflight-rpcs", "1"),
+    )
+    held = ("ganserve_buffered_bytes", ())
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        # in flight: one at a time, the others refused at once
+        calls = [stub.ModelInfer.future(_raw_infer(1024), timeout=30) for _ in range(12)]
+        codes = []
+        for call in calls:
+            try:
+                call.result()
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                assert "KServe inference calls" in exc.details(), exc.details()
+                codes.append(exc.code().name)
+        assert "OK" in codes and "RESOURCE_EXHAUSTED" in codes, codes
+        # response bytes: an unread ganserve.v1 stream holds 12.8 MB of the 16 MiB
+        request = pb.SampleRequest(
+            model=UNCOND, count=1_000_000, chunk_size=4096, encoding=pb.ENCODING_FLOAT32
+        )
+        stream = channel.unary_stream(
+            "/ganserve.v1.Generator/SampleStream",
+            request_serializer=pb.SampleRequest.SerializeToString,
+            response_deserializer=pb.SampleResponse.FromString,
+        )(request)
+        wait_until(lambda: scrape(server).get(held, 0) >= 12 * mib, "a held chunk", timeout=20)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(_raw_infer(1400), timeout=30)  # 4.4 MB: 3.9 MB are left
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-buffered-bytes" in refused.value.details()
+        assert stub.ModelInfer(_raw_infer(2), timeout=30).outputs[0].shape == [2, 1, 28, 28]
+        stream.cancel()
+        wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
+    metrics = scrape(server)
+    for reason in ("in_flight", "buffered_bytes"):
+        key = ("ganserve_rejected_total", (("model", "" if reason == "in_flight" else UNCOND), ("reason", reason)))  # fmt: skip
+        assert metrics.get(key, 0) >= 1, (reason, metrics)
