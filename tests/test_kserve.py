@@ -537,5 +537,6 @@ def test_model_infer_is_held_to_the_servers_budgets(
         wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
     metrics = scrape(server)
     for reason in ("in_flight", "buffered_bytes"):
-        key = ("ganserve_rejected_total", (("model", "" if reason == "in_flight" else UNCOND), ("reason", reason)))  # fmt: skip
+        model = "" if reason == "in_flight" else UNCOND
+        key = ("ganserve_rejected_total", (("model", model), ("reason", reason)))
         assert metrics.get(key, 0) >= 1, (reason, metrics)
