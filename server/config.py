@@ -104,6 +104,8 @@ class ServerConfig:
     # calls/s, 128 calls are 60-130 ms of waiting). None: 10,000, or 128 with it.
     max_pending_rpcs: int | None = None
     grpc_fast_refusal: bool = False
+    # Nice of gRPC core's threads (thread_priority.py); None: left as started.
+    grpc_thread_nice: int | None = None
     # Server processes on the same port (workers.py); 1: this process serves.
     workers: int = 1
     # Listen with SO_REUSEPORT (set by the supervisor for its workers, not by people).
@@ -200,6 +202,10 @@ class ServerConfig:
         if self.max_pending_rpcs is None:
             self.max_pending_rpcs = 128 if self.grpc_fast_refusal else 10_000
         _check(self.max_pending_rpcs >= 1, "--max-pending-rpcs must be >= 1")
+        _check(
+            self.grpc_thread_nice is None or -20 <= self.grpc_thread_nice <= 19,
+            "--grpc-thread-nice must be in [-20, 19]",
+        )
         _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
         # Smaller, a request the limits accept could never be answered: refused for good
         # with RESOURCE_EXHAUSTED, the status that tells clients to retry later.
@@ -469,6 +475,13 @@ _OPTIONS: tuple[_Option, ...] = (
         "beyond --max-pending-rpcs with RESOURCE_EXHAUSTED: keeps serving under many "
         "times its capacity; see the manual's overload page for its caveats (default off)",
         is_bool=True,
+    ),
+    _Option(
+        "grpc_thread_nice",
+        int,
+        "nice of gRPC core's own threads (they read calls and, with --grpc-fast-refusal, "
+        "refuse them), e.g. -10 so they are not queued behind inference on a busy core; "
+        "a negative value needs CAP_SYS_NICE (default: unchanged)",
     ),
     _Option(
         "max_buffered_bytes",

@@ -168,6 +168,7 @@ class _Server:
         self._oip: Any = None  # oip.OipCore: KServe v2 over gRPC and HTTP
         self._force_stop: asyncio.Task[None] | None = None
         self._engine: Any = None  # engine.Engine: plans to images, for every edge
+        self._keep_nice: asyncio.Task[None] | None = None  # --grpc-thread-nice
 
     async def run(self) -> int:
         import grpc
@@ -187,9 +188,15 @@ class _Server:
         from .oip import OipCore
         from .repository import ModelRepository
         from .service import GeneratorService, add_to_server
+        from .thread_priority import CoreThreadNice, may_set_nice
 
         cfg = self.config
         log.info("config: %s", cfg.describe())
+        if cfg.grpc_thread_nice is not None:
+            why = may_set_nice(cfg.grpc_thread_nice)
+            if why is not None:
+                log.error("--grpc-thread-nice %d: %s", cfg.grpc_thread_nice, why)
+                return 2
         self._install_signals()  # first: a SIGTERM while loading must still drain cleanly
         tracing.setup()  # off unless OTEL_TRACES_EXPORTER names an exporter
         if not cfg.metrics_created:
@@ -282,6 +289,10 @@ class _Server:
             return 1
         await server.start()
         watcher = asyncio.ensure_future(budgets.watch_loop())  # the loop's lag, for admission
+        if cfg.grpc_thread_nice is not None:
+            priority = CoreThreadNice(cfg.grpc_thread_nice)
+            log.info("--grpc-thread-nice %d: %d gRPC core threads", priority.nice, priority.apply())
+            self._keep_nice = asyncio.ensure_future(priority.keep())
         if self._http is not None:
             await self._http.start()
         scheme = ("mTLS" if cfg.tls_client_ca else "TLS") if cfg.tls else "plaintext"
@@ -317,6 +328,8 @@ class _Server:
                     poller.cancel()
             await self._shutdown()
             watcher.cancel()
+            if self._keep_nice is not None:
+                self._keep_nice.cancel()
         finally:
             if self._http is not None:
                 await self._http.stop(0)  # already stopped unless start-up failed
