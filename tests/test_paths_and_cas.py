@@ -22,7 +22,12 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from ganserve.training.card import render_model_card  # noqa: E402
-from ganserve.training.classifier import load_classifier, real_cas  # noqa: E402
+from ganserve.training.classifier import (  # noqa: E402
+    CAS_CACHE,
+    cas_cache_key,
+    load_classifier,
+    real_cas,
+)
 from ganserve.training.data import load_split, synthetic_split  # noqa: E402
 from ganserve.training.evaluate import (  # noqa: E402
     EvaluationError,
@@ -286,3 +291,13 @@ def test_cas_ceiling_is_cached_by_data_and_recipe(tmp_path: Path, bars: Path) ->
     real_cas("mnist", bars, n=200, epochs=2, seed=0, cache=cache)  # another recipe: its own
     assert len(json.loads(cache.read_text())) == 2
     assert real_cas("mnist", bars, n=200, epochs=1, seed=0, cache=None) == first  # seeded
+
+
+def test_a_ceiling_trained_on_cuda_has_its_own_cache_entry() -> None:
+    """GPU kernels need not reproduce the CPU's figure to the last digit: the device is in
+    the key when it is CUDA; CPU keys keep the form the bundled cache was written with."""
+    cpu = cas_cache_key("mnist", 10_000, 10, 0, "abc", cuda=False)
+    assert cpu == "mnist images=10000 epochs=10 seed=0 data=abc"
+    assert cas_cache_key("mnist", 10_000, 10, 0, "abc", cuda=True) == cpu + " device=cuda"
+    bundled = json.loads(Path(CAS_CACHE).read_text())
+    assert all("device=" not in key for key in bundled)  # written on CPU

@@ -128,8 +128,22 @@ class _Run:
                 "torch": torch.get_rng_state(),
                 "noise": self.noise.get_state(),
                 "augment": self.aug_rng.get_state(),
+                # CUDA's generators (dropout masks, WGAN-GP's mixing weights on the GPU):
+                # without them a resumed GPU run would replay those of its first epochs
+                **(
+                    {"cuda": torch.cuda.get_rng_state(self.device)}
+                    if self.device.type == "cuda"
+                    else {}
+                ),
             },
         }
+
+    def _cuda_rng(self) -> dict[str, torch.Tensor]:
+        """CUDA's generator (dropout masks, WGAN-GP's mixing weights on the GPU): without
+        it a resumed GPU run would replay those of its first epochs."""
+        if self.device.type != "cuda":
+            return {}
+        return {"cuda": torch.cuda.get_rng_state(self.device)}
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
         self.G.load_state_dict(ckpt["generator"])
@@ -141,6 +155,8 @@ class _Run:
         self.noise.set_state(ckpt["rng"]["noise"])
         if "augment" in ckpt["rng"]:  # checkpoints from before --augment have none
             self.aug_rng.set_state(ckpt["rng"]["augment"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.epoch = int(ckpt["epoch"])
         self.train_seconds = float(ckpt["train_seconds"])
 
