@@ -325,3 +325,41 @@ def test_bearer_token(tiny_model_repo, start_server, request, tmp_path: Path, tr
         denied = _sample(proc.target, tmp_path / "x.png", *client_tls, *args)
         assert denied.returncode == 5, denied.stderr
         assert "UNAUTHENTICATED" in denied.stderr
+
+
+def test_timeout_when_given_is_the_deadline_of_the_sample_stream(tmp_path: Path) -> None:
+    """As in the Python CLI: without --timeout the stream has no deadline; with it, a
+    server slower than that ends the run DEADLINE_EXCEEDED (exit 4), writing nothing."""
+    import time
+
+    import grpc
+    import numpy as np
+    from fake_generator import MODEL, start_fake_generator
+
+    from ganserve.v1 import generator_pb2 as pb
+
+    def slow(request: pb.SampleRequest, context: grpc.ServicerContext):
+        time.sleep(2.0)
+        data = np.full(request.count * 16, 128, dtype=np.uint8).tobytes()
+        n = request.count
+        images = pb.Images(encoding=pb.ENCODING_UINT8, count=n, shape=[1, 4, 4], data=data)
+        yield pb.SampleResponse(model=MODEL, version="1", images=images, seed=1, offset=0)
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        slow,
+        request_deserializer=pb.SampleRequest.FromString,
+        response_serializer=pb.SampleResponse.SerializeToString,
+    )
+    server, target = start_fake_generator(
+        {"SampleStream": handler}, side=4, stream_chunk=16, workers=2
+    )
+    try:
+        base = ["--target", target, "--model", MODEL, "--count", "2", "--seed", "1"]
+        late = node_client(*base, "--timeout", "0.5", "--out", str(tmp_path / "late.png"))
+        assert late.returncode == 4 and "DEADLINE_EXCEEDED" in late.stderr, late.stderr
+        assert not (tmp_path / "late.png").exists()
+        done = node_client(*base, "--out", str(tmp_path / "ok.png"))
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "ok.png").is_file()
+    finally:
+        server.stop(None)

@@ -14,7 +14,8 @@
 // one per image), --out (grid.png), --format png|npy (default: from --out), --cols,
 // --scale (2). Connection: --target (default $GANSERVE_TARGET or localhost:50051; a host
 // without a port means 50051), --token (default $GANSERVE_TOKEN), --timeout seconds of
-// each unary call (30; the sample stream has no deadline, as in the Python client),
+// each unary call (30) and, only when given, the deadline of the whole sample stream
+// (without it the stream has none), as in the Python client,
 // --retries (3: extra attempts on UNAVAILABLE / RESOURCE_EXHAUSTED, 0 to 4), --keepalive
 // seconds between pings (300; 0: off). TLS (as the Python client): --tls (flag; system
 // roots), --tls-ca FILE (PEM CA), --tls-cert FILE + --tls-key FILE (client certificate:
@@ -86,6 +87,7 @@ function parseArgs(argv) {
         throw new UsageError(`--${name} must be a finite number > 0, got ${value}`);
       }
       opts[key] = number;
+      if (key === "timeout") opts.timeoutGiven = true;
     } else {
       opts[key] = value; // seed stays a string: uint64 does not fit a JS number
     }
@@ -244,7 +246,8 @@ function call(client, method, request, opts) {
 // beyond one response (max_images_per_request, message size) work as in one call.
 function sampleStream(client, request, opts, onChunk) {
   return new Promise((resolve, reject) => {
-    const stream = client.SampleStream(request, callMetadata(opts));
+    const callOpts = opts.timeoutGiven ? { deadline: new Date(Date.now() + opts.timeout * 1000) } : {};
+    const stream = client.SampleStream(request, callMetadata(opts), callOpts);
     stream.on("data", (chunk) => {
       try {
         onChunk(chunk);
