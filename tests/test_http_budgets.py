@@ -92,7 +92,11 @@ def test_http_replies_count_in_the_response_budget(
     status, headers, body = get(server.http_port, BIG)
     assert status == 429 and headers.get("retry-after") == "1", body[:200]
     assert b"--max-buffered-bytes" in body
-    assert _rejected(scrape(server), "buffered_bytes") == 1
+    metrics = scrape(server)
+    assert _rejected(metrics, "buffered_bytes") == 1
+    # counted once, by its handler: the refusal comes after it returned
+    exhausted = ("code", "RESOURCE_EXHAUSTED"), ("method", "http_sample"), ("model", "")
+    assert ("ganserve_requests_total", exhausted) not in metrics
     status, _, body = get(server.http_port, SMALL)
     assert status == 200 and body.startswith(b"\x93NUMPY")
     unread.pop().close()  # the client leaves: its bytes come back

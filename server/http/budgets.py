@@ -15,8 +15,10 @@ in front of the inference routes only, holds them to the same limits:
 - **a reader that takes nothing** for ``--stream-stall-timeout-s``: the connection is
   closed and its bytes given back.
 
-Refusals are counted in ``ganserve_requests_total`` (``RESOURCE_EXHAUSTED``, under the
-route's name) and ``ganserve_rejected_total{reason}``. Pure ASGI: bodies pass through.
+Refusals are counted in ``ganserve_rejected_total{reason}`` and, when no handler ran
+(the in-flight limit), in ``ganserve_requests_total`` (``RESOURCE_EXHAUSTED``, under the
+route's name); a reply refused for its bytes was counted by its handler already. Pure
+ASGI: bodies pass through.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class HttpBudgets:
                         f"the server is holding {buffered.used} of its {buffered.capacity} "
                         f"bytes of responses (--max-buffered-bytes): this reply ({size} "
                         "bytes) does not fit now; retry later",
+                        counted=True,  # its handler has counted the request already
                     )
                     return
                 await buffered.acquire(size, stall or None)  # a later part: wait for room
@@ -167,9 +170,18 @@ class HttpBudgets:
         return held
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, route: str, reason: str, message: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: str,
+        reason: str,
+        message: str,
+        counted: bool = False,
     ) -> None:
         self.metrics.rejected_total.labels("", reason).inc()
-        self.metrics.requests_total.labels(model="", method=route, code="RESOURCE_EXHAUSTED").inc()
+        if not counted:  # no handler ran: the request is counted here
+            labels = {"model": "", "method": route, "code": "RESOURCE_EXHAUSTED"}
+            self.metrics.requests_total.labels(**labels).inc()
         response: Any = error_response("RESOURCE_EXHAUSTED", message, retry_after_s=1.0)
         await response(scope, receive, send)
