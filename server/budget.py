@@ -263,6 +263,22 @@ class ServerBudgets:
     def inflight_limit(self) -> int:
         return self.max_inflight_rpcs if self.gradient is None else int(self.gradient.limit)
 
+    def inflight_refusal(self, handling: int, what: str, retry_after_s: float) -> ResourceExhausted:
+        """The refusal of a call beyond the in-flight limit, with ``handling`` ``what``
+        (e.g. "calls") in hand: every edge says it the same way."""
+        limit = self.inflight_limit
+        why = (
+            f"--max-inflight-rpcs {limit}"
+            if limit == self.max_inflight_rpcs
+            else f"adapted to its latency, at most --max-inflight-rpcs {self.max_inflight_rpcs}"
+        )
+        return ResourceExhausted(
+            f"the server is overloaded: it is handling {handling} {what}, its limit ({why}); "
+            "retry later",
+            "in_flight",
+            retry_after_s,
+        )
+
     def too_late(self, left: float, now: float, inflight: int) -> bool:
         """Refuse a call with ``left`` seconds of its deadline at ``now`` (monotonic):
         less than ``late_s``, on an estimate an answered call confirmed within its own

@@ -121,8 +121,9 @@ class Engine:
         own refusals (server-wide limits) are counted here too, with ``model=""``."""
         self._metrics.rejected_total.labels(model, reason).inc()
 
-    def _reserve_now(self, budget: ByteBudget, size: int, what: str, model: str) -> None:
-        """A new response's bytes, or RESOURCE_EXHAUSTED at once (no silent wait)."""
+    def reserve_now(self, budget: ByteBudget, size: int, what: str, model: str) -> None:
+        """A new response's bytes, or RESOURCE_EXHAUSTED at once (no silent wait),
+        counted in ``ganserve_rejected_total``."""
         try:
             budget.acquire_now(size, what)
         except ResourceExhausted as exc:
@@ -254,7 +255,7 @@ class Engine:
         if budget is None:
             result = await work()
             return result if respond is None else respond(result)
-        self._reserve_now(budget, size, "the response", model)
+        self.reserve_now(budget, size, "the response", model)
         handed = False
         try:
             result = await work()
@@ -329,7 +330,7 @@ class Engine:
                     if start:
                         await self._reserve(budget, size, deadline, spec.name)
                     else:
-                        self._reserve_now(budget, size, "the first chunk", spec.name)
+                        self.reserve_now(budget, size, "the first chunk", spec.name)
                 try:
                     chunk = await self._sample_chunk(
                         model, plan, start, stop, deadline, is_cancelled

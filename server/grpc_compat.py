@@ -33,6 +33,7 @@ __all__ = [
     "deadline",
     "deadline_passed",
     "lenient_parser",
+    "when_call_ends",
 ]
 
 try:
@@ -99,3 +100,16 @@ def deadline_passed(context: aio.ServicerContext) -> bool:
         remaining = context.time_remaining()
         return remaining is not None and remaining <= DEADLINE_SLACK_S
     return False
+
+
+def when_call_ends(context: aio.ServicerContext) -> Callable[[Callable[[], None]], None]:
+    """A registrar of callables to run when the call ends (sent, cancelled or expired):
+    the engine's ``on_sent`` for a unary call. gRPC serializes and sends a unary reply
+    after the handler has returned, and a client that reads nothing keeps it in gRPC
+    core until then, so a reply's bytes stay counted in the response budget until the
+    call ends."""
+
+    def register(release: Callable[[], None]) -> None:
+        context.add_done_callback(lambda _context: release())
+
+    return register

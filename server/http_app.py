@@ -98,7 +98,7 @@ class _Gate:
         self.app = app
         self.state = state
         self.metrics = metrics
-        self.routes = routes
+        self._names = _RouteNames(routes)
         self.checker: Any = None
         if auth_token:
             from .auth import BearerTokenInterceptor  # the gRPC check, reused as is
@@ -132,7 +132,7 @@ class _Gate:
         await self.app(scope, receive, send)
 
     def _route_name(self, scope: Scope) -> str:
-        return _RouteNames(self.routes)(scope)
+        return self._names(scope)
 
 
 class _RouteNames:

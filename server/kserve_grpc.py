@@ -28,9 +28,17 @@ from ganserve.kserve.v2 import grpc_predict_v2_pb2 as pb
 from ganserve.kserve.v2 import model_config_pb2 as config_pb
 
 from . import tracing
-from .errors import InvalidArgument, ResourceExhausted, pushback_trailer
+from .errors import InvalidArgument, pushback_trailer
 from .generation import OFFLOAD_IMAGES, encode
-from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
+from .grpc_compat import (
+    CODES,
+    SendFailed,
+    Undecodable,
+    deadline,
+    deadline_passed,
+    lenient_parser,
+    when_call_ends,
+)
 from .oip import FP32, Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
 
 __all__ = ["METHOD_LABELS", "SERVICE_NAME", "KServeService", "add_kserve_to_server"]
@@ -221,32 +229,18 @@ class KServeService:
         # from ganserve.v1's, up to the same limit) and the reply's bytes until the call
         # ends (its size is known once it is made: a reply that does not fit is lost work,
         # but memory stays bounded).
+        engine = self._core.engine
         if self._inflight >= budgets.inflight_limit:
-            self._core.engine.refused("in_flight", "")
-            raise ResourceExhausted(
-                f"the server is overloaded: it is handling {self._inflight} KServe inference "
-                f"calls, its limit (at most --max-inflight-rpcs {budgets.max_inflight_rpcs}); "
-                "retry later",
-                "in_flight",
-                1.0,
-            )
+            engine.refused("in_flight", "")
+            raise budgets.inflight_refusal(self._inflight, "KServe inference calls", 1.0)
         self._inflight += 1
         try:
             response = await self._infer(request, context, call)
         finally:
             self._inflight -= 1
         size = response.ByteSize()
-        buffered = budgets.buffered
-        if not buffered.try_acquire(size):
-            self._core.engine.refused("buffered_bytes", call.model or "")
-            raise ResourceExhausted(
-                f"the server is holding {buffered.used} of its {buffered.capacity} bytes of "
-                f"responses (--max-buffered-bytes): this reply ({size} bytes) does not fit "
-                "now; retry later",
-                "buffered_bytes",
-                1.0,
-            )
-        context.add_done_callback(lambda _context: buffered.release(size))
+        engine.reserve_now(budgets.buffered, size, "this reply", call.model or "")
+        when_call_ends(context)(functools.partial(budgets.buffered.release, size))
         return response
 
     async def _infer(self, request: Any, context: Any, call: Call) -> pb.ModelInferResponse:

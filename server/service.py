@@ -35,7 +35,15 @@ from .calls import Call, CallCounter
 from .engine import Engine, Generated
 from .errors import InvalidArgument, ResourceExhausted, ServeError, pushback_trailer, retry_after
 from .generation import plan_offloaded
-from .grpc_compat import CODES, SendFailed, Undecodable, deadline, deadline_passed, lenient_parser
+from .grpc_compat import (
+    CODES,
+    SendFailed,
+    Undecodable,
+    deadline,
+    deadline_passed,
+    lenient_parser,
+    when_call_ends,
+)
 from .metrics import Metrics
 from .plan import (
     ArithmeticPlan,
@@ -193,18 +201,6 @@ def _arithmetic_response(
     return response
 
 
-def _when_sent(context: aio.ServicerContext) -> Callable[[Callable[[], None]], None]:
-    """The engine's ``on_sent`` for a unary call: run ``release`` when the call ends.
-    gRPC serializes and sends a unary reply after the handler has returned; a client
-    that reads nothing keeps it in gRPC core until then, so its bytes stay counted in the
-    response budget until the call ends (sent, cancelled or expired)."""
-
-    def register(release: Callable[[], None]) -> None:
-        context.add_done_callback(lambda _context: release())
-
-    return register
-
-
 def model_info(status: ModelStatus) -> pb.ModelInfo:
     """A repository status entry as the contract's ModelInfo."""
     info = pb.ModelInfo(
@@ -324,19 +320,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
 
     def _refuse_inflight(self) -> ResourceExhausted:
         self._engine.refused("in_flight", "")
-        budgets = self._budgets
-        limit = budgets.inflight_limit
-        why = (
-            f"--max-inflight-rpcs {limit}"
-            if limit == budgets.max_inflight_rpcs
-            else f"adapted to its latency, at most --max-inflight-rpcs {budgets.max_inflight_rpcs}"
-        )
-        return ResourceExhausted(
-            f"the server is overloaded: it is handling {self._inflight - 1} calls, its limit "
-            f"({why}); retry later",
-            "in_flight",
-            0.05,
-        )
+        return self._budgets.inflight_refusal(self._inflight - 1, "calls", 0.05)
 
     def _refuse_late(self, left: float) -> ResourceExhausted:
         self._engine.refused("deadline", "")
@@ -383,7 +367,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         plan = plan_sample(request, model.spec, self._limits, streaming=False)
         respond = functools.partial(_sample_response, model.spec, plan)
         return await self._engine.sample(
-            model, plan, deadline(context), context.done, respond, _when_sent(context)
+            model, plan, deadline(context), context.done, respond, when_call_ends(context)
         )
 
     @_rpc("SampleStream", streaming=True)
@@ -410,7 +394,7 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         plan = await plan_offloaded(plan_interpolate, request, model.spec, self._limits, seeds)
         respond = functools.partial(_interpolate_response, model.spec, plan)
         return await self._engine.interpolate(
-            model, plan, deadline(context), context.done, respond, _when_sent(context)
+            model, plan, deadline(context), context.done, respond, when_call_ends(context)
         )
 
     @_rpc("Arithmetic")
@@ -424,5 +408,5 @@ class GeneratorService(pb_grpc.GeneratorServicer):
         plan = await plan_offloaded(plan_arithmetic, request, model.spec, self._limits, seeds)
         respond = functools.partial(_arithmetic_response, model.spec, plan)
         return await self._engine.arithmetic(
-            model, plan, deadline(context), context.done, respond, _when_sent(context)
+            model, plan, deadline(context), context.done, respond, when_call_ends(context)
         )

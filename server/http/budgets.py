@@ -31,6 +31,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..budget import ServerBudgets
+from ..errors import ResourceExhausted
 from ..metrics import Metrics
 from .errors import error_response
 
@@ -80,16 +81,8 @@ class HttpBudgets:
             return
         budgets = self.budgets
         if self.inflight >= budgets.inflight_limit:
-            await self._refuse(
-                scope,
-                receive,
-                send,
-                route,
-                "in_flight",
-                f"the server is overloaded: it is handling {self.inflight} HTTP inference "
-                f"requests, its limit (at most --max-inflight-rpcs {budgets.max_inflight_rpcs}); "
-                "retry later",
-            )
+            refusal = budgets.inflight_refusal(self.inflight, "HTTP inference requests", 1.0)
+            await self._refuse(scope, receive, send, route, refusal)
             return
         self.inflight += 1
         try:
@@ -134,22 +127,16 @@ class HttpBudgets:
                 return
             body = message.get("body", b"")
             size = len(body)
-            if not buffered.try_acquire(size):
-                if start is not None:  # nothing sent yet: the status can still change
+            if start is None:  # a later part: wait for room
+                await buffered.acquire(size, stall or None)
+            else:  # nothing sent yet: the status can still change
+                try:
+                    buffered.acquire_now(size, "this reply")
+                except ResourceExhausted as exc:
                     refused = True
-                    await self._refuse(
-                        scope,
-                        receive,
-                        send,
-                        route,
-                        "buffered_bytes",
-                        f"the server is holding {buffered.used} of its {buffered.capacity} "
-                        f"bytes of responses (--max-buffered-bytes): this reply ({size} "
-                        "bytes) does not fit now; retry later",
-                        counted=True,  # its handler has counted the request already
-                    )
+                    # its handler has counted the request already
+                    await self._refuse(scope, receive, send, route, exc, counted=True)
                     return
-                await buffered.acquire(size, stall or None)  # a later part: wait for room
             try:
                 if start is not None:
                     first, start = start, None
@@ -175,13 +162,14 @@ class HttpBudgets:
         receive: Receive,
         send: Send,
         route: str,
-        reason: str,
-        message: str,
+        refusal: ResourceExhausted,
         counted: bool = False,
     ) -> None:
-        self.metrics.rejected_total.labels("", reason).inc()
+        self.metrics.rejected_total.labels("", refusal.reason).inc()
         if not counted:  # no handler ran: the request is counted here
             labels = {"model": "", "method": route, "code": "RESOURCE_EXHAUSTED"}
             self.metrics.requests_total.labels(**labels).inc()
-        response: Any = error_response("RESOURCE_EXHAUSTED", message, retry_after_s=1.0)
+        response: Any = error_response(
+            "RESOURCE_EXHAUSTED", refusal.message, retry_after_s=refusal.retry_after_s
+        )
         await response(scope, receive, send)
