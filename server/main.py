@@ -162,6 +162,8 @@ class _Server:
         self._stop = asyncio.Event()
         self._stop_now = asyncio.Event()  # a second SIGTERM: cut the shutdown delay short
         self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False  # a SIGHUP came while a reload ran
+        self._was_ready = False
         self._grpc: Any = None
         self._http: Any = None  # http.server.HttpServer, None when --http-port is -1
         self._http_state: Any = None  # http_app.HttpState
@@ -413,8 +415,9 @@ class _Server:
 
     async def _after_load(self) -> None:
         ready = self.repository.ready
+        self._was_ready = ready
         await self._set_health(ready)
-        for status in self.repository.statuses():
+        for status in self.repository.version_statuses():
             log.info("model %s version %s: %s %s", status.name, status.version, status.state,
                      status.message)  # fmt: skip
         if not ready:
@@ -454,21 +457,43 @@ class _Server:
 
     def _on_reload_signal(self) -> None:
         if self._reloading is not None and not self._reloading.done():
-            log.info("SIGHUP: a reload is already running")
+            # The files may have changed after this reload read them: one more follows.
+            log.info("SIGHUP: a reload is running; another follows it")
+            self._reload_again = True
             return
         log.info("SIGHUP: reloading %s", self.config.model_dir)
-        self._reloading = asyncio.ensure_future(self._reload())
+        self._reloading = asyncio.ensure_future(self._reload(retry_failed=True))
 
-    async def _reload(self) -> None:
-        try:
-            report = await self.repository.reload()
-        except Exception:
-            log.exception("reload failed")
-            return
-        changed = {k: v for k, v in report.items() if v and k != "unchanged"}
-        log.info("reload: %s", changed or "nothing changed")
-        if not self._stop.is_set():
-            await self._set_health(self.repository.ready)
+    async def _reload(self, retry_failed: bool = False) -> None:
+        while True:
+            self._reload_again = False
+            try:
+                report = await self.repository.reload(retry_failed=retry_failed)
+            except Exception:
+                log.exception("reload failed")
+                report = {}
+            changed = {k: v for k, v in report.items() if v and k != "unchanged"}
+            if changed:
+                log.info("reload: %s", changed)
+            else:  # a poll finds nothing most of the time: not worth a line each
+                log.log(logging.INFO if retry_failed else logging.DEBUG, "reload: nothing changed")
+            if not self._stop.is_set():
+                await self._after_reload()
+            if not self._reload_again or self._stop.is_set():
+                return
+            retry_failed = True
+            log.info("SIGHUP: reloading %s again", self.config.model_dir)
+
+    async def _after_reload(self) -> None:
+        ready = self.repository.ready
+        if self._was_ready and not ready:
+            log.warning(
+                "no model is READY in %s any more: health is NOT_SERVING; fix or add a model "
+                "and send SIGHUP",
+                self.config.model_dir,
+            )
+        self._was_ready = ready
+        await self._set_health(ready)
 
     async def _poll(self) -> None:
         while True:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,10 +134,21 @@ class _Version:
     path: Path
     state: LoadState = LoadState.LOADING
     message: str = ""
-    fingerprint: tuple[int, int] = (0, 0)  # (mtime_ns, size) of the loaded file
-    digest: str = ""  # sha256 of the loaded (or last failed) file
+    fingerprint: Fingerprint = ()  # the version folder's files as last read
+    digest: str = ""  # sha256 of the version folder's files, loaded (or last failed)
+    failed: bool = False  # its last load failed: an explicit reload tries it again
     model: LoadedModel | None = None
     spec: ModelSpec | None = None
+
+
+# (name, mtime_ns, size) of every file in a version folder: the model file and what it
+# may load beside it (ONNX external data), so that weights arriving after the graph are
+# a change too.
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class RepositoryUnreadable(Exception):
+    """The model root itself is missing or cannot be listed: not an empty repository."""
 
 
 @dataclass
@@ -146,23 +158,54 @@ class _Scan:
     name: str
     version: str
     path: Path
-    fingerprint: tuple[int, int] = field(default=(0, 0))
+    fingerprint: Fingerprint = field(default=())
 
 
-def scan_files(root: Path) -> list[_Scan]:
-    """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``)."""
-    if not root.is_dir():
-        log.warning("model repository %s is not a directory", root)
-        return []
+def _folder_fingerprint(vdir: Path) -> Fingerprint:
+    entries = []
+    for entry in sorted(vdir.iterdir()):
+        st = entry.stat()
+        if entry.is_file():
+            entries.append((entry.name, st.st_mtime_ns, st.st_size))
+    return tuple(entries)
+
+
+def scan_files(root: Path, skipped: list[str] | None = None) -> list[_Scan]:
+    """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``).
+
+    :class:`RepositoryUnreadable` if ``root`` cannot be listed: a volume being
+    remounted must not read as "every model was removed". Entries that do not fit the
+    layout (a version folder without the model file, a folder name that is not a
+    version) and files that vanish while being read are skipped, with a line in
+    ``skipped``."""
+    try:
+        model_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise RepositoryUnreadable(f"model repository {root}: {exc.strerror or exc}") from None
+    notes = skipped if skipped is not None else []
     found = []
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for vdir in model_dir.iterdir():
-            if not (vdir.is_dir() and is_version(vdir.name)):
+    for model_dir in model_dirs:
+        try:
+            vdirs = sorted(model_dir.iterdir())
+        except OSError as exc:
+            notes.append(f"{model_dir}: cannot list it ({exc.strerror or exc})")
+            continue
+        for vdir in vdirs:
+            if not vdir.is_dir():
+                continue
+            if not is_version(vdir.name):
+                notes.append(f"{vdir}: not a version folder (a number without leading zeros)")
                 continue
             path = vdir / MODEL_FILE
-            if path.is_file():
-                st = path.stat()
-                found.append(_Scan(model_dir.name, vdir.name, path, (st.st_mtime_ns, st.st_size)))
+            try:
+                if not path.is_file():
+                    notes.append(f"{vdir}: no {MODEL_FILE} file in it")
+                    continue
+                fingerprint = _folder_fingerprint(vdir)
+            except OSError as exc:  # removed or replaced while being read
+                notes.append(f"{vdir}: cannot read it ({exc.strerror or exc})")
+                continue
+            found.append(_Scan(model_dir.name, vdir.name, path, fingerprint))
     return found
 
 
@@ -177,11 +220,15 @@ def _shown(text: str) -> str:
     return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"
 
 
-def _digest(path: Path) -> str:
+def _digest(vdir: Path) -> str:
+    """sha256 over the version folder's files (names and bytes): a touched but unchanged
+    folder is not reloaded."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for entry in sorted(p for p in vdir.iterdir() if p.is_file()):
+        with entry.open("rb") as f:
+            h.update(f"{entry.name}\0{os.fstat(f.fileno()).st_size}\0".encode())
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()
 
 
@@ -203,11 +250,9 @@ class ModelRepository:
         self._serving: dict[str, LoadedModel] = {}
         # Retired versions still held by RPCs: closed in the background once free.
         self._retiring: set[asyncio.Task[None]] = set()
+        self._skipped: set[str] = set()  # layout misfits already logged
 
     # ----------------------------------------------------------------- loading
-
-    def _scan(self) -> list[_Scan]:
-        return scan_files(self.root)
 
     def _load(self, scan: _Scan) -> tuple[ModelSpec, OrtRunner]:
         """Read, check and warm one file (runs in a worker thread)."""
@@ -256,47 +301,93 @@ class ModelRepository:
         await self.reload()
         self._started = True
 
-    async def reload(self) -> dict[str, list[str]]:
+    async def reload(self, retry_failed: bool = False) -> dict[str, list[str]]:
         """Rescan: load new/changed versions (warm before traffic), retire removed ones.
 
+        A version whose last load failed is loaded again when its folder changed, or
+        with ``retry_failed`` (an operator's SIGHUP: the cause may have been outside
+        the files, such as memory or a device). A model root that cannot be listed
+        fails the reload and keeps every model as it is.
+
         Returns ``{"loaded": [...], "failed": [...], "removed": [...],
-        "unchanged": [...]}`` with ``"name/version"`` entries.
+        "unchanged": [...]}`` with ``"name/version"`` entries, and ``"error"`` with
+        the reason when the reload as a whole failed.
         """
         async with self._lock:
             report: dict[str, list[str]] = {k: [] for k in ("loaded", "failed", "removed")}
             report["unchanged"] = []
-            scans = await asyncio.to_thread(self._scan)
-            retired = self._drop_removed({(s.name, s.version) for s in scans}, report)
-            pending = await self._changed(scans, report)
-            # Load concurrently: each load (warm-up included) is a thread.
-            results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
-            for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
-                key = f"{scan.name}/{scan.version}"
-                entry.fingerprint, entry.digest = scan.fingerprint, digest
-                if model is None:
-                    report["failed"].append(key)
-                    if entry.model is not None:  # a changed file broke: keep the old session
-                        entry.message = f"reload failed, serving the previous file: {message}"
-                    else:
-                        self._set_state(scan.name, scan.version, entry, LoadState.FAILED, message)
-                    continue
-                if entry.model is not None:
-                    retired.append(entry.model)
-                entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
-                self._set_state(scan.name, scan.version, entry, LoadState.READY, "")
-                self._metrics.set_rewritten_layers(scan.name, scan.version, model.runner.rewritten)
-                report["loaded"].append(key)
-            self._refresh_serving()
-            for old in retired:
-                if old.in_use:  # e.g. a long stream: it finishes on this version
-                    task = asyncio.ensure_future(old.close())
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
-                else:
-                    await old.close()  # drained: its queued requests still finish
-            if self._started:
-                self._metrics.reloads_total.labels("failed" if report["failed"] else "ok").inc()
+            skipped: list[str] = []
+            try:
+                scans = await asyncio.to_thread(scan_files, self.root, skipped)
+            except RepositoryUnreadable as exc:
+                kept = ": every model loaded stays as it is" if self._models else ""
+                log.error("%s%s", exc, kept)
+                report["error"] = [str(exc)]
+                self._count_reload(failed=True)
+                return report
+            self._note_skipped(skipped)
+            retired: list[LoadedModel] = []
+            pending: list[tuple[_Scan, _Version, str]] = []
+            try:
+                retired = self._drop_removed({(s.name, s.version) for s in scans}, report)
+                pending = await self._changed(scans, report, retry_failed)
+                # Load concurrently: each load (warm-up included) is a thread.
+                results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
+                for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
+                    entry.fingerprint, entry.digest = scan.fingerprint, digest
+                    if model is None:
+                        self._failed(scan, entry, message, report)
+                        continue
+                    if entry.model is not None:
+                        retired.append(entry.model)
+                    entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
+                    entry.failed = False
+                    self._set_state(scan.name, scan.version, entry, LoadState.READY, "")
+                    self._metrics.set_rewritten_layers(
+                        scan.name, scan.version, model.runner.rewritten
+                    )
+                    report["loaded"].append(f"{scan.name}/{scan.version}")
+            except Exception as exc:  # a bug, not a broken file: no version stays LOADING
+                log.exception("reload failed")
+                report["error"] = [f"{type(exc).__name__}: {exc}"]
+                for scan, entry, _ in pending:
+                    if entry.state == LoadState.LOADING:
+                        self._failed(scan, entry, f"the reload failed: {exc!r}", report)
+            finally:
+                self._refresh_serving()
+                await self._retire(retired)
+            self._count_reload(failed=bool(report["failed"] or report.get("error")))
             return report
+
+    def _failed(
+        self, scan: _Scan, entry: _Version, message: str, report: dict[str, list[str]]
+    ) -> None:
+        report["failed"].append(f"{scan.name}/{scan.version}")
+        entry.failed = True
+        if entry.model is not None:  # a changed file broke: keep the old session
+            entry.message = f"reload failed, serving the previous file: {message}"
+        else:
+            self._set_state(scan.name, scan.version, entry, LoadState.FAILED, message)
+
+    async def _retire(self, retired: list[LoadedModel]) -> None:
+        for old in retired:
+            if old.in_use:  # e.g. a long stream: it finishes on this version
+                task = asyncio.ensure_future(old.close())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            else:
+                await old.close()  # drained: its queued requests still finish
+
+    def _count_reload(self, failed: bool) -> None:
+        if self._started:
+            self._metrics.reloads_total.labels("failed" if failed else "ok").inc()
+
+    def _note_skipped(self, skipped: list[str]) -> None:
+        """Log each folder that does not fit the layout once, not at every poll."""
+        for note in skipped:
+            if note not in self._skipped:
+                log.warning("model repository: skipped %s", note)
+        self._skipped = set(skipped)
 
     def _drop_removed(
         self, seen: set[tuple[str, str]], report: dict[str, list[str]]
@@ -315,19 +406,17 @@ class ModelRepository:
         return retired
 
     async def _changed(
-        self, scans: list[_Scan], report: dict[str, list[str]]
+        self, scans: list[_Scan], report: dict[str, list[str]], retry_failed: bool = False
     ) -> list[tuple[_Scan, _Version, str]]:
-        """Files that are new or whose bytes changed, with their entry and sha256."""
+        """Versions that are new or whose files changed (or failed, with
+        ``retry_failed``), with their entry and sha256."""
         pending = []
         for scan in scans:
+            key = f"{scan.name}/{scan.version}"
             existing = self._models.get(scan.name, {}).get(scan.version)
-            if existing is not None and existing.fingerprint == scan.fingerprint:
-                report["unchanged"].append(f"{scan.name}/{scan.version}")
-                continue
-            digest = await asyncio.to_thread(_digest, scan.path)
-            if existing is not None and existing.digest == digest:
-                existing.fingerprint = scan.fingerprint  # touched, same bytes
-                report["unchanged"].append(f"{scan.name}/{scan.version}")
+            retry = retry_failed and existing is not None and existing.failed
+            if existing is not None and existing.fingerprint == scan.fingerprint and not retry:
+                report["unchanged"].append(key)
                 continue
             entry = existing
             if entry is None:
@@ -337,6 +426,21 @@ class ModelRepository:
                 # The failure counter exists at 0 from the model's first sight, so that a
                 # later failure is an increase that alerts see.
                 self._metrics.model_load_failures_total.labels(scan.name)
+            try:
+                digest = await asyncio.to_thread(_digest, scan.path.parent)
+            except OSError as exc:  # removed or unreadable between the scan and now
+                message = f"{scan.path.parent}: cannot read it ({exc.strerror or exc})"
+                log.error(
+                    "failed to load model %s version %s: %s", scan.name, scan.version, message
+                )
+                self._metrics.model_load_failures_total.labels(scan.name).inc()
+                entry.fingerprint = scan.fingerprint  # the next poll does not log it again
+                self._failed(scan, entry, message, report)
+                continue
+            if existing is not None and existing.digest == digest and not retry:
+                existing.fingerprint = scan.fingerprint  # touched, same bytes
+                report["unchanged"].append(key)
+                continue
             pending.append((scan, entry, digest))
         return pending
 
@@ -409,6 +513,14 @@ class ModelRepository:
     def statuses(self) -> list[ModelStatus]:
         """One status per model (the version ``get(name)`` serves), sorted by name."""
         return [self.status(name) for name in sorted(self._models)]
+
+    def version_statuses(self) -> list[ModelStatus]:
+        """One status per version of every model, by name and version."""
+        return [
+            self.status(name, version)
+            for name in sorted(self._models)
+            for version in sorted(self._models[name], key=version_key)
+        ]
 
     @property
     def ready(self) -> bool:

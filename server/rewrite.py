@@ -352,6 +352,10 @@ def rewritten_model(
     """
     try:
         model = onnx.load(str(path))
+    except Exception as exc:  # unreadable (external data missing, ...): the load reports it
+        log.debug("%s: not rewritten, the file does not load: %s", path, exc)
+        return None
+    try:
         count = rewrite_conv_transpose(model, chain)
         data = model.SerializeToString() if count else b""  # ValueError over 2 GiB
     except Exception:  # a graph this code did not foresee: serve the original

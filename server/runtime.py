@@ -359,6 +359,13 @@ class OrtRunner:
                         f"{self.path}: output has shape {out.shape} at batch {n}, expected "
                         f"(N, C, H, W) = {(n, *self.spec.image_shape)}"
                     )
+                if not np.isfinite(out).all():
+                    # z = 0 is the prior's mode: a model that fails there would fail
+                    # every request with INTERNAL, so it fails here, once, instead.
+                    raise ModelSpecError(
+                        f"{self.path}: output is not finite (NaN or infinity) for z = 0 at "
+                        f"batch {n}"
+                    )
         self.warmed = self.warmed + sizes
 
     def close(self) -> None:

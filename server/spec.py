@@ -76,6 +76,16 @@ def _check_tensor(where: str, value: onnx.ValueInfoProto, rank: int) -> list[int
     return dims
 
 
+def _dynamic_batch(where: str, dims: list[int | str]) -> None:
+    """Dimension 0 is the batch: the batcher runs any number of requests' images in one
+    call, so a fixed size (other than unknown, 0 or -1) would fail at serving time."""
+    if isinstance(dims[0], int) and dims[0] > 0:
+        raise ModelSpecError(
+            f"{where} has a fixed batch dimension {dims[0]} (shape {dims}); export it with a "
+            "dynamic batch axis (e.g. torch.onnx.export(..., dynamic_axes={name: {0: 'N'}}))"
+        )
+
+
 def _fixed(where: str, dim: int | str) -> int:
     if not isinstance(dim, int) or dim <= 0:
         raise ModelSpecError(f"{where} must be a fixed positive size, got {dim!r}")
@@ -133,14 +143,17 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     if extra:
         raise ModelSpecError(f"unexpected inputs {extra}; only 'z' and optional 'y' are allowed")
     z_dims = _check_tensor("input 'z'", inputs["z"], 2)
+    _dynamic_batch("input 'z'", z_dims)
     latent_dim = _fixed("input 'z' dimension 1 (latent_dim)", z_dims[1])
     num_classes = 0
     if "y" in inputs:
         y_dims = _check_tensor("input 'y'", inputs["y"], 2)
+        _dynamic_batch("input 'y'", y_dims)
         num_classes = _fixed("input 'y' dimension 1 (num_classes)", y_dims[1])
     if len(graph.output) != 1:
         raise ModelSpecError(f"expected exactly one output (the images), got {len(graph.output)}")
     out_dims = _check_tensor(f"output '{graph.output[0].name}'", graph.output[0], 4)
+    _dynamic_batch(f"output '{graph.output[0].name}'", out_dims)
     meta = read_metadata(model)
     c, h, w = _image_shape(out_dims, json_field(meta, Key.IMAGE_SHAPE, None, list))
     kind = ModelKind.for_classes(num_classes)
@@ -164,6 +177,13 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     value_range = json_field(meta, Key.VALUE_RANGE, list(DEFAULT_VALUE_RANGE), list)
     if len(value_range) != 2 or not all(isinstance(v, int | float) for v in value_range):
         raise ModelSpecError(f"metadata {Key.VALUE_RANGE} must be [min, max], got {value_range}")
+    if tuple(float(v) for v in value_range) != DEFAULT_VALUE_RANGE:
+        # Every encoding (UINT8, PNG, the clients' pictures) maps [-1, 1] to 0..255: any
+        # other range would be served washed out or clipped, not refused.
+        raise ModelSpecError(
+            f"metadata {Key.VALUE_RANGE} must be [-1, 1], got {value_range}: rescale the "
+            "output in the graph (a [0, 1] generator: 2 * x - 1)"
+        )
     quality = json_field(meta, Key.QUALITY, {}, dict)
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in quality.values()):
         raise ModelSpecError(f"metadata {Key.QUALITY} values must be numbers, got {quality}")

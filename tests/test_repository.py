@@ -103,6 +103,11 @@ def test_symbolic_output_dims_take_the_metadata_shape(tmp_path: Path) -> None:
         ({"broken": True}, "not a readable ONNX file"),
         ({"metadata_overrides": {"ganserve.image_shape": "[1, 32, 32]"}}, "contradicts the output"),
         ({"metadata_overrides": {"ganserve.image_shape": "[1, 28]"}}, "must be \\[C, H, W\\]"),
+        # The batcher runs any number of images in one call: a fixed batch fails at serving.
+        ({"batch_dim": 1}, "input 'z' has a fixed batch dimension 1"),
+        # Every encoding maps [-1, 1] to 0..255: another range would be served wrong.
+        ({"metadata_overrides": {"ganserve.value_range": "[0, 1]"}}, "must be \\[-1, 1\\]"),
+        ({"metadata_overrides": {"ganserve.value_range": "[NaN, Infinity]"}}, "\\[-1, 1\\]"),
     ],
 )
 def test_read_spec_rejects_misfits(tmp_path: Path, kwargs: dict, match: str) -> None:  # type: ignore[type-arg]
@@ -363,3 +368,115 @@ async def test_generate_checks_shapes_per_request(tmp_path: Path, repo: ModelRep
         await cond.generate(z, one_hot([0], 3))
     out = await cond.generate(z.astype(np.float64), one_hot([0, 1], 3))  # cast, not refused
     assert out.shape == (2, 1, 28, 28)
+
+
+# ------------------------------------------------------------------ not the file's fault
+
+
+async def test_a_model_that_computes_nan_fails_at_load(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    make_tiny_generator(model_path(tmp_path, "nan", "1"), nan_output=True)
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    await repo.start()
+    status = repo.status("nan")
+    assert status.state == "FAILED" and "not finite" in status.message
+    assert repo.get("tiny").spec.version == "1"
+
+
+def _repo_in(root: Path, metrics: Metrics) -> ModelRepository:
+    return ModelRepository(root, RUNTIME, BatchingConfig(max_batch_size=4), metrics)
+
+
+async def test_a_model_root_that_is_gone_fails_the_reload_and_keeps_the_models(
+    tmp_path: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    make_tiny_generator(model_path(root, "tiny", "1"))
+    repo = _repo_in(root, metrics)
+    try:
+        await repo.start()
+        root.rename(tmp_path / "elsewhere")  # a volume remounted, a directory swapped
+        with caplog.at_level(logging.ERROR):
+            report = await repo.reload()
+        assert report["error"] and report["removed"] == [] and "elsewhere" not in str(report)
+        assert "every model loaded stays as it is" in caplog.text
+        assert repo.ready and repo.get("tiny").spec.version == "1"
+        assert _value(metrics, "ganserve_reloads_total", result="failed") == 1
+        (tmp_path / "elsewhere").rename(root)
+        assert (await repo.reload())["unchanged"] == ["tiny/1"]
+    finally:
+        await repo.close()
+
+
+async def test_an_unreadable_file_fails_its_version_not_the_reload(  # type: ignore[no-untyped-def]
+    tmp_path: Path, repo: ModelRepository, metrics: Metrics
+) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    # stat() works, read() fails (EIO): what a file with the wrong permissions or on a
+    # failing disk looks like to a server running as any user.
+    unreadable = model_path(tmp_path, "unreadable", "1")
+    unreadable.parent.mkdir(parents=True)
+    unreadable.symlink_to("/proc/self/mem")
+    await repo.start()  # before: OSError out of start(), the server exited
+    assert repo.status("unreadable").state == "FAILED"
+    assert "cannot read it" in repo.status("unreadable").message
+    assert repo.get("tiny").spec.version == "1"
+    assert _value(metrics, "ganserve_model_load_failures_total", model="unreadable") == 1
+
+    make_tiny_generator(model_path(tmp_path, "tiny", "2"), seed=1)
+    model_path(tmp_path, "tiny", "1").unlink()
+    report = await repo.reload()  # the same unreadable file again, beside real changes
+    assert report["loaded"] == ["tiny/2"] and report["removed"] == ["tiny/1"]
+    assert repo.get("tiny").spec.version == "2"
+    assert "error" not in report
+
+
+async def test_a_failed_version_is_retried_when_its_folder_changes_or_when_asked(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    """The weights of a model with external data arrive after its graph: the folder
+    changed though model.onnx did not, so a poll loads it. An explicit reload
+    (``retry_failed``: SIGHUP) tries a failed version again even when nothing changed:
+    the cause may have been memory or a device, not the files."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    path = make_tiny_generator(model_path(tmp_path, "ext", "1"))
+    model = onnx.load(str(path))
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=1024)
+    onnx.save(model, str(path))
+    weights = path.parent / "weights.bin"
+    held = weights.read_bytes()
+    weights.unlink()  # the graph arrived first
+    await repo.start()
+    assert repo.status("ext").state == "FAILED"
+
+    assert (await repo.reload())["unchanged"] == ["ext/1"]  # a poll: nothing new
+    report = await repo.reload(retry_failed=True)  # SIGHUP: try it again anyway
+    assert report["failed"] == ["ext/1"] and report["unchanged"] == []
+
+    weights.write_bytes(held)
+    assert (await repo.reload())["loaded"] == ["ext/1"]  # a poll sees the folder change
+    assert repo.get("ext").spec.version == "1"
+    assert repo.status("ext").state == "READY" and repo.status("ext").message == ""
+    report = await repo.reload(retry_failed=True)  # READY versions are not reloaded
+    assert report["unchanged"] == ["ext/1"]
+
+
+async def test_layout_misfits_are_logged_once(
+    tmp_path: Path, repo: ModelRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    (tmp_path / "tiny" / "2").mkdir()  # the file not copied yet
+    (tmp_path / "tiny" / "v3").mkdir()
+    with caplog.at_level(logging.WARNING):
+        await repo.start()
+        await repo.reload()
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert any(
+        "no model.onnx file" in line and line.endswith(f"{os.sep}2: no model.onnx file in it")
+        for line in lines
+    )
+    assert any("v3: not a version folder" in line for line in lines)

@@ -191,3 +191,30 @@ def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> N
         assert health(channel, "ganserve.v1.Generator") == SERVING
         assert client.Sample(pb.SampleRequest(model=UNCOND, count=1)).images.count == 1
     assert proc.stop() == 0
+
+
+def test_a_sighup_during_a_reload_is_not_lost(repo_copy, start_server, wait_until) -> None:
+    """A SIGHUP that arrives while a reload runs may be about files that reload read
+    before they changed: one more reload follows, and nothing waits for a third signal."""
+    proc = start_server(repo_copy)
+    channel, client = stub(proc.target)
+    slow = model_path(repo_copy, "slow", "1")
+    slow.parent.mkdir(parents=True)
+    with slow.open("wb") as f:
+        f.truncate(1 << 30)  # sparse, no disk used; reading and hashing it takes a while
+    with channel:
+        proc.send(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: reloading" in proc.log(), "the first reload to start")
+        make_tiny_generator(
+            model_path(repo_copy, UNCOND, "2"), latent_dim=8, name=UNCOND, version="2", seed=1
+        )
+        proc.send(signal.SIGHUP)
+        wait_until(lambda: "another follows" in proc.log(), "the second SIGHUP to be queued")
+        wait_until(
+            lambda: client.GetModel(pb.GetModelRequest(model=UNCOND)).version == "2",
+            "version 2 to be served without a third SIGHUP",
+            timeout=60,
+        )
+        failed = client.GetModel(pb.GetModelRequest(model="slow"))
+        assert failed.state == pb.LOAD_STATE_FAILED
+    assert proc.stop() == 0, proc.log()

@@ -68,6 +68,8 @@ def make_tiny_generator(
     image_shape: tuple[int, ...] = (1, 28, 28),
     declared_classes: int | None = None,
     symbolic_image_dims: bool = False,
+    batch_dim: int | str = "N",
+    nan_output: bool = False,
 ) -> Path:
     """Write a tiny generator to ``path`` (parents created); returns ``path``.
 
@@ -77,7 +79,8 @@ def make_tiny_generator(
     ``image_shape`` (the output per-image shape), ``declared_classes`` (width of
     input y differs from what the weights use: metadata mismatch),
     ``symbolic_image_dims`` (output declared (N, C, H, W) with named dims, as
-    torch's exporter often leaves it).
+    torch's exporter often leaves it), ``batch_dim`` (an int: a fixed batch axis on
+    the inputs and the output), ``nan_output`` (NaN weights: every image is NaN).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,9 @@ def make_tiny_generator(
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((latent_dim + num_classes, pixels)).astype(np.float32)
     weight /= np.sqrt(latent_dim + num_classes)  # keep tanh out of saturation
-    z_shape: list[int | str] = ["N", latent_dim] + [1] * (z_rank - 2)
+    if nan_output:
+        weight[:] = np.nan
+    z_shape: list[int | str] = [batch_dim, latent_dim] + [1] * (z_rank - 2)
     inputs = [helper.make_tensor_value_info(z_name, TensorProto.FLOAT, z_shape)]
     nodes = []
     features = z_name
@@ -96,7 +101,7 @@ def make_tiny_generator(
         features = "z_flat"
     if num_classes:
         y_width = declared_classes if declared_classes is not None else num_classes
-        inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", y_width]))
+        inputs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch_dim, y_width]))
         nodes.append(helper.make_node("Concat", [features, "y"], ["zy"], axis=1))
         features = "zy"
     out_shape = np.array([-1, *image_shape], dtype=np.int64)
@@ -110,7 +115,7 @@ def make_tiny_generator(
         nodes,
         f"{name}-generator",
         inputs,
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *declared_image])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch_dim, *declared_image])],
         initializer=[
             numpy_helper.from_array(weight, "weight"),
             numpy_helper.from_array(out_shape, "out_shape"),
