@@ -1,5 +1,5 @@
 # ganserve — every target creates .venv and installs what it needs.
-#   make run    serve the bundled models on localhost:50051 (metrics on :8000)
+#   make run    serve the bundled models on localhost:50051 (HTTP on :8080, metrics on :8000)
 #   make test   lint, types, the manual, stub drift, the whole test suite
 #   make docs   build the manual (docs/, mkdocs.yml) strictly into site/
 #   make bench  closed-loop benchmark against the real server (figures printed), the

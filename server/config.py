@@ -138,6 +138,7 @@ class ServerConfig:
         """Resolve every option (flag > env > default) and validate the result."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}  # the flag or variable each value came from
         for opt in _OPTIONS:
             raw = getattr(args, opt.dest, None) if args is not None else None
             source = opt.flag
@@ -149,6 +150,7 @@ class ServerConfig:
                 values[opt.dest] = opt.parse(raw) if isinstance(raw, str) else raw
             except ValueError as exc:
                 raise ConfigError(f"{source}: cannot parse {raw!r}: {exc}") from None
+            sources[opt.dest] = source
         token_file = values.pop("auth_token_file", None)
         if token_file is not None:
             if "auth_token" in values:
@@ -157,9 +159,11 @@ class ServerConfig:
                 values["auth_token"] = Path(token_file).read_text().strip()
             except OSError as exc:
                 raise ConfigError(f"--auth-token-file: cannot read {token_file}: {exc}") from None
-        # The core's configs are frozen and check themselves: build them whole.
+        # The core's configs are frozen and check themselves: build them whole. Their
+        # messages name their fields, so each value is checked here first, by its flag.
         sections: dict[str, dict[str, Any]] = {"runtime": {}, "batching": {}}
         for dest in [d for d in values if "." in d]:
+            _check_section_value(dest, values[dest], sources[dest])
             section, _, name = dest.partition(".")
             sections[section][name] = values.pop(dest)
         try:
@@ -250,7 +254,11 @@ class ServerConfig:
         ):
             _check(path is None or path.is_file(), f"{flag} {path} is not a readable file")
         _check(self.auth_token is None or bool(self.auth_token), "--auth-token must not be empty")
-        _check(self.log_level in _LOG_LEVELS, f"--log-level must be one of {_LOG_LEVELS}")
+        _check(
+            self.log_level in _LOG_LEVELS,
+            f"--log-level must be one of {' | '.join(_LOG_LEVELS)} (any case), "
+            f"got {self.log_level!r}",
+        )
         if self.ready_file is not None:
             parent = self.ready_file.parent
             _check(parent.is_dir(), f"--ready-file: directory {parent} does not exist")
@@ -279,6 +287,42 @@ class ServerConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _section_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """What each value of the core's configs must be, as the user is told it."""
+    from .runtime import DEVICES
+    from .tuning import MODES
+
+    return {
+        "runtime.device": (lambda v: v in DEVICES, f"must be one of {' | '.join(DEVICES)}"),
+        "runtime.intra_op_threads": (lambda v: v >= 0, "must be >= 0 (0 = one per usable core)"),
+        "runtime.inter_op_threads": (
+            lambda v: v >= 0,
+            "must be >= 0 (0 = ONNX Runtime's default)",
+        ),
+        "runtime.small_batch_max": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+        "runtime.tuning": (lambda v: v in MODES, f"must be one of {' | '.join(MODES)}"),
+        "runtime.tuning_budget_s": (lambda v: v > 0, "must be > 0"),
+        "runtime.warmup_batch_sizes": (
+            lambda v: all(b >= 1 for b in v),
+            "must list batch sizes >= 1",
+        ),
+        "batching.max_batch_size": (lambda v: v >= 1, "must be >= 1"),
+        "batching.max_queue_delay_ms": (lambda v: v >= 0, "must be >= 0"),
+        "batching.max_queue_size": (lambda v: v >= 1, "must be >= 1"),
+        "batching.max_queue_wait_ms": (lambda v: v > 0, "must be > 0"),
+        "batching.inline_max_images": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+        "batching.instances": (lambda v: v >= 1, "must be >= 1"),
+    }
+
+
+def _check_section_value(dest: str, value: Any, source: str) -> None:
+    rule = _section_rules().get(dest)
+    if rule is not None:
+        ok, requirement = rule
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        _check(ok(value), f"{source} {requirement}, got {shown!r}")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -522,7 +566,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("tls_client_ca", Path, "PEM CA of client certificates (enables mutual TLS)"),
     _Option("auth_token", str, "require 'authorization: Bearer TOKEN' (prefer the env/file)"),
     _Option("auth_token_file", Path, "read the bearer token from this file"),
-    _Option("log_level", _parse_level, "DEBUG | INFO | WARNING | ERROR (default INFO)"),
+    _Option(
+        "log_level",
+        _parse_level,
+        "DEBUG | INFO | WARNING | ERROR | CRITICAL, in any case (default INFO)",
+    ),
     _Option(
         "ready_file", Path, "write JSON {port, metrics_port, http_port, pid} here once serving"
     ),

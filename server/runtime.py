@@ -84,7 +84,7 @@ class RuntimeConfig:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
-            raise ValueError("thread counts must be >= 0 (0 = ONNX Runtime default)")
+            raise ValueError("thread counts must be >= 0 (intra-op 0: one per usable core)")
         if self.small_batch_max is not None and self.small_batch_max < 0:
             raise ValueError(f"small_batch_max must be >= 0, got {self.small_batch_max}")
         if self.tuning not in MODES:

@@ -78,9 +78,9 @@ def test_token_file(tmp_path: Path) -> None:
         (["--port", "70000"], {}, "--port"),
         ([], {"GANSERVE_PORT": "abc"}, "GANSERVE_PORT"),
         (["--metrics-port", "-2"], {}, "--metrics-port"),
-        (["--device", "tpu"], {}, "device"),
-        (["--max-batch-size", "0"], {}, "max_batch_size"),
-        (["--model-instances", "0"], {}, "instances"),
+        (["--device", "tpu"], {}, "--device"),
+        (["--max-batch-size", "0"], {}, "--max-batch-size"),
+        (["--model-instances", "0"], {}, "--model-instances"),
         (["--max-pending-rpcs", "0"], {}, "--max-pending-rpcs"),
         (["--tls-cert", "cert.pem"], {}, "--tls-key"),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca"),
@@ -105,6 +105,50 @@ def test_token_file(tmp_path: Path) -> None:
 def test_invalid_values_name_the_setting(tmp_path, argv, env, message) -> None:
     with pytest.raises(ConfigError, match=message):
         build(["--model-dir", str(tmp_path), *argv], env)
+
+
+# A bad value of every setting that belongs to the core's configs (RuntimeConfig,
+# BatchingConfig), whose own checks name their fields, not the flags.
+_BAD_CORE_VALUES = {
+    "--device": "tpu",
+    "--intra-op-threads": "-1",
+    "--inter-op-threads": "-1",
+    "--small-batch-max": "-1",
+    "--tuning": "bogus",
+    "--tuning-budget-s": "0",
+    "--warmup-batch-sizes": "1,0",
+    "--max-batch-size": "0",
+    "--max-queue-delay-ms": "-1",
+    "--max-queue-size": "0",
+    "--max-queue-wait-ms": "0",
+    "--inline-max-images": "-1",
+    "--model-instances": "0",
+}
+
+
+def test_every_core_setting_is_refused_by_its_flag(tmp_path: Path) -> None:
+    from ganserve.server.config import _OPTIONS
+
+    core = {opt.flag for opt in _OPTIONS if "." in opt.dest and not opt.is_bool}
+    assert core <= set(_BAD_CORE_VALUES), f"give a bad value for {core - set(_BAD_CORE_VALUES)}"
+    for flag, bad in _BAD_CORE_VALUES.items():
+        with pytest.raises(ConfigError) as caught:
+            build(["--model-dir", str(tmp_path), flag, bad])
+        message = str(caught.value)
+        assert message.startswith(f"{flag} must "), message
+        assert "_" not in message.partition(",")[0], message  # no field name
+        variable = "GANSERVE_" + flag[2:].upper().replace("-", "_")
+        with pytest.raises(ConfigError, match=f"^{variable} must "):
+            build(["--model-dir", str(tmp_path)], {variable: bad})
+    with pytest.raises(ConfigError, match=r"0 = one per usable core\)"):
+        build(["--model-dir", str(tmp_path), "--intra-op-threads", "-1"])
+
+
+def test_log_level_any_case(tmp_path: Path) -> None:
+    for level in ("debug", "Info", "warning", "ERROR", "critical"):
+        assert build(["--model-dir", str(tmp_path), "--log-level", level]).log_level == (
+            level.upper()
+        )
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:
