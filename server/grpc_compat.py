@@ -30,6 +30,7 @@ __all__ = [
     "SEND_FAILED_IS_GRPCS",
     "SendFailed",
     "Undecodable",
+    "add_health_servicer",
     "deadline",
     "deadline_passed",
     "lenient_parser",
@@ -113,3 +114,37 @@ def when_call_ends(context: aio.ServicerContext) -> Callable[[Callable[[], None]
         context.add_done_callback(lambda _context: release())
 
     return register
+
+
+def add_health_servicer(servicer: Any, server: aio.Server) -> None:
+    """Register grpc's standard health servicer (``grpc_health.v1``) with a request
+    parser that answers undecodable bytes with INVALID_ARGUMENT, as every other service
+    here does: with grpc's generated registration a parser error is UNKNOWN and an
+    ERROR traceback in the log, once per probe."""
+    from grpc_health.v1 import health_pb2
+
+    parse = lenient_parser(health_pb2.HealthCheckRequest)
+    serialize = health_pb2.HealthCheckResponse.SerializeToString
+
+    async def check(request: Any, context: aio.ServicerContext) -> Any:
+        if type(request) is Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.invalid()))
+        return await servicer.Check(request, context)
+
+    async def watch(request: Any, context: aio.ServicerContext) -> None:
+        if type(request) is Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.invalid()))
+        await servicer.Watch(request, context)  # writes its replies with context.write
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health",
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                check, request_deserializer=parse, response_serializer=serialize
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                watch, request_deserializer=parse, response_serializer=serialize
+            ),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))

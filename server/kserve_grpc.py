@@ -149,6 +149,9 @@ def _rpc(method: str, counted: bool = True) -> Callable[[Any], Any]:
         async def handle(self: KServeService, request: Any, context: aio.ServicerContext) -> Any:
             core = self._core
             if not counted:
+                if type(request) is Undecodable:  # a probe answers garbage too, not OK
+                    invalid = request.invalid()
+                    await _abort(context, invalid.code_name, str(invalid))
                 return await fn(self, request, context, Call())
             with core.track(method) as call, tracing.rpc_span(SERVICE_NAME, method, context, call):
                 try:

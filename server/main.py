@@ -175,7 +175,7 @@ class _Server:
     async def run(self) -> int:
         import grpc
         from grpc import aio
-        from grpc_health.v1 import health, health_pb2_grpc
+        from grpc_health.v1 import health
         from grpc_reflection.v1alpha import reflection
         from prometheus_client import CollectorRegistry
 
@@ -185,6 +185,7 @@ class _Server:
         from .auth import BearerTokenInterceptor
         from .budget import ServerBudgets, default_buffered_bytes
         from .engine import Engine
+        from .grpc_compat import add_health_servicer
         from .kserve_grpc import METHOD_LABELS, KServeService, add_kserve_to_server
         from .metrics import Metrics
         from .oip import OipCore
@@ -253,7 +254,7 @@ class _Server:
         )
         add_kserve_to_server(KServeService(self._oip), server)
         self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_health_servicer(self.health, server)  # garbage: INVALID_ARGUMENT, not UNKNOWN
         reflection.enable_server_reflection(
             (SERVICE_NAME, KSERVE_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
             server,

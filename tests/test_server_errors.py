@@ -317,6 +317,40 @@ def test_undecodable_request_bytes_are_invalid_argument(
 
 
 @pytest.mark.parametrize(
+    ("path", "streaming", "message_type"),
+    [
+        ("/grpc.health.v1.Health/Check", False, "grpc.health.v1.HealthCheckRequest"),
+        ("/grpc.health.v1.Health/Watch", True, "grpc.health.v1.HealthCheckRequest"),
+        (
+            "/inference.GRPCInferenceService/ServerLive",
+            False,
+            "inference.ServerLiveRequest",
+        ),
+        (
+            "/inference.GRPCInferenceService/ServerReady",
+            False,
+            "inference.ServerReadyRequest",
+        ),
+    ],
+)
+def test_probes_answer_undecodable_bytes_with_invalid_argument(
+    grpc_channel, server, path, streaming, message_type
+) -> None:
+    """Health and KServe's liveness probes took garbage as UNKNOWN with a traceback in
+    the log (grpc's own health registration) or answered it OK (the probes' uncounted
+    path skipped the check): INVALID_ARGUMENT, as every other method answers."""
+    garbage = b"\xff\xff\xff\xff"
+    with pytest.raises(grpc.RpcError) as info:
+        if streaming:
+            list(grpc_channel.unary_stream(path)(garbage, timeout=5))
+        else:
+            grpc_channel.unary_unary(path)(garbage, timeout=5)
+    assert info.value.code() == INVALID, info.value.details()
+    assert message_type in info.value.details()
+    assert "DecodeError" not in server.log()
+
+
+@pytest.mark.parametrize(
     "request_",
     [
         pb.GetModelRequest(model="x" * 20_000),
