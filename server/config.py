@@ -123,6 +123,9 @@ class ServerConfig:
     # balancers and Kubernetes endpoints stop routing here before new RPCs are refused.
     shutdown_delay_s: float = 0.0
     reload_interval_s: float = 0.0  # 0: reload on SIGHUP only
+    # Versions loaded per model, the newest first (0: all): each costs a session and a
+    # batcher thread, and a repository that keeps old versions would hold them all.
+    max_versions: int = 0
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: mutual TLS, client certificates required
@@ -225,6 +228,7 @@ class ServerConfig:
         _check(self.grace_period_s >= 0, "--grace-period-s must be >= 0")
         _check(self.shutdown_delay_s >= 0, "--shutdown-delay-s must be >= 0")
         _check(self.reload_interval_s >= 0, "--reload-interval-s must be >= 0 (0: SIGHUP only)")
+        _check(self.max_versions >= 0, "--max-versions must be >= 0 (0: all)")
         # gRPC and /metrics have the same three TLS settings and the same rules.
         for p, cert, key, ca in (
             ("--tls", self.tls_cert, self.tls_key, self.tls_client_ca),
@@ -561,6 +565,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("grace_period_s", float, "drain time for in-flight RPCs on SIGTERM (default 10)"),
     _Option("shutdown_delay_s", float, "on SIGTERM, serve N s more as NOT_SERVING (default 0)"),
     _Option("reload_interval_s", float, "poll the model dir every N s (default 0: SIGHUP only)"),
+    _Option("max_versions", int, "load only the newest N versions of each model (default 0: all)"),
     _Option("tls_cert", Path, "PEM server certificate (TLS)"),
     _Option("tls_key", Path, "PEM server private key (TLS)"),
     _Option("tls_client_ca", Path, "PEM CA of client certificates (enables mutual TLS)"),

@@ -207,7 +207,9 @@ class _Server:
 
             disable_created_metrics()  # process-wide: this process serves one registry
         metrics = Metrics(CollectorRegistry(), max_batch_size=cfg.batching.max_batch_size)
-        self.repository = ModelRepository(cfg.model_dir, cfg.runtime, cfg.batching, metrics)
+        self.repository = ModelRepository(
+            cfg.model_dir, cfg.runtime, cfg.batching, metrics, cfg.max_versions
+        )
         limits = Limits(
             max_images_per_request=cfg.max_images_per_request,
             max_images_per_stream=cfg.max_images_per_stream,

@@ -236,9 +236,15 @@ class ModelRepository:
     """All model versions under ``root``; see the module docstring."""
 
     def __init__(
-        self, root: Path, runtime: RuntimeConfig, batching: BatchingConfig, metrics: Metrics
+        self,
+        root: Path,
+        runtime: RuntimeConfig,
+        batching: BatchingConfig,
+        metrics: Metrics,
+        max_versions: int = 0,
     ):
         self.root = Path(root)
+        self.max_versions = max_versions  # newest versions loaded per model; 0: all
         self._runtime = runtime
         self._batching = batching
         self._metrics = metrics
@@ -251,6 +257,7 @@ class ModelRepository:
         # Retired versions still held by RPCs: closed in the background once free.
         self._retiring: set[asyncio.Task[None]] = set()
         self._skipped: set[str] = set()  # layout misfits already logged
+        self._not_loaded: set[str] = set()  # versions beyond max_versions, already logged
 
     # ----------------------------------------------------------------- loading
 
@@ -326,10 +333,12 @@ class ModelRepository:
                 self._count_reload(failed=True)
                 return report
             self._note_skipped(skipped)
+            scans, spare = self._newest(scans)
             retired: list[LoadedModel] = []
             pending: list[tuple[_Scan, _Version, str]] = []
             try:
-                retired = self._drop_removed({(s.name, s.version) for s in scans}, report)
+                on_disk = {(s.name, s.version) for s in scans + spare}
+                retired = self._drop_removed(on_disk, report)
                 pending = await self._changed(scans, report, retry_failed)
                 # Load concurrently: each load (warm-up included) is a thread.
                 results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
@@ -347,6 +356,7 @@ class ModelRepository:
                         scan.name, scan.version, model.runner.rewritten
                     )
                     report["loaded"].append(f"{scan.name}/{scan.version}")
+                retired += self._retire_spare(spare, report)
             except Exception as exc:  # a bug, not a broken file: no version stays LOADING
                 log.exception("reload failed")
                 report["error"] = [f"{type(exc).__name__}: {exc}"]
@@ -358,6 +368,53 @@ class ModelRepository:
                 await self._retire(retired)
             self._count_reload(failed=bool(report["failed"] or report.get("error")))
             return report
+
+    def _newest(self, scans: list[_Scan]) -> tuple[list[_Scan], list[_Scan]]:
+        """The newest ``max_versions`` versions of each model on disk, to load; and the
+        older ones that serve now, kept until a newer version is READY (a broken new
+        version must not leave its model with none). Other older versions are not
+        loaded, or are retired like removed ones (logged once each)."""
+        if not self.max_versions:
+            return scans, []
+        by_model: dict[str, list[_Scan]] = {}
+        for scan in scans:
+            by_model.setdefault(scan.name, []).append(scan)
+        kept: list[_Scan] = []
+        spare: list[_Scan] = []
+        left: set[str] = set()
+        for name, versions in by_model.items():
+            versions.sort(key=lambda s: version_key(s.version), reverse=True)
+            kept += versions[: self.max_versions]
+            loaded = self._models.get(name, {})
+            for scan in versions[self.max_versions :]:
+                left.add(f"{name}/{scan.version}")
+                entry = loaded.get(scan.version)
+                if entry is not None and entry.model is not None:
+                    spare.append(scan)
+        for key in sorted(left - self._not_loaded):
+            log.info("model repository: %s not loaded (--max-versions %d)", key, self.max_versions)
+        self._not_loaded = left
+        return kept, spare
+
+    def _retire_spare(self, spare: list[_Scan], report: dict[str, list[str]]) -> list[LoadedModel]:
+        """Retire the older versions kept by :meth:`_newest` whose model now has a READY
+        version among its newest ``max_versions``."""
+        retired = []
+        for scan in spare:
+            versions = self._models[scan.name]
+            newer_ready = any(
+                e.model is not None and version_key(v) > version_key(scan.version)
+                for v, e in versions.items()
+                if f"{scan.name}/{v}" not in self._not_loaded
+            )
+            if not newer_ready:
+                continue
+            entry = versions.pop(scan.version)
+            if entry.model is not None:
+                retired.append(entry.model)
+            self._metrics.set_model_state(scan.name, scan.version, None)
+            report["removed"].append(f"{scan.name}/{scan.version}")
+        return retired
 
     def _failed(
         self, scan: _Scan, entry: _Version, message: str, report: dict[str, list[str]]
@@ -472,8 +529,14 @@ class ModelRepository:
         if version:
             if version not in versions:
                 available = ", ".join(sorted(versions, key=version_key))
+                policy = (
+                    f" (the server loads the newest {self.max_versions})"
+                    if f"{name}/{version}" in self._not_loaded
+                    else ""
+                )
                 raise NotFound(
-                    f"model '{name}' has no version '{_shown(version)}'; available: {available}"
+                    f"model '{name}' has no version '{_shown(version)}'{policy}; "
+                    f"available: {available}"
                 )
             return version, versions[version]
         ordered = sorted(versions, key=version_key, reverse=True)

@@ -480,3 +480,39 @@ async def test_layout_misfits_are_logged_once(
         for line in lines
     )
     assert any("v3: not a version folder" in line for line in lines)
+
+
+# ------------------------------------------------------------------ --max-versions
+
+
+async def test_max_versions_loads_the_newest_and_keeps_serving_through_a_broken_one(
+    tmp_path: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    for version in ("1", "2"):
+        make_tiny_generator(model_path(root, "tiny", version), seed=int(version))
+    repo = ModelRepository(root, RUNTIME, BatchingConfig(max_batch_size=4), metrics, 1)
+    try:
+        with caplog.at_level(logging.INFO):
+            await repo.start()
+        assert repo.status("tiny").versions == ["2"]
+        assert "tiny/1 not loaded (--max-versions 1)" in caplog.text
+        with pytest.raises(NotFound, match="the server loads the newest 1"):
+            repo.get("tiny", "1")
+
+        # A broken version 3 is now the newest: version 2 keeps serving until a newer
+        # one is READY, or the policy would leave the model with none.
+        write_broken_file(model_path(root, "tiny", "3"))
+        report = await repo.reload()
+        assert report["failed"] == ["tiny/3"] and report["removed"] == []
+        assert repo.get("tiny").spec.version == "2"
+
+        make_tiny_generator(model_path(root, "tiny", "3"), seed=3)
+        report = await repo.reload()
+        assert report["loaded"] == ["tiny/3"] and report["removed"] == ["tiny/2"]
+        assert repo.status("tiny").versions == ["3"]
+        assert repo.get("tiny").spec.version == "3"
+        state = {"model": "tiny", "version": "2", "state": "READY"}
+        assert _value(metrics, "ganserve_model_state", **state) is None
+    finally:
+        await repo.close()

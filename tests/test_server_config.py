@@ -99,6 +99,7 @@ def test_token_file(tmp_path: Path) -> None:
         (["--max-request-bytes", "1000"], {}, "--max-request-bytes must be >= 1 MiB"),
         (["--max-buffered-bytes", str(8 << 20)], {}, "must hold at least the largest reply"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--max-versions", "-1"], {}, "--max-versions must be >= 0"),
         ([], {"GANSERVE_BATCHING": "maybe"}, "GANSERVE_BATCHING"),
     ],
 )

@@ -218,3 +218,19 @@ def test_a_sighup_during_a_reload_is_not_lost(repo_copy, start_server, wait_unti
         failed = client.GetModel(pb.GetModelRequest(model="slow"))
         assert failed.state == pb.LOAD_STATE_FAILED
     assert proc.stop() == 0, proc.log()
+
+
+def test_max_versions_reaches_the_repository(repo_copy, start_server) -> None:
+    make_tiny_generator(
+        model_path(repo_copy, UNCOND, "2"), latent_dim=8, name=UNCOND, version="2", seed=1
+    )
+    proc = start_server(repo_copy, "--max-versions", "1")
+    channel, client = stub(proc.target)
+    with channel:
+        info = client.GetModel(pb.GetModelRequest(model=UNCOND))
+        assert info.version == "2" and list(info.versions) == ["2"]
+        with pytest.raises(grpc.RpcError) as err:
+            client.Sample(pb.SampleRequest(model=UNCOND, version="1", count=1))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "loads the newest 1" in err.value.details()
+    assert proc.stop() == 0, proc.log()
