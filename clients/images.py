@@ -8,6 +8,7 @@ the server's own implementation from ``ganserve.imaging``).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -18,6 +19,8 @@ from ganserve.imaging import to_uint8
 
 __all__ = [
     "GIF_MAX_FRAME_MS",
+    "GIF_MIN_FRAME_MS",
+    "MAX_GIF_FPS",
     "MIN_GIF_FPS",
     "check_picture_size",
     "equation",
@@ -41,6 +44,11 @@ GIF_MAX_SIDE = 65_535
 # ... and each frame's delay in a 16-bit field of hundredths of a second.
 GIF_MAX_FRAME_MS = 655_350
 MIN_GIF_FPS = 1000 / GIF_MAX_FRAME_MS
+# The shortest frame worth writing: a delay of 1 (10 ms) or 0 is played at 100 ms by
+# browsers and most viewers, which take so short a delay for an unset one. Faster
+# paces are refused rather than quietly slowed to this.
+GIF_MIN_FRAME_MS = 20
+MAX_GIF_FPS = 1000 / GIF_MIN_FRAME_MS  # 50
 
 
 def max_picture_pixels() -> int:
@@ -166,8 +174,9 @@ def save_gif(
 ) -> list[Image.Image]:
     """Save frames as an animated GIF.
 
-    ``fps`` (default 12) or ``duration`` (seconds for the whole animation) set
-    the pace; ``loop=0`` repeats forever; ``boomerang`` plays forward then
+    ``fps`` (default 12, in [``MIN_GIF_FPS``, ``MAX_GIF_FPS``] = [0.0015, 50]) or
+    ``duration`` (seconds for the whole animation, at least 20 ms a frame) set the
+    pace, ValueError outside it; ``loop=0`` repeats forever; ``boomerang`` plays forward then
     back (without repeating the end frames); ``scale`` enlarges each 28 px
     frame (nearest neighbour) so the GIF is viewable.
     """
@@ -181,7 +190,7 @@ def save_gif(
     images = [to_pil(f, scale=scale) for f in batch]
     if boomerang and len(images) > 2:
         images = images + images[-2:0:-1]
-    # GIF timing has 10 ms resolution; most viewers clamp frames under 20 ms.
+    # GIF timing has 10 ms resolution; frames under 20 ms were refused above.
     images[0].save(
         path,
         format="GIF",
@@ -196,13 +205,31 @@ def save_gif(
 
 
 def gif_frame_ms(fps: float | None = None, duration: float | None = None, frames: int = 1) -> int:
-    """Milliseconds per GIF frame for ``fps`` (default 12) or ``duration`` (seconds of
-    ``frames`` frames); ValueError for a pace a GIF cannot store, so a caller can check
-    before it asks for the frames."""
+    """Milliseconds per GIF frame for ``fps`` (default 12; at most ``MAX_GIF_FPS``, at
+    least ``MIN_GIF_FPS``) or ``duration`` (seconds of ``frames`` frames); ValueError for
+    a pace a GIF cannot store or a viewer would not play, so a caller can check before
+    it asks for the frames."""
     if duration is not None:
-        frame_ms = max(20, round(1000 * duration / max(1, frames)))
+        if not (math.isfinite(duration) and duration > 0):
+            raise ValueError(f"duration must be a finite number of seconds > 0, got {duration}")
+        exact_ms = 1000 * duration / max(1, frames)
+        if exact_ms < GIF_MIN_FRAME_MS * (1 - 1e-9):
+            raise ValueError(
+                f"a GIF frame lasts at least {GIF_MIN_FRAME_MS} ms (viewers play shorter ones "
+                f"slower): {max(1, frames)} frames take a duration of at least "
+                f"{max(1, frames) * GIF_MIN_FRAME_MS / 1000:g} s"
+            )
     else:
-        frame_ms = max(20, round(1000 / (fps or 12.0)))
+        fps = 12.0 if fps is None else fps
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a finite number > 0, got {fps}")
+        if fps > MAX_GIF_FPS:
+            raise ValueError(
+                f"a GIF frame lasts at least {GIF_MIN_FRAME_MS} ms (viewers play shorter ones "
+                f"slower): lower fps to at most {MAX_GIF_FPS:g}, got {fps:g}"
+            )
+        exact_ms = 1000 / fps
+    frame_ms = max(GIF_MIN_FRAME_MS, round(exact_ms))  # within float noise of the minimum
     if frame_ms > GIF_MAX_FRAME_MS:
         raise ValueError(
             f"a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at least "

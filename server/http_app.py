@@ -182,6 +182,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(code, str(exc.detail))
 
 
+class _StaticFiles(StaticFiles):
+    """The playground's files. Another method than GET or HEAD is refused 405 only where
+    a file is: StaticFiles refuses it on every path, so a POST to a mistyped API path
+    (``.../infre``) read "use GET, HEAD" where a GET read "no such endpoint"."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        if scope["method"] in ("GET", "HEAD"):
+            return await super().get_response(path, scope)
+        # HEAD finds the file as GET would (index.html, the folder's 404.html) and reads
+        # nothing; no file there raises 404
+        found = await super().get_response(path, {**scope, "method": "HEAD"})
+        if found.status_code == 404:
+            raise HTTPException(404)
+        raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+
+
 class _StaticMount(Mount):
     """The static files at ``/``, for paths no API route knows. A plain mount matches
     every path fully, so a known path with the wrong method (GET on ``.../infer``) would
@@ -223,7 +239,7 @@ def create_app(
 
     routes.insert(0, Route("/openapi.json", openapi, methods=["GET"], name="http_openapi"))
     if static_dir is not None and static_dir.is_dir():
-        files = StaticFiles(directory=static_dir, html=True)
+        files = _StaticFiles(directory=static_dir, html=True)
         routes.append(_StaticMount(tuple(routes), app=files, name="static"))
     else:
         routes.append(Route("/", _placeholder, methods=["GET"], name="http_page"))

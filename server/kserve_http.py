@@ -38,6 +38,7 @@ from .errors import Cancelled, InvalidArgument
 from .generation import OFFLOAD_IMAGES
 from .http.errors import error_response
 from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
+from .text import quoted, whole_number
 
 __all__ = ["HEADER_LENGTH", "kserve_routes"]
 
@@ -79,10 +80,25 @@ def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Aw
     return handle
 
 
-def _length(text: str) -> bool:
-    """Whether a length header is a whole number: ASCII digits only, since ``isdigit``
-    also takes digits that ``int`` refuses ("²") or reads as another script's ("٣")."""
-    return text.isascii() and text.isdigit()
+def _length(text: str) -> int | None:
+    """A length header as a whole number (ASCII digits only), or None."""
+    return whole_number(text, signed=False)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused if a key repeats: ``json.loads`` keeps the last value,
+    so ``{"name": "x", "name": "z"}`` would silently be z (a repeated ``/v1`` query
+    parameter is refused too)."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidArgument(
+                    f"request: key {quoted(key)} given twice in one JSON object; give it once"
+                )
+            seen.add(key)
+    return doc
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -94,7 +110,8 @@ async def _body(request: Request, limit: int) -> bytes:
         )
 
     declared = request.headers.get("content-length", "")
-    if _length(declared) and int(declared) > limit:
+    length = _length(declared)
+    if length is not None and length > limit:
         raise too_large(declared)
     chunks, size = [], 0
     try:
@@ -132,15 +149,15 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
     json_part: bytes | memoryview = body
     binary = memoryview(b"")
     if header_length is not None:
-        if not _length(header_length) or int(header_length) > len(body):
+        split = _length(header_length)
+        if split is None or split > len(body):
             raise InvalidArgument(
                 f"{HEADER_LENGTH}: {header_length[:20]!r} is not a length within the body "
                 f"({len(body)} bytes)"
             )
-        split = int(header_length)
         json_part, binary = memoryview(body)[:split], memoryview(body)[split:]
     try:
-        doc = json.loads(bytes(json_part))
+        doc = json.loads(bytes(json_part), object_pairs_hook=_object)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting too deep: Recursion
         raise InvalidArgument(f"request: not valid JSON ({exc})") from None
     _field("request", doc, dict, "a JSON object")

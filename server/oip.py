@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ from .errors import InvalidArgument, NotFound, ServeError, Unavailable, retry_af
 from .generation import check_response_size
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
-from .validate import check_limit, finite
+from .text import quoted, shown
+from .validate import check_limit, finite, representable
 
 __all__ = [
     "EXTENSIONS",
@@ -320,7 +322,7 @@ class OipCore:
         for tensor in inputs:
             if tensor.name not in expected:
                 raise InvalidArgument(
-                    f"inputs[{_shown(tensor.name)}]: model {spec.name} has no such input; "
+                    f"inputs[{shown(tensor.name)}]: model {spec.name} has no such input; "
                     f"its inputs are {names}"
                 )
             if tensor.name in by_name:
@@ -346,7 +348,7 @@ class OipCore:
         where = f"inputs[{tensor.name}]"
         if tensor.datatype != FP32:
             raise InvalidArgument(
-                f"{where}.datatype: {_shown(str(tensor.datatype))}, but the model takes {FP32}"
+                f"{where}.datatype: {shown(str(tensor.datatype))}, but the model takes {FP32}"
             )
         if "shared_memory_region" in tensor.parameters:
             raise InvalidArgument(f"{where}: shared memory is not supported; send the data")
@@ -372,7 +374,9 @@ class OipCore:
                 )
         else:
             raise InvalidArgument(f"{where}: no data")
-        return finite(where, values.astype(np.float32, copy=False).reshape(n, width))
+        finite(where, values)  # NaN or infinity as given (JSON's NaN, Infinity)
+        as_float32 = values.astype(np.float32, copy=False).reshape(n, width)
+        return representable(where, as_float32, "a value")  # finite, but not in float32
 
     def _outputs(self, request: InferRequest, spec: ModelSpec, binary_default: bool) -> list[bool]:
         """One entry per output to return (the image, once): whether it goes as bytes."""
@@ -386,7 +390,7 @@ class OipCore:
             return [binary]
         result: list[bool] = []
         for out in request.outputs:
-            where = f"outputs[{_shown(out.name)}]"
+            where = f"outputs[{shown(out.name)}]"
             if result:  # each copy would be the whole image tensor again, past every limit
                 raise InvalidArgument(f"{where}: requested more than once")
             if out.name != OUTPUT:
@@ -423,12 +427,22 @@ def _deadline(parameters: dict[str, Any], deadline: float | None) -> float | Non
     ):
         raise InvalidArgument(
             f"parameters.timeout: microseconds as an integer in [0, {MAX_TIMEOUT_US}] (int64), "
-            f"got {_shown(str(timeout))}"
+            f"got {_value(timeout)}"
         )
     if timeout == 0:  # Triton's "no timeout"
         return deadline
     own = time.monotonic() + timeout / 1e6
     return own if deadline is None else min(own, deadline)
+
+
+def _value(value: Any) -> str:
+    """A client's parameter value as a message shows it: its type too where the text
+    alone would hide a mistake (the string "10" for the number 10)."""
+    if isinstance(value, str):
+        return f"the string {quoted(value)}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    return shown(repr(value))
 
 
 def _missing(name: str, width: int, spec: ModelSpec) -> str:
@@ -461,18 +475,30 @@ def _numbers(where: str, values: Any) -> np.ndarray:
         arr = np.asarray(values)
     except ValueError:  # ragged nested lists
         arr = None
+    if arr is not None and arr.dtype == object:
+        arr = _wide_integers(arr)
     if arr is None or arr.dtype.kind not in "fiu":
         raise InvalidArgument(f"{where}: data must be numbers, in row-major order")
     return arr.reshape(-1)
 
 
+def _wide_integers(arr: np.ndarray) -> np.ndarray | None:
+    """Numbers numpy keeps as Python objects, JSON integers beyond int64 and uint64
+    among them, as float64 (None if anything else is there): they are numbers, and
+    those beyond float32 are refused as such. One beyond float64 becomes its largest
+    value, which float32 cannot hold either."""
+    flat = arr.reshape(-1)
+    if not all(type(v) in (int, float) for v in flat):  # not bool, str, None, a list
+        return None
+
+    def wide(v: int | float) -> float:
+        try:
+            return float(v)
+        except OverflowError:
+            return sys.float_info.max if v > 0 else -sys.float_info.max
+
+    return np.array([wide(v) for v in flat], dtype=np.float64)
+
+
 def _shape(shape: Sequence[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-# Longest client-given name echoed back in a message: it may travel in gRPC trailers.
-_ECHO_MAX = 100
-
-
-def _shown(text: str) -> str:
-    return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"

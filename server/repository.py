@@ -29,6 +29,7 @@ from .errors import InvalidArgument, NotFound, Unavailable
 from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
 from .spec import ModelSpec, ModelSpecError, read_spec
+from .text import shown
 from .tuning import RuntimePlan
 
 __all__ = [
@@ -207,17 +208,6 @@ def scan_files(root: Path, skipped: list[str] | None = None) -> list[_Scan]:
                 continue
             found.append(_Scan(model_dir.name, vdir.name, path, fingerprint))
     return found
-
-
-# Longest client-given name or version echoed back in an error message: the message
-# travels in the trailers, and a client's metadata limit (8 KiB soft, 16 KiB hard in
-# gRPC core, after percent-encoding) turns a longer one into RESOURCE_EXHAUSTED.
-_ECHO_MAX = 100
-
-
-def _shown(text: str) -> str:
-    """A client-given name as quoted in an error message, cut to ``_ECHO_MAX``."""
-    return text if len(text) <= _ECHO_MAX else f"{text[:_ECHO_MAX]}... ({len(text)} characters)"
 
 
 def _digest(vdir: Path) -> str:
@@ -520,7 +510,7 @@ class ModelRepository:
         versions = self._models.get(name)
         if not versions:
             available = ", ".join(sorted(self._models)) or "none"
-            raise NotFound(f"model '{_shown(name)}' not found; available: {available}")
+            raise NotFound(f"model '{shown(name)}' not found; available: {available}")
         return versions
 
     def _pick(self, name: str, version: str) -> tuple[str, _Version]:
@@ -535,7 +525,7 @@ class ModelRepository:
                     else ""
                 )
                 raise NotFound(
-                    f"model '{name}' has no version '{_shown(version)}'{policy}; "
+                    f"model '{name}' has no version '{shown(version)}'{policy}; "
                     f"available: {available}"
                 )
             return version, versions[version]

@@ -292,6 +292,27 @@ def test_a_gif_pace_too_slow_is_refused_before_the_server_is_asked(
     assert not list(tmp_path.iterdir())
 
 
+def test_a_gif_pace_too_fast_is_refused_before_the_server_is_asked(
+    server, scrape, tmp_path: Path, capsys
+) -> None:
+    """Found in review: --fps 1000 made a GIF of 20 ms frames (50 fps) without a word."""
+    before = generation_calls(scrape, server)
+    out = tmp_path / "m.gif"
+    args = ("interpolate", "--model", "tiny-uncond", *GIF, "--fps", "60", "--out", str(out))
+    assert main(["--target", server.target, *args]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith(
+        "ganserve: error: a GIF frame lasts at least 20 ms (viewers play shorter ones slower): "
+        "lower fps to at most 50, got 60"
+    )
+    assert generation_calls(scrape, server) == before
+    assert not list(tmp_path.iterdir())
+    args = ("interpolate", "--model", "tiny-uncond", *GIF, "--fps", "50", "--out", str(out))
+    assert main(["--target", server.target, *args]) == 0
+    with Image.open(out) as gif:
+        assert gif.info["duration"] == 20
+
+
 def test_an_array_larger_than_the_free_disk_is_refused(server, tmp_path: Path, capsys) -> None:
     count = 2**31 - 1  # the most one request may ask for: 6.7 TB of 28x28 float32
     if shutil.disk_usage(tmp_path).free >= count * 28 * 28 * 4:

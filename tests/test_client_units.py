@@ -70,6 +70,28 @@ def test_save_gif_frames_and_timing(tmp_path: Path, boomerang: bool, frames: int
         images.save_gif(ramp, path, fps=10, duration=1.0)
 
 
+def test_save_gif_refuses_a_pace_faster_than_50_fps(tmp_path: Path) -> None:
+    """Found in review: fps=1000 (or -5) and a too short duration were written at 20 ms
+    a frame, slower than asked, without a word; fps=0 was the default 12."""
+    ramp = np.stack([np.full((28, 28), v, np.float32) for v in np.linspace(-1, 1, 5)])
+    path = tmp_path / "ramp.gif"
+    for fps in (50.5, 1000.0):
+        with pytest.raises(ValueError, match=r"at least 20 ms .*lower fps to at most 50"):
+            images.save_gif(ramp, path, fps=fps)
+    for fps in (0.0, -5.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="fps must be a finite number > 0"):
+            images.save_gif(ramp, path, fps=fps)
+    with pytest.raises(ValueError, match=r"5 frames take a duration of at least 0\.1 s"):
+        images.save_gif(ramp, path, duration=0.09)
+    assert not path.exists()
+    images.save_gif(ramp, path, fps=50)
+    with Image.open(path) as img:
+        assert img.info["duration"] == 20
+    images.save_gif(ramp, path, duration=0.1)
+    with Image.open(path) as img:
+        assert img.info["duration"] == 20
+
+
 def test_grid_size_without_making_the_grid() -> None:
     batch = np.zeros((5, 4, 3), np.uint8)
     for layout, scale in (({}, 1), ({"cols": 2, "padding": 1}, 1), ({"rows": 1, "padding": 0}, 3)):

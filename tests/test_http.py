@@ -263,21 +263,6 @@ ERROR_CASES = [
         pb.SampleRequest(model=UNCOND, count=5000),
     ),
     (
-        f"/v1/models/{COND}/sample?count=2&label=12",
-        "Sample",
-        pb.SampleRequest(model=COND, count=2, labels=[12]),
-    ),
-    (
-        f"/v1/models/{COND}/sample?count=3&label=1,2",
-        "Sample",
-        pb.SampleRequest(model=COND, count=3, labels=[1, 2]),
-    ),
-    (
-        f"/v1/models/{UNCOND}/sample?count=2&label=1",
-        "Sample",
-        pb.SampleRequest(model=UNCOND, count=2, labels=[1]),
-    ),
-    (
         f"/v1/models/{UNCOND}/sample?count=1&truncation=0.01",
         "Sample",
         pb.SampleRequest(model=UNCOND, count=1, truncation=0.01),
@@ -294,13 +279,6 @@ ERROR_CASES = [
         pb.SampleRequest(model=UNCOND, version="9", count=1),
     ),
     ("/v1/models/nope", "GetModel", pb.GetModelRequest(model="nope")),
-    (
-        f"/v1/models/{COND}/interpolate?from_seed=1&to_seed=2",
-        "Interpolate",
-        pb.InterpolateRequest(
-            model=COND, keyframes=[pb.Keyframe(seed=1), pb.Keyframe(seed=2)], steps=32
-        ),
-    ),
     (
         f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=1",
         "Interpolate",
@@ -381,7 +359,7 @@ def test_errors_have_the_grpc_status_and_message(server, grpc_stub, path, method
         (
             f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&fps=0.0001",
             400,
-            "fps: must be a finite number >= 0.0015",
+            "fps: must be a finite number in [0.0015, 50]",
         ),
         (
             f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=4000&scale=20",
@@ -402,6 +380,29 @@ def test_errors_have_the_grpc_status_and_message(server, grpc_stub, path, method
         (f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&method=", 400, "method: empty"),
         (f"/v1/models/{UNCOND}?version=", 400, "version: empty"),
         ("/v1/models?bogus=1", 400, "bogus: unknown parameter; this endpoint takes none"),
+        # Found in review: the planners named their gRPC field ("labels", and
+        # "keyframes[0].label"), where a class given by name named the query parameter.
+        (f"/v1/models/{COND}/sample?count=2&label=12", 400, "label: 12 is out of range [0, 9]"),
+        (
+            f"/v1/models/{COND}/sample?count=3&label=1,2",
+            400,
+            "label: give one label or exactly count=3, got 2",
+        ),
+        (
+            f"/v1/models/{UNCOND}/sample?count=2&label=1",
+            400,
+            "label: model tiny-uncond is unconditional and takes no label; remove it",
+        ),
+        (
+            f"/v1/models/{COND}/interpolate?from_seed=1&to_seed=2&to_label=3",
+            400,
+            "from_label: model tiny-cond is conditional: give a class in [0, 9]",
+        ),
+        (
+            f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&to_label=3",
+            400,
+            "to_label: model tiny-uncond is unconditional and takes no label; remove it",
+        ),
     ],
 )
 def test_http_only_mistakes(server, path, status, start) -> None:
@@ -409,6 +410,128 @@ def test_http_only_mistakes(server, path, status, start) -> None:
     assert reply.status == status
     assert reply.json()["error"].startswith(start), reply.json()
     assert reply.json()["code"] == ("INVALID_ARGUMENT" if status == 400 else "NOT_FOUND")
+
+
+def test_a_label_mistake_names_the_query_parameter_however_given(server) -> None:
+    """Found in review: ``label=3`` on an unconditional model read "labels: ..." (the
+    gRPC field), ``label=cat`` "label: ..."."""
+    base = f"/v1/models/{UNCOND}/sample?count=1&label="
+    messages = {get(server.http_port, base + label).json()["error"] for label in ("3", "cat")}
+    assert messages == {"label: model tiny-uncond is unconditional and takes no label; remove it"}
+
+
+@pytest.mark.parametrize(
+    ("fps", "status"), [("50", 200), ("50.5", 400), ("60", 400), ("1e9", 400), ("inf", 400)]
+)
+def test_a_gif_faster_than_50_fps_is_refused_not_slowed(server, fps: str, status: int) -> None:
+    """Found in review: fps=1e9 was a 200 with 20 ms frames, as fps=50 is."""
+    path = f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=3&scale=1&fps={fps}"
+    reply = get(server.http_port, path)
+    assert reply.status == status, reply.body[:200]
+    if status == 200:
+        assert reply.image().info["duration"] == 20
+    else:
+        assert reply.json()["error"].startswith(
+            "fps: must be a finite number in [0.0015, 50] (a GIF frame lasts from 20 ms to "
+            "655.35 s), got "
+        )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "count=1_0",  # int() reads 10
+        "count=%D9%A3",  # ARABIC-INDIC DIGIT THREE: int() reads 3
+        "seed=1_000",
+        "count=%EF%BC%92",  # FULLWIDTH DIGIT TWO
+        "scale=1_0",
+        "truncation=0.5_0",
+        "truncation=%D9%A3",
+        "label=%D9%A3&count=1",
+    ],
+)
+def test_numbers_are_ascii_decimals(server, query: str) -> None:
+    """Found in review: int() and float() take underscores and other scripts' digits."""
+    model = COND if "label" in query else UNCOND
+    reply = get(server.http_port, f"/v1/models/{model}/sample?format=npy&{query}")
+    assert reply.status == 400, reply.body[:200]
+    name = query.partition("=")[0]
+    assert reply.json()["error"].startswith(f"{name}: "), reply.json()
+    expected = {
+        "label": "is not a class of tiny-cond",
+        "scale": "must be a whole number >= 1, got",
+        "truncation": "expected a number, got",
+    }.get(name, "expected a whole number, got")
+    assert expected in reply.json()["error"]
+
+
+def test_ascii_numbers_in_their_usual_forms_are_taken(server) -> None:
+    """A sign (``+`` unescaped in a URL arrives as a space), exponents, ``.5``."""
+    for query in (
+        "count=%2B2",
+        "count=+2&seed=-0",
+        "count=2&truncation=.5",
+        "count=2&truncation=5e-1",
+    ):
+        reply = get(server.http_port, f"/v1/models/{UNCOND}/sample?format=npy&{query}")
+        assert reply.status == 200, (query, reply.body[:200])
+        assert np.load(io.BytesIO(reply.body)).shape[0] == 2
+    weights = get(server.http_port, f"/v1/models/{UNCOND}/arithmetic?terms=1_0:1")
+    assert weights.status == 400 and weights.json()["error"].startswith("terms: bad term '1_0:1'")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/v1/models/{UNCOND}/sample?format=" + "x" * 100_000,
+        f"/v1/models/{COND}/sample?label=" + "y" * 100_000,
+        f"/v1/models/{UNCOND}/sample?count=" + "9" * 100_000,
+        f"/v1/models/{UNCOND}/sample?truncation=" + "z" * 100_000,
+        f"/v1/models/{UNCOND}/sample?scale=" + "z" * 100_000,
+        f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&boomerang=" + "z" * 100_000,
+        f"/v1/models/{UNCOND}/arithmetic?terms=" + "t" * 100_000,
+        f"/v1/models/{UNCOND}/sample?" + "p" * 100_000 + "=1",
+    ],
+    ids=["format", "label", "count", "truncation", "scale", "flag", "terms", "name"],
+)
+def test_error_messages_quote_at_most_100_characters(server, path: str) -> None:
+    """Found in review: a 100 KB parameter was echoed whole in a 100 KB error."""
+    reply = get(server.http_port, path)
+    assert reply.status == 400, reply.body[:200]
+    assert len(reply.body) < 500, reply.body[:500]
+    assert "(100000 characters)" in reply.json()["error"]
+
+
+def send(port: int, path: str, method: str, body: bytes = b"") -> Reply:
+    """One request of any method (``get`` only GETs)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return Reply(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return Reply(exc.code, exc.headers, exc.read())
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_another_method_on_an_unknown_path_is_not_found(server, method: str) -> None:
+    """Found in review: the playground's files at ``/`` answered 405 "use GET, HEAD" to
+    a POST anywhere, a mistyped KServe path among them."""
+    for path in (f"/v2/models/{UNCOND}/infre", "/v1/nothing", "/no/such/file.js"):
+        reply = send(server.http_port, path, method, b"{}")
+        assert reply.status == 404, (path, reply.body)
+        assert reply.json() == {
+            "error": f"{path}: no such endpoint; /openapi.json lists them",
+            "code": "NOT_FOUND",
+        }
+    # a file that is there, and a known endpoint: 405 with the methods they take
+    for path in ("/playground.js", "/", f"/v1/models/{UNCOND}"):
+        reply = send(server.http_port, path, method, b"{}")
+        assert (reply.status, reply.json()["code"]) == (405, "UNIMPLEMENTED"), path
+        assert set(reply.headers["allow"].split(", ")) == {"GET", "HEAD"}  # a set's order
+    # the files are still served to GET and HEAD
+    assert get(server.http_port, "/playground.js").status == 200
+    assert send(server.http_port, "/", "HEAD", b"").status == 200
 
 
 def test_a_boolean_given_bare_is_true(server) -> None:

@@ -410,6 +410,77 @@ def test_http_timeout_is_an_int64(server: Any) -> None:
     assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [1, 1, 28, 28]
 
 
+def test_http_timeout_mistakes_show_what_was_given(server: Any) -> None:
+    """Found in review: the string "10" read "got 10", as if the number were refused."""
+    z = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [0.0] * 8}
+    url = f"/v2/models/{UNCOND}/infer"
+    for timeout, shown in (("10", "the string '10'"), (True, "the boolean true"), (1.5, "1.5")):
+        status, _, body = _http(server, url, {"inputs": [z], "parameters": {"timeout": timeout}})
+        assert status == 400, body
+        assert json.loads(body)["error"].endswith(f"(int64), got {shown}")
+
+
+def _json_infer(server: Any, first: bytes) -> tuple[int, str]:
+    """A JSON request whose first latent value is the literal ``first``: (status, error)."""
+    body = (
+        b'{"inputs":[{"name":"z","shape":[1,8],"datatype":"FP32","data":['
+        + first
+        + b",0,0,0,0,0,0,0]}]}"
+    )
+    status, _, raw = _http(server, f"/v2/models/{UNCOND}/infer", body)
+    return status, json.loads(raw).get("error", "") if status != 200 else ""
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"1e39", b"-1e39", b"1" + b"0" * 39, b"-1" + b"0" * 39, b"1" + b"0" * 400],
+    ids=["1e39", "-1e39", "10**39", "-10**39", "10**400"],
+)
+def test_http_json_values_beyond_float32_say_so(server: Any, literal: bytes) -> None:
+    """Found in review: 1e39 read "contains NaN or infinity", an integer beyond int64 or
+    uint64 "data must be numbers"."""
+    assert _json_infer(server, literal) == (
+        400,
+        "inputs[z]: a value overflows float32 (|value| > 3.4e38); use smaller values",
+    )
+
+
+@pytest.mark.parametrize(
+    ("literal", "within"),
+    [(b"-9223372036854775809", b"-9223372036854775808"), (b"18446744073709551616", b"1.8e19")],
+)
+def test_http_json_integers_beyond_int64_are_numbers(
+    server: Any, literal: bytes, within: bytes
+) -> None:
+    """A JSON integer beyond int64 and uint64 (numpy keeps it as a Python object) was
+    "data must be numbers": it is a number float32 holds, answered as its neighbour
+    within int64 (or the float) is."""
+    answer = _json_infer(server, literal)
+    assert answer == _json_infer(server, within)
+    assert "data must be numbers" not in answer[1]
+
+
+def test_http_json_keys_given_twice_are_refused(server: Any) -> None:
+    """Found in review: json.loads kept the last of a repeated key, silently."""
+    url = f"/v2/models/{UNCOND}/infer"
+    data = b'"shape":[1,8],"datatype":"FP32","data":[0,0,0,0,0,0,0,0]'
+    for body, key in (
+        (b'{"inputs":[{"name":"x","name":"z",' + data + b"}]}", "name"),
+        (b'{"inputs":[{"name":"z",' + data + b',"datatype":"FP32"}]}', "datatype"),
+        (b'{"inputs":[],"inputs":[{"name":"z",' + data + b"}]}", "inputs"),
+        (b'{"inputs":[{"name":"z",' + data + b'}],"parameters":{"timeout":1,"timeout":0}}',
+         "timeout"),
+    ):  # fmt: skip
+        status, _, raw = _http(server, url, body, {"Content-Type": "application/json"})
+        assert (status, json.loads(raw)["error"]) == (
+            400,
+            f"request: key '{key}' given twice in one JSON object; give it once",
+        )
+    # the same request without the repeat is answered
+    body = b'{"inputs":[{"name":"z",' + data + b"}]}"
+    assert _http(server, url, body, {"Content-Type": "application/json"})[0] == 200
+
+
 # --------------------------------------------------------------- token, metrics
 
 

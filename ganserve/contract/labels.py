@@ -56,11 +56,11 @@ def needs_explicit_labels(offset: int, num_classes: int) -> bool:
     return bool(num_classes) and offset % num_classes != 0
 
 
-def label_count_problem(n_labels: int, count: int) -> str | None:
+def label_count_problem(n_labels: int, count: int, field: str = "labels") -> str | None:
     """A request's number of labels must be 0, 1 or ``count``."""
     if n_labels in (0, 1, count):
         return None
-    return f"labels: give one label or exactly count={count}, got {n_labels}"
+    return f"{field}: give one label or exactly count={count}, got {n_labels}"
 
 
 def label_problem(field: str, label: int, num_classes: int, model: str) -> str | None:

@@ -4,7 +4,8 @@ the OpenAPI document alike, so the two cannot drift.
 Parsing turns text into the values of the gRPC request fields; whatever the gRPC
 planners check (ranges, limits, labels against the model) they check, with their
 messages. Here: the text itself (a number that is not one, an unknown parameter, one
-given twice or empty, a class name the model does not have).
+given twice or empty, a class the model does not have), with messages that name the
+query parameter and quote at most ``text.ECHO_MAX`` characters of what was given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ganserve.seeds import MAX_SEED
 
 from ..errors import InvalidArgument
 from ..spec import ModelSpec
+from ..text import decimal_number, quoted, shown, whole_number
 
 __all__ = [
     "ARITHMETIC",
@@ -93,7 +95,7 @@ INTERPOLATE = (
     TRUNCATION,
     Param("format", "string", "gif: an animation; png: the frames side by side; npy: the "
           "float32 (steps, C, H, W) frames", "gif", ("gif", "png", "npy")),
-    Param("fps", "number", "GIF frames per second", 12.0),
+    Param("fps", "number", "GIF frames per second, in [0.0015, 50]", 12.0),
     Param("boomerang", "boolean", "the GIF plays forward, then back", False),
     Param("scale", "integer", "pixel enlargement of the picture", 4),
 )  # fmt: skip
@@ -140,7 +142,8 @@ class Query:
         for name, value in params.multi_items():
             if name not in known:
                 raise InvalidArgument(
-                    f"{name}: unknown parameter; this endpoint takes {', '.join(known) or 'none'}"
+                    f"{shown(name)}: unknown parameter; this endpoint takes "
+                    f"{', '.join(known) or 'none'}"
                 )
             given.setdefault(name, []).append(value)
         self._params = {name: _one(known[name], values) for name, values in given.items()}
@@ -162,12 +165,11 @@ class Query:
         raw = self.raw(name)
         if raw is None:
             return self._table[name].default  # type: ignore[no-any-return]
-        try:
-            value = int(raw)
-        except ValueError:
-            raise InvalidArgument(f"{name}: expected a whole number, got {raw!r}") from None
+        value = _whole(raw)
+        if value is None:
+            raise InvalidArgument(f"{name}: expected a whole number, got {quoted(raw)}")
         if not lo <= value <= hi:
-            raise InvalidArgument(f"{name}: {value} is out of range [{lo}, {hi}]")
+            raise InvalidArgument(f"{name}: {shown(str(value))} is out of range [{lo}, {hi}]")
         return value
 
     def seed(self, name: str) -> int | None:
@@ -178,12 +180,9 @@ class Query:
         raw = self.raw(name)
         if raw is None:
             return self._table[name].default  # type: ignore[no-any-return]
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise InvalidArgument(f"{name}: must be a whole number >= 1, got {raw!r}")
+        value = _whole(raw)
+        if value is None or value < 1:
+            raise InvalidArgument(f"{name}: must be a whole number >= 1, got {quoted(raw)}")
         return value
 
     def number(self, name: str) -> float | None:
@@ -191,16 +190,18 @@ class Query:
         raw = self.raw(name)
         if raw is None:
             return self._table[name].default  # type: ignore[no-any-return]
-        try:
-            return float(raw)
-        except ValueError:
-            raise InvalidArgument(f"{name}: expected a number, got {raw!r}") from None
+        value = _decimal(raw)
+        if value is None:
+            raise InvalidArgument(f"{name}: expected a number, got {quoted(raw)}")
+        return value
 
     def choice(self, name: str) -> str:
         param = self._table[name]
         value = (self.raw(name) or param.default or "").lower()
         if value not in param.choices:
-            raise InvalidArgument(f"{name}: {value!r} is not one of {', '.join(param.choices)}")
+            raise InvalidArgument(
+                f"{name}: {quoted(value)} is not one of {', '.join(param.choices)}"
+            )
         return value
 
     def flag(self, name: str) -> bool:
@@ -211,7 +212,7 @@ class Query:
             return True
         if raw.lower() in ("0", "false", "no", "off"):
             return False
-        raise InvalidArgument(f"{name}: expected true or false, got {raw!r}")
+        raise InvalidArgument(f"{name}: expected true or false, got {quoted(raw)}")
 
     def labels(self, name: str, spec: ModelSpec) -> list[int]:
         """Class indices or names, comma separated; [] when absent."""
@@ -228,29 +229,37 @@ class Query:
 
 
 def class_index(field: str, text: str, spec: ModelSpec) -> int:
-    """A class given as an index or by its name (case-insensitive). An index out of the
-    model's range (or any label of an unconditional model) is left to the planners,
-    whose messages name the range; one beyond int32 gets their message here."""
+    """A class given as an index or by its name (case-insensitive). A mistake's message
+    names the query parameter (``label``, ``from_label``, ...) whichever way the class
+    was given: the planners would name their gRPC field (``labels``, ``keyframes[0].label``)."""
     text = text.strip()
-    try:
-        value = int(text)
-    except ValueError:
+    value = _whole(text)
+    if value is None:
         names = [n.lower() for n in spec.class_names]
         if text.lower() in names:
             return names.index(text.lower())
         if not spec.num_classes:
-            raise InvalidArgument(
-                label_rule.label_problem(field, 0, 0, spec.name) or field
-            ) from None
+            raise InvalidArgument(label_rule.label_problem(field, 0, 0, spec.name) or field)
         choices = ", ".join(spec.class_names) or "none"
         raise InvalidArgument(
-            f"{field}: {text!r} is not a class of {spec.name}; give an index in "
+            f"{field}: {quoted(text)} is not a class of {spec.name}; give an index in "
             f"[0, {spec.num_classes - 1}] or a class name ({choices})"
-        ) from None
-    if not INT32_MIN <= value <= INT32_MAX:
-        problem = label_rule.label_problem(field, value, spec.num_classes, spec.name)
-        raise InvalidArgument(problem or f"{field}: {value} is out of range")
+        )
+    problem = label_rule.label_problem(field, value, spec.num_classes, spec.name)
+    if problem:
+        raise InvalidArgument(problem.replace(str(value), shown(str(value)), 1))
     return value
+
+
+def _whole(text: str) -> int | None:
+    """An integer parameter: ASCII digits, an optional sign. A ``+`` left unescaped in a
+    URL arrives as a space, so spaces around the number are dropped."""
+    return whole_number(text.strip(" "))
+
+
+def _decimal(text: str) -> float | None:
+    """A number parameter: ASCII decimal or exponent form (or nan, inf), as ``_whole``."""
+    return decimal_number(text.strip(" "))
 
 
 def parse_terms(text: str) -> list[tuple[float, list[int]]]:
@@ -264,18 +273,18 @@ def parse_terms(text: str) -> list[tuple[float, list[int]]]:
         key, eq, seeds = rest.partition("=")
         if not eq:
             key, seeds = "seeds", rest
-        try:
-            if not sep or key.strip() not in ("seeds", "seed"):
-                raise ValueError
-            values = [int(s) for s in seeds.split(",") if s.strip()]
-            w = float(weight)
-        except ValueError:
+        numbers = [_whole(s) for s in seeds.split(",") if s.strip()]
+        w = _decimal(weight)
+        if not sep or key.strip() not in ("seeds", "seed") or w is None or None in numbers:
             raise InvalidArgument(
-                f"terms: bad term {part.strip()!r}: expected WEIGHT:S1,S2,... "
+                f"terms: bad term {quoted(part.strip())}: expected WEIGHT:S1,S2,... "
                 "(terms separated by ';'), e.g. 1:1,2,3;-1:4,5"
-            ) from None
+            )
+        values = [s for s in numbers if s is not None]
         bad = [s for s in values if not 0 <= s <= MAX_SEED]
         if bad:
-            raise InvalidArgument(f"terms: seed {bad[0]} is out of range [0, 2**64 - 1]")
+            raise InvalidArgument(
+                f"terms: seed {shown(str(bad[0]))} is out of range [0, 2**64 - 1]"
+            )
         terms.append((w, values))  # a weight of nan or inf: the planner's message
     return terms

@@ -27,7 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ganserve.clients.images import GIF_MAX_FRAME_MS, MIN_GIF_FPS
+from ganserve.clients.images import GIF_MAX_FRAME_MS, GIF_MIN_FRAME_MS, MAX_GIF_FPS, MIN_GIF_FPS
+from ganserve.contract import labels as label_rule
 from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
@@ -226,9 +227,12 @@ class RestApi:
         query = Query(request.query_params, SAMPLE)
         fmt = query.choice("format")
         labels = query.labels("label", spec)
-        req = pb.SampleRequest(
-            model=spec.name, version=spec.version, count=query.integer("count"), labels=labels
-        )
+        count = query.integer("count") or 0
+        # the planner's check, in the query parameter's name (its own says "labels")
+        problem = label_rule.label_count_problem(len(labels), count, "label")
+        if count >= 1 and problem:
+            raise InvalidArgument(problem)
+        req = pb.SampleRequest(model=spec.name, version=spec.version, count=count, labels=labels)
         seed = query.seed("seed")
         if seed is not None:
             req.seed = seed
@@ -271,6 +275,10 @@ class RestApi:
             label = query.label(f"{end}_label", spec)
             if label is not None:
                 key.label = label
+            elif problem := label_rule.missing_label_problem(
+                f"{end}_label", spec.num_classes, spec.name
+            ):  # the planner's check, in the query parameter's name (its own: keyframes[0].label)
+                raise InvalidArgument(problem)
             keyframes.append(key)
         req = pb.InterpolateRequest(
             model=spec.name,
@@ -282,10 +290,14 @@ class RestApi:
         self._truncation(query, req)
         scale = query.positive("scale") or 1
         fps = query.number("fps")
-        if fps is None or not (math.isfinite(fps) and fps >= MIN_GIF_FPS):
+        # A GIF stores each frame's delay in hundredths of a second (16 bits: at most
+        # 655.35 s); browsers play a delay under 20 ms at 100 ms, so a faster pace would
+        # come out slower than asked, or be quietly slowed to 50 fps: it is refused.
+        if fps is None or not (math.isfinite(fps) and MIN_GIF_FPS <= fps <= MAX_GIF_FPS):
             raise InvalidArgument(
-                f"fps: must be a finite number >= {MIN_GIF_FPS:.4f} (a GIF frame lasts at most "
-                f"{GIF_MAX_FRAME_MS / 1000} s), got {fps}"
+                f"fps: must be a finite number in [{MIN_GIF_FPS:.4f}, {MAX_GIF_FPS:g}] (a GIF "
+                f"frame lasts from {GIF_MIN_FRAME_MS} ms to {GIF_MAX_FRAME_MS / 1000} s), "
+                f"got {fps:g}"
             )
         boomerang = query.flag("boomerang")
         plan = await plan_offloaded(plan_interpolate, req, spec, self._limits, 2)
