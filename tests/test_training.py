@@ -16,14 +16,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
 from ganserve.cli import main as ganserve_main
+from ganserve.server.spec import read_spec
 from ganserve.training.config import ARCHS, LOSSES, TrainConfig
 from ganserve.training.data import DataError, load_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
+from ganserve.training.export import export_checkpoint
 from ganserve.training.losses import get_loss, gradient_penalty
 from ganserve.training.nets import build_discriminator, build_generator, minibatch_std
 from ganserve.training.recipes import RECIPES
@@ -494,6 +497,8 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--arch", "mlp", "--codes", "10"], "--codes: conv-net"),
         (["--codes", "1"], "--codes must be 0 or in [2, --latent-dim]"),
         (["--codes", "200"], "--codes must be 0 or in [2, --latent-dim]"),
+        (["--code-temperature", "0.1"], "--code-temperature needs --codes"),
+        (["--codes", "4", "--code-temperature", "-1"], "--code-temperature must be >= 0"),
         (["--info-weight", "-1"], "--info-weight must be >= 0"),
     ],
 )
@@ -584,6 +589,48 @@ def test_code_is_a_uniform_function_of_z_and_steers_the_generator() -> None:
         torch.testing.assert_close(g(z[:4]), after, atol=1e-6, rtol=0)
     # a new generator has the same basis (fixed seed), so a checkpoint's is reproducible
     assert torch.equal(build_generator("dcgan", 100, width=8, codes=10).code_basis, basis)
+
+
+def test_a_soft_code_blends_the_hard_codes_and_is_continuous_in_z() -> None:
+    """``code_temperature`` T > 0: the code's weights are softmax(B z / T), so G is a
+    continuous function of z (a walk crosses between codes through blends), and it
+    approaches the hard code as T falls."""
+    torch.manual_seed(0)
+    hard = build_generator("dcgan", 100, width=8, codes=10).eval()
+    soft = build_generator("dcgan", 100, width=8, codes=10, code_temperature=0.1).eval()
+    soft.load_state_dict(hard.state_dict())
+    z = torch.randn(256, 100)
+    weights = soft.code_weights(z)
+    torch.testing.assert_close(weights.sum(1), torch.ones(256))
+    assert torch.equal(weights.argmax(1), hard.code(z))  # the same code wins
+    assert torch.equal(hard.code_weights(z), torch.eye(10)[hard.code(z)])  # T = 0: one-hot
+    with torch.no_grad():
+        # where a code dominates, the soft code's image is close to the hard code's
+        clear = weights.amax(1) > 0.999
+        assert clear.any()
+        torch.testing.assert_close(soft(z[clear]), hard(z[clear]), atol=1e-2, rtol=0)
+        # across a code boundary, small steps in z make small steps in the image
+        a, b = z[0], z[int(torch.nonzero(hard.code(z) != hard.code(z[:1]))[0])]
+        path = torch.stack([a + (b - a) * t for t in torch.linspace(0, 1, 201)])
+        steps = lambda g: (g(path)[1:] - g(path)[:-1]).abs().amax()  # noqa: E731
+        assert steps(soft) < 0.5 * steps(hard)
+    with pytest.raises(ValueError, match="code_temperature must be >= 0"):
+        build_generator("dcgan", 100, width=8, codes=10, code_temperature=-1.0)
+
+
+def test_a_soft_code_model_exports_and_serves_its_blend(tmp_path: Path) -> None:
+    ckpt = train(
+        TrainConfig(
+            arch="dcgan", dataset="mnist", g_width=8, d_width=8, codes=4, code_temperature=0.2,
+            epochs=1, dry_run=True, out=str(tmp_path / "run"),
+        ),
+        quiet=True,
+    )  # fmt: skip
+    out = tmp_path / "models" / "soft" / "1" / "model.onnx"
+    export_checkpoint(ckpt, out, "soft")
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "Softmax" in ops and "ArgMax" not in ops
+    assert read_spec(out, "soft", "1").latent_dim == 100
 
 
 def test_discriminator_code_head_reads_the_shared_features() -> None:

@@ -33,11 +33,14 @@ _TRAIN_KEYS = (
     ("lr_decay_start", "learning rate falls linearly to 0 from epoch"),
     ("r1_gamma", "R1 penalty gamma"),
     ("codes", "InfoGAN categorical code values (chosen by z; no labels used)"),
+    ("code_temperature", "soft code temperature (softmax of the code's projections of z)"),
     ("ema", "exported weights are an EMA of G's"),
     ("ema_decay", "EMA decay"),
     ("seed", "seed"),
 )
-_OPTIONAL_KEYS = frozenset({"lr_decay_start", "r1_gamma", "codes"})  # a line only when in use
+_OPTIONAL_KEYS = frozenset(
+    {"lr_decay_start", "r1_gamma", "codes", "code_temperature"}
+)  # a line only when in use
 
 
 def _duration(seconds: Any) -> str:

@@ -71,6 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codes", type=int, default=0, metavar="K",
                    help="InfoGAN categorical code with K values, chosen by z itself (conv "
                    "nets; 0: off)")  # fmt: skip
+    p.add_argument("--code-temperature", type=float, default=0.0, metavar="T",
+                   help="a soft code: softmax(B z / T) weights the K codes, so G stays "
+                   "continuous in z (0: the argmax, a hard code)")  # fmt: skip
     p.add_argument("--info-weight", type=float, default=1.0,
                    help="weight of the code's cross-entropy (default: %(default)s)")  # fmt: skip
     p.add_argument(
@@ -104,7 +107,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # May differ on --resume (train() takes them from the command line); the rest is the run's.
 _RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
-_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "d_spectral", "codes")
+_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "d_spectral", "codes",
+              "code_temperature")  # fmt: skip
 
 
 def _flag(key: str) -> str:
@@ -166,11 +170,13 @@ def _check_train_values(values: dict) -> None:
         if values[key] < 1:
             raise ValueError(f"{_flag(key)} must be >= 1, got {values[key]}")
     for key in ("g_blocks", "d_blocks", "max_steps", "sample_every", "augment_shift",
-                "gp_weight", "r1_gamma", "info_weight"):  # fmt: skip
+                "gp_weight", "r1_gamma", "info_weight", "code_temperature"):  # fmt: skip
         if values[key] < 0:
             raise ValueError(f"{_flag(key)} must be >= 0, got {values[key]}")
     if values["codes"] and not 2 <= values["codes"] <= values["latent_dim"]:
         raise ValueError(f"--codes must be 0 or in [2, --latent-dim], got {values['codes']}")
+    if values["code_temperature"] and not values["codes"]:
+        raise ValueError("--code-temperature needs --codes")
     if values.get("threads") is not None and values["threads"] < 1:
         raise ValueError(f"--threads must be >= 1, got {values['threads']}")
     if not values["lr"] > 0:

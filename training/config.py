@@ -49,6 +49,7 @@ class TrainConfig:
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators
     d_spectral: bool = False  # spectral norm on conv D's weights, in place of its batch norm
     codes: int = 0  # > 0: InfoGAN categorical code with this many values (conv nets)
+    code_temperature: float = 0.0  # > 0: a soft code, softmax(B z / T); 0: argmax
     info_weight: float = 1.0  # weight of the code's cross-entropy in D's and G's loss
     augment: str = "none"  # D-input augmentation (DiffAugment): none | translate
     augment_shift: int = 2  # translate: max shift in pixels per axis

@@ -68,8 +68,9 @@ def load_generator(checkpoint: Path | str, use_ema: bool = True) -> tuple[nn.Mod
     cfg = TrainConfig.from_dict(ckpt["config"])
     classes = int(ckpt["num_classes"]) or 10
     generator = build_generator(
-        cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes
-    )
+        cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes,
+        cfg.code_temperature,
+    )  # fmt: skip
     if use_ema:
         generator.load_state_dict(ckpt["ema"]["shadow"])
         recalibrate_batchnorm(generator, cfg.latent_dim, int(ckpt["num_classes"]))

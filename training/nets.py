@@ -96,7 +96,9 @@ class ConvGenerator(nn.Module):
     With ``num_classes > 0`` the float class vector is embedded linearly and
     concatenated with z, so ``y`` may be a one-hot or any blend of classes. With
     ``codes > 0`` the one-hot of the categorical code :meth:`code` (a function of z)
-    is embedded and concatenated the same way.
+    is embedded and concatenated the same way; with ``code_temperature > 0`` the code
+    is soft, ``softmax(B z / T)`` (:meth:`code_weights`), so G is continuous in z and a
+    walk crosses from one code to the next through blends G was trained on.
     """
 
     def __init__(
@@ -107,11 +109,15 @@ class ConvGenerator(nn.Module):
         embed_dim: int = 50,
         blocks: int = 0,
         codes: int = 0,
+        code_temperature: float = 0.0,
     ) -> None:
         super().__init__()
+        if code_temperature < 0:
+            raise ValueError(f"code_temperature must be >= 0, got {code_temperature}")
         self.num_classes = num_classes
         self.width = width
         self.codes = codes
+        self.code_temperature = code_temperature
         self.embed = nn.Linear(num_classes, embed_dim, bias=False) if num_classes else None
         self.code_embed = nn.Linear(codes, embed_dim, bias=False) if codes else None
         self.code_table: torch.Tensor | None = None  # see freeze_code_table()
@@ -154,7 +160,10 @@ class ConvGenerator(nn.Module):
             # folded constant and the served graph costs what it would without a code.
             n = self.fc.in_features - self.code_embed.out_features  # a constant when traced
             table = self.code_table if self.code_table is not None else self._code_table()
-            h = F.linear(x, self.fc.weight[:, :n]) + table[self.code(z)]
+            if self.code_temperature:
+                h = F.linear(x, self.fc.weight[:, :n]) + self.code_weights(z) @ table
+            else:
+                h = F.linear(x, self.fc.weight[:, :n]) + table[self.code(z)]
         return self.body(h.view(-1, 2 * self.width, 7, 7))  # (N, 1, 28, 28) in [-1, 1]
 
     def _code_table(self) -> torch.Tensor:
@@ -176,6 +185,16 @@ class ConvGenerator(nn.Module):
             raise ValueError("this generator has no categorical code")
         basis: torch.Tensor = self.code_basis  # type: ignore[assignment]
         return torch.argmax(z @ basis.T, dim=1)
+
+    def code_weights(self, z: torch.Tensor) -> torch.Tensor:
+        """Each latent's weights over the K codes (N, K): the one-hot of :meth:`code`,
+        or ``softmax(B z / T)`` with a code temperature T > 0."""
+        if not self.codes:
+            raise ValueError("this generator has no categorical code")
+        if not self.code_temperature:
+            return F.one_hot(self.code(z), self.codes).to(z.dtype)
+        basis: torch.Tensor = self.code_basis  # type: ignore[assignment]
+        return torch.softmax(z @ basis.T / self.code_temperature, dim=1)
 
 
 def code_basis(codes: int, latent_dim: int, seed: int = 20161206) -> torch.Tensor:
@@ -293,14 +312,17 @@ def build_generator(
     width: int = 64,
     blocks: int = 0,
     codes: int = 0,
+    code_temperature: float = 0.0,
 ) -> nn.Module:
     """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones,
-    ``width``, ``blocks`` (extra 3x3 blocks at 7x7) and ``codes`` (InfoGAN categorical
-    code) by the MLP."""
+    ``width``, ``blocks`` (extra 3x3 blocks at 7x7), ``codes`` (InfoGAN categorical
+    code) and ``code_temperature`` (0: a hard code, > 0: a soft one) by the MLP."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPGenerator(latent_dim)
-    net = ConvGenerator(latent_dim, classes, width, blocks=blocks, codes=codes)
+    net = ConvGenerator(
+        latent_dim, classes, width, blocks=blocks, codes=codes, code_temperature=code_temperature
+    )
     net.apply(_dcgan_init)
     return net
 

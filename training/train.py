@@ -95,8 +95,9 @@ class _Run:
         self.loss = get_loss(cfg.loss, cfg.real_label, cfg.gp_weight)
         classes = max(cfg.num_classes, 10)
         self.G = build_generator(
-            cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes
-        ).to(device)
+            cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes,
+            cfg.code_temperature,
+        ).to(device)  # fmt: skip
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
         self.D = build_discriminator(
             cfg.arch, classes, cfg.d_width, norm, cfg.d_mbstd, cfg.d_blocks, cfg.codes,
@@ -177,7 +178,9 @@ class _Run:
             x_seen = x_seen.detach().requires_grad_(True)
         real_out, fake_out, info = self.D(x_seen, y), None, None
         if cfg.codes:  # InfoGAN: D's code head learns to read G's code off the image
-            code = self.G.code(z)  # (B,) int64
+            # The code's weights (a one-hot, or a soft code's blend) are the target: a
+            # blend of codes is to read as that blend.
+            code = self.G.code_weights(z)  # (B, K)
             fake_out, code_logits = self.D.forward_with_code(fake_seen, y)
             info = F.cross_entropy(code_logits, code)
         else:
