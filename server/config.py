@@ -32,6 +32,7 @@ __all__ = [
     "default_model_dir",
     "environment_variables",
     "option_table",
+    "serve_flags",
 ]
 
 # A float32 28x28 grayscale image; used to check that max_images_per_request fits a message.
@@ -637,3 +638,19 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+
+
+def serve_flags(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` flags given in ``args``, as a command line: what --workers passes
+    on to its workers. Rebuilt from the parsed arguments, not read from ``sys.argv``,
+    which is another command line when ``ganserve.cli.main(argv)`` is called."""
+    out: list[str] = []
+    for opt in _OPTIONS:
+        value = getattr(args, opt.dest, None)
+        if value is None:  # not given: the worker reads the same environment
+            continue
+        if opt.is_bool:
+            out.append(opt.flag if value else "--no-" + opt.flag[2:])
+        else:  # "=": a value such as "-1" must not read as a flag
+            out.append(f"{opt.flag}={value}")
+    return out

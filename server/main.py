@@ -24,10 +24,12 @@ import os
 import signal
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ServerConfig, add_arguments, configure_logging
+from .config import ConfigError, ServerConfig, add_arguments, configure_logging, serve_flags
 
 __all__ = ["register", "serve"]
 
@@ -59,7 +61,7 @@ def _serve_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ganserve serve: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, argv=serve_flags(args))
 
 
 # --grpc-fast-refusal: gRPC core refuses calls beyond its pending queue
@@ -94,8 +96,10 @@ def enable_grpc_experiment(environ: dict[str, str] | Any = os.environ) -> bool:
     return True
 
 
-def serve(config: ServerConfig) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+def serve(config: ServerConfig, argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code. ``argv``: the serve
+    flags that --workers repeats to its workers (see ``serve_flags``); without it they
+    get their settings from the ``GANSERVE_*`` environment alone."""
     configure_logging(config.log_level)
     if config.grpc_fast_refusal:
         if "grpc" not in sys.modules:  # `ganserve serve` has set it already
@@ -116,9 +120,41 @@ def serve(config: ServerConfig) -> int:
     if config.workers > 1:
         from .workers import run_workers
 
-        argv = sys.argv[sys.argv.index("serve") + 1 :] if "serve" in sys.argv else []
-        return run_workers(config, argv)
-    return asyncio.run(_Server(config).run())
+        if argv is None:
+            log.warning("--workers without the serve flags: workers read GANSERVE_* only")
+        return run_workers(config, list(argv or ()))
+    return _run(_Server(config))
+
+
+def _run(server: _Server) -> int:
+    """``asyncio.run(server.run())``, with a bounded exit: see ``_run_and_exit``."""
+    return asyncio.run(_run_and_exit(server))
+
+
+async def _run_and_exit(server: _Server) -> int:
+    """``server.run()``, then the threads of the loop's default executor get what is left
+    of the grace period after the stop (at least 1 s), then the process exits without
+    them. A stop while models load (or reload) leaves their threads running
+    (``asyncio.to_thread`` cannot be cancelled), and asyncio.run, then the interpreter,
+    would wait for them for as long as loading and tuning take."""
+    code = await server.run()
+    timeout = max(1.0, server.exit_deadline() - time.monotonic())
+    if not await _shutdown_default_executor(timeout):
+        log.warning("model loading still running at the end of the grace period: exiting")
+        logging.shutdown()  # flush the log: os._exit skips the interpreter's clean-up
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+async def _shutdown_default_executor(timeout: float) -> bool:
+    """Wait up to ``timeout`` for the threads of the loop's default executor; False
+    if they are still running."""
+    loop = asyncio.get_running_loop()
+    joining = asyncio.ensure_future(loop.shutdown_default_executor())
+    done, _ = await asyncio.wait({joining}, timeout=timeout)
+    return bool(done)
 
 
 def _write_ready_file(path: Path, content: dict[str, Any]) -> None:
@@ -171,6 +207,15 @@ class _Server:
         self._force_stop: asyncio.Task[None] | None = None
         self._engine: Any = None  # engine.Engine: plans to images, for every edge
         self._keep_nice: asyncio.Task[None] | None = None  # --grpc-thread-nice
+        self._stop_at: float | None = None  # time.monotonic() of the first stop signal
+        self._orphaned = False  # a --workers worker whose supervisor is gone
+
+    def exit_deadline(self) -> float:
+        """When the process must be gone (``time.monotonic()``): the shutdown delay and
+        the grace period after the stop signal; now if none came."""
+        if self._stop_at is None:
+            return time.monotonic()
+        return self._stop_at + self.config.shutdown_delay_s + self.config.grace_period_s
 
     async def run(self) -> int:
         import grpc
@@ -343,6 +388,11 @@ class _Server:
             if cfg.ready_file is not None:
                 with contextlib.suppress(FileNotFoundError):
                     cfg.ready_file.unlink()
+                if self._orphaned:
+                    # Nobody else will remove the supervisor's folder of ready files: the
+                    # last worker out does (rmdir fails while another's file is there).
+                    with contextlib.suppress(OSError):
+                        cfg.ready_file.parent.rmdir()
             tracing.shutdown()  # flushes the spans of the drained calls
         log.info("stopped")
         return 0
@@ -441,10 +491,33 @@ class _Server:
             await self.health.set(service, status)
 
     def _install_signals(self) -> None:
+        from .workers import LIFELINE_ENV, WORKER_SIGNALS
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        # A --workers supervisor starts its workers with these blocked, so that one sent
+        # during the imports waits for the handlers above instead of killing the process;
+        # a signal pending since then is delivered now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
+        lifeline = os.environ.get(LIFELINE_ENV)
+        if lifeline and self.config.reuse_port:  # only a worker of a supervisor
+            with contextlib.suppress(ValueError, OSError):
+                fd = int(lifeline)
+                loop.add_reader(fd, self._on_lifeline, fd)
+
+    def _on_lifeline(self, fd: int) -> None:
+        """The supervisor's pipe is readable: end-of-file, it is gone (killed, even by
+        SIGKILL); nobody else will stop this worker, so drain as on SIGTERM."""
+        asyncio.get_running_loop().remove_reader(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if not self._stop.is_set():
+            log.warning("the --workers supervisor is gone: draining")
+            self._orphaned = True
+            self._stop_at = time.monotonic()
+            self._stop.set()
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
@@ -456,6 +529,7 @@ class _Server:
                 self._http.force_stop()
             return
         log.info("%s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
+        self._stop_at = time.monotonic()
         self._stop.set()
 
     def _on_reload_signal(self) -> None:
