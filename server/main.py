@@ -137,7 +137,11 @@ async def _run_and_exit(server: _Server) -> int:
     them. A stop while models load (or reload) leaves their threads running
     (``asyncio.to_thread`` cannot be cancelled), and asyncio.run, then the interpreter,
     would wait for them for as long as loading and tuning take."""
-    code = await server.run()
+    try:
+        code = await server.run()
+    except Exception:  # the threads it leaves must not hold the exit either
+        log.exception("the server failed")
+        code = 1
     timeout = max(1.0, server.exit_deadline() - time.monotonic())
     if not await _shutdown_default_executor(timeout):
         log.warning("model loading still running at the end of the grace period: exiting")
@@ -533,6 +537,9 @@ class _Server:
         self._stop.set()
 
     def _on_reload_signal(self) -> None:
+        if self._stop.is_set():  # the repository is being closed: nothing to reload into
+            log.info("SIGHUP: draining, not reloading")
+            return
         if self._reloading is not None and not self._reloading.done():
             # The files may have changed after this reload read them: one more follows.
             log.info("SIGHUP: a reload is running; another follows it")

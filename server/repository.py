@@ -11,6 +11,7 @@ inputs/outputs and the ``ganserve.*`` metadata (see docs/model-format.md).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from .batcher import Batcher, BatchingConfig
 from .errors import InvalidArgument, NotFound, Unavailable
 from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
-from .spec import ModelSpec, ModelSpecError, read_spec
+from .spec import MAX_ONNX_FILE_BYTES, ModelSpec, ModelSpecError, read_spec
 from .text import shown
 from .tuning import RuntimePlan
 
@@ -135,16 +136,18 @@ class _Version:
     path: Path
     state: LoadState = LoadState.LOADING
     message: str = ""
-    fingerprint: Fingerprint = ()  # the version folder's files as last read
-    digest: str = ""  # sha256 of the version folder's files, loaded (or last failed)
+    fingerprint: Fingerprint = ()  # its files as last read: model.onnx and its extras
+    extras: tuple[str, ...] = ()  # the external-data files model.onnx names
+    digest: str = ""  # sha256 of those files, loaded (or last failed)
     failed: bool = False  # its last load failed: an explicit reload tries it again
     model: LoadedModel | None = None
     spec: ModelSpec | None = None
 
 
-# (name, mtime_ns, size) of every file in a version folder: the model file and what it
-# may load beside it (ONNX external data), so that weights arriving after the graph are
-# a change too.
+# (name, mtime_ns, size) of a version's files: model.onnx and the external-data files it
+# names (weights that arrive after the graph are a change too; -1, -1 while missing).
+# Nothing else in the folder counts: a model card, a sample grid, an editor's swap file
+# or a copy in progress under a temporary name must not reload a model.
 Fingerprint = tuple[tuple[str, int, int], ...]
 
 
@@ -162,64 +165,113 @@ class _Scan:
     fingerprint: Fingerprint = field(default=())
 
 
-def _folder_fingerprint(vdir: Path) -> Fingerprint:
-    entries = []
-    for entry in sorted(vdir.iterdir()):
-        st = entry.stat()
-        if entry.is_file():
-            entries.append((entry.name, st.st_mtime_ns, st.st_size))
-    return tuple(entries)
+def _stat(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (path.name, -1, -1)
+    return (path.name, st.st_mtime_ns, st.st_size)
 
 
-def scan_files(root: Path, skipped: list[str] | None = None) -> list[_Scan]:
+def _extras_fingerprint(vdir: Path, extras: tuple[str, ...]) -> Fingerprint:
+    return tuple(_stat(vdir / name) for name in extras)
+
+
+def external_files(path: Path) -> tuple[str, ...]:
+    """The external-data files (relative to its folder) that an ONNX file names, sorted;
+    () when it names none or cannot be parsed (the load then says why)."""
+    import onnx
+
+    try:
+        if path.stat().st_size >= MAX_ONNX_FILE_BYTES:  # not a protobuf: read_spec says so
+            return ()
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return ()
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    names = set()
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if location and Path(location).name == location:  # in the folder (ORT's rule)
+                names.add(location)
+    return tuple(sorted(names))
+
+
+def scan_files(
+    root: Path, skipped: list[str] | None = None, unread: set[tuple[str, str]] | None = None
+) -> list[_Scan]:
     """Every ``<name>/<version>/model.onnx`` in a version folder (``contract.layout``).
 
     :class:`RepositoryUnreadable` if ``root`` cannot be listed: a volume being
     remounted must not read as "every model was removed". Entries that do not fit the
     layout (a version folder without the model file, a folder name that is not a
-    version) and files that vanish while being read are skipped, with a line in
-    ``skipped``."""
+    version) are skipped, with a line in ``skipped``; a model or version folder that
+    cannot be read right now goes to ``unread`` as ``(name, version)`` (version ""
+    for the whole model), so that what was loaded from it stays as it is."""
     try:
-        model_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        # A link whose target is gone (a volume not mounted yet) is listed, and fails
+        # below as unreadable rather than reading as a model removed.
+        model_dirs = sorted(p for p in root.iterdir() if p.is_dir() or p.is_symlink())
     except OSError as exc:
         raise RepositoryUnreadable(f"model repository {root}: {exc.strerror or exc}") from None
     notes = skipped if skipped is not None else []
+    lost = unread if unread is not None else set()
     found = []
     for model_dir in model_dirs:
         try:
             vdirs = sorted(model_dir.iterdir())
         except OSError as exc:
             notes.append(f"{model_dir}: cannot list it ({exc.strerror or exc})")
+            lost.add((model_dir.name, ""))
             continue
         for vdir in vdirs:
             if not vdir.is_dir():
+                if vdir.is_symlink() and is_version(vdir.name):  # its target is gone
+                    notes.append(f"{vdir}: cannot read it (a link to nothing)")
+                    lost.add((model_dir.name, vdir.name))
                 continue
             if not is_version(vdir.name):
                 notes.append(f"{vdir}: not a version folder (a number without leading zeros)")
                 continue
             path = vdir / MODEL_FILE
             try:
-                if not path.is_file():
-                    notes.append(f"{vdir}: no {MODEL_FILE} file in it")
-                    continue
-                fingerprint = _folder_fingerprint(vdir)
-            except OSError as exc:  # removed or replaced while being read
-                notes.append(f"{vdir}: cannot read it ({exc.strerror or exc})")
+                st = path.stat()
+            except FileNotFoundError:
+                notes.append(f"{vdir}: no {MODEL_FILE} file in it")
                 continue
+            except OSError as exc:
+                notes.append(f"{vdir}: cannot read it ({exc.strerror or exc})")
+                lost.add((model_dir.name, vdir.name))
+                continue
+            if not path.is_file():
+                notes.append(f"{vdir}: {MODEL_FILE} is not a file")
+                continue
+            fingerprint = ((MODEL_FILE, st.st_mtime_ns, st.st_size),)
             found.append(_Scan(model_dir.name, vdir.name, path, fingerprint))
     return found
 
 
-def _digest(vdir: Path) -> str:
-    """sha256 over the version folder's files (names and bytes): a touched but unchanged
-    folder is not reloaded."""
+def _inspect(path: Path) -> tuple[tuple[str, ...], str]:
+    """The external-data files of ``path`` and the sha256 over it and them (names and
+    bytes): a touched but unchanged version is not reloaded."""
+    extras = external_files(path)
     h = hashlib.sha256()
-    for entry in sorted(p for p in vdir.iterdir() if p.is_file()):
-        with entry.open("rb") as f:
-            h.update(f"{entry.name}\0{os.fstat(f.fileno()).st_size}\0".encode())
-            for chunk in iter(lambda: f.read(1 << 20), b""):
+    for name in (path.name, *extras):
+        try:
+            f = (path.parent / name).open("rb")
+        except FileNotFoundError:
+            if name == path.name:
+                raise
+            h.update(f"{name}\0missing\0".encode())  # the load will say what is missing
+            continue
+        with f:
+            h.update(f"{name}\0{os.fstat(f.fileno()).st_size}\0".encode())
+            for chunk in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()
+    return extras, h.hexdigest()
 
 
 class ModelRepository:
@@ -314,8 +366,9 @@ class ModelRepository:
             report: dict[str, list[str]] = {k: [] for k in ("loaded", "failed", "removed")}
             report["unchanged"] = []
             skipped: list[str] = []
+            unread: set[tuple[str, str]] = set()
             try:
-                scans = await asyncio.to_thread(scan_files, self.root, skipped)
+                scans = await asyncio.to_thread(scan_files, self.root, skipped, unread)
             except RepositoryUnreadable as exc:
                 kept = ": every model loaded stays as it is" if self._models else ""
                 log.error("%s%s", exc, kept)
@@ -328,6 +381,13 @@ class ModelRepository:
             pending: list[tuple[_Scan, _Version, str]] = []
             try:
                 on_disk = {(s.name, s.version) for s in scans + spare}
+                # What cannot be read right now is not gone: it stays as it is.
+                on_disk |= {
+                    (name, version)
+                    for name, versions in self._models.items()
+                    for version in versions
+                    if (name, "") in unread or (name, version) in unread
+                }
                 retired = self._drop_removed(on_disk, report)
                 pending = await self._changed(scans, report, retry_failed)
                 # Load concurrently: each load (warm-up included) is a thread.
@@ -462,9 +522,12 @@ class ModelRepository:
             key = f"{scan.name}/{scan.version}"
             existing = self._models.get(scan.name, {}).get(scan.version)
             retry = retry_failed and existing is not None and existing.failed
-            if existing is not None and existing.fingerprint == scan.fingerprint and not retry:
-                report["unchanged"].append(key)
-                continue
+            fingerprint = scan.fingerprint
+            if existing is not None:
+                fingerprint += _extras_fingerprint(scan.path.parent, existing.extras)
+                if existing.fingerprint == fingerprint and not retry:
+                    report["unchanged"].append(key)
+                    continue
             entry = existing
             if entry is None:
                 entry = _Version(scan.path)
@@ -474,16 +537,18 @@ class ModelRepository:
                 # later failure is an increase that alerts see.
                 self._metrics.model_load_failures_total.labels(scan.name)
             try:
-                digest = await asyncio.to_thread(_digest, scan.path.parent)
+                extras, digest = await asyncio.to_thread(_inspect, scan.path)
             except OSError as exc:  # removed or unreadable between the scan and now
-                message = f"{scan.path.parent}: cannot read it ({exc.strerror or exc})"
+                message = f"{scan.path}: cannot read it ({exc.strerror or exc})"
                 log.error(
                     "failed to load model %s version %s: %s", scan.name, scan.version, message
                 )
                 self._metrics.model_load_failures_total.labels(scan.name).inc()
-                entry.fingerprint = scan.fingerprint  # the next poll does not log it again
+                entry.fingerprint = fingerprint  # the next poll does not log it again
                 self._failed(scan, entry, message, report)
                 continue
+            scan.fingerprint += _extras_fingerprint(scan.path.parent, extras)
+            entry.extras = extras
             if existing is not None and existing.digest == digest and not retry:
                 existing.fingerprint = scan.fingerprint  # touched, same bytes
                 report["unchanged"].append(key)

@@ -26,7 +26,7 @@ from ganserve.contract.model_format import (
     read_metadata,
 )
 
-__all__ = ["ModelSpec", "ModelSpecError", "read_spec"]
+__all__ = ["MAX_ONNX_FILE_BYTES", "ModelSpec", "ModelSpecError", "read_spec"]
 
 _FLOAT = onnx.TensorProto.FLOAT
 
@@ -204,9 +204,23 @@ def _spec(model: onnx.ModelProto, path: Path, name: str, version: str) -> ModelS
     )
 
 
+# A protobuf message is at most 2 GiB: a larger model.onnx cannot be ONNX, and reading
+# it whole to find that out would take its size in memory.
+MAX_ONNX_FILE_BYTES = 2**31
+
+
 def read_spec(path: Path, name: str, version: str) -> ModelSpec:
     """Read and check one generator file; :class:`ModelSpecError` names what is wrong."""
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelSpecError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if size >= MAX_ONNX_FILE_BYTES:
+        raise ModelSpecError(
+            f"{path}: {size} bytes, over the 2 GiB a protobuf can hold; keep the weights "
+            "as ONNX external data beside it (onnx.save(..., save_as_external_data=True))"
+        )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:

@@ -23,10 +23,14 @@ ECHO_MAX = 100
 
 _UNSIGNED = re.compile(r"[0-9]+", re.ASCII)
 _SIGNED = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# One way to split any run of digits ("1", "1.", "1.5", ".5"): a pattern with two
+# (``[0-9]+\.?[0-9]*``) backtracks quadratically on a long run of digits that fails.
 _DECIMAL = re.compile(
-    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
     re.ASCII | re.IGNORECASE,
 )
+# Longer than any number a client means (float64 prints in 24): refused unread.
+_NUMBER_MAX = 64
 
 
 def shown(text: str) -> str:
@@ -44,8 +48,8 @@ def quoted(text: str) -> str:
 
 def whole_number(text: str, *, signed: bool = True) -> int | None:
     """``text`` as an int when it is ASCII decimal digits (an optional sign first when
-    ``signed``), else None; None too beyond the digits ``int`` reads (4300)."""
-    if not (_SIGNED if signed else _UNSIGNED).fullmatch(text):
+    ``signed``), else None; None too for more than 64 characters."""
+    if len(text) > _NUMBER_MAX or not (_SIGNED if signed else _UNSIGNED).fullmatch(text):
         return None
     try:
         return int(text)
@@ -57,4 +61,6 @@ def decimal_number(text: str) -> float | None:
     """``text`` as a float when it is an ASCII decimal number (``-1``, ``0.5``, ``.5``,
     ``2.``, ``1e-3``) or ``nan``/``inf``/``infinity`` (the caller says what it
     allows), else None."""
-    return float(text) if _DECIMAL.fullmatch(text) else None
+    if len(text) > _NUMBER_MAX or not _DECIMAL.fullmatch(text):
+        return None
+    return float(text)

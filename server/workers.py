@@ -223,13 +223,16 @@ class WorkerMetrics:
                         family.name, family.documentation, family.type, family.unit
                     )
                 for sample in family.samples:
+                    # native_histogram: a parameter only from prometheus-client 0.22
+                    native = getattr(sample, "native_histogram", None)
+                    extra = {"native_histogram": native} if native is not None else {}
                     out.add_sample(
                         sample.name,
                         {"worker": worker, **sample.labels},
                         sample.value,
                         sample.timestamp,
                         sample.exemplar,
-                        getattr(sample, "native_histogram", None),
+                        **extra,
                     )
         yield up
         yield from merged.values()

@@ -516,3 +516,51 @@ async def test_max_versions_loads_the_newest_and_keeps_serving_through_a_broken_
         assert _value(metrics, "ganserve_model_state", **state) is None
     finally:
         await repo.close()
+
+
+async def test_only_the_model_and_its_weights_count_as_the_version(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    """Found in review: with every file of the folder in the fingerprint, an editor's
+    lock file (a dangling link), a model card or a copy in progress under a temporary
+    name reloaded the model, or retired it when the file vanished mid-scan."""
+    path = make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    await repo.start()
+    served = repo.get("tiny")
+    folder = path.parent
+    (folder / ".#README.md").symlink_to("nobody@host.1234")  # Emacs's lock file
+    (folder / "README.md").write_text("notes")
+    (folder / "model.onnx.tmp").write_bytes(b"half a copy")
+    report = await repo.reload()
+    assert report["unchanged"] == ["tiny/1"] and report["removed"] == []
+    assert repo.get("tiny") is served
+
+
+async def test_a_model_folder_whose_link_target_is_gone_keeps_its_versions(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    """Model folders are often links into a volume: one not mounted (yet) is unreadable,
+    not a model removed."""
+    root, volume = tmp_path / "models", tmp_path / "volume"
+    make_tiny_generator(model_path(volume, "tiny", "1"))
+    root.mkdir()
+    (root / "tiny").symlink_to(volume / "tiny")
+    repo = _repo_in(root, metrics)
+    try:
+        await repo.start()
+        served = repo.get("tiny")
+        volume.rename(tmp_path / "unmounted")
+        report = await repo.reload()
+        assert report["removed"] == [] and repo.get("tiny") is served
+        (tmp_path / "unmounted").rename(volume)
+        assert (await repo.reload())["unchanged"] == ["tiny/1"]
+    finally:
+        await repo.close()
+
+
+def test_a_file_over_two_gib_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    with path.open("wb") as f:
+        f.truncate(3 << 30)  # sparse: no disk; read whole, 3 GiB of memory
+    with pytest.raises(ModelSpecError, match="over the 2 GiB a protobuf can hold"):
+        read_spec(path, "big", "1")

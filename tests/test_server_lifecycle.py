@@ -201,7 +201,7 @@ def test_a_sighup_during_a_reload_is_not_lost(repo_copy, start_server, wait_unti
     slow = model_path(repo_copy, "slow", "1")
     slow.parent.mkdir(parents=True)
     with slow.open("wb") as f:
-        f.truncate(1 << 30)  # sparse, no disk used; reading and hashing it takes a while
+        f.truncate(2 << 30)  # sparse, no disk used; hashing it takes a while
     with channel:
         proc.send(signal.SIGHUP)
         wait_until(lambda: "SIGHUP: reloading" in proc.log(), "the first reload to start")

@@ -312,10 +312,11 @@ def test_a_signal_while_the_workers_import(start_server, tiny_model_repo, sig) -
 
 @pytest.fixture
 def slow_repo(tiny_model_repo: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """The tiny repository with a huge sparse file beside tiny-uncond's model: the
-    load hashes the version folder, in a thread, for minutes (no disk used)."""
+    """The tiny repository and a model whose file is huge and sparse: the load hashes
+    it, in a thread, for minutes (no disk used)."""
     repo = Path(shutil.copytree(tiny_model_repo, tmp_path / "slow-models"))
-    padding = repo / "tiny-uncond" / "1" / "padding.bin"
+    padding = repo / "slow" / "1" / "model.onnx"
+    padding.parent.mkdir(parents=True)
     with padding.open("wb") as f:
         f.truncate(256 << 30)
     return repo, padding
