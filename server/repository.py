@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
 from .spec import MAX_ONNX_FILE_BYTES, ModelSpec, ModelSpecError, read_spec
 from .text import shown
-from .tuning import RuntimePlan
+from .tuning import TUNING_FILE, RuntimePlan
 
 __all__ = [
     "LoadedModel",
@@ -255,9 +255,11 @@ def scan_files(
 
 
 def _inspect(path: Path) -> tuple[tuple[str, ...], str]:
-    """The external-data files of ``path`` and the sha256 over it and them (names and
-    bytes): a touched but unchanged version is not reloaded."""
-    extras = external_files(path)
+    """The files a version loads besides ``path`` (its external data, and the saved
+    tuning plan, so that ``ganserve tune`` takes effect at the next reload), and the
+    sha256 over all of them (names and bytes): a touched but unchanged version is not
+    reloaded."""
+    extras = (*external_files(path), TUNING_FILE)
     h = hashlib.sha256()
     for name in (path.name, *extras):
         try:

@@ -534,6 +534,10 @@ async def test_only_the_model_and_its_weights_count_as_the_version(
     report = await repo.reload()
     assert report["unchanged"] == ["tiny/1"] and report["removed"] == []
     assert repo.get("tiny") is served
+    # A plan saved by `ganserve tune` is part of what the version loads: it applies.
+    (folder / "tuning.json").write_text("{}")
+    assert (await repo.reload())["loaded"] == ["tiny/1"]
+    assert (await repo.reload())["unchanged"] == ["tiny/1"]
 
 
 async def test_a_model_folder_whose_link_target_is_gone_keeps_its_versions(
