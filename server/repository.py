@@ -254,12 +254,18 @@ def scan_files(
     return found
 
 
-def _inspect(path: Path) -> tuple[tuple[str, ...], str]:
+def _version_files(path: Path) -> tuple[tuple[str, ...], Fingerprint]:
     """The files a version loads besides ``path`` (its external data, and the saved
     tuning plan, so that ``ganserve tune`` takes effect at the next reload), and the
-    sha256 over all of them (names and bytes): a touched but unchanged version is not
-    reloaded."""
+    fingerprint of all of them, taken before they are hashed (a file rewritten while
+    being hashed then reads as changed at the next poll)."""
     extras = (*external_files(path), TUNING_FILE)
+    return extras, (_stat(path), *_extras_fingerprint(path.parent, extras))
+
+
+def _digest(path: Path, extras: tuple[str, ...]) -> str:
+    """sha256 over ``path`` and its ``extras`` (names and bytes): a touched but
+    unchanged version is not reloaded."""
     h = hashlib.sha256()
     for name in (path.name, *extras):
         try:
@@ -273,7 +279,7 @@ def _inspect(path: Path) -> tuple[tuple[str, ...], str]:
             h.update(f"{name}\0{os.fstat(f.fileno()).st_size}\0".encode())
             for chunk in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(chunk)
-    return extras, h.hexdigest()
+    return h.hexdigest()
 
 
 class ModelRepository:
@@ -538,19 +544,20 @@ class ModelRepository:
                 # The failure counter exists at 0 from the model's first sight, so that a
                 # later failure is an increase that alerts see.
                 self._metrics.model_load_failures_total.labels(scan.name)
+            extras, scan.fingerprint = await asyncio.to_thread(_version_files, scan.path)
+            entry.extras = extras
             try:
-                extras, digest = await asyncio.to_thread(_inspect, scan.path)
+                digest = await asyncio.to_thread(_digest, scan.path, extras)
             except OSError as exc:  # removed or unreadable between the scan and now
-                message = f"{scan.path}: cannot read it ({exc.strerror or exc})"
+                where = exc.filename or scan.path
+                message = f"{where}: cannot read it ({exc.strerror or exc})"
                 log.error(
                     "failed to load model %s version %s: %s", scan.name, scan.version, message
                 )
                 self._metrics.model_load_failures_total.labels(scan.name).inc()
-                entry.fingerprint = fingerprint  # the next poll does not log it again
+                entry.fingerprint = scan.fingerprint  # the next poll does not log it again
                 self._failed(scan, entry, message, report)
                 continue
-            scan.fingerprint += _extras_fingerprint(scan.path.parent, extras)
-            entry.extras = extras
             if existing is not None and existing.digest == digest and not retry:
                 existing.fingerprint = scan.fingerprint  # touched, same bytes
                 report["unchanged"].append(key)

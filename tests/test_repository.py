@@ -568,3 +568,30 @@ def test_a_file_over_two_gib_is_refused_without_reading_it(tmp_path: Path) -> No
         f.truncate(3 << 30)  # sparse: no disk; read whole, 3 GiB of memory
     with pytest.raises(ModelSpecError, match="over the 2 GiB a protobuf can hold"):
         read_spec(path, "big", "1")
+
+
+async def test_weights_that_could_not_be_read_are_loaded_once_replaced(
+    tmp_path: Path, repo: ModelRepository
+) -> None:
+    """Found in review: a version whose weights file could not be read stored a
+    fingerprint without that file, so replacing it with a good one changed nothing a
+    poll could see. (A directory stands in for a file the server may not read: the
+    tests may run as root.)"""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    path = make_tiny_generator(model_path(tmp_path, "ext", "1"))
+    model = onnx.load(str(path))
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=1024)
+    onnx.save(model, str(path))
+    weights = path.parent / "weights.bin"
+    held = weights.read_bytes()
+    weights.unlink()
+    weights.mkdir()
+    await repo.start()
+    status = repo.status("ext")
+    assert status.state == "FAILED" and "weights.bin: cannot read it" in status.message
+    assert (await repo.reload())["unchanged"] == ["ext/1"]
+    weights.rmdir()
+    weights.write_bytes(held)
+    assert (await repo.reload())["loaded"] == ["ext/1"]  # a poll, no SIGHUP
