@@ -432,6 +432,22 @@ async def test_an_unreadable_file_fails_its_version_not_the_reload(  # type: ign
     assert "error" not in report
 
 
+def _weights_apart(root: Path) -> tuple[Path, bytes]:
+    """``root/ext/1/model.onnx`` with its weights in ``weights.bin`` (ONNX external
+    data), that file taken away: its path and bytes, to bring back later."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    path = make_tiny_generator(model_path(root, "ext", "1"))
+    model = onnx.load(str(path))
+    convert_model_to_external_data(model, location="weights.bin", size_threshold=1024)
+    onnx.save(model, str(path))
+    weights = path.parent / "weights.bin"
+    held = weights.read_bytes()
+    weights.unlink()
+    return weights, held
+
+
 async def test_a_failed_version_is_retried_when_its_folder_changes_or_when_asked(
     tmp_path: Path, repo: ModelRepository
 ) -> None:
@@ -439,16 +455,7 @@ async def test_a_failed_version_is_retried_when_its_folder_changes_or_when_asked
     changed though model.onnx did not, so a poll loads it. An explicit reload
     (``retry_failed``: SIGHUP) tries a failed version again even when nothing changed:
     the cause may have been memory or a device, not the files."""
-    import onnx
-    from onnx.external_data_helper import convert_model_to_external_data
-
-    path = make_tiny_generator(model_path(tmp_path, "ext", "1"))
-    model = onnx.load(str(path))
-    convert_model_to_external_data(model, location="weights.bin", size_threshold=1024)
-    onnx.save(model, str(path))
-    weights = path.parent / "weights.bin"
-    held = weights.read_bytes()
-    weights.unlink()  # the graph arrived first
+    weights, held = _weights_apart(tmp_path)  # the graph arrived first
     await repo.start()
     assert repo.status("ext").state == "FAILED"
 
@@ -577,16 +584,7 @@ async def test_weights_that_could_not_be_read_are_loaded_once_replaced(
     fingerprint without that file, so replacing it with a good one changed nothing a
     poll could see. (A directory stands in for a file the server may not read: the
     tests may run as root.)"""
-    import onnx
-    from onnx.external_data_helper import convert_model_to_external_data
-
-    path = make_tiny_generator(model_path(tmp_path, "ext", "1"))
-    model = onnx.load(str(path))
-    convert_model_to_external_data(model, location="weights.bin", size_threshold=1024)
-    onnx.save(model, str(path))
-    weights = path.parent / "weights.bin"
-    held = weights.read_bytes()
-    weights.unlink()
+    weights, held = _weights_apart(tmp_path)
     weights.mkdir()
     await repo.start()
     status = repo.status("ext")
