@@ -53,9 +53,11 @@ from typing import Any
 
 from .cores import usable_cores
 
-__all__ = ["LIFELINE_ENV", "WORKER_SIGNALS", "WorkerMetrics", "run_workers", "worker_argv"]
+__all__ = ["LIFELINE_ENV", "WORKER_SIGNALS", "WORKER_UP", "WorkerMetrics", "run_workers", "worker_argv"]
 
 log = logging.getLogger(__name__)
+# The supervisor's own series, beside every worker's (with a ``worker`` label).
+WORKER_UP = "ganserve_worker_up"
 
 _READY_TIMEOUT_S = 600.0  # loading and warming every model, in every worker
 _SCRAPE_TIMEOUT_S = 5.0  # one scrape of every worker, together (Prometheus allows 10 s)
@@ -207,7 +209,7 @@ class WorkerMetrics:
 
         read = self._read_all()
         up = GaugeMetricFamily(
-            "ganserve_worker_up",
+            WORKER_UP,
             "1 if this worker's /metrics was read in this scrape; 0 if not (still "
             "starting, hung, or gone): its series are missing from this scrape.",
             labels=["worker"],

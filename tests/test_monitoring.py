@@ -337,11 +337,15 @@ def _exported() -> dict[str, set[str]]:
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase) and metric._labelnames:
             metric.labels(*["x"] * len(metric._labelnames))
-    return {
+    from ganserve.server.workers import WORKER_UP
+
+    exported = {
         sample.name: set(sample.labels) | TARGET_LABELS
         for family in metrics.registry.collect()
         for sample in family.samples
     }
+    exported[WORKER_UP] = {"worker"} | TARGET_LABELS  # the --workers supervisor's own
+    return exported
 
 
 def _all_queries() -> list[tuple[str, str]]:
