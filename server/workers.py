@@ -53,7 +53,14 @@ from typing import Any
 
 from .cores import usable_cores
 
-__all__ = ["LIFELINE_ENV", "WORKER_SIGNALS", "WORKER_UP", "WorkerMetrics", "run_workers", "worker_argv"]
+__all__ = [
+    "LIFELINE_ENV",
+    "WORKER_SIGNALS",
+    "WORKER_UP",
+    "WorkerMetrics",
+    "run_workers",
+    "worker_argv",
+]
 
 log = logging.getLogger(__name__)
 # The supervisor's own series, beside every worker's (with a ``worker`` label).
