@@ -165,12 +165,17 @@ class _Scan:
     fingerprint: Fingerprint = field(default=())
 
 
+def _stamp(path: Path, st: os.stat_result) -> tuple[str, int, int]:
+    """One file's entry of a :data:`Fingerprint`. The scan and the hash step both stamp
+    ``model.onnx``: one form, or every poll would see a change."""
+    return (path.name, st.st_mtime_ns, st.st_size)
+
+
 def _stat(path: Path) -> tuple[str, int, int]:
     try:
-        st = path.stat()
+        return _stamp(path, path.stat())
     except OSError:
         return (path.name, -1, -1)
-    return (path.name, st.st_mtime_ns, st.st_size)
 
 
 def _extras_fingerprint(vdir: Path, extras: tuple[str, ...]) -> Fingerprint:
@@ -249,8 +254,7 @@ def scan_files(
             if not path.is_file():
                 notes.append(f"{vdir}: {MODEL_FILE} is not a file")
                 continue
-            fingerprint = ((MODEL_FILE, st.st_mtime_ns, st.st_size),)
-            found.append(_Scan(model_dir.name, vdir.name, path, fingerprint))
+            found.append(_Scan(model_dir.name, vdir.name, path, (_stamp(path, st),)))
     return found
 
 
@@ -465,13 +469,8 @@ class ModelRepository:
                 for v, e in versions.items()
                 if f"{scan.name}/{v}" not in self._not_loaded
             )
-            if not newer_ready:
-                continue
-            entry = versions.pop(scan.version)
-            if entry.model is not None:
-                retired.append(entry.model)
-            self._metrics.set_model_state(scan.name, scan.version, None)
-            report["removed"].append(f"{scan.name}/{scan.version}")
+            if newer_ready:
+                retired += self._remove(scan.name, scan.version, report)
         return retired
 
     def _failed(
@@ -511,14 +510,17 @@ class ModelRepository:
         retired = []
         for name, versions in list(self._models.items()):
             for version in [v for v in versions if (name, v) not in seen]:
-                entry = versions.pop(version)
-                if entry.model is not None:
-                    retired.append(entry.model)
-                self._metrics.set_model_state(name, version, None)
-                report["removed"].append(f"{name}/{version}")
+                retired += self._remove(name, version, report)
             if not versions:
                 del self._models[name]
         return retired
+
+    def _remove(self, name: str, version: str, report: dict[str, list[str]]) -> list[LoadedModel]:
+        """Forget one version (no new traffic); its model, if loaded, to close."""
+        entry = self._models[name].pop(version)
+        self._metrics.set_model_state(name, version, None)
+        report["removed"].append(f"{name}/{version}")
+        return [entry.model] if entry.model is not None else []
 
     async def _changed(
         self, scans: list[_Scan], report: dict[str, list[str]], retry_failed: bool = False
