@@ -126,14 +126,16 @@ def add_health_servicer(servicer: Any, server: aio.Server) -> None:
     parse = lenient_parser(health_pb2.HealthCheckRequest)
     serialize = health_pb2.HealthCheckResponse.SerializeToString
 
-    async def check(request: Any, context: aio.ServicerContext) -> Any:
+    async def refuse_undecodable(request: Any, context: aio.ServicerContext) -> None:
         if type(request) is Undecodable:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.invalid()))
+
+    async def check(request: Any, context: aio.ServicerContext) -> Any:
+        await refuse_undecodable(request, context)
         return await servicer.Check(request, context)
 
     async def watch(request: Any, context: aio.ServicerContext) -> None:
-        if type(request) is Undecodable:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(request.invalid()))
+        await refuse_undecodable(request, context)
         await servicer.Watch(request, context)  # writes its replies with context.write
 
     handler = grpc.method_handlers_generic_handler(

@@ -123,12 +123,7 @@ def serve(config: ServerConfig, argv: Sequence[str] | None = None) -> int:
         if argv is None:
             log.warning("--workers without the serve flags: workers read GANSERVE_* only")
         return run_workers(config, list(argv or ()))
-    return _run(_Server(config))
-
-
-def _run(server: _Server) -> int:
-    """``asyncio.run(server.run())``, with a bounded exit: see ``_run_and_exit``."""
-    return asyncio.run(_run_and_exit(server))
+    return asyncio.run(_run_and_exit(_Server(config)))
 
 
 async def _run_and_exit(server: _Server) -> int:
@@ -520,8 +515,7 @@ class _Server:
         if not self._stop.is_set():
             log.warning("the --workers supervisor is gone: draining")
             self._orphaned = True
-            self._stop_at = time.monotonic()
-            self._stop.set()
+            self._begin_stop()
 
     def _on_stop_signal(self, sig: signal.Signals) -> None:
         if self._stop.is_set():
@@ -533,6 +527,10 @@ class _Server:
                 self._http.force_stop()
             return
         log.info("%s: draining (grace period %.1f s)", sig.name, self.config.grace_period_s)
+        self._begin_stop()
+
+    def _begin_stop(self) -> None:
+        """Start the drain; the exit deadline counts from now."""
         self._stop_at = time.monotonic()
         self._stop.set()
 
