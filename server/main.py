@@ -181,8 +181,21 @@ def start_metrics_http(cfg: ServerConfig, registry: Any) -> Any:
     return server
 
 
-def _address(host: str, port: int) -> str:
+def listen_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+# What a port that cannot be had says, in one process or from the --workers supervisor.
+def grpc_port_error(address: str, exc: BaseException) -> str:
+    return f"cannot listen on {address}: {exc} (port in use or bad --host?)"
+
+
+def http_port_error(address: str, exc: BaseException) -> str:
+    return f"cannot serve HTTP on {address}: {exc} (port in use or bad --http-host?)"
+
+
+def metrics_port_error(port: int, exc: BaseException) -> str:
+    return f"cannot serve metrics on port {port}: {exc}"
 
 
 def _optional_str(path: Path | None) -> str | None:
@@ -307,14 +320,14 @@ class _Server:
         )
         await self._set_health(False)
 
-        address = _address(cfg.host, cfg.port)
+        address = listen_address(cfg.host, cfg.port)
         try:
             if cfg.tls:
                 port = server.add_secure_port(address, self._credentials(grpc))
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            log.error("cannot listen on %s: %s (port in use or bad --host?)", address, exc)
+            log.error("%s", grpc_port_error(address, exc))
             return 1
         metrics_http = None
         metrics_port = -1
@@ -322,17 +335,13 @@ class _Server:
             try:
                 metrics_http = start_metrics_http(cfg, metrics.registry)
             except OSError as exc:
-                log.error("cannot serve metrics on port %d: %s", cfg.metrics_port, exc)
+                log.error("%s", metrics_port_error(cfg.metrics_port, exc))
                 return 1
             metrics_port = metrics_http.server_port
         try:
             http_port = self._bind_http(metrics, limits)
         except (OSError, ValueError) as exc:
-            log.error(
-                "cannot serve HTTP on %s: %s (port in use or bad --http-host?)",
-                _address(cfg.http_address, cfg.http_port),
-                exc,
-            )
+            log.error("%s", http_port_error(listen_address(cfg.http_address, cfg.http_port), exc))
             if metrics_http is not None:
                 metrics_http.shutdown()
             return 1
@@ -347,14 +356,14 @@ class _Server:
         scheme = ("mTLS" if cfg.tls_client_ca else "TLS") if cfg.tls else "plaintext"
         log.info(
             "listening on %s (%s, auth %s); HTTP %s; metrics %s",
-            _address(cfg.host, port),
+            listen_address(cfg.host, port),
             scheme,
             "bearer token" if cfg.auth_token else "off",
-            f"{self._http.scheme}://{_address(cfg.http_address, http_port)}/"
+            f"{self._http.scheme}://{listen_address(cfg.http_address, http_port)}/"
             if self._http
             else "off",
             f"{'https' if cfg.metrics_tls_cert else 'http'}://"
-            f"{_address(cfg.metrics_address, metrics_port)}/metrics"
+            f"{listen_address(cfg.metrics_address, metrics_port)}/metrics"
             + (" (client certificates required)" if cfg.metrics_tls_client_ca else "")
             if metrics_http
             else "off",

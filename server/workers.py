@@ -117,10 +117,6 @@ def _without_metrics_tls(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
 def _reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEPORT and not listening: it holds a
     free port (port 0) for the workers without taking any of their connections.
@@ -308,7 +304,14 @@ def run_workers(config: Any, argv: Sequence[str]) -> int:
     were starting)."""
     from prometheus_client import CollectorRegistry
 
-    from .main import _write_ready_file, start_metrics_http
+    from .main import (
+        _write_ready_file,
+        grpc_port_error,
+        http_port_error,
+        listen_address,
+        metrics_port_error,
+        start_metrics_http,
+    )
 
     n = config.workers
     procs: list[subprocess.Popen[bytes]] = []
@@ -329,23 +332,19 @@ def run_workers(config: Any, argv: Sequence[str]) -> int:
     files: list[Path] = []
     lifeline_r, lifeline_w = os.pipe()  # not inheritable: only pass_fds hands it on
     try:
-        address = _address(config.host, config.port)
+        address = listen_address(config.host, config.port)
         try:
             holders.append(_reserve_port(config.host, config.port))
         except OSError as exc:
-            raise _StartError(
-                f"cannot listen on {address}: {exc} (port in use or bad --host?)"
-            ) from None
+            raise _StartError(grpc_port_error(address, exc)) from None
         port = holders[0].getsockname()[1]
         http_port = config.http_port
         if http_port >= 0:
-            address = _address(config.http_address, http_port)
+            address = listen_address(config.http_address, http_port)
             try:
                 holders.append(_reserve_port(config.http_address, http_port))
             except OSError as exc:
-                raise _StartError(
-                    f"cannot serve HTTP on {address}: {exc} (port in use or bad --http-host?)"
-                ) from None
+                raise _StartError(http_port_error(address, exc)) from None
             http_port = holders[-1].getsockname()[1]
         # /metrics is bound before any worker starts (a taken port fails at once, not
         # after every model has loaded); it has each worker's series once it is ready.
@@ -357,9 +356,7 @@ def run_workers(config: Any, argv: Sequence[str]) -> int:
             try:
                 metrics_http = start_metrics_http(config, registry)
             except OSError as exc:
-                raise _StartError(
-                    f"cannot serve metrics on port {config.metrics_port}: {exc}"
-                ) from None
+                raise _StartError(metrics_port_error(config.metrics_port, exc)) from None
             metrics_port = metrics_http.server_port
         threads = None
         if config.runtime.intra_op_threads == 0:  # a thread per usable core: divide them
