@@ -29,7 +29,7 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 async def repo(tmp_path: Path, metrics: Metrics) -> AsyncIterator[ModelRepository]:
-    repository = ModelRepository(tmp_path, RUNTIME, BatchingConfig(max_batch_size=4), metrics)
+    repository = _repo_in(tmp_path, metrics)
     yield repository
     await repository.close()
 
@@ -384,8 +384,8 @@ async def test_a_model_that_computes_nan_fails_at_load(
     assert repo.get("tiny").spec.version == "1"
 
 
-def _repo_in(root: Path, metrics: Metrics) -> ModelRepository:
-    return ModelRepository(root, RUNTIME, BatchingConfig(max_batch_size=4), metrics)
+def _repo_in(root: Path, metrics: Metrics, max_versions: int = 0) -> ModelRepository:
+    return ModelRepository(root, RUNTIME, BatchingConfig(max_batch_size=4), metrics, max_versions)
 
 
 async def test_a_model_root_that_is_gone_fails_the_reload_and_keeps_the_models(
@@ -498,7 +498,7 @@ async def test_max_versions_loads_the_newest_and_keeps_serving_through_a_broken_
     root = tmp_path / "models"
     for version in ("1", "2"):
         make_tiny_generator(model_path(root, "tiny", version), seed=int(version))
-    repo = ModelRepository(root, RUNTIME, BatchingConfig(max_batch_size=4), metrics, 1)
+    repo = _repo_in(root, metrics, max_versions=1)
     try:
         with caplog.at_level(logging.INFO):
             await repo.start()
