@@ -224,6 +224,19 @@ def test_dry_run_with_minibatch_std(tmp_path: Path) -> None:
     assert ckpt["discriminator"]["head.weight"].shape[1] == 2 * 8 * 49 + 1
 
 
+def test_two_time_scale_lr_keeps_its_ratio_while_annealing(tmp_path: Path) -> None:
+    """--lr-d gives D its own lr (TTUR); the annealing scales G's and D's alike."""
+    ckpt = load_checkpoint(
+        train(tiny(tmp_path, epochs=2, lr=1e-4, lr_d=4e-4, lr_decay_start=1), quiet=True)
+    )
+    lr_g = ckpt["opt_g"]["param_groups"][0]["lr"]
+    lr_d = ckpt["opt_d"]["param_groups"][0]["lr"]
+    assert 0 < lr_g < 1e-4  # annealed
+    assert lr_d == pytest.approx(4 * lr_g)
+    same = load_checkpoint(train(tiny(tmp_path / "b", epochs=2, lr_decay_start=1), quiet=True))
+    assert same["opt_d"]["param_groups"][0]["lr"] == same["opt_g"]["param_groups"][0]["lr"]
+
+
 def test_spectral_discriminator_bounds_every_weight(tmp_path: Path) -> None:
     """With --d-spectral every conv D weight in use has spectral norm ~1 (power iteration
     converges over the steps), D has no batch norm, and a run resumes exactly."""
@@ -493,6 +506,7 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
         (["--real-label", "0"], "--real-label must be in (0, 1]"),
         (["--lr", "0"], "--lr must be > 0"),
+        (["--lr-d=-1e-4"], "--lr-d must be > 0"),
         (["--arch", "mlp", "--g-blocks", "2", "--d-mbstd"], "--g-blocks, --d-mbstd: conv-net"),
         (["--arch", "mlp", "--codes", "10"], "--codes: conv-net"),
         (["--codes", "1"], "--codes must be 0 or in [2, --latent-dim]"),

@@ -54,6 +54,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="last epoch (default 20; on --resume: the run's own)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr-d", type=float, default=None,
+                   help="D's lr, if not --lr (two time-scale update rule); annealed alike")  # fmt: skip
     p.add_argument("--lr-decay-start", type=int, default=None, metavar="EPOCH",
                    help="from this epoch on, lr falls linearly to 0 at --epochs (a resume "
                    "may set it to anneal a finished run)")  # fmt: skip
@@ -181,6 +183,8 @@ def _check_train_values(values: dict) -> None:
         raise ValueError(f"--threads must be >= 1, got {values['threads']}")
     if not values["lr"] > 0:
         raise ValueError(f"--lr must be > 0, got {values['lr']}")
+    if values.get("lr_d") is not None and not values["lr_d"] > 0:
+        raise ValueError(f"--lr-d must be > 0, got {values['lr_d']}")
     if not 0 < values["real_label"] <= 1:
         raise ValueError(f"--real-label must be in (0, 1], got {values['real_label']}")
     if not 0 <= values["ema_decay"] < 1:

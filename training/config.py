@@ -36,6 +36,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 2e-4
+    # D's lr when it differs from G's (two time-scale update rule, Heusel et al. 2017);
+    # None: ``lr``. The annealing scales both alike.
+    lr_d: float | None = None
     # From this epoch on both lrs fall linearly to 0 at ``epochs``; 0/None: constant lr
     # (None on a resume: keep the run's own schedule).
     lr_decay_start: int | None = None

@@ -105,7 +105,8 @@ class _Run:
         ).to(device)  # fmt: skip
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        self.d_lr_ratio = (cfg.lr_d or cfg.lr) / cfg.lr  # TTUR: D's lr is G's x this
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * self.d_lr_ratio, betas=betas)
         self.ema = EMA(self.G, cfg.ema_decay)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)
         self.aug_rng = torch.Generator().manual_seed(cfg.seed + 2)  # D-input augmentation
@@ -162,9 +163,10 @@ class _Run:
         self.train_seconds = float(ckpt["train_seconds"])
 
     def set_lr(self, lr: float) -> None:
-        for opt in (self.opt_g, self.opt_d):
+        """G's lr; D's is ``lr`` times the run's TTUR ratio (``--lr-d`` / ``--lr``)."""
+        for opt, value in ((self.opt_g, lr), (self.opt_d, lr * self.d_lr_ratio)):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = value
 
     def step(self, x: torch.Tensor, y: torch.Tensor | None, g_step: bool) -> dict[str, float]:
         """One D step (and optionally one G step) on real images x (B, 1, 28, 28) in [-1, 1]."""
