@@ -430,3 +430,81 @@ def test_cli_writes_and_reports_errors(
     assert "needs --dataset" in capsys.readouterr().err
     assert run(_cli(["--model", str(model_dir), "--ppl-pairs", "-1"])) == 2
     assert "ppl_pairs >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def _edited(src: Path, dst: Path, edit: object) -> Path:
+    """A copy of the ONNX file ``src`` at ``dst`` after ``edit(model)``."""
+    model = onnx.load(str(src))
+    edit(model)  # type: ignore[operator]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_generator_with_non_finite_output_is_refused(small_mnist: Path, tmp_path: Path) -> None:
+    """Scored, NaN pixels would read as black ones and the model as merely poor."""
+    good = tmp_path / "noise.onnx"
+    _tiny_generator(good, small_mnist, conditional=False)
+
+    def poison(model: onnx.ModelProto) -> None:  # image = reshape(tanh(zW) * NaN)
+        model.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), "nan"))
+        tanh = next(n for n in model.graph.node if n.op_type == "Tanh")
+        tanh.output[0] = "pre_nan"
+        model.graph.node.insert(
+            list(model.graph.node).index(tanh) + 1,
+            helper.make_node("Mul", ["pre_nan", "nan"], ["flat"]),
+        )
+
+    bad = _edited(good, tmp_path / "nan.onnx", poison)
+    with pytest.raises(EvaluationError, match="NaN or infinite .* the generator is broken"):
+        evaluate_onnx(bad, small_mnist, n=50, ppl_pairs=0)
+
+
+def test_onnx_runtime_failures_and_wrong_widths_are_one_line_errors(
+    small_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "m" / "noise.onnx"
+    _tiny_generator(good, small_mnist, conditional=False)
+
+    def wide(model: onnx.ModelProto) -> None:  # metadata says 8, the graph takes 8: say 16
+        for prop in model.metadata_props:
+            if prop.key == "ganserve.latent_dim":
+                prop.value = "16"
+
+    def renamed(model: onnx.ModelProto) -> None:
+        model.graph.output[0].name = "picture"
+        model.graph.node[-1].output[0] = "picture"
+
+    def future(model: onnx.ModelProto) -> None:
+        model.ir_version = 99
+
+    cases = [(wide, "input z is 8 wide, its metadata says 16"),
+             (renamed, "expected one named image"),
+             (future, "ONNX Runtime cannot load it")]  # fmt: skip
+    for edit, message in cases:
+        path = _edited(good, tmp_path / edit.__name__ / "model.onnx", edit)
+        argv = ["--model", str(path), "--data-dir", str(small_mnist), "--n", "20",
+                "--ppl-pairs", "0"]  # fmt: skip
+        assert run(_cli(argv)) == 2, edit.__name__
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (edit.__name__, err)
+
+
+def test_another_data_set_or_its_files_are_refused(
+    cond_model: Path, small_mnist: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The wrong evaluator or data would score any model as awful, and --write would store
+    those figures in its card; data that is not the official files is scored, with a
+    warning."""
+    with pytest.raises(EvaluationError, match="trained on mnist: scoring it with the fashion"):
+        evaluate_onnx(cond_model, small_mnist, dataset="fashion-mnist", n=20, ppl_pairs=0)
+    fashion = default_data_dir("fashion-mnist")
+    if (fashion / "t10k-images-idx3-ubyte.gz").is_file():
+        with pytest.raises(EvaluationError, match="t10k images are fashion-mnist's, not mnist's"):
+            evaluate_onnx(cond_model, fashion, n=20, ppl_pairs=0)
+    capsys.readouterr()
+    evaluate_onnx(cond_model, small_mnist, n=20, ppl_pairs=0)
+    assert "not the official mnist files" in capsys.readouterr().err

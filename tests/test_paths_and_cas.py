@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from ganserve.training.card import render_model_card  # noqa: E402
 from ganserve.training.classifier import (  # noqa: E402
     CAS_CACHE,
+    CAS_RECIPE,
     cas_cache_key,
     load_classifier,
     real_cas,
@@ -293,11 +294,31 @@ def test_cas_ceiling_is_cached_by_data_and_recipe(tmp_path: Path, bars: Path) ->
     assert real_cas("mnist", bars, n=200, epochs=1, seed=0, cache=None) == first  # seeded
 
 
+def test_cas_trains_without_affine_jitter(
+    bars: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jitter would supply the variety CAS measures: generated and real training
+    images both get pixel noise only, whatever the data set's evaluator uses."""
+    from ganserve.training import classifier as clf
+
+    seen: list[bool] = []
+    real_fit = clf.fit_classifier
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(bool(kwargs["affine"]))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(clf, "fit_classifier", spy)
+    real_cas("mnist", bars, n=100, epochs=1, seed=0, cache=None)
+    assert seen == [False]
+    assert clf.AFFINE_AUGMENT["mnist"] is True  # the evaluator itself keeps its jitter
+
+
 def test_a_ceiling_trained_on_cuda_has_its_own_cache_entry() -> None:
     """GPU kernels need not reproduce the CPU's figure to the last digit: the device is in
     the key when it is CUDA; CPU keys keep the form the bundled cache was written with."""
     cpu = cas_cache_key("mnist", 10_000, 10, 0, "abc", cuda=False)
-    assert cpu == "mnist images=10000 epochs=10 seed=0 data=abc"
+    assert cpu == f"mnist images=10000 epochs=10 seed=0 data=abc recipe={CAS_RECIPE}"
     assert cas_cache_key("mnist", 10_000, 10, 0, "abc", cuda=True) == cpu + " device=cuda"
     bundled = json.loads(Path(CAS_CACHE).read_text())
     assert all("device=" not in key for key in bundled)  # written on CPU

@@ -259,7 +259,14 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
         "```",
         "",
         "Image i of a request uses seed `seed + i` (see `protos/ganserve/v1/generator.proto`), "
-        "so the evaluation above is reproducible through the server.",
+        + (
+            "so the evaluation above is reproducible through the server when the labels are "
+            "passed as it asked for them: the classes in the training set's proportions, "
+            "sorted (`prior_labels` in `training/evaluate.py`), not the server's default "
+            "`i % 10`."
+            if info.conditional
+            else "so the evaluation above is reproducible through the server."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -175,6 +175,19 @@ def synthetic_split(n: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return images, labels
 
 
+def official_dataset(data_dir: Path | str, split: Split) -> str | None:
+    """The data set whose official ``split`` images file ``data_dir`` holds (by the
+    sha256 of its ``.gz``), or None: another file, an unpacked one or none at all."""
+    path = Path(data_dir) / f"{split}-images-idx3-ubyte.gz"
+    if not path.is_file():
+        return None
+    digest = _sha256(path)
+    for name, spec in DATASETS.items():
+        if spec.sha256.get(path.name) == digest:
+            return name
+    return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

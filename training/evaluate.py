@@ -113,11 +113,25 @@ def _session(onnx_path: Path, info: ModelMetadata, threads: int) -> Any:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    if "z" not in names or (info.conditional and "y" not in names):
+    try:
+        sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own error types: a graph or IR version it cannot run
+        raise EvaluationError(f"{onnx_path}: ONNX Runtime cannot load it ({exc})") from None
+    inputs = {i.name: i.shape for i in sess.get_inputs()}
+    if "z" not in inputs or (info.conditional and "y" not in inputs):
         want = "z and y" if info.conditional else "z"
-        raise EvaluationError(f"{onnx_path}: inputs {sorted(names)}, expected {want}")
+        raise EvaluationError(f"{onnx_path}: inputs {sorted(inputs)}, expected {want}")
+    widths = {"z": info.latent_dim, "y": info.num_classes if info.conditional else None}
+    for name, want_width in widths.items():
+        shape = inputs.get(name)
+        if want_width is not None and shape and len(shape) == 2 and isinstance(shape[1], int):
+            if shape[1] != want_width:
+                raise EvaluationError(
+                    f"{onnx_path}: input {name} is {shape[1]} wide, its metadata says {want_width}"
+                )
+    outputs = [o.name for o in sess.get_outputs()]
+    if "image" not in outputs:
+        raise EvaluationError(f"{onnx_path}: outputs {outputs}, expected one named image")
     return sess
 
 
@@ -126,10 +140,20 @@ def _images(sess: Any, onnx_path: Path, z: np.ndarray, y: np.ndarray | None) -> 
     feed = {"z": z.astype(np.float32)}
     if y is not None:
         feed["y"] = y.astype(np.float32)  # (B, num_classes): one-hot or a blend
-    (img,) = sess.run(["image"], feed)
+    try:
+        (img,) = sess.run(["image"], feed)
+    except Exception as exc:  # ORT's own error types
+        raise EvaluationError(f"{onnx_path}: ONNX Runtime failed to run it ({exc})") from None
     if img.shape[1:] != (1, 28, 28):
         raise EvaluationError(f"{onnx_path}: output shape {img.shape}, expected (N,1,28,28)")
-    return np.asarray(img, dtype=np.float32)
+    img = np.asarray(img, dtype=np.float32)
+    bad = int(img.size - np.count_nonzero(np.isfinite(img)))
+    if bad:  # scored, NaN would read as black pixels and the model as merely poor
+        raise EvaluationError(
+            f"{onnx_path}: {bad} of {img.size} output values are NaN or infinite "
+            f"(a batch of {len(img)}): the generator is broken, nothing to score"
+        )
+    return img
 
 
 def generate(
@@ -363,7 +387,7 @@ def evaluate_onnx(
     import torch
 
     from ganserve.training.classifier import CAS_EPOCHS, CAS_IMAGES, predict, to_input
-    from ganserve.training.data import DATASETS, default_data_dir, load_split
+    from ganserve.training.data import DATASETS, default_data_dir, load_split, official_dataset
 
     started = time.monotonic()
     onnx_path = resolve_model_path(onnx_path)
@@ -371,6 +395,11 @@ def evaluate_onnx(
         info = ModelMetadata.from_onnx(onnx_path)
     except Exception as exc:  # onnx raises its own DecodeError types on garbage
         raise EvaluationError(f"{onnx_path}: cannot read ONNX metadata ({exc})") from exc
+    if dataset and info.dataset and dataset != info.dataset:
+        raise EvaluationError(
+            f"{info.name} was trained on {info.dataset}: scoring it with the {dataset} "
+            f"evaluator and data measures nothing useful (leave --dataset out)"
+        )
     dataset = dataset or info.dataset
     if dataset not in DATASETS:
         raise EvaluationError(f"no evaluator for dataset {dataset!r}; pass --dataset mnist|...")
@@ -386,6 +415,17 @@ def evaluate_onnx(
     if info.conditional and info.num_classes != num_classes:
         raise EvaluationError(f"model has {info.num_classes} classes, {dataset} {num_classes}")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir(dataset)
+    found = official_dataset(data_dir, "t10k")
+    if found is not None and found != dataset:
+        raise EvaluationError(
+            f"{data_dir}: its t10k images are {found}'s, not {dataset}'s (check --data-dir)"
+        )
+    if found is None:
+        print(
+            f"warning: {data_dir}: the t10k images are not the official {dataset} files; "
+            "the figures measure against them and do not compare with the model cards'",
+            file=sys.stderr,
+        )
     torch.set_num_threads(threads)
     ref = _reference(dataset, str(data_dir))
 
