@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -69,9 +70,9 @@ class ClientBase:
         target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         tls: bool = False,
-        tls_ca: str | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
         tls_server_name: str | None = None,
         token: str | None = None,
         timeout: float | None = 30.0,
@@ -97,7 +98,8 @@ class ClientBase:
             tls_key: PEM private key of ``tls_cert``.
             tls_server_name: The name expected in the server's certificate when it
                 differs from the target's host.
-            token: Bearer token, sent as ``authorization: Bearer <token>`` on every call.
+            token: Bearer token, sent as ``authorization: Bearer <token>`` on every call,
+                without surrounding whitespace; printable ASCII only.
             timeout: Default deadline in seconds of each unary call (``None``: none);
                 streams have no deadline unless a call passes ``timeout`` (then one
                 for the whole stream).
@@ -126,9 +128,12 @@ class ClientBase:
         Raises:
             ValueError: ``tls_cert`` without ``tls_key`` (or the reverse); ``retries``,
                 ``keepalive``, ``retry_max_tokens`` or ``retry_token_ratio`` out of range
-                or of the wrong type; an unreadable TLS file or an unresolvable target
-                list (``GanClient`` at once, ``AsyncGanClient`` at the first call, when
-                its channel opens on the running event loop).
+                or of the wrong type; a ``token`` with a character that is not printable
+                ASCII; a TLS file that cannot be read or used (a key that is not the
+                certificate's, a CA file without a certificate) or a target list that
+                cannot be resolved or whose hosts share no address family
+                (``GanClient`` at once, ``AsyncGanClient`` at the first call, when its
+                channel opens on the running event loop).
         """
         self._config = ChannelConfig(
             target=target,

@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,8 @@ class ChannelConfig:
             _check_throttling(self.retry_max_tokens, self.retry_token_ratio)
         if self.max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be > 0, got {self.max_message_bytes}")
+        if self.token is not None:
+            _check_token(self.token)
 
     @property
     def uses_tls(self) -> bool:
@@ -116,7 +119,10 @@ class ChannelConfig:
         works against a plaintext server in a trusted network; gRPC refuses to
         send call credentials over an insecure channel.
         """
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        # Stripped as the server strips its token file: a token read from a file or
+        # `$(cat ...)` often ends with a newline, which gRPC refuses in metadata.
+        token = (self.token or "").strip()
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     def service_config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
@@ -167,10 +173,13 @@ class ChannelConfig:
         return opts
 
     def credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials from the files, checked first: ValueError naming a file that
+        cannot be used (gRPC core would take it and fail every call "Connection refused",
+        the cause only in its log)."""
+        root, key, chain = _read(self.tls_ca), _read(self.tls_key), _read(self.tls_cert)
+        _check_tls_files(self.tls_ca, self.tls_cert, self.tls_key)
         return grpc.ssl_channel_credentials(
-            root_certificates=_read(self.tls_ca),
-            private_key=_read(self.tls_key),
-            certificate_chain=_read(self.tls_cert),
+            root_certificates=root, private_key=key, certificate_chain=chain
         )
 
     def channel(self) -> grpc.Channel:
@@ -184,6 +193,18 @@ class ChannelConfig:
         if self.uses_tls:
             return grpc.aio.secure_channel(target, self.credentials(), options=self.options())
         return grpc.aio.insecure_channel(target, options=self.options())
+
+
+def _check_token(token: str) -> None:
+    """gRPC sends only printable ASCII in a metadata value and fails every call with
+    "Invalid metadata" otherwise; the message names the problem, never the token."""
+    for position, char in enumerate(token.strip(), start=1):
+        if not " " <= char <= "~":
+            kind = "a non-ASCII" if ord(char) > 127 else "a non-printable"
+            raise ValueError(
+                f"the token has {kind} character at position {position}: "
+                "a bearer token is printable ASCII"
+            )
 
 
 def _check_backoff(name: str, seconds: float) -> None:
@@ -236,14 +257,23 @@ def resolve_target(target: str | Sequence[str]) -> str:
     if not targets:
         raise ValueError("no target given")
     if len(targets) == 1:
-        return targets[0]
-    addresses = [_address(t) for t in targets]
-    families = {ipaddress.ip_address(host).version for host, _ in addresses}
-    if len(families) > 1:
-        raise ValueError(f"cannot mix IPv4 and IPv6 endpoints in one target list: {targets}")
-    if families == {4}:
-        return "ipv4:" + ",".join(f"{host}:{port}" for host, port in addresses)
-    return "ipv6:" + ",".join(f"[{host}]:{port}" for host, port in addresses)
+        return with_default_port(targets[0])
+    resolved = [_addresses(t) for t in targets]
+    # One family for the whole list (gRPC takes an ipv4: or an ipv6: list, not both):
+    # IPv4 when every host has an IPv4 address, since servers often bind only that.
+    for version, scheme in ((4, "ipv4:"), (6, "ipv6:")):
+        if all(version in found for found, _ in resolved):
+            return scheme + ",".join(
+                _endpoint(found[version], port, version) for found, port in resolved
+            )
+    raise ValueError(
+        f"cannot mix IPv4 and IPv6 endpoints in one target list: {targets} "
+        "(no address family is shared by every host)"
+    )
+
+
+def _endpoint(host: str, port: int, version: int) -> str:
+    return f"{host}:{port}" if version == 4 else f"[{host}]:{port}"
 
 
 def with_default_port(target: str) -> str:
@@ -290,23 +320,54 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _address(target: str) -> tuple[str, int]:
-    """``host[:port]`` → (IP literal, port); host names are resolved now (first address)."""
+def _addresses(target: str) -> tuple[dict[int, str], int]:
+    """``host[:port]`` → ({IP version: address}, port); a host name is resolved now,
+    keeping the first address of each family, not only the first of all (``localhost``
+    is often ``::1`` first, while a server may listen on ``127.0.0.1`` only)."""
     if "://" in target or target.startswith(("unix:", "ipv4:", "ipv6:", "dns:")):
         raise ValueError(f"a target list takes plain host:port entries, got {target!r}")
     host, sep, port_text = with_default_port(target).rpartition(":")
     if not sep or not port_text.isdigit():
         raise ValueError(f"target {target!r} is not host:port")
     host = host.strip("[]")
+    if _is_ip(host):
+        return {ipaddress.ip_address(host).version: host}, int(port_text)
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
+        info = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    found: dict[int, str] = {}
+    for *_, sockaddr in info:
+        address = str(sockaddr[0])
+        if _is_ip(address):  # skips a family gRPC cannot dial
+            found.setdefault(ipaddress.ip_address(address).version, address)
+    if not found:
+        raise ValueError(f"cannot resolve host {host!r}: no IP address")
+    return found, int(port_text)
+
+
+def _check_tls_files(ca: PathLike | None, cert: PathLike | None, key: PathLike | None) -> None:
+    """Load the files with OpenSSL as gRPC would, for a one-line error naming the file."""
+    for path, what in ((ca, "CA file"), (cert, "client certificate")):
+        if path is None:
+            continue
         try:
-            info = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ValueError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-        host = str(info[0][4][0])
-    return host, int(port_text)
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=os.fspath(path))
+        except ssl.SSLError:
+            raise ValueError(f"TLS {what} {path} holds no PEM certificate") from None
+    if cert is None or key is None:
+        return
+
+    def no_password() -> bytes:
+        raise ValueError(f"TLS key {key} is encrypted: gRPC takes an unencrypted PEM key")
+
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_cert_chain(os.fspath(cert), os.fspath(key), password=no_password)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"TLS key {key} is not the key of certificate {cert}") from None
+        raise ValueError(f"TLS key {key} holds no usable PEM private key") from None
 
 
 def _read(path: PathLike | None) -> bytes | None:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ganserve.clients import _interruptible, images
+from ganserve.clients._sampling import Deadline
 from ganserve.clients.errors import InvalidRequest, ModelNotFound
 from ganserve.clients.results import ModelInfo
 from ganserve.clients.sync import GanClient
@@ -115,7 +116,11 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
 
 def _sample(client: GanClient, args: argparse.Namespace) -> int:
     fmt = args.format or ("npy" if args.out.endswith(".npy") else "png")
-    info = client.get_model(args.model, args.model_version)
+    # --timeout, when given, is one deadline for the command: the model's metadata and
+    # the whole stream (gRPC's deadline is the call's, not a chunk's); unset, the
+    # metadata call has the default and a large count may take long.
+    deadline = Deadline(args.timeout)
+    info = client.get_model(args.model, args.model_version, timeout=deadline.left())
     labels = _labels(info, args.label)
     shape = info.image_shape or (1, 28, 28)  # (C, H, W)
     total = args.count
@@ -133,9 +138,7 @@ def _sample(client: GanClient, args: argparse.Namespace) -> int:
                     label=labels[0] if labels and len(labels) == 1 else None,
                     labels=labels if labels and len(labels) > 1 else None,
                     encoding="float32" if fmt == "npy" else "uint8",
-                    # --timeout, when given, bounds the whole stream (gRPC's deadline
-                    # is the call's, not a chunk's); unset, a large count may take long.
-                    timeout=args.timeout,
+                    timeout=deadline.left(),
                 ),
                 cancel=client.close,
             )
@@ -190,6 +193,7 @@ class _NpyOutput:
 
     def __init__(self, path: str, total: int, shape: tuple[int, ...]) -> None:
         self.path, self.total = path, total
+        self._target = os.path.realpath(path)  # a symbolic link's file: the rename keeps the link
         size = total * math.prod(shape) * 4  # float32
         _check_writable(path)
         free = shutil.disk_usage(Path(path).resolve().parent).free
@@ -211,9 +215,8 @@ class _NpyOutput:
 
     def put(self, offset: int, batch: np.ndarray) -> None:
         if self._array is None:  # the first chunk tells the layout: (N, H, W) or (N, H, W, C)
-            target = Path(self.path)
             # Created by open_memmap like any new file (mode from the umask), unlike mkstemp's 0600.
-            self._tmp = _temporary(target)
+            self._tmp = _temporary(Path(self._target))
             self._array = np.lib.format.open_memmap(
                 self._tmp, mode="w+", dtype=batch.dtype, shape=(self.total, *batch.shape[1:])
             )
@@ -223,7 +226,7 @@ class _NpyOutput:
         assert self._array is not None and self._tmp is not None
         self._array.flush()
         self._array = None
-        os.replace(self._tmp, self.path)
+        os.replace(self._tmp, self._target)
         self._tmp = None
 
 
@@ -252,13 +255,14 @@ def _temporary(target: Path) -> Path:
 
 @contextlib.contextmanager
 def replacing(path: str) -> Iterator[Path]:
-    """A temporary file to write ``path``'s content to; it becomes ``path`` only once
-    written. On an error or Ctrl-C while writing it is removed: no truncated picture
-    is left, and a file already at ``path`` is kept."""
-    tmp = _temporary(Path(path))
+    """A temporary file to write ``path``'s content to; it becomes ``path`` (the file a
+    symbolic link points to) only once written. On an error or Ctrl-C while writing it
+    is removed: no truncated picture is left, and a file already at ``path`` is kept."""
+    target = os.path.realpath(path)  # a symbolic link's file: the rename keeps the link
+    tmp = _temporary(Path(target))
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 

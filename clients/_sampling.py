@@ -350,14 +350,20 @@ def rebase(chunk: SampleResult, offset: int) -> SampleResult:
 class SampleAccumulator:
     """Collects ``SampleStream`` chunks into one ``SampleResult``, with a progress bar.
 
-    Chunks arrive decoded (the protobuf bytes are freed early) and are ordered
-    by their ``offset``, not by arrival. Use it as a context manager (closes the bar).
+    Each chunk is copied at its ``offset`` (not its arrival order) into arrays of the
+    whole count, made at the first chunk: the memory is the result's and one chunk's,
+    where keeping the chunks and concatenating them at the end took twice the result.
+    Use it as a context manager (closes the bar).
     """
 
     def __init__(self, count: int, *, progress: bool = False, desc: str = "") -> None:
         self.count = count
         self.received = 0
-        self._chunks: list[SampleResult] = []
+        self._head: tuple[int, str, str, int | None] | None = None  # offset, model, version, seed
+        self._images: np.ndarray | None = None
+        self._labels: np.ndarray | None = None
+        self._latents: np.ndarray | None = None
+        self._png: list[tuple[int, list[bytes]]] = []
         self._bar = tqdm(total=count, unit="img", desc=desc, disable=not progress)
 
     def __enter__(self) -> SampleAccumulator:
@@ -372,28 +378,46 @@ class SampleAccumulator:
         self._bar.close()
 
     def add(self, chunk: SampleResult) -> int:
-        """Keep one decoded chunk; returns its number of images."""
-        self._chunks.append(chunk)
-        self.received += len(chunk.images)
-        self._bar.update(len(chunk.images))
-        return len(chunk.images)
+        """Copy one decoded chunk into place; returns its number of images."""
+        n = len(chunk.images)
+        if chunk.offset < 0 or chunk.offset + n > self.count:
+            raise GanServeError(
+                f"a chunk of images {chunk.offset}..{chunk.offset + n - 1} is outside "
+                f"the {self.count} asked for",
+                grpc.StatusCode.DATA_LOSS,
+            )
+        if self._head is None or chunk.offset < self._head[0]:
+            self._head = (chunk.offset, chunk.model, chunk.version, chunk.seed)
+        self._images = self._place(self._images, chunk.images, chunk.offset)
+        if chunk.labels is not None:
+            self._labels = self._place(self._labels, chunk.labels, chunk.offset)
+        if chunk.latents is not None:
+            self._latents = self._place(self._latents, chunk.latents, chunk.offset)
+        if chunk.png:
+            self._png.append((chunk.offset, chunk.png))
+        self.received += n
+        self._bar.update(n)
+        return n
+
+    def _place(self, whole: np.ndarray | None, rows: np.ndarray, offset: int) -> np.ndarray:
+        if whole is None:
+            whole = np.empty((self.count, *rows.shape[1:]), dtype=rows.dtype)
+        whole[offset : offset + len(rows)] = rows
+        return whole
 
     def result(self) -> SampleResult:
-        if self.received != self.count or not self._chunks:
+        if self.received != self.count or self._head is None or self._images is None:
             raise GanServeError(
                 f"stream ended after {self.received} of {self.count} images",
                 grpc.StatusCode.DATA_LOSS,
             )
-        chunks = sorted(self._chunks, key=lambda c: c.offset)
-        first = chunks[0]
-        labels = [c.labels for c in chunks if c.labels is not None]
-        latents = [c.latents for c in chunks if c.latents is not None]
+        _, model, version, seed = self._head
         return SampleResult(
-            model=first.model,
-            version=first.version,
-            images=np.concatenate([c.images for c in chunks]),
-            seed=first.seed,
-            labels=np.concatenate(labels) if labels else None,
-            latents=np.concatenate(latents) if latents else None,
-            png=[f for c in chunks for f in c.png],
+            model=model,
+            version=version,
+            images=self._images,
+            seed=seed,
+            labels=self._labels,
+            latents=self._latents,
+            png=[f for _, files in sorted(self._png, key=lambda p: p[0]) for f in files],
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -206,9 +206,10 @@ class AsyncGanClient(ClientBase):
             chunk_size: Images per streamed chunk (0: the server's default).
             version: Model version (default: the latest ready one).
             progress: Show a progress bar on stderr while a streamed count arrives.
-            timeout: Deadline in seconds: of the ``Sample`` call, or of the whole
+            timeout: One deadline in seconds for the whole call: the limits and
+                model lookups it may make first, then the ``Sample`` call or the whole
                 streamed count, every ``SampleStream`` call and resume included
-                (default: the client's ``timeout`` for a single ``Sample``; none for a
+                (default: the client's ``timeout`` for each unary call; none for a
                 stream).
 
         Returns:
@@ -235,13 +236,19 @@ class AsyncGanClient(ClientBase):
             return_latents=return_latents,
             chunk_size=chunk_size,
         )
-        limits = await self.limits(timeout=timeout)
-        plan = plan_sample(req, limits, await self._cached_info(model, req.version, timeout))
+        # One deadline for the whole call: the limits, the model's shape and the
+        # Sample (or every SampleStream) each get what is left of it.
+        deadline = Deadline(timeout)
+        limits = await self.limits(timeout=deadline.left())
+        info = await self._cached_info(model, req.version, deadline.left())
+        plan = plan_sample(req, limits, info)
         if not plan.stream:
-            return SampleResult.from_proto(await self._unary(self._stub.Sample, req, timeout))
+            return SampleResult.from_proto(
+                await self._unary(self._stub.Sample, req, deadline.left())
+            )
         req.chunk_size = plan.chunk_size
         with SampleAccumulator(req.count, progress=progress, desc=model) as acc:
-            async for chunk in self._stream(req, timeout):
+            async for chunk in self._stream(req, deadline):
                 acc.add(chunk)
         return acc.result()
 
@@ -260,13 +267,14 @@ class AsyncGanClient(ClientBase):
         chunk_size: int = 0,
         version: str = "",
         timeout: float | None = None,
-    ) -> AsyncIterator[SampleResult]:
+    ) -> AsyncGenerator[SampleResult, None]:
         """The chunks of ``SampleStream`` as they arrive (``async for``).
 
         A count beyond one stream is fetched as consecutive streams; a stream cut
         by ``UNAVAILABLE`` after it delivered images is resumed where it stopped.
-        Leave the loop (or ``aclose()`` the iterator) to cancel the call and the
-        server's work.
+        To stop early, ``await`` the generator's ``aclose()``, or iterate it in
+        ``contextlib.aclosing(...)``: that cancels the call and the server's work.
+        Leaving the loop alone does not while the generator is still referenced.
 
         Args:
             model: Model name, e.g. ``"mnist-cdcgan"``.
@@ -315,9 +323,11 @@ class AsyncGanClient(ClientBase):
         return self._stream(req, timeout)
 
     async def _stream(
-        self, req: pb.SampleRequest, timeout: float | None
-    ) -> AsyncIterator[SampleResult]:
-        deadline = Deadline(timeout)
+        self, req: pb.SampleRequest, timeout: float | Deadline | None
+    ) -> AsyncGenerator[SampleResult, None]:
+        # The clock of a timeout starts at the first chunk asked for; a Deadline is the
+        # caller's, already running.
+        deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
         limits = await self.limits(timeout=deadline.left())
         info = await self._cached_info(req.model, req.version, deadline.left())
         for offset, part in split_sample(req, limits, info):

@@ -8,14 +8,19 @@ overwritten by the sub-parser's default.
 
 Exit codes: 0 ok, 1 other error, 2 bad argument (also an output too large to
 make), 3 unknown model, 4 server unreachable / overloaded / too slow, 5 not
-authenticated, 130 interrupted (Ctrl-C), with one line saying how far it got.
+authenticated, 130 interrupted (Ctrl-C), with one line saying how far it got,
+143 terminated (SIGTERM), after the same cleanup.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ganserve.clients._channel import DEFAULT_PORT, DEFAULT_TARGET, with_default_port
@@ -112,7 +117,7 @@ def _client(args: argparse.Namespace) -> GanClient:
 def _run(command: Command, args: argparse.Namespace) -> int:
     """Run one command; user-facing failures become one line on stderr and an exit code."""
     try:
-        with _client(args) as client:
+        with _terminate_as_exit(), _client(args) as client:
             return command(client, args)
     except BrokenPipeError:
         raise  # the reader of stdout left (`| head`): ganserve.cli.main ends quietly
@@ -129,6 +134,26 @@ def _run(command: Command, args: argparse.Namespace) -> int:
             message = f"server {_target_text(args)}: {message}"
         print(f"ganserve: error: {message}", file=sys.stderr)
         return code
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (``timeout``, ``kill``, a container stop) as ``SystemExit(143)``: the
+    default action ends the process at once, skipping the cleanup that removes a
+    partial output file and cancels the stream, which Ctrl-C gets."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a handler
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        # None: a handler set outside Python, which cannot be put back from here
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _target_text(args: argparse.Namespace) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -198,9 +198,10 @@ class GanClient(ClientBase):
             chunk_size: Images per streamed chunk (0: the server's default).
             version: Model version (default: the latest ready one).
             progress: Show a progress bar on stderr while a streamed count arrives.
-            timeout: Deadline in seconds: of the ``Sample`` call, or of the whole
+            timeout: One deadline in seconds for the whole call: the limits and
+                model lookups it may make first, then the ``Sample`` call or the whole
                 streamed count, every ``SampleStream`` call and resume included
-                (default: the client's ``timeout`` for a single ``Sample``; none for a
+                (default: the client's ``timeout`` for each unary call; none for a
                 stream).
 
         Returns:
@@ -227,13 +228,17 @@ class GanClient(ClientBase):
             return_latents=return_latents,
             chunk_size=chunk_size,
         )
-        limits = self.limits(timeout=timeout)
-        plan = plan_sample(req, limits, self._cached_info(model, req.version, timeout))
+        # One deadline for the whole call: the limits, the model's shape and the
+        # Sample (or every SampleStream) each get what is left of it.
+        deadline = Deadline(timeout)
+        limits = self.limits(timeout=deadline.left())
+        info = self._cached_info(model, req.version, deadline.left())
+        plan = plan_sample(req, limits, info)
         if not plan.stream:
-            return SampleResult.from_proto(self._unary(self._stub.Sample, req, timeout))
+            return SampleResult.from_proto(self._unary(self._stub.Sample, req, deadline.left()))
         req.chunk_size = plan.chunk_size
         with SampleAccumulator(req.count, progress=progress, desc=model) as acc:
-            for chunk in self._stream(req, timeout):
+            for chunk in self._stream(req, deadline):
                 acc.add(chunk)
         return acc.result()
 
@@ -252,13 +257,14 @@ class GanClient(ClientBase):
         chunk_size: int = 0,
         version: str = "",
         timeout: float | None = None,
-    ) -> Iterator[SampleResult]:
+    ) -> Generator[SampleResult, None, None]:
         """The chunks of ``SampleStream`` as they arrive.
 
         A count beyond one stream is fetched as consecutive streams; a stream cut
         by ``UNAVAILABLE`` after it delivered images is resumed where it stopped.
-        Stop iterating (or ``close()`` the iterator) to cancel the call and the
-        server's work.
+        To stop early, ``close()`` the generator, or iterate it in
+        ``contextlib.closing(...)``: that cancels the call and the server's work.
+        Leaving the loop alone does not while the generator is still referenced.
 
         Args:
             model: Model name, e.g. ``"mnist-cdcgan"``.
@@ -306,9 +312,12 @@ class GanClient(ClientBase):
         )
         return self._stream(req, timeout)
 
-    def _stream(self, req: pb.SampleRequest, timeout: float | None) -> Iterator[SampleResult]:
-        # A generator: the calls start at the first next(), like the async client's.
-        deadline = Deadline(timeout)
+    def _stream(
+        self, req: pb.SampleRequest, timeout: float | Deadline | None
+    ) -> Generator[SampleResult, None, None]:
+        # A generator: the calls start at the first next(), like the async client's, and
+        # so does the clock of a timeout (a Deadline is the caller's, already running).
+        deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout)
         info = self._cached_info(req.model, req.version, deadline.left())
         for offset, part in split_sample(req, self.limits(timeout=deadline.left()), info):
             fetch = self._part_fetch(part, offset, info)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from certs import make_certs
 from PIL import Image
 
 from ganserve.cli import main
@@ -214,6 +215,30 @@ def test_pictures_are_written_whole_or_not_at_all(server, tmp_path: Path, capsys
     assert np.load(tmp_path / "frames.npy").shape == (3, 28, 28)
 
 
+def test_an_output_that_is_a_symbolic_link_writes_the_file_it_points_to(
+    server, tmp_path: Path, capsys
+) -> None:
+    """The rename into place replaced the link with a regular file, leaving the file it
+    pointed to (e.g. in a shared results folder) as it was."""
+    shared, here = tmp_path / "shared", tmp_path / "here"
+    shared.mkdir()
+    here.mkdir()
+    target = ("--target", server.target)
+    outputs = {
+        "grid.png": ("sample", "--model", "tiny-uncond", "--count", "4"),
+        "array.npy": ("sample", "--model", "tiny-uncond", "--count", "4"),
+        "morph.gif": ("interpolate", "--model", "tiny-uncond", *GIF, "--steps", "3"),
+    }
+    for name, args in outputs.items():
+        (shared / name).write_bytes(b"an older file")
+        (here / name).symlink_to(shared / name)
+        assert main([*target, *args, "--out", str(here / name)]) == 0, capsys.readouterr()
+        assert (here / name).is_symlink(), name
+        assert (shared / name).read_bytes() != b"an older file", name
+    assert np.load(here / "array.npy").shape == (4, 28, 28)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(outputs)  # no temporary file
+
+
 def test_unreachable_server() -> None:
     done = ganserve("--target", "127.0.0.1:1", "--timeout", "5", "models")
     assert done.returncode == 4 and "127.0.0.1:1" in done.stderr
@@ -226,6 +251,56 @@ def test_token_from_environment(start_server, tiny_model_repo) -> None:
     assert denied.returncode == 5 and "Traceback" not in denied.stderr
     assert "tiny-cond" in ok("--target", secured.target, "models", env={"GANSERVE_TOKEN": "s3cret"})
     assert "tiny-cond" in ok("models", "--token", "s3cret", "--target", secured.target)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"--tls-ca": "ca.pem", "--tls-cert": "client.pem", "--tls-key": "server.key"},
+         "TLS key {d}/server.key is not the key of certificate {d}/client.pem"),
+        ({"--tls-ca": "client.key"}, "TLS CA file {d}/client.key holds no PEM certificate"),
+        ({"--tls-cert": "client.key", "--tls-key": "client.key"},
+         "TLS client certificate {d}/client.key holds no PEM certificate"),
+        ({"--tls-cert": "client.pem", "--tls-key": "client.pem"},
+         "TLS key {d}/client.pem holds no usable PEM private key"),
+    ],
+)  # fmt: skip
+def test_unusable_tls_files_are_named_before_connecting(
+    server, tmp_path: Path, capsys, files: dict[str, str], message: str
+) -> None:
+    """gRPC takes such files, and every call failed "Connection refused" (exit 4), the
+    cause only in gRPC core's log lines."""
+    d = make_certs(tmp_path, "DNS:ganserve.test")
+    expected = message.format(d=d)
+    paths = {option: str(d / name) for option, name in files.items()}
+    options = [part for option, path in paths.items() for part in (option, path)]
+    assert main(["--target", server.target, *options, "models"]) == 2
+    assert capsys.readouterr().err == f"ganserve: error: {expected}\n"
+    keywords = {option[2:].replace("-", "_"): path for option, path in paths.items()}
+    with pytest.raises(ValueError) as error:
+        GanClient(server.target, **keywords)
+    assert str(error.value) == expected
+
+
+def test_a_token_is_stripped_and_one_grpc_cannot_send_is_named(
+    start_server, tiny_model_repo
+) -> None:
+    """A token ending with a newline (``$(cat token)``, a secret file) failed every call
+    "Invalid metadata" (exit 1) amid gRPC core log lines; the server strips its own."""
+    secured = start_server(tiny_model_repo, "--auth-token", "s3cret")
+    listed = ok("--target", secured.target, "models", env={"GANSERVE_TOKEN": "s3cret\n"})
+    assert "tiny-cond" in listed
+    with GanClient(secured.target, token=" s3cret\r\n") as client:
+        assert {m.name for m in client.list_models()} == {"tiny-cond", "tiny-uncond"}
+    for token, problem in (("s\x7fcret", "non-printable"), ("sécret", "non-ASCII")):
+        done = ganserve("--target", secured.target, "models", env={"GANSERVE_TOKEN": token})
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == (
+            f"ganserve: error: the token has a {problem} character at position 2: "
+            "a bearer token is printable ASCII\n"
+        )
+        with pytest.raises(ValueError, match=problem):
+            GanClient(secured.target, token=token)
 
 
 # ------------------------------------------------ pre-flight, progress, Ctrl-C
@@ -402,6 +477,33 @@ def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path)
     assert 0 < int(done.group(1)) < 1_000_000
     assert "Traceback" not in stderr
     assert not list(tmp_path.iterdir())  # the partial array is removed
+
+
+def test_sigterm_during_a_long_stream_leaves_no_partial_file(server, tmp_path: Path) -> None:
+    """SIGTERM (``timeout``, ``kill``, a container stop) ended the process at once and
+    left the full-size temporary ``.npy`` behind; it now exits 143 after the cleanup."""
+    out = tmp_path / "many.npy"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GANSERVE_")}
+    with subprocess.Popen(
+        [sys.executable, "-m", "ganserve", "--target", server.target, "sample",
+         "--model", "tiny-uncond", "--count", "1000000", "--no-progress", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=clean,
+    ) as proc:  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not list(tmp_path.iterdir()):  # the array is made at the first chunk
+                assert proc.poll() is None, "ended before its first chunk"
+                assert time.monotonic() < deadline, "no chunk within 60 s"
+                time.sleep(0.02)  # polling interval, not a wait for an event
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 143, stderr
+    assert "Traceback" not in stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_bare_host_dials_port_50051(start_server, tiny_model_repo) -> None:

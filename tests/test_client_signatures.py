@@ -4,8 +4,11 @@ clients, so IDEs, help() and type checkers see what a method takes."""
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import os
 import re
+import typing
 from collections.abc import Callable
 
 import pytest
@@ -88,3 +91,27 @@ def test_a_misspelt_keyword_is_pythons_own_type_error() -> None:
         GanClient("127.0.0.1:1", timout=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="unexpected keyword argument 'lable'"):
         AsyncGanClient("127.0.0.1:1").sample("m", 2, lable=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("cls", "generator"),
+    [(GanClient, collections.abc.Generator), (AsyncGanClient, collections.abc.AsyncGenerator)],
+)
+def test_sample_stream_is_typed_as_the_generator_it_returns(cls: type, generator: type) -> None:
+    """It was typed ``Iterator`` / ``AsyncIterator``, so the ``close()`` / ``aclose()``
+    the docs ask for failed a type check."""
+    hint = typing.get_type_hints(cls.sample_stream)["return"]
+    assert typing.get_origin(hint) is generator
+    client = cls("127.0.0.1:1", retries=0)
+    stream = client.sample_stream("m", 2)  # nothing is sent before the first chunk is asked
+    assert isinstance(stream, generator)
+    if cls is GanClient:  # the async client opens its channel at the first call
+        stream.close()
+        client.close()
+
+
+def test_tls_files_are_typed_as_paths_too() -> None:
+    """``tls_ca``, ``tls_cert`` and ``tls_key`` were typed ``str`` though a ``Path`` works."""
+    hints = typing.get_type_hints(GanClient.__init__)
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        assert os.PathLike[str] in typing.get_args(hints[name]), name

@@ -28,6 +28,7 @@ from ganserve.clients import (
     Unavailable,
 )
 from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 SEED = 5
 SIDE = 4  # images are (1, 4, 4)
@@ -226,6 +227,100 @@ def test_the_timeout_of_a_stream_bounds_it_whole_resumes_included(kind: str) -> 
             stream(kind, server.target, 16, timeout=0.5)
         assert time.monotonic() - start < 1.4  # the backoff alone is 1.5 s
     assert len(server.requests) < 16
+
+
+PAUSE_S = 0.8  # of ListModels and of GetModel each
+
+
+@contextmanager
+def slow_metadata_server() -> Iterator[tuple[str, list[float]]]:
+    """The fake generator with ``ListModels`` and ``GetModel`` answering after
+    ``PAUSE_S``; ``Sample`` and ``SampleStream`` note the time left of their deadline."""
+    quick, quick_target = start_fake_generator({}, side=SIDE, stream_chunk=4, workers=1)
+    with grpc.insecure_channel(quick_target) as channel:
+        stub = pb_grpc.GeneratorStub(channel)
+        listed = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+        info = stub.GetModel(pb.GetModelRequest(model=MODEL), timeout=10)
+    quick.stop(None)
+    left: list[float] = []
+
+    def after_a_pause(answer: Any) -> Any:
+        def handler(request: Any, context: grpc.ServicerContext) -> Any:
+            time.sleep(PAUSE_S)  # the slow metadata the test is about
+            return answer
+
+        return handler
+
+    def sample(request: pb.SampleRequest, context: grpc.ServicerContext) -> Any:
+        left.append(context.time_remaining())
+        return images(request, 0, request.count)
+
+    def sample_stream(request: pb.SampleRequest, context: grpc.ServicerContext) -> Any:
+        left.append(context.time_remaining())
+        for first in range(0, request.count, 4):
+            yield images(request, first, min(4, request.count - first))
+
+    unary = grpc.unary_unary_rpc_method_handler
+    handlers = {
+        "ListModels": unary(
+            after_a_pause(listed),
+            request_deserializer=pb.ListModelsRequest.FromString,
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+        "GetModel": unary(
+            after_a_pause(info),
+            request_deserializer=pb.GetModelRequest.FromString,
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+        "Sample": unary(
+            sample,
+            request_deserializer=pb.SampleRequest.FromString,
+            response_serializer=pb.SampleResponse.SerializeToString,
+        ),
+        "SampleStream": grpc.unary_stream_rpc_method_handler(
+            sample_stream,
+            request_deserializer=pb.SampleRequest.FromString,
+            response_serializer=pb.SampleResponse.SerializeToString,
+        ),
+    }
+    server, target = start_fake_generator(handlers, side=SIDE, stream_chunk=4, workers=4)
+    try:
+        yield target, left
+    finally:
+        server.stop(None)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+@pytest.mark.parametrize("count", [4, 32])  # one Sample; a SampleStream
+def test_the_timeout_of_sample_is_one_deadline_for_the_whole_call(kind: str, count: int) -> None:
+    """``sample(timeout=T)`` gave T to the limits fetch, T again to the model's metadata,
+    and T once more to the Sample or the stream."""
+    timeout = 5.0
+    with slow_metadata_server() as (target, left):
+        if kind == "sync":
+            with GanClient(target) as client:
+                client.sample(MODEL, count, seed=SEED, encoding="uint8", timeout=timeout)
+        else:
+
+            async def run() -> None:
+                async with AsyncGanClient(target) as client:
+                    await client.sample(MODEL, count, seed=SEED, encoding="uint8", timeout=timeout)
+
+            asyncio.run(run())
+    assert len(left) == 1
+    assert left[0] < timeout - 2 * PAUSE_S + 0.4  # both pauses came off the one deadline
+
+
+def test_the_cli_timeout_is_one_deadline_for_the_model_lookup_and_the_stream(
+    tmp_path: Path,
+) -> None:
+    """``sample --timeout T`` gave T to GetModel and T again to the stream."""
+    timeout = 5.0
+    with slow_metadata_server() as (target, left):
+        args = ["--target", target, "sample", "--model", MODEL, "--count", "32"]
+        assert main([*args, "--timeout", str(timeout), "--out", str(tmp_path / "a.npy")]) == 0
+    assert len(left) == 1
+    assert left[0] < timeout - 2 * PAUSE_S + 0.4  # GetModel's pause came off it too
 
 
 def test_the_cli_timeout_is_the_deadline_of_samples_stream(

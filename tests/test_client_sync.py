@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import threading
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from ganserve.clients import (
     Unavailable,
     latents_from_seeds,
 )
+from ganserve.clients._channel import resolve_target
 from ganserve.v1 import generator_pb2 as pb
 
 UNCOND, COND = "tiny-uncond", "tiny-cond"
@@ -181,6 +184,25 @@ def test_large_count_goes_through_the_stream(start_server, tiny_model_repo, clie
     np.testing.assert_array_equal(result.images, client.sample(COND, 50, seed=3).images)
     counts = request_counts(small.metrics_url)
     assert counts.get("SampleStream") == 1 and "Sample" not in counts
+
+
+def test_a_streamed_sample_takes_about_the_memory_of_its_result(client: GanClient) -> None:
+    """The chunks were kept and concatenated at the end: the result twice over, and
+    more (``tracemalloc`` counts numpy's arrays)."""
+    count = 8192
+    assert count > client.limits().max_images_per_request  # streamed
+    client.get_model(UNCOND)
+    tracemalloc.start()
+    try:
+        result = client.sample(UNCOND, count, seed=0, chunk_size=512)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.images.shape == (count, 28, 28)
+    assert peak < 1.5 * result.images.nbytes, f"{peak / result.images.nbytes:.2f}x"
+    np.testing.assert_array_equal(
+        result.images[-3:], client.sample(UNCOND, 3, seed=count - 3).images
+    )
 
 
 # A server that streams at most 7 images a call: bigger counts come in parts.
@@ -392,6 +414,32 @@ def test_round_robin_reaches_both_servers(start_server, tiny_model_repo) -> None
             c.model_info(UNCOND)
     assert request_counts(a.metrics_url).get("GetModel", 0) > 0
     assert request_counts(b.metrics_url).get("GetModel", 0) > 0
+
+
+def test_a_host_list_dials_the_address_family_every_host_has(server, monkeypatch) -> None:
+    """``localhost`` resolving to ``::1`` first (Debian's /etc/hosts) made
+    ``localhost:P,localhost:P`` dial ``[::1]`` only, where the server (on 127.0.0.1)
+    is not, and ``localhost:P,127.0.0.1:P`` a mix of families. The resolver's answer
+    is set here: a test cannot reorder the machine's /etc/hosts."""
+    resolve = socket.getaddrinfo
+
+    def ipv6_first(host: str, port: int, *args: object, **kwargs: object) -> list:
+        if host != "localhost":
+            return resolve(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", ipv6_first)
+    port = server.port
+    for targets in ([f"localhost:{port}"] * 2, [f"localhost:{port}", f"127.0.0.1:{port}"]):
+        with GanClient(targets, timeout=10, retries=0) as c:
+            assert c.health() == "SERVING"
+    # an IPv6-only list stays IPv6; no family shared is a clear ValueError
+    assert resolve_target(["localhost:1", "[::1]:2"]) == "ipv6:[::1]:1,[::1]:2"
+    with pytest.raises(ValueError, match="no address family is shared"):
+        resolve_target(["[::1]:1", "127.0.0.1:2"])
 
 
 def test_bearer_token(start_server, tiny_model_repo) -> None:

@@ -184,6 +184,15 @@ def test_resolve_target() -> None:
             resolve_target(bad)
 
 
+def test_a_one_entry_target_list_gets_the_default_port_too() -> None:
+    """A list of one host was passed to gRPC as given: a bare host dialled port 443."""
+    assert resolve_target(["127.0.0.1"]) == "127.0.0.1:50051"
+    assert resolve_target("localhost,") == "localhost:50051"
+    assert resolve_target([" myhost.svc "]) == "myhost.svc:50051"
+    assert resolve_target(["dns:///ganserve-headless"]) == "dns:///ganserve-headless:50051"
+    assert resolve_target(["10.0.0.1:7000"]) == "10.0.0.1:7000"
+
+
 @pytest.mark.parametrize(
     ("given", "dialled"),
     [
