@@ -459,7 +459,7 @@ def test_a_generator_with_non_finite_output_is_refused(small_mnist: Path, tmp_pa
         )
 
     bad = _edited(good, tmp_path / "nan.onnx", poison)
-    with pytest.raises(EvaluationError, match="NaN or infinite .* the generator is broken"):
+    with pytest.raises(EvaluationError, match=r"NaN or infinite .* the generator is broken"):
         evaluate_onnx(bad, small_mnist, n=50, ppl_pairs=0)
 
 
@@ -481,7 +481,7 @@ def test_onnx_runtime_failures_and_wrong_widths_are_one_line_errors(
     def future(model: onnx.ModelProto) -> None:
         model.ir_version = 99
 
-    cases = [(wide, "input z is 8 wide, its metadata says 16"),
+    cases = [(wide, "input z is 8 wide, metadata: 16"),
              (renamed, "expected one named image"),
              (future, "ONNX Runtime cannot load it")]  # fmt: skip
     for edit, message in cases:

@@ -294,9 +294,7 @@ def test_cas_ceiling_is_cached_by_data_and_recipe(tmp_path: Path, bars: Path) ->
     assert real_cas("mnist", bars, n=200, epochs=1, seed=0, cache=None) == first  # seeded
 
 
-def test_cas_trains_without_affine_jitter(
-    bars: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cas_trains_without_affine_jitter(bars: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The jitter would supply the variety CAS measures: generated and real training
     images both get pixel noise only, whatever the data set's evaluator uses."""
     from ganserve.training import classifier as clf

@@ -55,7 +55,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--lr-d", type=float, default=None,
-                   help="D's lr, if not --lr (two time-scale update rule); annealed alike")  # fmt: skip
+                   help="D's lr if not --lr (two time-scale rule), annealed alike")  # fmt: skip
     p.add_argument("--lr-decay-start", type=int, default=None, metavar="EPOCH",
                    help="from this epoch on, lr falls linearly to 0 at --epochs (a resume "
                    "may set it to anneal a finished run)")  # fmt: skip

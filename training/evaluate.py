@@ -122,13 +122,11 @@ def _session(onnx_path: Path, info: ModelMetadata, threads: int) -> Any:
         want = "z and y" if info.conditional else "z"
         raise EvaluationError(f"{onnx_path}: inputs {sorted(inputs)}, expected {want}")
     widths = {"z": info.latent_dim, "y": info.num_classes if info.conditional else None}
-    for name, want_width in widths.items():
+    for name, want in widths.items():
         shape = inputs.get(name)
-        if want_width is not None and shape and len(shape) == 2 and isinstance(shape[1], int):
-            if shape[1] != want_width:
-                raise EvaluationError(
-                    f"{onnx_path}: input {name} is {shape[1]} wide, its metadata says {want_width}"
-                )
+        width = shape[1] if shape and len(shape) == 2 else None
+        if want is not None and isinstance(width, int) and width != want:
+            raise EvaluationError(f"{onnx_path}: input {name} is {width} wide, metadata: {want}")
     outputs = [o.name for o in sess.get_outputs()]
     if "image" not in outputs:
         raise EvaluationError(f"{onnx_path}: outputs {outputs}, expected one named image")
