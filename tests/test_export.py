@@ -4,6 +4,7 @@ and ``build-model`` end to end on a dry run."""
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -116,6 +117,79 @@ def test_verification_catches_a_generator_that_differs(exported: dict) -> None:
         verify_onnx(other, onnx_path, 0, 100)
 
 
+def _doctored(checkpoint: Path, path: Path, **changes: object) -> Path:
+    """A copy of a checkpoint with some entries changed (as diverged training leaves it)."""
+    from ganserve.training.train import load_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(load_checkpoint(checkpoint) | changes, path)
+    return path
+
+
+def test_a_generator_that_makes_nan_images_is_not_exported(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """NaN images agree with NaN images (max(0, nan) is 0): verification used to pass."""
+    ckpt_path, _, _ = exported["dcgan"]
+    ema = load_generator(ckpt_path)[1]["ema"]
+    shadow = {k: v.fill_(float("nan")) if v.is_floating_point() else v
+              for k, v in ema["shadow"].items()}  # fmt: skip
+    nan = _doctored(ckpt_path, tmp_path / "nan.pt", ema=ema | {"shadow": shadow})
+    out = tmp_path / "models" / "nan" / "1" / "model.onnx"
+    with pytest.raises(ExportError, match="hold NaN or infinity"):
+        export_checkpoint(nan, out, "nan")
+    assert not out.exists() and not out.with_name("model.onnx.tmp").exists()
+    assert ganserve_main(["export", "--checkpoint", str(nan), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ganserve export: error:" in err and "NaN" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_a_one_line_error(
+    exported: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Weights of other nets than the config builds, and a format-1 dict without the
+    entries a checkpoint holds: one line each, not torch's load_state_dict traceback or
+    "error: config"."""
+    ckpt_path, _, _ = exported["dcgan"]
+    config = load_generator(ckpt_path)[1]["config"]
+    wider = _doctored(ckpt_path, tmp_path / "run" / "checkpoint.pt",
+                      config=config | {"g_width": 16})  # fmt: skip
+    bare = tmp_path / "bare.pt"
+    torch.save({"format": 1, "epoch": 1}, bare)
+    out = str(tmp_path / "m" / "1" / "model.onnx")
+    with pytest.raises(ValueError, match=r"averaged generator weights do not fit.*size mismatch"):
+        export_checkpoint(wider, out, "m")
+    cases = [
+        (["export", "--checkpoint", str(wider), "--out", out], "weights do not fit"),
+        (["export", "--checkpoint", str(wider), "--out", out, "--no-ema"], "generator weights"),
+        (["train", "--resume", "--out", str(wider.parent)], "weights do not fit"),
+        (["export", "--checkpoint", str(bare), "--out", out], "incomplete checkpoint: config"),
+    ]
+    for argv, message in cases:
+        assert ganserve_main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_generator_that_never_took_a_step_is_not_exported(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """WGAN-GP steps G every 5th batch: a 3-batch dry run never does, and its generator
+    is the random init's noise."""
+    cfg = TrainConfig(arch="dcgan", loss="wgan-gp", n_critic=5, dry_run=True, epochs=1,
+                      g_width=8, d_width=8, out=str(tmp_path / "run"), threads=1,
+                      device="cpu", sample_every=0)  # fmt: skip
+    ckpt = train(cfg, quiet=True)
+    out = tmp_path / "m" / "1" / "model.onnx"
+    with pytest.raises(ExportError, match=r"never took a training step \(1 epoch"):
+        export_checkpoint(ckpt, out, "m")
+    for flags in ([], ["--no-ema"]):  # the raw generator has taken no step either
+        assert ganserve_main(["export", "--checkpoint", str(ckpt), "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "never took a training step" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arch", ["dcgan", "cdcgan"])
 def test_sample_grid_follows_the_seed_rule(exported: dict, arch: str, tmp_path: Path) -> None:
     import onnxruntime as ort
@@ -199,6 +273,27 @@ def test_build_model_dry_run_end_to_end(tmp_path: Path) -> None:
     assert json.loads(meta["ganserve.training_config"])["dry_run"] is True
     with Image.open(root / "samples.png") as im:
         assert im.size == (604, 604)
+
+
+def test_build_model_continues_its_own_run_folder(tmp_path: Path) -> None:
+    """A build whose run folder holds the recipe's checkpoint resumes it (here: a finished
+    run, re-exported), although `ganserve train` refuses a folder with a run in it."""
+    data = tmp_path / "data"  # 64 blank images: one batch of the recipe, no shared data
+    data.mkdir()
+    for name, magic, dims in (("train-images-idx3-ubyte", 2051, (64, 28, 28)),
+                              ("train-labels-idx1-ubyte", 2049, (64,))):  # fmt: skip
+        header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+        (data / name).write_bytes(header + bytes(int(np.prod(dims))))
+    argv = ["build-model", "mnist-mlp", "--data-dir", str(data), "--epochs", "1",
+            "--runs-dir", str(tmp_path / "runs"), "--models-dir", str(tmp_path / "models"),
+            "--no-evaluate", "--threads", "1", "--quiet"]  # fmt: skip
+    assert ganserve_main(argv) == 0
+    onnx_path = tmp_path / "models" / "mnist-mlp" / "1" / "model.onnx"
+    onnx_path.unlink()  # an interrupted build: trained, not exported
+    assert ganserve_main(argv) == 0
+    assert onnx_path.is_file()
+    log = (tmp_path / "runs" / "mnist-mlp" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1  # resumed with nothing left to train, not retrained
 
 
 def test_build_model_one_data_dir_for_two_data_sets_is_refused(

@@ -115,6 +115,11 @@ def test_quantize_refuses_what_it_cannot_quantize(
     code, _, err = _run("quantize", "--model", str(tmp_path / "none"), "--out", str(again),
                         capsys=capsys)  # fmt: skip
     assert code == 2 and "no ONNX model" in err
+    checkpoint = tmp_path / "model.onnx"  # a file that is not an ONNX model at all
+    torch.save({"format": 1}, checkpoint)
+    code, _, err = _run("quantize", "--model", str(checkpoint), "--out", str(again),
+                        capsys=capsys)  # fmt: skip
+    assert code == 2 and "model.onnx: not an ONNX model" in err and "Traceback" not in err
 
 
 def test_an_image_layer_stays_float(

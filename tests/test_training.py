@@ -6,6 +6,7 @@ Tiny widths and synthetic data keep every test to seconds on 2 CPU cores.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import json
 import math
@@ -27,10 +28,15 @@ from ganserve.training.config import ARCHS, LOSSES, TrainConfig
 from ganserve.training.data import DataError, load_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.export import export_checkpoint
-from ganserve.training.losses import get_loss, gradient_penalty
+from ganserve.training.losses import get_loss, gradient_penalty, r1_penalty
 from ganserve.training.nets import build_discriminator, build_generator, minibatch_std
 from ganserve.training.recipes import RECIPES
-from ganserve.training.train import _check_lr_continues, load_checkpoint, train
+from ganserve.training.train import (
+    TrainingDiverged,
+    _check_lr_continues,
+    load_checkpoint,
+    train,
+)
 
 torch.set_num_threads(1)
 
@@ -67,7 +73,22 @@ def test_minibatch_std_feature() -> None:
     torch.testing.assert_close(s, torch.full((8, 1), 5.0**0.5))
     assert minibatch_std(h[:6], group=4).shape == (6, 1)  # group shrinks to 3
     assert torch.equal(minibatch_std(h[:1]), torch.zeros(1, 1))
-    assert torch.equal(minibatch_std(torch.ones(8, 3)), torch.zeros(8, 1))  # no variety
+    # no variety: sqrt(0 + 1e-8), the epsilon that keeps the derivative finite
+    torch.testing.assert_close(minibatch_std(torch.ones(8, 3)), torch.full((8, 1), 1e-4))
+
+
+def test_minibatch_std_with_r1_has_finite_gradients_on_a_constant_background() -> None:
+    """R1 differentiates D's input gradient again: std()'s sqrt has an infinite slope at
+    zero spread, which MNIST's blank border has, and D's weights went NaN at step 1."""
+    torch.manual_seed(0)
+    d = build_discriminator("dcgan", 10, width=8, mbstd=True)
+    x = -torch.ones(16, 1, 28, 28)  # black background ...
+    x[:, :, 10:18, 10:18] = torch.rand(16, 1, 8, 8)  # ... and a varied digit in the middle
+    x.requires_grad_(True)
+    penalty = r1_penalty(d(x), x)
+    penalty.backward()
+    assert math.isfinite(penalty.item())
+    assert all(torch.isfinite(p.grad).all() for p in d.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "cdcgan"])
@@ -291,6 +312,127 @@ def test_a_resume_that_would_jump_the_learning_rate_is_refused(tmp_path: Path) -
         train(tiny(tmp_path, epochs=2, lr_decay_start=1), resume=True, quiet=True)
 
 
+def _blank_data(folder: Path, n: int = 16) -> Path:
+    """n all-black images (no spread anywhere: the harshest case of MNIST's border)."""
+    folder.mkdir(parents=True)
+    _idx(folder / "train-images-idx3-ubyte", 2051, (n, 28, 28), bytes(n * 784))
+    _idx(folder / "train-labels-idx1-ubyte", 2049, (n,), bytes(i % 10 for i in range(n)))
+    return folder
+
+
+def test_minibatch_std_with_r1_trains_finite_losses(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    data = _blank_data(tmp_path / "data")
+    argv = ["train", "--d-mbstd", "--r1", "10", "--max-steps", "2", "--epochs", "1",
+            "--batch-size", "8", "--g-width", "8", "--d-width", "8", "--threads", "1",
+            "--device", "cpu", "--data-dir", str(data), "--out", str(tmp_path / "run"),
+            "--quiet"]  # fmt: skip
+    assert ganserve_main(argv) == 0, capsys.readouterr().err
+    (record,) = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(record[k]) for k in ("d", "g", "dx", "dgz"))
+
+
+def test_a_loss_that_is_not_finite_stops_training_without_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An infinite penalty makes D's loss inf at the first batch: one line naming where,
+    and neither a checkpoint nor a log line of the broken weights."""
+    with pytest.raises(
+        TrainingDiverged, match=r"epoch 1, batch 1: the discriminator's loss is inf"
+    ):
+        train(tiny(tmp_path, r1_gamma=1e300), quiet=True)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+    # through the command line: one line, exit 2 (a learning rate that blows G up)
+    argv = ["train", "--dry-run", "--lr", "1e30", "--g-width", "8", "--d-width", "8",
+            "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert ganserve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: epoch 1, batch 1: the generator's loss is nan" in err
+    assert "Traceback" not in err and not (tmp_path / "cli" / "checkpoint.pt").exists()
+
+
+def test_training_into_a_run_folder_without_resume_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A fresh run in a folder that holds one would overwrite its checkpoint and append
+    to its log: refused, pointing to --resume, with the run left as it was."""
+    ckpt = train(tiny(tmp_path), quiet=True)
+    saved, log = ckpt.read_bytes(), (tmp_path / "run" / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match=r"already holds a run .*--resume.*another --out"):
+        train(tiny(tmp_path, seed=1), quiet=True)
+    argv = ["train", "--dry-run", "--out", str(tmp_path / "run"), "--threads", "1"]
+    assert ganserve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "Traceback" not in err
+    assert ckpt.read_bytes() == saved and (tmp_path / "run" / "log.jsonl").read_text() == log
+    assert ganserve_main([*argv, "--resume", "--quiet"]) == 0  # what the message says
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_a_data_folder_of_another_data_set_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split: str
+) -> None:
+    """Fashion-MNIST's official files under --dataset mnist trained clothes exported as
+    dataset=mnist. Files no data set publishes (a subset, one's own) still train."""
+    from ganserve.training.data import DATASETS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for s, n in (("train", 16), ("t10k", 8)):  # blank images, gzipped as published
+        _idx(data / f"{s}-images-idx3-ubyte.gz", 2051, (n, 28, 28), bytes(n * 784))
+        _idx(data / f"{s}-labels-idx1-ubyte.gz", 2049, (n,), bytes(i % 10 for i in range(n)))
+    official = hashlib.sha256((data / f"{split}-images-idx3-ubyte.gz").read_bytes())
+    cfg = tiny(tmp_path, dry_run=False, dataset="mnist", data_dir=str(data), batch_size=8,
+               max_steps=1, sample_every=0)  # fmt: skip
+    train(cfg, quiet=True)  # nobody's official files: trains
+    # the same files, as if Fashion-MNIST had published them
+    sha = DATASETS["fashion-mnist"].sha256
+    monkeypatch.setitem(sha, f"{split}-images-idx3-ubyte.gz", official.hexdigest())
+    with pytest.raises(DataError, match=f"its {split} images are fashion-mnist's official"):
+        train(replace(cfg, out=str(tmp_path / "other")), quiet=True)
+    assert not (tmp_path / "other").exists()
+    train(replace(cfg, dataset="fashion-mnist", out=str(tmp_path / "fashion")), quiet=True)
+
+
+def _log_epochs(run: Path) -> list[int]:
+    return [json.loads(x)["epoch"] for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_a_kill_before_the_checkpoint_logs_no_epoch_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while saving epoch 2's checkpoint, the run resumes from epoch 1's: epoch 2
+    was logged once by the resumed run, not also by the killed one."""
+    import ganserve.training.train as train_module
+
+    save = train_module._atomic_save
+
+    def killed_at_epoch_2(obj: dict, path: Path) -> None:
+        if obj["epoch"] == 2:
+            raise KeyboardInterrupt
+        save(obj, path)
+
+    monkeypatch.setattr(train_module, "_atomic_save", killed_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(tmp_path, epochs=2), quiet=True)
+    monkeypatch.setattr(train_module, "_atomic_save", save)
+    train(tiny(tmp_path, epochs=2), resume=True, quiet=True)
+    assert _log_epochs(tmp_path / "run") == [1, 2]
+
+
+def test_a_resume_drops_log_lines_past_its_checkpoint(tmp_path: Path) -> None:
+    """A log left by a version that logged before saving (killed in between) holds an
+    epoch the checkpoint does not: the resume replaces it, not repeats it."""
+    train(tiny(tmp_path, epochs=1), quiet=True)
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + json.dumps({"epoch": 2, "d": 1.0}) + "\n")
+    train(tiny(tmp_path, epochs=2), resume=True, quiet=True)
+    assert _log_epochs(tmp_path / "run") == [1, 2]
+    assert json.loads(log.read_text().splitlines()[1])["d"] != 1.0
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         train(tiny(tmp_path), resume=True)
@@ -334,6 +476,16 @@ def test_cli_resume_keeps_the_runs_epochs_and_refuses_settings_it_would_ignore(
     assert ganserve_main(["train", "--resume", "--out", out, "--lr", "0.1", "--epochs", "4"]) == 2
     err = capsys.readouterr().err
     assert "--lr 0.1 (the run's: 0.0002)" in err and "Traceback" not in err
+    # ... a flag given at its default value too, on a run that has another one
+    hinge = str(tmp_path / "hinge")
+    assert ganserve_main(["train", "--arch", "mlp", "--batch-size", "8", "--data-dir",
+                          str(data), "--out", hinge, "--quiet", "--epochs", "1", "--loss",
+                          "hinge", "--lr", "1e-3", "--seed", "7"]) == 0  # fmt: skip
+    capsys.readouterr()
+    argv = ["train", "--resume", "--out", hinge, "--loss", "bce", "--lr", "2e-4", "--seed", "0"]
+    assert ganserve_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--loss bce (the run's: hinge); --lr 0.0002 (the run's: 0.001); --seed 0" in err
     # the run's own values, repeated, are fine; --lr-decay-start is checked against its epochs
     assert ganserve_main(["train", "--resume", "--out", out, "--arch", "mlp", "--quiet"]) == 0
     assert ganserve_main(["train", "--resume", "--out", out, "--lr-decay-start", "3"]) == 2
@@ -350,6 +502,44 @@ def test_corrupt_checkpoint_is_a_one_line_error(
     assert ganserve_main(["train", "--resume", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "cannot read the checkpoint" in err and "Traceback" not in err
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a crafted checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"format": 1, "x": _Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"refused: not a plain training checkpoint.*system"):
+        load_checkpoint(run / "checkpoint.pt")
+    for argv in (["train", "--resume", "--out", str(run)],
+                 ["export", "--checkpoint", str(run / "checkpoint.pt"), "--out",
+                  str(tmp_path / "m" / "1" / "model.onnx")]):  # fmt: skip
+        assert ganserve_main(argv) == 2
+        err = capsys.readouterr().err
+        assert "refused" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_a_real_checkpoint_loads_with_only_plain_values(tmp_path: Path) -> None:
+    """Everything a run saves (configs, optimiser and EMA state, random generators)
+    passes torch's weights-only unpickler."""
+    ckpt = load_checkpoint(train(tiny(tmp_path, arch="cdcgan", codes=0, epochs=1), quiet=True))
+    assert set(ckpt["rng"]) >= {"torch", "noise", "augment"}
+    assert ckpt["ema"]["steps"] > 0 and ckpt["opt_d"]["state"]
 
 
 def test_command_line_registration_does_not_import_torch() -> None:
@@ -514,6 +704,16 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--code-temperature", "0.1"], "--code-temperature needs --codes"),
         (["--codes", "4", "--code-temperature", "-1"], "--code-temperature must be >= 0"),
         (["--info-weight", "-1"], "--info-weight must be >= 0"),
+        # NaN passes every "< 0" test, and argparse's float() accepts it
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--lr-d", "inf"], "--lr-d must be a finite number, got inf"),
+        (["--r1", "nan"], "--r1 must be a finite number"),
+        (["--gp-weight", "nan"], "--gp-weight must be a finite number"),
+        (["--info-weight", "nan"], "--info-weight must be a finite number"),
+        (["--codes", "4", "--code-temperature", "nan"], "--code-temperature must be a finite"),
+        (["--real-label", "nan"], "--real-label must be a finite number"),
+        (["--ema-decay", "nan"], "--ema-decay must be a finite number"),
+        (["--beta1", "nan"], "--beta1 must be a finite number"),
     ],
 )
 def test_cli_rejects_bad_training_flags(

@@ -9,6 +9,7 @@ install is unaffected.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +41,50 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when present (default: %(default)s)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar, and no per-epoch JSON lines on stdout (they "
+                   "still go to RUN/log.jsonl)")  # fmt: skip
+
+
+def _note_given(namespace: argparse.Namespace, dest: str) -> None:
+    # a new set each time: a default set would be shared by every parse in one process
+    namespace.given_flags = {*getattr(namespace, "given_flags", ()), dest}
+
+
+class _GivenStore(argparse._StoreAction):
+    """``store`` that notes its flag was given: a resume must tell ``--lr 2e-4`` typed
+    out from no ``--lr`` at all, which a comparison with the default cannot."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
+
+
+class _GivenStoreTrue(argparse._StoreTrueAction):
+    """``store_true`` that notes its flag was given (see :class:`_GivenStore`)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_given(namespace, self.dest)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GAN (writes checkpoints, logs, sample grids)")
+    for name in (None, "store"):
+        p.register("action", name, _GivenStore)
+    p.register("action", "store_true", _GivenStoreTrue)
     p.add_argument("--arch", choices=ARCHS, default="dcgan")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
     p.add_argument("--data-dir", help="folder with train-* IDX files (default: shared data)")
@@ -57,8 +97,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-d", type=float, default=None,
                    help="D's lr if not --lr (two time-scale rule), annealed alike")  # fmt: skip
     p.add_argument("--lr-decay-start", type=int, default=None, metavar="EPOCH",
-                   help="from this epoch on, lr falls linearly to 0 at --epochs (a resume "
-                   "may set it to anneal a finished run)")  # fmt: skip
+                   help="constant lr up to this epoch, then falling linearly to 0 at "
+                   "--epochs (0: no decay; a resume may set it to anneal a finished "
+                   "run)")  # fmt: skip
     p.add_argument("--beta1", type=float, default=0.5)
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--latent-dim", type=int, default=100)
@@ -117,19 +158,18 @@ def _flag(key: str) -> str:
     return "--" + {"r1_gamma": "r1"}.get(key, key).replace("_", "-")
 
 
-def _resume_values(values: dict, defaults: dict) -> dict:
+def _resume_values(values: dict, given: set[str]) -> dict:
     """The command line's values for a resumed run: the run's own settings, with the
-    flags that may change on resume; a flag set to anything else is an error."""
+    flags that may change on resume; any other flag ``given`` on the command line with a
+    value the run does not have is an error (its default value included: ``--loss bce``
+    on a hinge run would be ignored just the same)."""
     from ganserve.training.train import CHECKPOINT_NAME, load_checkpoint
 
     saved = load_checkpoint(Path(values["out"]) / CHECKPOINT_NAME)["config"]
     ignored = [
         f"{_flag(k)} {v} (the run's: {saved.get(k)})"
         for k, v in values.items()
-        if k in defaults
-        and k not in _RESUMABLE | {"quiet"}
-        and v != defaults[k]
-        and v != saved.get(k)
+        if k in given and k not in _RESUMABLE | {"quiet"} and v != saved.get(k)
     ]
     if ignored:
         raise ValueError(
@@ -153,7 +193,7 @@ def _train(args: argparse.Namespace) -> int:
         values["n_critic"] = 5 if args.loss == "wgan-gp" else 1
         defaults = {**defaults, "n_critic": values["n_critic"]}
     if args.resume:
-        values = _resume_values(values, defaults)
+        values = _resume_values(values, getattr(args, "given_flags", set()))
     else:
         values["epochs"] = 20 if values["epochs"] is None else values["epochs"]
         values["sample_every"] = 1 if values["sample_every"] is None else values["sample_every"]
@@ -167,7 +207,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+# Float flags: argparse's float() takes "nan" and "inf", and NaN passes every "< 0" test.
+_FLOAT_FLAGS = ("lr", "lr_d", "beta1", "beta2", "real_label", "gp_weight", "r1_gamma",
+                "info_weight", "code_temperature", "ema_decay")  # fmt: skip
+
+
 def _check_train_values(values: dict) -> None:
+    for key in _FLOAT_FLAGS:
+        if values.get(key) is not None and not math.isfinite(values[key]):
+            raise ValueError(f"{_flag(key)} must be a finite number, got {values[key]}")
     for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
         if values[key] < 1:
             raise ValueError(f"{_flag(key)} must be >= 1, got {values[key]}")

@@ -28,7 +28,7 @@ from ganserve.training.config import TrainConfig, is_conditional
 from ganserve.training.ema import recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
 from ganserve.training.nets import ConvGenerator, build_generator
-from ganserve.training.train import load_checkpoint
+from ganserve.training.train import load_checkpoint, load_weights
 
 __all__ = [
     "ExportError",
@@ -46,8 +46,9 @@ VERIFY_BATCHES = (1, 7, 256)
 TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
-    """The exported graph is invalid or disagrees with torch."""
+class ExportError(RuntimeError, ValueError):
+    """The exported graph is invalid, disagrees with torch, or makes NaN images. A
+    ValueError too, so the command line reports it in one line (``_USER_ERRORS``)."""
 
 
 class _Graph(nn.Module):
@@ -72,10 +73,10 @@ def load_generator(checkpoint: Path | str, use_ema: bool = True) -> tuple[nn.Mod
         cfg.code_temperature,
     )  # fmt: skip
     if use_ema:
-        generator.load_state_dict(ckpt["ema"]["shadow"])
+        load_weights(generator, ckpt["ema"]["shadow"], checkpoint, "averaged generator")
         recalibrate_batchnorm(generator, cfg.latent_dim, int(ckpt["num_classes"]))
     else:
-        generator.load_state_dict(ckpt["generator"])
+        load_weights(generator, ckpt["generator"], checkpoint, "generator")
     return generator.eval(), ckpt
 
 
@@ -117,9 +118,17 @@ def verify_onnx(
             want = generator(*(torch.from_numpy(v) for v in feeds.values())).numpy()
         if got.shape != (n, *IMAGE_SHAPE):
             raise ExportError(f"{onnx_path}: batch {n} gave shape {got.shape}")
+        # NaN == NaN would pass as "no difference" (max(0, nan) is 0): a generator whose
+        # weights diverged must not export as verified
+        for who, images in (("torch", want), ("ONNX Runtime", got)):
+            if not np.isfinite(images).all():
+                raise ExportError(
+                    f"{onnx_path}: the generator's images under {who} hold NaN or infinity "
+                    "(its weights diverged in training?); not exported"
+                )
         diff = float(np.abs(got - want).max())
         worst = max(worst, diff)
-        if diff > TOLERANCE:
+        if not diff <= TOLERANCE:
             raise ExportError(f"{onnx_path}: ONNX Runtime differs from torch by {diff:.2e}")
     return worst
 
@@ -159,8 +168,17 @@ def export_checkpoint(
     version: str = "1",
     use_ema: bool = True,
 ) -> float:
-    """Export, check and verify; returns the max torch/ORT difference seen."""
+    """Export, check and verify; returns the max torch/ORT difference seen. Raises
+    :class:`ExportError` for a generator that never took a training step."""
     generator, ckpt = load_generator(checkpoint, use_ema)
+    if not int(ckpt["ema"]["steps"]):  # EMA.update runs once per G step: none yet
+        # its images are the random init's noise, verified and served as a model all the same
+        cfg = TrainConfig.from_dict(ckpt["config"])
+        raise ExportError(
+            f"{checkpoint}: its generator never took a training step ({ckpt['epoch']} "
+            f"epoch(s), one G step per {cfg.n_critic} batches, --max-steps "
+            f"{cfg.max_steps}): train for more batches; not exported"
+        )
     if isinstance(generator, ConvGenerator):
         generator.freeze_code_table()  # an InfoGAN code's table: one constant in the graph
     cfg = TrainConfig.from_dict(ckpt["config"])
@@ -199,6 +217,10 @@ def export_checkpoint(
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"{out}: invalid ONNX graph: {exc}") from exc
     onnx.save(model, str(tmp))
-    diff = verify_onnx(generator, tmp, num_classes, cfg.latent_dim)
+    try:
+        diff = verify_onnx(generator, tmp, num_classes, cfg.latent_dim)
+    except ExportError:
+        tmp.unlink(missing_ok=True)  # no half-verified file beside the model
+        raise
     os.replace(tmp, out)
     return diff

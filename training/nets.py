@@ -280,7 +280,11 @@ def minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
         g -= 1
     if g < 2:
         return h.new_zeros(n, 1)
-    per_group = h.reshape(g, n // g, -1).std(dim=0, unbiased=False).mean(dim=1)  # (N/g,)
+    # sqrt(var + eps), as in StyleGAN, not std(): the derivative of sqrt is infinite at
+    # 0, so a feature with no spread in a group (MNIST's constant background) made R1's
+    # second derivative NaN from the first step.
+    spread = torch.sqrt(h.reshape(g, n // g, -1).var(dim=0, unbiased=False) + 1e-8)
+    per_group = spread.mean(dim=1)  # (N/g,)
     return per_group.repeat(g).unsqueeze(1)
 
 

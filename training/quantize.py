@@ -175,7 +175,10 @@ def quantize_model(
     if calibration_images < 1:
         raise ValueError(f"--calibration-images must be >= 1, got {calibration_images}")
     _refuse_own_folder(source, out)
-    original = onnx.load(str(source), load_external_data=False)
+    try:
+        original = onnx.load(str(source), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and kin: not a user-facing type
+        raise ValueError(f"{source}: not an ONNX model ({exc})") from exc
     meta = read_metadata(original)
     if Key.LATENT_DIM not in meta:
         raise ValueError(f"{source}: no ganserve metadata; was it exported by `ganserve export`?")

@@ -16,7 +16,9 @@ the same weights, with or without a ``--resume`` in between.
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +31,13 @@ from tqdm import tqdm
 
 from ganserve.training.augment import augment
 from ganserve.training.config import TrainConfig
-from ganserve.training.data import DATASETS, load_split, synthetic_split
+from ganserve.training.data import (
+    DATASETS,
+    DataError,
+    load_split,
+    official_dataset,
+    synthetic_split,
+)
 from ganserve.training.ema import EMA, recalibrate_batchnorm
 from ganserve.training.grid import sample_plan, save_grid
 from ganserve.training.losses import get_loss, gradient_penalty, r1_penalty
@@ -39,6 +47,14 @@ __all__ = ["CHECKPOINT_NAME", "TrainConfig", "load_checkpoint", "resolve_device"
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
+# What every checkpoint written by train() holds (the CUDA and augment generators may be
+# absent: CPU runs and checkpoints from before --augment).
+_CHECKPOINT_ENTRIES: dict[str, type | tuple[type, ...]] = {
+    "config": dict, "num_classes": int, "class_names": list, "epoch": int,
+    "train_seconds": (int, float), "generator": dict, "discriminator": dict, "ema": dict,
+    "opt_g": dict, "opt_d": dict, "rng": dict,
+}  # fmt: skip
+_CHECKPOINT_NESTED = {"ema": ("decay", "steps", "shadow"), "rng": ("torch", "noise")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,10 +75,25 @@ def _load_images(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         from ganserve.training.data import default_data_dir
 
-        images, labels = load_split(cfg.data_dir or default_data_dir(cfg.dataset), "train")
+        data_dir = cfg.data_dir or default_data_dir(cfg.dataset)
+        _check_dataset(data_dir, cfg.dataset)
+        images, labels = load_split(data_dir, "train")
     if len(images) < cfg.batch_size:
         raise ValueError(f"{len(images)} training images is fewer than one batch")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+def _check_dataset(data_dir: Path | str, dataset: str) -> None:
+    """Refuse a folder whose files are another data set's official ones: the images
+    would train a model of clothes exported as ``dataset=mnist``. Unknown files (a
+    subset, such as the shared MNIST train split, or one's own data) pass."""
+    for split in ("train", "t10k"):
+        found = official_dataset(data_dir, split)
+        if found is not None and found != dataset:
+            raise DataError(
+                f"{data_dir}: its {split} images are {found}'s official file, not "
+                f"{dataset}'s: pass --dataset {found}, or the {dataset} folder as --data-dir"
+            )
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -77,12 +108,52 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError ...
-        raise ValueError(f"{path}: cannot read the checkpoint ({exc})") from exc
+        # weights_only: a checkpoint is tensors and plain values; a full unpickler would
+        # run whatever code a crafted file names (os.system ...) before any check here.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        # torch's weights-only message is a paragraph of advice (to load with
+        # weights_only=False, which is the hole); keep the one line that says what it met
+        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+        detail = [x for x in lines if not x.startswith(advice)] or lines or [type(exc).__name__]
+        if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
+            raise ValueError(
+                f"{path}: refused: not a plain training checkpoint, loading it could run "
+                f"code ({detail[0]})"
+            ) from exc
+        raise ValueError(f"{path}: cannot read the checkpoint ({detail[0]})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a ganserve training checkpoint (format {CHECKPOINT_FORMAT})")
+    # checked here, so that a truncated or hand-made dict is one line, not a KeyError
+    # ("error: config") or a TypeError wherever the entry is first used
+    missing = [k for k, kind in _CHECKPOINT_ENTRIES.items() if not isinstance(ckpt.get(k), kind)]
+    missing += [f"{k}.{sub}" for k, subs in _CHECKPOINT_NESTED.items() if k not in missing
+                for sub in subs if sub not in ckpt[k]]  # fmt: skip
+    if missing:
+        raise ValueError(f"{path}: incomplete checkpoint: {', '.join(missing)} missing or invalid")
     return ckpt
+
+
+def load_weights(
+    module: torch.nn.Module | EMA, state: dict[str, Any], path: Path | str, part: str
+) -> None:
+    """``module.load_state_dict(state)``, with a one-line ValueError naming the checkpoint
+    when its weights do not fit the nets its config builds (torch raises a RuntimeError
+    listing every key)."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{path}: its {part} weights do not fit the nets its config builds "
+            f"({_first_detail(exc)})"
+        ) from exc
+
+
+def _first_detail(exc: BaseException) -> str:
+    """The first line of an exception that says more than its heading."""
+    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]) if lines else ""
 
 
 class _Run:
@@ -147,12 +218,19 @@ class _Run:
             return {}
         return {"cuda": torch.cuda.get_rng_state(self.device)}
 
-    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.G.load_state_dict(ckpt["generator"])
-        self.D.load_state_dict(ckpt["discriminator"])
-        self.ema.load_state_dict(ckpt["ema"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
+    def load_state_dict(self, ckpt: dict[str, Any], path: Path | str) -> None:
+        """The state of checkpoint ``ckpt`` (read from ``path``, for error messages)."""
+        load_weights(self.G, ckpt["generator"], path, "generator")
+        load_weights(self.D, ckpt["discriminator"], path, "discriminator")
+        load_weights(self.ema, ckpt["ema"], path, "averaged generator")
+        for opt, key in ((self.opt_g, "opt_g"), (self.opt_d, "opt_d")):
+            try:
+                opt.load_state_dict(ckpt[key])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(
+                    f"{path}: its {key} optimiser state does not fit the nets its config "
+                    f"builds ({_first_detail(exc)})"
+                ) from exc
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.noise.set_state(ckpt["rng"]["noise"])
         if "augment" in ckpt["rng"]:  # checkpoints from before --augment have none
@@ -261,6 +339,43 @@ def _check_lr_continues(
         )
 
 
+def _trim_log(path: Path, epochs_done: int) -> None:
+    """Drop the log lines of epochs after the checkpoint's (logged, then killed before
+    the checkpoint was saved, by a version that logged first): the resumed run logs them
+    again."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def epoch(line: str) -> int:
+        try:
+            return int(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError):
+            return 0  # not ours to judge: kept
+
+    kept = [x for x in lines if epoch(x) <= epochs_done]
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class TrainingDiverged(ValueError):
+    """A loss became NaN or infinite: the weights are lost, nothing more is saved."""
+
+
+def _check_finite(stats: dict[str, float], epoch: int, batch: int) -> None:
+    """Stop at the first non-finite loss: NaN weights would otherwise train on silently
+    and be checkpointed (and exported) at the end of the epoch."""
+    for key, name in (("d", "discriminator"), ("g", "generator")):
+        if key in stats and not math.isfinite(stats[key]):
+            raise TrainingDiverged(
+                f"epoch {epoch}, batch {batch}: the {name}'s loss is {stats[key]}; "
+                "training stopped without saving this epoch (too large a --lr, --lr-d, "
+                "--r1 or --gp-weight?)"
+            )
+
+
 def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor | None:
     if not num_classes:
         return None
@@ -270,6 +385,13 @@ def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> to
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train (or continue) the run in ``cfg.out``; returns the checkpoint path."""
     ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
+    if not resume and ckpt_path.exists():
+        # a fresh run would overwrite that run's checkpoint at its first epoch and append
+        # its epochs to that run's log.jsonl
+        raise ValueError(
+            f"{cfg.out} already holds a run ({CHECKPOINT_NAME}): continue it with --resume, "
+            "or train into another --out"
+        )
     ckpt = load_checkpoint(ckpt_path) if resume else None
     followed: TrainConfig | None = None  # the schedule the checkpoint was trained on
     if ckpt is not None:  # the run's own settings win; only these may change on resume
@@ -290,9 +412,11 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     out = Path(cfg.out)
     run = _Run(cfg, device)
     if ckpt is not None:
-        run.load_state_dict(ckpt)
+        run.load_state_dict(ckpt, ckpt_path)
     images, labels = _load_images(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    if ckpt is not None:
+        _trim_log(out / "log.jsonl", run.epoch)
     steps = len(images) // cfg.batch_size  # drop the last partial batch: stable BN stats
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
@@ -316,6 +440,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
             batch_no += 1
             run.set_lr(learning_rate(cfg, batch_no, steps))
             stats = run.step(x, y, g_step=batch_no % cfg.n_critic == 0)
+            _check_finite(stats, run.epoch + 1, i + 1)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
@@ -330,13 +455,15 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
         means = {k: round(sums[k] / counts[k], 5) for k in sums}
         record = {"epoch": run.epoch, **means, "epoch_seconds": round(seconds, 2),
                   "train_seconds": round(run.train_seconds, 2)}  # fmt: skip
+        if cfg.sample_every and (run.epoch % cfg.sample_every == 0 or run.epoch == cfg.epochs):
+            run.save_samples(out / "samples" / f"epoch_{run.epoch:03d}.png")
+        _atomic_save(run.state_dict(), ckpt_path)
+        # logged after the checkpoint: a kill in between would otherwise leave a line
+        # that the resumed run (from the previous checkpoint) writes a second time
         with open(out / "log.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         if not quiet:
             print(json.dumps(record), flush=True)
-        if cfg.sample_every and (run.epoch % cfg.sample_every == 0 or run.epoch == cfg.epochs):
-            run.save_samples(out / "samples" / f"epoch_{run.epoch:03d}.png")
-        _atomic_save(run.state_dict(), ckpt_path)
     if not ckpt_path.exists():  # resumed a finished run with no more epochs to do
         _atomic_save(run.state_dict(), ckpt_path)
     return ckpt_path
