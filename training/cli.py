@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ganserve.training.config import ARCHS, AUGMENTS, LOSSES
 from ganserve.training.data import DATASETS, DataError
@@ -59,7 +60,7 @@ class _GivenStore(argparse._StoreAction):
         self,
         parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        values: object,
+        values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
         super().__call__(parser, namespace, values, option_string)
@@ -73,7 +74,7 @@ class _GivenStoreTrue(argparse._StoreTrueAction):
         self,
         parser: argparse.ArgumentParser,
         namespace: argparse.Namespace,
-        values: object,
+        values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
         super().__call__(parser, namespace, values, option_string)
