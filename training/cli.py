@@ -47,14 +47,9 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
                    "still go to RUN/log.jsonl)")  # fmt: skip
 
 
-def _note_given(namespace: argparse.Namespace, dest: str) -> None:
-    # a new set each time: a default set would be shared by every parse in one process
-    namespace.given_flags = {*getattr(namespace, "given_flags", ()), dest}
-
-
-class _GivenStore(argparse._StoreAction):
-    """``store`` that notes its flag was given: a resume must tell ``--lr 2e-4`` typed
-    out from no ``--lr`` at all, which a comparison with the default cannot."""
+class _NotesGiven(argparse.Action):
+    """An action that also notes its flag was given: a resume must tell ``--lr 2e-4``
+    typed out from no ``--lr`` at all, which a comparison with the default cannot."""
 
     def __call__(
         self,
@@ -64,21 +59,16 @@ class _GivenStore(argparse._StoreAction):
         option_string: str | None = None,
     ) -> None:
         super().__call__(parser, namespace, values, option_string)
-        _note_given(namespace, self.dest)
+        # a new set each time: a default set would be shared by every parse in one process
+        namespace.given_flags = {*getattr(namespace, "given_flags", ()), self.dest}
 
 
-class _GivenStoreTrue(argparse._StoreTrueAction):
-    """``store_true`` that notes its flag was given (see :class:`_GivenStore`)."""
+class _GivenStore(_NotesGiven, argparse._StoreAction):
+    """``store`` that notes its flag was given."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        super().__call__(parser, namespace, values, option_string)
-        _note_given(namespace, self.dest)
+
+class _GivenStoreTrue(_NotesGiven, argparse._StoreTrueAction):
+    """``store_true`` that notes its flag was given."""
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
