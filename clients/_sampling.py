@@ -364,6 +364,7 @@ class SampleAccumulator:
         self._labels: np.ndarray | None = None
         self._latents: np.ndarray | None = None
         self._png: list[tuple[int, list[bytes]]] = []
+        self._covered = np.zeros(count, dtype=bool)  # rows filled: np.empty holds garbage
         self._bar = tqdm(total=count, unit="img", desc=desc, disable=not progress)
 
     def __enter__(self) -> SampleAccumulator:
@@ -386,6 +387,13 @@ class SampleAccumulator:
                 f"the {self.count} asked for",
                 grpc.StatusCode.DATA_LOSS,
             )
+        if self._covered[chunk.offset : chunk.offset + n].any():
+            raise GanServeError(
+                f"a chunk of images {chunk.offset}..{chunk.offset + n - 1} repeats images "
+                "already received",
+                grpc.StatusCode.DATA_LOSS,
+            )
+        self._covered[chunk.offset : chunk.offset + n] = True
         if self._head is None or chunk.offset < self._head[0]:
             self._head = (chunk.offset, chunk.model, chunk.version, chunk.seed)
         self._images = self._place(self._images, chunk.images, chunk.offset)
@@ -406,7 +414,7 @@ class SampleAccumulator:
         return whole
 
     def result(self) -> SampleResult:
-        if self.received != self.count or self._head is None or self._images is None:
+        if not self._covered.all() or self._head is None or self._images is None:
             raise GanServeError(
                 f"stream ended after {self.received} of {self.count} images",
                 grpc.StatusCode.DATA_LOSS,

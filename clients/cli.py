@@ -141,8 +141,11 @@ def _terminate_as_exit() -> Iterator[None]:
     """SIGTERM (``timeout``, ``kill``, a container stop) as ``SystemExit(143)``: the
     default action ends the process at once, skipping the cleanup that removes a
     partial output file and cancels the stream, which Ctrl-C gets."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set a handler
+    if (
+        threading.current_thread() is not threading.main_thread()  # may not set a handler
+        or signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the parent's choice: kept
+    ):
+        yield
         return
 
     def terminate(signum: int, frame: object) -> None:

@@ -516,3 +516,31 @@ def test_a_bare_host_dials_port_50051(start_server, tiny_model_repo) -> None:
     start_server(tiny_model_repo, "--port", "50051")
     assert ok("--target", "127.0.0.1", "health").strip() == "SERVING"
     assert "tiny-cond" in ok("models", env={"GANSERVE_TARGET": "127.0.0.1"})
+
+
+def test_a_small_client_key_is_left_to_grpc(tmp_path: Path) -> None:
+    """Python's OpenSSL refuses a 1024-bit key at its default security level where
+    gRPC's TLS takes it: the file check must not refuse a working mutual-TLS set-up."""
+    from ganserve.clients._channel import ChannelConfig
+
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-keyout", "k.pem",
+         "-out", "c.pem", "-days", "1", "-subj", "/CN=ganserve.test"],
+        cwd=tmp_path, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    config = ChannelConfig(
+        "localhost:1", tls=True, tls_ca=tmp_path / "c.pem",
+        tls_cert=tmp_path / "c.pem", tls_key=tmp_path / "k.pem",
+    )  # fmt: skip
+    config.credentials()  # no ValueError
+
+
+def test_sigterm_ignored_by_the_parent_stays_ignored() -> None:
+    from ganserve.clients.cli import _terminate_as_exit
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with _terminate_as_exit():
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

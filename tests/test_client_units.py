@@ -19,7 +19,7 @@ from ganserve.clients import errors, images
 from ganserve.clients._base import ClientBase
 from ganserve.clients._channel import ChannelConfig, resolve_target, with_default_port
 from ganserve.clients._requests import arithmetic_request, interpolate_request, sample_request
-from ganserve.clients._sampling import plan_sample, rebase, split_sample
+from ganserve.clients._sampling import SampleAccumulator, plan_sample, rebase, split_sample
 from ganserve.clients.results import ModelInfo, SampleResult, ServerLimits, decode_images
 from ganserve.v1 import generator_pb2 as pb
 
@@ -504,3 +504,24 @@ def test_limits_are_the_smaller_of_each_direction(ours, send, receive, planned) 
     )
     limits = client._remember_limits(msg)
     assert (limits.max_message_bytes, limits.request_bytes) == planned
+
+
+def _chunk(offset: int, n: int) -> SampleResult:
+    images = np.full((n, 1, 28, 28), float(offset), dtype=np.float32)
+    return SampleResult("m", "1", images, 0, None, offset=offset)
+
+
+def test_the_accumulator_refuses_repeated_images_and_gaps() -> None:
+    """The result array is made with np.empty: a repeated chunk counted twice hid a gap,
+    and the gap's rows were returned as whatever memory held (found in review)."""
+    with SampleAccumulator(4) as acc:
+        acc.add(_chunk(2, 2))
+        with pytest.raises(errors.GanServeError, match="repeats images") as repeated:
+            acc.add(_chunk(2, 2))
+        assert repeated.value.code == grpc.StatusCode.DATA_LOSS
+        with pytest.raises(errors.GanServeError, match="stream ended after") as short:
+            acc.result()
+        assert short.value.code == grpc.StatusCode.DATA_LOSS
+        acc.add(_chunk(0, 2))
+        whole = acc.result()
+    assert whole.images[:, 0, 0, 0].tolist() == [0.0, 0.0, 2.0, 2.0]

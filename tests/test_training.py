@@ -359,6 +359,9 @@ def test_training_into_a_run_folder_without_resume_is_refused(
     """A fresh run in a folder that holds one would overwrite its checkpoint and append
     to its log: refused, pointing to --resume, with the run left as it was."""
     ckpt = train(tiny(tmp_path), quiet=True)
+    real = torch.load(ckpt, weights_only=True)
+    real["config"]["dry_run"] = False  # a real run's checkpoint, without its data
+    torch.save(real, ckpt)
     saved, log = ckpt.read_bytes(), (tmp_path / "run" / "log.jsonl").read_text()
     with pytest.raises(ValueError, match=r"already holds a run .*--resume.*another --out"):
         train(tiny(tmp_path, seed=1), quiet=True)
@@ -367,7 +370,25 @@ def test_training_into_a_run_folder_without_resume_is_refused(
     err = capsys.readouterr().err
     assert "already holds a run" in err and "Traceback" not in err
     assert ckpt.read_bytes() == saved and (tmp_path / "run" / "log.jsonl").read_text() == log
-    assert ganserve_main([*argv, "--resume", "--quiet"]) == 0  # what the message says
+
+
+def test_a_dry_run_is_made_again_in_its_own_folder(tmp_path: Path) -> None:
+    """A dry run keeps nothing worth a refusal: the documented smoke test runs twice."""
+    argv = ["train", "--dry-run", "--out", str(tmp_path / "dry"), "--threads", "1", "--quiet"]
+    assert ganserve_main(argv) == 0
+    assert ganserve_main(argv) == 0
+    lines = (tmp_path / "dry" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]  # the second run's, not both
+
+
+def test_a_run_whose_out_is_a_path_object_resumes(tmp_path: Path) -> None:
+    """asdict() kept ``out`` a Path, which the weights-only loader refused: the run could
+    be neither resumed nor exported."""
+    cfg = tiny(tmp_path, epochs=2)
+    cfg.out = tmp_path / "as-path"  # type: ignore[assignment]
+    ckpt = train(cfg, quiet=True)
+    assert load_checkpoint(ckpt)["config"]["out"] == str(tmp_path / "as-path")
+    train(cfg, resume=True, quiet=True)
 
 
 @pytest.mark.parametrize("split", ["train", "t10k"])

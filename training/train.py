@@ -21,7 +21,7 @@ import os
 import pickle
 import time
 from dataclasses import asdict
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePosixPath, WindowsPath
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,11 @@ def _check_dataset(data_dir: Path | str, dataset: str) -> None:
             )
 
 
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with paths as strings."""
+    return {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in values.items()}
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -110,13 +115,18 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         # weights_only: a checkpoint is tensors and plain values; a full unpickler would
         # run whatever code a crafted file names (os.system ...) before any check here.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # Paths as values: checkpoints that older versions wrote from a TrainConfig whose
+        # ``out`` was a Path (plain data, no code)
+        with torch.serialization.safe_globals([PosixPath, PurePosixPath, WindowsPath]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
         # torch's weights-only message is a paragraph of advice (to load with
         # weights_only=False, which is the hole); keep the one line that says what it met
-        advice = ("Weights only load failed", "Please file an issue", "Check the documentation")
         lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
-        detail = [x for x in lines if not x.startswith(advice)] or lines or [type(exc).__name__]
+        met = [x for x in lines if x.startswith("WeightsUnpickler error:")]
+        advice = ("Weights only load failed", "Please file an issue", "Check the documentation",
+                  "(1)", "(2)", "(3)")  # fmt: skip
+        detail = met or [x for x in lines if not x.startswith(advice)] or [type(exc).__name__]
         if isinstance(exc, pickle.UnpicklingError) and "GLOBAL" in str(exc):
             raise ValueError(
                 f"{path}: refused: not a plain training checkpoint, loading it could run "
@@ -187,7 +197,8 @@ class _Run:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
-            "config": asdict(self.cfg),
+            # plain values only: the weights-only loader refuses a pickled Path
+            "config": _plain(asdict(self.cfg)),
             "num_classes": self.cfg.num_classes,
             "class_names": list(DATASETS[self.cfg.dataset].class_names),
             "epoch": self.epoch,
@@ -382,16 +393,28 @@ def _one_hot(labels: torch.Tensor, num_classes: int, device: torch.device) -> to
     return F.one_hot(labels, num_classes).float().to(device)  # (B, num_classes)
 
 
+def _is_dry_run(ckpt_path: Path) -> bool:
+    try:
+        return bool(load_checkpoint(ckpt_path)["config"].get("dry_run"))
+    except (ValueError, OSError):
+        return False
+
+
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Train (or continue) the run in ``cfg.out``; returns the checkpoint path."""
     ckpt_path = Path(cfg.out) / CHECKPOINT_NAME
     if not resume and ckpt_path.exists():
-        # a fresh run would overwrite that run's checkpoint at its first epoch and append
-        # its epochs to that run's log.jsonl
-        raise ValueError(
-            f"{cfg.out} already holds a run ({CHECKPOINT_NAME}): continue it with --resume, "
-            "or train into another --out"
-        )
+        if cfg.dry_run and _is_dry_run(ckpt_path):
+            # a dry run has nothing to keep (and nothing to resume): it is made again
+            ckpt_path.unlink()
+            (Path(cfg.out) / "log.jsonl").unlink(missing_ok=True)
+        else:
+            # a fresh run would overwrite that run's checkpoint at its first epoch and
+            # append its epochs to that run's log.jsonl
+            raise ValueError(
+                f"{cfg.out} already holds a run ({CHECKPOINT_NAME}): continue it with "
+                "--resume, or train into another --out"
+            )
     ckpt = load_checkpoint(ckpt_path) if resume else None
     followed: TrainConfig | None = None  # the schedule the checkpoint was trained on
     if ckpt is not None:  # the run's own settings win; only these may change on resume
