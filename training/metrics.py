@@ -197,4 +197,9 @@ def largest_step_share(feats: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected (paths, frames >= 2, features), got {f.shape}")
     steps = ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1)  # (P, T-1)
     total = steps.sum(-1)
-    return np.divide(steps.max(-1), total, out=np.zeros_like(total), where=total > 0)
+    if not np.isfinite(total).all():
+        raise ValueError("walk features hold NaN or infinity")
+    # a walk that does not change at all has T-1 equal (zero) steps: an even walk, not
+    # the 0 that would read as better than any real one
+    even = np.full_like(total, 1.0 / steps.shape[1])
+    return np.divide(steps.max(-1), total, out=even, where=total > 0)
