@@ -326,3 +326,20 @@ def test_a_ceiling_trained_on_cuda_has_its_own_cache_entry() -> None:
     assert cas_cache_key("mnist", 10_000, 10, 0, "abc", cuda=True) == cpu + " device=cuda"
     bundled = json.loads(Path(CAS_CACHE).read_text())
     assert all("device=" not in key for key in bundled)  # written on CPU
+
+
+def test_path_length_standard_errors_shrink_with_more_paths() -> None:
+    """The path length is one draw of its paths, however many --repeats: its figure
+    carries a bootstrap standard error, about sd / sqrt(n) for the plain mean."""
+    rng = np.random.default_rng(0)
+    small, large = rng.exponential(10.0, 400), rng.exponential(10.0, 6400)
+    se_small, se_small_f = metrics.path_length_se(small, resamples=400)
+    se_large, _ = metrics.path_length_se(large, resamples=400)
+    assert se_small == pytest.approx(small.std() / np.sqrt(small.size), rel=0.15)
+    assert se_small_f > 0
+    assert se_large == pytest.approx(se_small / 4, rel=0.25)
+    assert metrics.path_length_se(small, resamples=50, seed=3) == metrics.path_length_se(
+        small, resamples=50, seed=3
+    )  # seeded
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.path_length_se(np.ones(1))

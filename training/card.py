@@ -73,7 +73,13 @@ def _evaluation(report: EvalReport | None) -> list[str]:
         (
             f"{report.repeats} disjoint sets of {report.n:,} images (seeds "
             f"{report.seed}..{report.last_seed}; figures: mean ± standard deviation over "
-            "the sets)"
+            "the sets"
+            + (
+                "; the path lengths, measured once on their own paths, ± their bootstrap "
+                "standard error, marked SE)"
+                if report.stderr
+                else ")"
+            )
             if report.repeats > 1
             else f"{report.n:,} images from seeds {report.seed}..{report.last_seed}"
         )

@@ -451,12 +451,16 @@ def evaluate_onnx(
     real, _ = _figures(real_feats, real_preds, ref, num_classes)
     if labels is not None:
         real["cond_accuracy"] = ref["accuracy"]
+    stderr: dict[str, float] = {}
     for along in (("z", "class") if info.conditional else ("z",)) if ppl_pairs else ():
         d = path_lengths(
             onnx_path, info, ref["model"], ref["pair_sq"], along, ppl_pairs, seed,
             batch_size=batch_size, threads=threads,
         )  # fmt: skip
         generated[f"ppl_{along}"], generated[f"ppl_{along}_filtered"] = metrics.path_length_means(d)
+        # one draw of ppl_pairs paths, however many --repeats: its error is the bootstrap's
+        se = metrics.path_length_se(d, seed=seed)
+        stderr[f"ppl_{along}"], stderr[f"ppl_{along}_filtered"] = se
     if ppl_pairs:
         walks = max(1, ppl_pairs // 10)  # 64 frames each: about a third of the PPL's images
         shares = walk_jumps(onnx_path, info, ref["model"], walks, seed, threads=threads)
@@ -482,6 +486,7 @@ def evaluate_onnx(
         train_images=len(train_x),
         repeats=repeats,
         spread=spread,
+        stderr=stderr,
         ppl_pairs=ppl_pairs,
         cas_epochs=cas_epochs,
         cas_images=cas_images,

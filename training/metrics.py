@@ -172,6 +172,22 @@ def feature_step_sq(a: np.ndarray, b: np.ndarray, scale: float, epsilon: float) 
     return ((a - b) ** 2).sum(-1) / (scale * epsilon**2)
 
 
+def path_length_se(
+    distances: np.ndarray, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap standard errors of :func:`path_length_means`' two figures: the sample
+    standard deviation of each over ``resamples`` resamples of the paths (with
+    replacement, the percentile filter applied within each), seeded."""
+    d = np.asarray(distances, dtype=np.float64).reshape(-1)
+    if d.size < 2:
+        raise ValueError("a standard error needs at least 2 path-length samples")
+    rng = np.random.default_rng(seed)
+    draws = np.array([path_length_means(d[rng.integers(0, d.size, d.size)])
+                      for _ in range(resamples)])  # fmt: skip
+    se = draws.std(axis=0, ddof=1)
+    return float(se[0]), float(se[1])
+
+
 def path_length_means(distances: np.ndarray) -> tuple[float, float]:
     """The mean of ``distances`` and the mean of those within their 1st..99th percentile
     (NumPy's "lower" and "higher" percentile methods, inclusive): how StyleGAN reports

@@ -210,6 +210,9 @@ class EvalReport:
     # over the sets and ``spread`` their sample standard deviations (empty for 1 set)
     repeats: int = 1
     spread: dict[str, float] = field(default_factory=dict)
+    # standard errors of the figures measured once (the path lengths, by bootstrap over
+    # their paths), shown "± x (SE)" where ``spread`` has none
+    stderr: dict[str, float] = field(default_factory=dict)
     ppl_pairs: int = 0  # paths per perceptual path length figure (0: not measured)
     cas_epochs: int = 0  # epochs of the CAS classifiers (0: no CAS)
     cas_images: int = 0  # images each CAS classifier was trained on
@@ -245,6 +248,8 @@ class EvalReport:
             shown = _fmt(key, gen)
             if key in self.spread:
                 shown += f" ± {_fmt(key, self.spread[key])}"
+            elif key in self.stderr:
+                shown += f" ± {_fmt(key, self.stderr[key])} (SE)"
             lines.append(f"| {label} | {shown} | {_fmt(key, real)} | {cell} |")
         return "\n".join(lines)
 
@@ -258,6 +263,8 @@ class EvalReport:
                 out[f"{key}_real"] = round(float(self.real[key]), 6)
             if key in self.spread:
                 out[f"{key}_sd"] = round(float(self.spread[key]), 6)
+            if key in self.stderr:
+                out[f"{key}_se"] = round(float(self.stderr[key]), 6)
         out["classifier_accuracy"] = round(float(self.classifier_accuracy), 6)
         out["n"] = float(self.n)
         out["seed"] = float(self.seed)
@@ -279,6 +286,7 @@ class EvalReport:
         generated = {k: float(q[k]) for k in METRICS if k in q}
         real = {k: float(q[f"{k}_real"]) for k in METRICS if f"{k}_real" in q}
         spread = {k: float(q[f"{k}_sd"]) for k in METRICS if f"{k}_sd" in q}
+        stderr = {k: float(q[f"{k}_se"]) for k in METRICS if f"{k}_se" in q}
         return cls(
             info=info,
             generated=generated,
@@ -289,6 +297,7 @@ class EvalReport:
             train_images=int(q.get("train_images", 0)),
             repeats=int(q.get("repeats", 1)),
             spread=spread,
+            stderr=stderr,
             ppl_pairs=int(q.get("ppl_pairs", 0)),
             cas_epochs=int(q.get("cas_epochs", 0)),
             cas_images=int(q.get("cas_images", 0)),
