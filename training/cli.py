@@ -182,7 +182,6 @@ def _train(args: argparse.Namespace) -> int:
     values["out"] = values["out"] or f"runs/{args.arch}-{args.dataset}"
     if values["n_critic"] is None:
         values["n_critic"] = 5 if args.loss == "wgan-gp" else 1
-        defaults = {**defaults, "n_critic": values["n_critic"]}
     if args.resume:
         values = _resume_values(values, getattr(args, "given_flags", set()))
     else:

@@ -171,9 +171,9 @@ def export_checkpoint(
     """Export, check and verify; returns the max torch/ORT difference seen. Raises
     :class:`ExportError` for a generator that never took a training step."""
     generator, ckpt = load_generator(checkpoint, use_ema)
+    cfg = TrainConfig.from_dict(ckpt["config"])
     if not int(ckpt["ema"]["steps"]):  # EMA.update runs once per G step: none yet
         # its images are the random init's noise, verified and served as a model all the same
-        cfg = TrainConfig.from_dict(ckpt["config"])
         raise ExportError(
             f"{checkpoint}: its generator never took a training step ({ckpt['epoch']} "
             f"epoch(s), one G step per {cfg.n_critic} batches, --max-steps "
@@ -181,7 +181,6 @@ def export_checkpoint(
         )
     if isinstance(generator, ConvGenerator):
         generator.freeze_code_table()  # an InfoGAN code's table: one constant in the graph
-    cfg = TrainConfig.from_dict(ckpt["config"])
     num_classes = int(ckpt["num_classes"])
     conditional = is_conditional(cfg.arch)
     feeds = random_inputs(cfg.latent_dim, num_classes, 2, seed=0)
