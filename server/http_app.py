@@ -14,6 +14,10 @@ served at ``/``). In front of them, one gate:
   ``ganserve_requests_total`` with the matched route's name as the method label
   (``http_sample``, ...; ``http_other`` when no route matches), so labels stay bounded.
 
+Inside the gate, the routes that generate images are held to the server's budgets
+(``http/budgets.py``) and cancelled when their client disconnects
+(``http/disconnect.py``).
+
 Routes of other modules find the server's state at ``request.app.state.ganserve``
 (:class:`HttpState`).
 """
@@ -39,6 +43,7 @@ from ganserve.contract.limits import Limits
 from . import tracing
 from .engine import Engine
 from .http.budgets import HttpBudgets
+from .http.disconnect import CancelOnDisconnect
 from .http.errors import HTTP_STATUS, error_response
 from .http.openapi import openapi_document
 from .http.rest import RestApi
@@ -245,9 +250,9 @@ def create_app(
         routes.append(Route("/", _placeholder, methods=["GET"], name="http_page"))
     gate = Middleware(_Gate, state=state, metrics=metrics, auth_token=auth_token, routes=routes)
     middleware = [Middleware(tracing.AsgiTracing), gate]  # tracing outermost: refusals too
+    names = _RouteNames(routes)
     budgets = None if engine is None else engine.budgets
     if budgets is not None:  # after the gate: unauthenticated requests hold nothing
-        names = _RouteNames(routes)
         middleware.append(
             Middleware(
                 HttpBudgets,
@@ -257,6 +262,8 @@ def create_app(
                 route_name=names,
             )
         )
+    # inside the budgets: a request it cancels still gives its place back there
+    middleware.append(Middleware(CancelOnDisconnect, routes=INFERENCE_ROUTES, route_name=names))
     app = Starlette(
         routes=routes,
         middleware=middleware,

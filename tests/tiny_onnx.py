@@ -53,6 +53,9 @@ def _metadata(
     }
 
 
+_SLOW_WIDTH = 1024
+
+
 def make_tiny_generator(
     path: Path,
     latent_dim: int = 8,
@@ -70,6 +73,7 @@ def make_tiny_generator(
     symbolic_image_dims: bool = False,
     batch_dim: int | str = "N",
     nan_output: bool = False,
+    slow_layers: int = 0,
 ) -> Path:
     """Write a tiny generator to ``path`` (parents created); returns ``path``.
 
@@ -81,6 +85,9 @@ def make_tiny_generator(
     ``symbolic_image_dims`` (output declared (N, C, H, W) with named dims, as
     torch's exporter often leaves it), ``batch_dim`` (an int: a fixed batch axis on
     the inputs and the output), ``nan_output`` (NaN weights: every image is NaN).
+    ``slow_layers``: that many 1024-wide MatMul + Tanh layers (one shared weight) before
+    the image, so that inference takes a while and grows with the batch (a request
+    queued behind a large one waits there).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +113,21 @@ def make_tiny_generator(
         features = "zy"
     out_shape = np.array([-1, *image_shape], dtype=np.int64)
     declared_image = ("C", "H", "W")[: len(image_shape)] if symbolic_image_dims else image_shape
+    initializers = []
+    if slow_layers:
+        width = _SLOW_WIDTH
+        into = rng.standard_normal((weight.shape[0], width)) / np.sqrt(weight.shape[0])
+        hidden = np.linalg.qr(rng.standard_normal((width, width)))[0]  # orthogonal
+        weight = (rng.standard_normal((width, pixels)) / np.sqrt(width)).astype(np.float32)
+        initializers += [
+            numpy_helper.from_array(into.astype(np.float32), "slow_in"),
+            numpy_helper.from_array(hidden.astype(np.float32), "slow_hidden"),
+        ]
+        nodes.append(helper.make_node("MatMul", [features, "slow_in"], ["slow_0"]))
+        for i in range(slow_layers):
+            nodes.append(helper.make_node("MatMul", [f"slow_{i}", "slow_hidden"], [f"slow_m{i}"]))
+            nodes.append(helper.make_node("Tanh", [f"slow_m{i}"], [f"slow_{i + 1}"]))
+        features = f"slow_{slow_layers}"
     nodes += [
         helper.make_node("MatMul", [features, "weight"], ["flat"]),  # (N, C*H*W)
         helper.make_node("Tanh", ["flat"], ["flat_tanh"]),  # in [-1, 1]
@@ -119,6 +141,7 @@ def make_tiny_generator(
         initializer=[
             numpy_helper.from_array(weight, "weight"),
             numpy_helper.from_array(out_shape, "out_shape"),
+            *initializers,
         ],
     )
     meta = _metadata(name, version, latent_dim, num_classes, image_shape)

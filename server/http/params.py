@@ -10,6 +10,7 @@ query parameter and quote at most ``text.ECHO_MAX`` characters of what was given
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,6 +67,15 @@ VERSION = Param("version", "string", "model version (default: the latest READY o
 TRUNCATION = Param(
     "truncation", "number", "truncation psi: redraw latent entries beyond +-psi (>= 0.05)"
 )
+# Seconds, as the Python client's and the CLI's --timeout; an upper bound keeps the
+# deadline a finite float (gRPC's own deadlines are bounded alike).
+MAX_TIMEOUT_S = 1e8
+TIMEOUT = Param(
+    "timeout", "number", "seconds the request may take to be computed: one that cannot be in "
+    "time is refused before any work, 429 RESOURCE_EXHAUSTED when the queue ahead makes it "
+    "late, 504 DEADLINE_EXCEEDED when it alone needs longer (default: no limit; a client that "
+    "disconnects cancels its request either way)"
+)  # fmt: skip
 
 SAMPLE = (
     VERSION,
@@ -83,6 +93,7 @@ SAMPLE = (
     Param("scale", "integer", "pixel enlargement of the picture", 2),
     Param("format", "string", "png: a grid picture; npy: the float32 (N, C, H, W) images in "
           "[-1, 1] as a .npy file", "png", ("png", "npy")),
+    TIMEOUT,
 )  # fmt: skip
 INTERPOLATE = (
     VERSION,
@@ -98,6 +109,7 @@ INTERPOLATE = (
     Param("fps", "number", "GIF frames per second, in [0.0015, 50]", 12.0),
     Param("boomerang", "boolean", "the GIF plays forward, then back", False),
     Param("scale", "integer", "pixel enlargement of the picture", 4),
+    TIMEOUT,
 )  # fmt: skip
 ARITHMETIC = (
     VERSION,
@@ -106,6 +118,7 @@ ARITHMETIC = (
     Param("label", "string", "conditional models: the class of the result and of every term"),
     TRUNCATION,
     Param("scale", "integer", "pixel enlargement of the picture", 4),
+    TIMEOUT,
 )  # fmt: skip
 
 
@@ -194,6 +207,18 @@ class Query:
         if value is None:
             raise InvalidArgument(f"{name}: expected a number, got {quoted(raw)}")
         return value
+
+    def deadline(self, name: str) -> float | None:
+        """A timeout in seconds as a ``time.monotonic()`` deadline from now, or None."""
+        raw = self.raw(name)
+        if raw is None:
+            return None
+        value = _decimal(raw)
+        if value is None or not (0 < value <= MAX_TIMEOUT_S):  # False for nan
+            raise InvalidArgument(
+                f"{name}: must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {quoted(raw)}"
+            )
+        return time.monotonic() + value
 
     def choice(self, name: str) -> str:
         param = self._table[name]

@@ -225,6 +225,7 @@ class RestApi:
         model = self._model(request, call)
         spec = model.spec
         query = Query(request.query_params, SAMPLE)
+        deadline = query.deadline("timeout")
         fmt = query.choice("format")
         labels = query.labels("label", spec)
         count = query.integer("count") or 0
@@ -250,7 +251,7 @@ class RestApi:
             other, weight = blend
             y = (1.0 - weight) * y + weight * one_hot(np.full(plan.count, other), spec.num_classes)
             y = y.astype(np.float32)
-        images = await self._engine.images(model, z, y, None, None)  # (N, C, H, W)
+        images = await self._engine.images(model, z, y, deadline, None)  # (N, C, H, W)
         if fmt == "npy":
             body = await asyncio.to_thread(pictures.npy, images)
         else:
@@ -268,6 +269,7 @@ class RestApi:
         model = self._model(request, call)
         spec = model.spec
         query = Query(request.query_params, INTERPOLATE)
+        deadline = query.deadline("timeout")
         fmt = query.choice("format")
         keyframes = []
         for end in ("from", "to"):
@@ -304,7 +306,7 @@ class RestApi:
         pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
         if fmt == "npy":
             pictures.check_npy(self._limits, spec, plan.z.shape[0], "request fewer steps")
-        images = await self._engine.images(model, plan.z, plan.y, None, None, "keyframes")
+        images = await self._engine.images(model, plan.z, plan.y, deadline, None, "keyframes")
         if fmt == "npy":
             body = await asyncio.to_thread(pictures.npy, images)
         elif fmt == "png":
@@ -326,6 +328,7 @@ class RestApi:
         model = self._model(request, call)
         spec = model.spec
         query = Query(request.query_params, ARITHMETIC)
+        deadline = query.deadline("timeout")
         terms = parse_terms(query.raw("terms") or "")
         req = pb.ArithmeticRequest(
             model=spec.name,
@@ -346,7 +349,7 @@ class RestApi:
         plan = await plan_offloaded(plan_arithmetic, req, spec, self._limits, seeds)
         pictures.check_equation(len(terms), spec.image_shape, scale)
         z = plan.latents[: plan.n_images]  # (1 + T, D): the result, then each term
-        images = await self._engine.images(model, z, plan.y, None, None, "terms")
+        images = await self._engine.images(model, z, plan.y, deadline, None, "terms")
         weights = [float(t.weight) for t in req.terms]
 
         def draw() -> bytes:
