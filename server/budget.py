@@ -53,7 +53,8 @@ _TRIM = _malloc_trim()
 
 def default_buffered_bytes(max_message_bytes: int) -> int:
     """A sixteenth of the machine's memory, between 256 MiB and 2 GiB, and at least two
-    of the largest messages (so the largest reply always fits beside another)."""
+    of the largest messages (so the largest reply, or HTTP request body, always fits
+    beside another)."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # pragma: no cover - not on Linux
@@ -63,7 +64,8 @@ def default_buffered_bytes(max_message_bytes: int) -> int:
 
 
 class ByteBudget:
-    """A budget of ``capacity`` bytes of responses held at once."""
+    """A budget of ``capacity`` bytes held at once: responses not yet sent, and HTTP
+    request bodies while they are read and parsed."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -84,19 +86,26 @@ class ByteBudget:
         self._peak = max(self._peak, self.used)
         return True
 
-    def acquire_now(self, size: int, what: str) -> None:
-        """Reserve ``size`` bytes or refuse at once (a new call: no silent wait)."""
+    def acquire_now(
+        self,
+        size: int,
+        what: str,
+        buffer: str = "response buffer",
+        smaller: str = "ask for fewer images",
+    ) -> None:
+        """Reserve ``size`` bytes or refuse at once (a new call: no silent wait).
+        ``buffer`` names what the bytes are for, ``smaller`` how to need fewer."""
         if size > self.capacity:
             raise ResourceExhausted(
-                f"{what} needs {size} bytes of response buffer, more than the server's "
-                f"whole budget (--max-buffered-bytes {self.capacity}); ask for fewer images",
+                f"{what} needs {size} bytes of {buffer}, more than the server's "
+                f"whole budget (--max-buffered-bytes {self.capacity}); {smaller}",
                 "buffered_bytes",
             )
         if not self.try_acquire(size):
             raise ResourceExhausted(
                 f"the server is holding {self.used} of its {self.capacity} bytes of "
-                f"responses (--max-buffered-bytes): {what} ({size} bytes) does not fit now; "
-                "retry later",
+                f"buffers (--max-buffered-bytes): {what} ({size} bytes of {buffer}) does not "
+                "fit now; retry later",
                 "buffered_bytes",
                 1.0,
             )

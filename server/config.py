@@ -217,10 +217,13 @@ class ServerConfig:
         _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
         # Smaller, a request the limits accept could never be answered: refused for good
         # with RESOURCE_EXHAUSTED, the status that tells clients to retry later.
+        # HTTP request bodies are held in it too while they are read.
         _check(
-            self.max_buffered_bytes == 0 or self.max_buffered_bytes >= self.max_message_bytes,
+            self.max_buffered_bytes == 0
+            or self.max_buffered_bytes >= max(self.max_message_bytes, self.max_request_bytes),
             f"--max-buffered-bytes ({self.max_buffered_bytes}) must hold at least the largest "
-            f"reply, --max-message-bytes ({self.max_message_bytes}), or be 0 (auto)",
+            f"reply, --max-message-bytes ({self.max_message_bytes}), and the largest request "
+            f"body, --max-request-bytes ({self.max_request_bytes}), or be 0 (auto)",
         )
         _check(self.max_inflight_rpcs >= 1, "--max-inflight-rpcs must be >= 1")
         _check(self.max_streams >= 1, "--max-streams must be >= 1")

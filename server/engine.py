@@ -121,11 +121,14 @@ class Engine:
         own refusals (server-wide limits) are counted here too, with ``model=""``."""
         self._metrics.rejected_total.labels(model, reason).inc()
 
-    def reserve_now(self, budget: ByteBudget, size: int, what: str, model: str) -> None:
+    def reserve_now(
+        self, budget: ByteBudget, size: int, what: str, model: str, **wording: str
+    ) -> None:
         """A new response's bytes, or RESOURCE_EXHAUSTED at once (no silent wait),
-        counted in ``ganserve_rejected_total``."""
+        counted in ``ganserve_rejected_total``. ``wording``: ``ByteBudget.acquire_now``'s
+        ``buffer`` and ``smaller``, for bytes other than a response's."""
         try:
-            budget.acquire_now(size, what)
+            budget.acquire_now(size, what, **wording)
         except ResourceExhausted as exc:
             self.refused(exc.reason, model)
             raise

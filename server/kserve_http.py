@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .encode import encode_images
+from .engine import Engine
 from .errors import Cancelled, InvalidArgument
 from .generation import OFFLOAD_IMAGES
 from .http.errors import error_response
@@ -46,6 +47,11 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # JSON bodies above this many bytes are parsed (and answers above OFFLOAD_IMAGES images
 # serialised) in a thread: the event loop keeps serving other clients meanwhile.
 _OFFLOAD_JSON_BYTES = 1 << 20
+_SMALLER_BODY = "send fewer tensors per request"
+_SMALLER_JSON = (
+    "send the tensors as binary data (Triton's binary tensor extension, tritonclient's "
+    "default), or fewer per request"
+)
 # JSON numbers cost ~30x more to write than raw bytes: answers in JSON leave the loop
 # from this many images on (binary ones from OFFLOAD_IMAGES).
 _OFFLOAD_JSON_IMAGES = 8
@@ -101,8 +107,54 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit)."""
+class _Held:
+    """The bytes a request holds in the server's buffer budget (``--max-buffered-bytes``,
+    shared with the responses) while it runs: its body from the moment it arrives, and
+    the peak of parsing its JSON while that runs. What does not fit is refused at once
+    (RESOURCE_EXHAUSTED, counted), so that concurrent bodies cannot grow the server
+    beyond the budget."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._budget = None if engine.budgets is None else engine.budgets.buffered
+        self.size = 0
+
+    def take(self, size: int, what: str, buffer: str, smaller: str) -> None:
+        if self._budget is None or size == 0:
+            return
+        self._engine.reserve_now(self._budget, size, what, "", buffer=buffer, smaller=smaller)
+        self.size += size
+
+    def give(self, size: int) -> None:
+        if self._budget is not None and size:
+            self._budget.release(size)
+            self.size -= size
+
+    def give_all(self) -> None:
+        self.give(self.size)
+
+
+def json_parse_peak(body: bytes, size: int) -> int:
+    """An upper estimate of the memory ``json.loads`` takes for ``body[:size]``.
+
+    Its Python objects cost by kind, not by bytes: a float or a short string about 35 to
+    65 bytes with its list slot (JSON spends 4 to 20 characters on it), an empty list
+    or object 60 to 200. Measured in RSS growth per byte of JSON: arrays of floats
+    2.9-11x, objects of one key 26x, nested empty lists 39x. The estimate counts what
+    makes objects (the commas between values, the brackets and braces that open
+    containers) and stays above every one of those (3x-90x); a pass over the bytes
+    costs ~15 ms per 16 MiB."""
+    return (
+        2 * size
+        + 64 * body.count(b",", 0, size)
+        + 200 * body.count(b"{", 0, size)
+        + 100 * body.count(b"[", 0, size)
+    )
+
+
+async def _body(request: Request, limit: int, held: _Held) -> bytes:
+    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit), each
+    part held in the buffer budget as it arrives."""
 
     def too_large(size: str) -> InvalidArgument:
         return InvalidArgument(
@@ -119,6 +171,7 @@ async def _body(request: Request, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise too_large(f"more than {limit}")
+            held.take(len(chunk), "this request's body", "request body buffer", _SMALLER_BODY)
             chunks.append(chunk)
     except ClientDisconnect:
         # The client left mid-upload: its cancel, as a gRPC client's (CANCELLED, no
@@ -284,13 +337,25 @@ def kserve_routes(core: OipCore) -> list[Route]:
 
     async def infer(request: Request, call: Call) -> Response:
         """Open Inference Protocol: inference with JSON (or binary) tensors."""
-        body = await _body(request, max_body)
-        header = request.headers.get(HEADER_LENGTH)
-        name, version = _path(request)
-        if len(body) > _OFFLOAD_JSON_BYTES:
-            parsed = await asyncio.to_thread(infer_request, name, version, body, header)
-        else:
-            parsed = infer_request(name, version, body, header)
+        held = _Held(core.engine)
+        try:
+            body = await _body(request, max_body, held)
+            header = request.headers.get(HEADER_LENGTH)
+            name, version = _path(request)
+            if len(body) > _OFFLOAD_JSON_BYTES:
+                size = len(body) if header is None else min(len(body), _length(header) or 0)
+                peak = await asyncio.to_thread(json_parse_peak, body, size)
+                held.take(peak, f"parsing its {size}-byte JSON", "memory", _SMALLER_JSON)
+                try:
+                    parsed = await asyncio.to_thread(infer_request, name, version, body, header)
+                finally:
+                    held.give(peak)
+            else:  # on the loop: one at a time, at most ~90x _OFFLOAD_JSON_BYTES
+                parsed = infer_request(name, version, body, header)
+        finally:
+            # binary tensors are views of the body: it lives on, out of the budget, until
+            # the handler returns (at most max_request_bytes a request)
+            held.give_all()
         result = await core.infer(parsed, call, binary_default=False)
         images = result.outputs[0].data.shape[0] if result.outputs else 0
         binary = all(out.binary for out in result.outputs)

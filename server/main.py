@@ -296,7 +296,8 @@ class _Server:
         )
         self._grpc = server
         budgets = ServerBudgets(
-            cfg.max_buffered_bytes or default_buffered_bytes(cfg.max_message_bytes),
+            cfg.max_buffered_bytes
+            or default_buffered_bytes(max(cfg.max_message_bytes, cfg.max_request_bytes)),
             cfg.max_inflight_rpcs,
             cfg.max_streams,
             adaptive=cfg.batching.adaptive_limit,

@@ -4,11 +4,13 @@ and the stall timeout that closes such a connection."""
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 
 MIB = 1024 * 1024
@@ -103,3 +105,66 @@ def test_http_replies_count_in_the_response_budget(
     wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
     status, _, body = get(server.http_port, BIG)
     assert status == 200 and len(body) > 12 * MIB
+
+
+def _infer(port: int, body: bytes, header_length: int | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/tiny-uncond/infer", data=body, method="POST"
+    )
+    request.add_header("Content-Type", "application/octet-stream")
+    if header_length is not None:
+        request.add_header("Inference-Header-Content-Length", str(header_length))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+def test_http_request_bodies_and_their_json_parse_count_in_the_budget(
+    start_server, tiny_model_repo, scrape
+) -> None:
+    """A KServe JSON body reserves its bytes and an estimate of its parse's memory in the
+    server's buffer budget: one whose parse could never fit is refused at once (429,
+    counted, saying to send binary tensors), the same tensors as binary data pass, a
+    body that fits is parsed, and the budget is empty again afterwards."""
+    server = start_server(
+        tiny_model_repo,
+        *("--max-buffered-bytes", str(4 * MIB), "--max-message-bytes", str(2 * MIB)),
+        *("--max-request-bytes", str(2 * MIB)),
+        *("--max-images-per-request", "256", "--stream-chunk-max", "256"),
+    )
+    port = server.http_port
+    outputs = [{"name": "image", "parameters": {"binary_data": True}}]
+    # 4,096 latents written with 50 digits each: 1.7 MB of JSON, ~5.4 MB to parse
+    long = "0." + "1" * 48
+    doc = {"inputs": [{"name": "z", "shape": [4096, 8], "datatype": "FP32", "data": []}]}
+    text = json.dumps({**doc, "outputs": outputs}).replace(
+        "[]", "[" + ",".join([long] * 32768) + "]"
+    )
+    status, _, body = _infer(port, text.encode())
+    assert status == 429, body[:300]
+    error = json.loads(body)
+    assert error["code"] == "RESOURCE_EXHAUSTED" and "binary" in error["error"], error
+    assert "--max-buffered-bytes" in error["error"]
+    assert _rejected(scrape(server), "buffered_bytes") == 1
+    # 256 latents: as binary data (8 KB), and as JSON padded past 1 MiB (parsed in a
+    # thread, ~2.5 MB reserved): both fit
+    z = np.full((256, 8), 0.25, np.float32)
+    header = json.dumps(
+        {
+            "inputs": [{"name": "z", "shape": [256, 8], "datatype": "FP32",
+                        "parameters": {"binary_data_size": z.nbytes}}],
+            "outputs": outputs,
+        }
+    ).encode()  # fmt: skip
+    status, _, binary = _infer(port, header + z.tobytes(), len(header))
+    assert status == 200, binary[:300]
+    padded = json.dumps({**doc, "outputs": outputs}).replace("[4096, 8]", "[256, 8]")
+    padded = padded.replace("[]", "[" + (", " + " " * 600).join(["0.25"] * 2048) + "]")
+    assert len(padded) > 1.1 * MIB
+    status, _, answer = _infer(port, padded.encode())
+    assert status == 200, answer[:300]
+    assert answer[-z.shape[0] * 784 * 4 :] == binary[-z.shape[0] * 784 * 4 :]
+    assert scrape(server)[("ganserve_buffered_bytes", ())] == 0

@@ -159,3 +159,36 @@ def test_a_bad_output_parameters_is_named() -> None:
     with pytest.raises(InvalidArgument) as info:
         kserve_http.infer_request("m", "", json.dumps(doc).encode(), None)
     assert info.value.message == "outputs[0].parameters: must be an object"
+
+
+def _bodies() -> dict[str, bytes]:
+    n = 200_000
+    floats = np.random.default_rng(0).standard_normal(n).astype(np.float32).tolist()
+    return {
+        "floats": json.dumps({"inputs": [{"name": "z", "data": floats}]}).encode(),
+        "short floats": ("[" + ",".join(["0.5"] * n) + "]").encode(),
+        "strings": json.dumps([str(i) for i in range(n)]).encode(),
+        "empty objects": ("[" + ",".join(["{}"] * n) + "]").encode(),
+        "objects": ("[" + ",".join(['{"a":1}'] * n) + "]").encode(),
+        "nested lists": ("[" + ",".join(["[[[]]]"] * n) + "]").encode(),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_bodies()))
+def test_the_json_parse_estimate_covers_what_parsing_takes(kind: str) -> None:
+    """The bytes a large JSON body reserves in the buffer budget while it is parsed are
+    at least what ``json.loads`` allocates, whatever the body is made of (its Python
+    objects cost by kind, not by bytes), and a fraction more than that at most 10x."""
+    import tracemalloc
+
+    body = _bodies()[kind]
+    tracemalloc.start()
+    try:
+        doc = json.loads(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del doc
+    estimate = kserve_http.json_parse_peak(body, len(body))
+    assert peak <= estimate <= 10 * peak, (kind, peak / len(body), estimate / len(body))
+    assert kserve_http.json_parse_peak(body, 10) < 10 * 300  # only the JSON part counts
