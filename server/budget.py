@@ -1,4 +1,5 @@
-"""Server-wide budgets: response bytes held in memory, RPCs in flight, open streams.
+"""Server-wide budgets: response bytes (and HTTP request bodies) held in memory, RPCs in
+flight, open streams.
 
 Memory must be bounded by configuration, not by what clients do: a client that opens
 streams and reads nothing, or asks for the largest replies at high concurrency, would

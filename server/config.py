@@ -538,9 +538,10 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "max_buffered_bytes",
         int,
-        "response bytes held in memory at once, all calls together; a call that does not "
-        "fit is refused (RESOURCE_EXHAUSTED), a stream's next chunk waits; at least "
-        "--max-message-bytes (default 0: a sixteenth of RAM, 256 MiB to 2 GiB)",
+        "response bytes (and HTTP request bodies) held in memory at once, all calls "
+        "together; a call that does not fit is refused (RESOURCE_EXHAUSTED), a stream's "
+        "next chunk waits; at least --max-message-bytes and --max-request-bytes "
+        "(default 0: a sixteenth of RAM, 256 MiB to 2 GiB)",
     ),
     _Option(
         "max_inflight_rpcs",

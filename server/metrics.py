@@ -138,12 +138,13 @@ class Metrics:
         )
         self.buffered_bytes = Gauge(
             "ganserve_buffered_bytes",
-            "Response bytes held in memory now (reserved before the images are computed).",
+            "Response bytes (reserved before the images are computed) and HTTP request "
+            "bodies held in memory now.",
             registry=r,
         )
         self.buffered_bytes_capacity = Gauge(
             "ganserve_buffered_bytes_capacity",
-            "The response-bytes budget (--max-buffered-bytes).",
+            "The budget of response bytes and HTTP request bodies (--max-buffered-bytes).",
             registry=r,
         )
         self.rejected_total = Counter(
