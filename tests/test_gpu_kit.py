@@ -189,3 +189,74 @@ def test_the_parts_folder_is_ignored_by_git() -> None:
     for path in ("benchmarks/gpu/parts/manifest.json", "benchmarks/gpu/parts/call-01/x.part000"):
         run = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path])
         assert run.returncode == 0, f"{path} is not git-ignored"
+
+
+def _fake_data(root: Path) -> Path:
+    """Two data sets whose files share their names, as MNIST's and Fashion-MNIST's do."""
+    rng = random.Random(1)
+    for dataset, size in (("mnist", 700_000), ("fashion-mnist", 2 * PART + 5)):
+        (root / dataset).mkdir(parents=True)
+        for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+            (root / dataset / name).write_bytes(rng.randbytes(size))
+    (root / "README.md").write_text("not a data set file")
+    return root
+
+
+def test_data_sets_travel_in_their_folders(tmp_path: Path) -> None:
+    """Files of the same name in different folders get parts of their own and are
+    assembled where they were; a name that would leave the folder is refused."""
+    data = _fake_data(tmp_path / "data")
+    sources = pack.data_sources(data)
+    assert [s.target for s in sources] == [
+        "mnist/t10k-labels-idx1-ubyte.gz",
+        "mnist/train-images-idx3-ubyte.gz",
+        "fashion-mnist/t10k-labels-idx1-ubyte.gz",
+        "fashion-mnist/train-images-idx3-ubyte.gz",
+    ]
+    manifest = kit.build_kit(sources, tmp_path / "parts", PART)
+    names = [p["name"] for f in manifest["files"] for p in f["parts"]]
+    assert len(names) == len(set(names)) and all("/" not in n for n in names)
+    stash = tmp_path / "stash"
+    kit.collect(manifest, [tmp_path / "parts"], stash)
+    kit.assemble(manifest, stash, tmp_path / "out", ["data"])
+    for source in sources:
+        assert (tmp_path / "out" / source.target).read_bytes() == source.path.read_bytes()
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    for bad in ("../x.gz", "/etc/x.gz", "mnist//x.gz", "mnist/./x.gz"):
+        with pytest.raises(ValueError, match="relative path"):
+            kit.build_kit([kit.Source(sources[0].path, "data", bad)], tmp_path / "p2", PART)
+    twice = [sources[0], kit.Source(sources[1].path, "data", sources[0].target)]
+    with pytest.raises(ValueError, match="two files"):
+        kit.build_kit(twice, tmp_path / "p3", PART)
+    with pytest.raises(SystemExit, match="no data sets"):
+        pack.data_sources(tmp_path / "nothing")
+
+
+def test_train_script_builds_a_model_from_the_carried_data(tmp_path: Path) -> None:
+    """train.sh on the CPU (--no-install: this Python, its torch): it stashes the parts a
+    call carried, assembles the data sets in their folders, and builds the model
+    (a dry run: a few steps) into $OUT/models with its log."""
+    data = _fake_data(tmp_path / "data")
+    out = tmp_path / "parts"
+    manifest = kit.build_kit(pack.data_sources(data), out, 3 * PART, 6 * PART, {"requirements": []})
+    assert [c["dir"] for c in manifest["calls"]] == ["call-01"]
+    carried = _carry(out, "call-01", tmp_path / "carried")
+    home = tmp_path / "home"
+    env = {**os.environ, "GANSERVE_GPU_HOME": str(home), "OUT": str(tmp_path / "out")}
+    args = ["--no-install", "--python", sys.executable, "--parts", str(carried)]
+    run = subprocess.run(
+        ["bash", str(GPU / "train.sh"), *args, "--device", "cpu", "--dry-run", "mnist-mlp"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    for source in pack.data_sources(data):
+        assert (home / "data" / source.target).read_bytes() == source.path.read_bytes()
+    assert (tmp_path / "out" / "models" / "mnist-mlp" / "1" / "model.onnx").stat().st_size > 0
+    assert "exported" in (tmp_path / "out" / "train-mnist-mlp.log").read_text()
+    assert "train: mnist-mlp built in" in run.stdout
+    bad = subprocess.run(
+        ["bash", str(GPU / "train.sh"), "--no-install", "--python", sys.executable,
+         "--parts", str(tmp_path / "none"), "--device", "cpu", "mnist-mlp"],
+        capture_output=True, text=True, env={**env, "GANSERVE_GPU_HOME": str(tmp_path / "h2")},
+    )  # fmt: skip
+    assert bad.returncode == 1 and "train: no data: carry the data group" in bad.stderr

@@ -49,10 +49,22 @@ class KitError(Exception):
 
 @dataclass(frozen=True)
 class Source:
-    """A file to pack and the group it belongs to (groups are installed separately)."""
+    """A file to pack and the group it belongs to (groups are installed separately).
+    ``name``: where the file goes below the folder it is assembled into, ``/`` between
+    folders (default: the file's own name), so that files of the same name in different
+    folders (the data sets' IDX files) can travel together."""
 
     path: Path
     group: str
+    name: str | None = None
+
+    @property
+    def target(self) -> str:
+        name = self.name or self.path.name
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"not a relative path of plain names: {name!r}")
+        return name
 
 
 def sha256_file(path: Path) -> str:
@@ -63,14 +75,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _split(path: Path, dest: Path, part_bytes: int) -> tuple[str, list[dict]]:
-    """Cut ``path`` into ``dest/<name>.partNNN`` of at most ``part_bytes``; the whole
+def _split(path: Path, dest: Path, part_bytes: int, stem: str) -> tuple[str, list[dict]]:
+    """Cut ``path`` into ``dest/<stem>.partNNN`` of at most ``part_bytes``; the whole
     file's sha256 and the parts (name, size, sha256), hashed in the same pass."""
     whole = hashlib.sha256()
     parts: list[dict] = []
     with open(path, "rb") as src:
         while True:
-            name = f"{path.name}.part{len(parts):03d}"
+            name = f"{stem}.part{len(parts):03d}"
             digest, size = hashlib.sha256(), 0
             with open(dest / name, "wb") as out:
                 while size < part_bytes and (chunk := src.read(min(_CHUNK, part_bytes - size))):
@@ -128,9 +140,13 @@ def build_kit(
     staging.mkdir()
     files: list[dict] = []
     for source in sources:
-        digest, parts = _split(source.path, staging, part_bytes)
+        name = source.target
+        if any(f["name"] == name for f in files):
+            raise ValueError(f"two files would be assembled as {name!r}")
+        # parts lie side by side in one folder: the path's folders join the stem
+        digest, parts = _split(source.path, staging, part_bytes, name.replace("/", "--"))
         size = source.path.stat().st_size
-        entry = {"name": source.path.name, "size": size, "sha256": digest}
+        entry = {"name": name, "size": size, "sha256": digest}
         files.append(entry | {"group": source.group, "parts": parts})
     calls: list[dict] = []
     for group in dict.fromkeys(f["group"] for f in files):
@@ -240,7 +256,8 @@ def assemble(manifest: dict, stash: Path, out: Path, groups: Iterable[str]) -> l
         if same_size and sha256_file(target) == entry["sha256"]:  # assembled before
             done.append(target)
             continue
-        tmp = out / (entry["name"] + ".tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
         with open(tmp, "wb") as joined:
             for part in entry["parts"]:
                 problem = _check_part(stash / part["name"], part)

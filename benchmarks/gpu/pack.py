@@ -11,7 +11,10 @@ Run here, with PyPI reachable (stdlib only; pip does the downloading):
 2. onnxruntime-gpu's ``[cuda,cudnn]`` extras (the CUDA and cuDNN wheels it was built for,
    as named in its metadata): group ``cuda``, needed only where the GPU machine's Python
    has no such libraries of its own (``--no-cuda-libs`` skips them);
-3. every wheel cut into parts of at most ``--part-mb`` in ``call-NN/`` folders of
+3. the data sets' IDX files (``--data-root``, the shared data by default: one folder per
+   data set), for training there (``train.sh``): group ``data``, laid out as they are
+   here (``--no-data`` skips them);
+4. every file cut into parts of at most ``--part-mb`` in ``call-NN/`` folders of
    ``--out`` (``benchmarks/gpu/parts/``, git-ignored), one folder per device call, and
    ``manifest.json`` (kit.py). A device call carries the working tree and its carried
    paths within a limit (``--carry-limit-mib``), so the default part size is that limit
@@ -38,6 +41,7 @@ if str(HERE) not in sys.path:  # run as a script, its folder is there already
 
 from kit import Source, build_kit  # noqa: E402
 
+DATASETS = ("mnist", "fashion-mnist")  # training/data.py's, the folders of --data-root
 _MB = 1_000_000
 _MIB = 1 << 20
 _MAX_PART = 55 * _MB
@@ -164,6 +168,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ort-version", help="onnxruntime-gpu version (default: --env-python's)")
     p.add_argument("--no-pins", action="store_true", help="newest versions, not the env's")
     p.add_argument("--no-cuda-libs", action="store_true", help="skip the [cuda,cudnn] extras")
+    p.add_argument(
+        "--data-root",
+        type=Path,
+        default=ROOT.parent / "shared" / "data",
+        help="the data sets to carry for training (a folder per data set)",
+    )
+    p.add_argument("--no-data", action="store_true", help="carry no data (benchmark only)")
     p.add_argument("--out", type=Path, default=HERE / "parts")
     p.add_argument("--part-mb", type=float, help="part and call size in MB (default: auto)")
     p.add_argument("--carry-limit-mib", type=float, default=64.0, help="what one call carries")
@@ -190,6 +201,19 @@ def part_size(args: argparse.Namespace) -> int:
     return min(room, _MAX_PART)
 
 
+def data_sources(root: Path) -> list[Source]:
+    """The IDX files of every data set under ``root``, as ``<data set>/<file>``."""
+    found = [
+        Source(path, "data", f"{dataset}/{path.name}")
+        for dataset in DATASETS
+        for path in sorted((root / dataset).glob("*-ubyte.gz"))
+    ]
+    if not found:
+        sys.exit(f"pack: no data sets under {root} ({', '.join(DATASETS)}); pass "
+                 "--data-root DIR, or --no-data for the benchmark alone")  # fmt: skip
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     name, reqs, build = requirement_lines(ROOT / "pyproject.toml", "server")
@@ -207,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     flags += ["-c", str(dl / "constraints.txt")]
     core = pip_download(["-r", str(dl / "requirements.txt"), *flags], dl / "core")
     sources = [Source(p, "core") for p in core]
+    if not args.no_data:  # before cuda: the optional group comes last
+        sources += data_sources(args.data_root)
     cuda_reqs: list[str] = []
     if not args.no_cuda_libs:
         ort_wheel = next(p for p in core if p.name.startswith("onnxruntime_gpu-"))
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(f["size"] for f in files)
         parts = sum(len(f["parts"]) for f in files)
         print(
-            f"pack: group {group}: {len(files)} wheels, {size / _MB:.1f} MB, {parts} parts "
+            f"pack: group {group}: {len(files)} files, {size / _MB:.1f} MB, {parts} parts "
             f"in {len(calls)} calls ({calls[0]['dir']} .. {calls[-1]['dir']})"
         )
     for call in manifest["calls"]:

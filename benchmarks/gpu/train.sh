@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (no network): build bundled models there with --device cuda.
+#
+#   train.sh --collect-only        stash the parts this call carried (as unpack_install.sh)
+#   train.sh [MODEL ...]           train, export, sample, evaluate and document each
+#                                  model (default: fashion-cdcgan) into $OUT/models
+#
+# Options: --epochs N (the recipe's otherwise), --device cuda|cpu (cuda), --dry-run (a few
+# steps on synthetic data), --python PY (the interpreter whose PyTorch is used: python3),
+# --no-install (run --python as it is, with the project importable: for a check here),
+# --parts DIR (benchmarks/gpu/parts), --data-root DIR (default: the carried data group).
+#
+# Needs the core wheels that unpack_install.sh stashed and the data group's calls
+# (pack.py packs the IDX files of ../shared/data as group data). The GPU image's python3
+# has PyTorch with CUDA but none of the project's other dependencies, and torch is far
+# too large to carry: the training venv is made from it with its site-packages visible,
+# and the core wheels installed over them. Each model is `ganserve build-model`'s, its
+# runs under GANSERVE_GPU_HOME; $OUT (else GANSERVE_GPU_HOME/out) gets models/NAME (the
+# ONNX file, samples.png, the card with its figures) and train-NAME.log. Copy
+# models/NAME into the repository's models/ and commit it with the figures.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+home=${GANSERVE_GPU_HOME:-/tmp/ganserve-gpu}
+out=${OUT:-$home/out}
+parts=$here/parts
+python=python3
+device=cuda
+mode=train
+install=yes
+data_root=
+build_flags=()
+models=()
+
+die() {
+    echo "train: $*" >&2
+    exit 1
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --collect-only) mode=collect ;;
+        --epochs) build_flags+=(--epochs "${2:?--epochs needs a number}"); shift ;;
+        --device) device=${2:?--device needs cuda or cpu}; shift ;;
+        --dry-run) build_flags+=(--dry-run) ;;
+        --python) python=${2:?--python needs a path}; shift ;;
+        --no-install) install=no ;;
+        --parts) parts=${2:?--parts needs a folder}; shift ;;
+        --data-root) data_root=${2:?--data-root needs a folder}; shift ;;
+        -h | --help) sed -n '2,21p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) models+=("$1") ;;
+    esac
+    shift
+done
+case $device in cuda | cpu) ;; *) die "--device: cuda or cpu" ;; esac
+[ ${#models[@]} -gt 0 ] || models=(fashion-cdcgan)
+command -v "$python" >/dev/null || die "no $python here (pass --python)"
+
+kit() { "$python" "$here/kit.py" "$@" --stash "$home/parts"; }
+if [ -d "$parts" ]; then
+    kit collect --from "$parts" || die "collecting failed (see above)"
+fi
+[ "$mode" = collect ] && exit 0
+
+if [ -z "$data_root" ]; then
+    data_root=$home/data
+    kit assemble --group data --out "$data_root" ||
+        die "no data: carry the data group's calls (pack.py lists them), or pass --data-root"
+fi
+
+vpy=$python
+if [ "$install" = yes ]; then
+    wheels=$home/wheels
+    kit assemble --group core --out "$wheels" ||
+        die "the core wheels are missing: run unpack_install.sh's calls first"
+    venv=$home/venv-train
+    if [ ! -x "$venv/bin/python" ]; then
+        "$python" -m venv --system-site-packages --without-pip "$venv" || die "cannot make a venv"
+    fi
+    vpy=$venv/bin/python
+    if ! "$vpy" -m pip --version >/dev/null 2>&1; then # pip runs from its own wheel
+        pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -n 1)
+        [ -n "$pip_wheel" ] || die "no pip wheel among $wheels"
+        "$vpy" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip
+    fi
+    pip_install() { "$vpy" -m pip install -q --disable-pip-version-check --no-index \
+        --find-links "$wheels" "$@"; }
+    "$python" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["requirements"]))' \
+        "$home/parts/manifest.json" >"$home/requirements.txt"
+    pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"
+    pip_install --no-deps --no-build-isolation -e "$root" || die "installing the project failed"
+fi
+
+# torch from --python's site-packages: the one thing the kit does not carry
+"$vpy" - "$device" <<'EOF' || die "$vpy cannot train on $device (above)"
+import sys
+
+try:
+    import torch
+except ImportError as exc:
+    sys.exit(f"train: no PyTorch here ({exc}); its CUDA build is too large to carry")
+if sys.argv[1] == "cuda" and not torch.cuda.is_available():
+    sys.exit(f"train: PyTorch {torch.__version__} sees no CUDA device")
+where = torch.cuda.get_device_name(0) if sys.argv[1] == "cuda" else "cpu"
+print(f"train: PyTorch {torch.__version__} on {where}")
+EOF
+
+mkdir -p "$out/models"
+runs=$home/runs-$(date +%s) # a fresh run folder: a run is never resumed by accident
+status=0
+for model in "${models[@]}"; do
+    echo "== $model: ganserve build-model --device $device ${build_flags[*]}"
+    start=$(date +%s)
+    if "$vpy" -m ganserve build-model "$model" --device "$device" --data-root "$data_root" \
+        --models-dir "$out/models" --runs-dir "$runs" "${build_flags[@]}" \
+        2>&1 | tee "$out/train-$model.log"; then
+        echo "train: $model built in $(($(date +%s) - start)) s: $out/models/$model"
+    else
+        echo "train: $model failed (its log: $out/train-$model.log)" >&2
+        status=1
+    fi
+done
+exit "$status"
