@@ -188,6 +188,13 @@ class Metrics:
             ("model", "version", "graph", "source"),
             registry=r,
         )
+        self.model_stale = Gauge(
+            "ganserve_model_stale",
+            "1 while a READY version serves its previous file because the file now in its "
+            "folder failed to load (a restart would leave it FAILED); 0 otherwise.",
+            ("model", "version"),
+            registry=r,
+        )
         self.model_rewritten_layers = Gauge(
             "ganserve_model_rewritten_layers",
             "ConvTranspose layers of a loaded model version that run as phase convolutions "
@@ -282,8 +289,18 @@ class Metrics:
             with contextlib.suppress(KeyError):
                 gauge.remove(*labels)
 
+    def set_model_stale(self, model: str, version: str, stale: bool) -> None:
+        """A READY version serves its previous file (True) or the one in its folder."""
+        self.model_stale.labels(model, version).set(1.0 if stale else 0.0)
+
     def set_model_state(self, model: str, version: str, state: str | None) -> None:
-        """Mark ``state`` as current for a version; ``None`` removes the version's series."""
+        """Mark ``state`` as current for a version; ``None`` removes the version's series.
+        READY (a file that loaded) is never stale; other states have no stale series."""
+        if state == "READY":
+            self.set_model_stale(model, version, False)
+        else:
+            with contextlib.suppress(KeyError):
+                self.model_stale.remove(model, version)
         if state is None:
             with contextlib.suppress(KeyError):
                 self.model_rewritten_layers.remove(model, version)

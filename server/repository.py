@@ -480,6 +480,7 @@ class ModelRepository:
         entry.failed = True
         if entry.model is not None:  # a changed file broke: keep the old session
             entry.message = f"reload failed, serving the previous file: {message}"
+            self._metrics.set_model_stale(scan.name, scan.version, True)
         else:
             self._set_state(scan.name, scan.version, entry, LoadState.FAILED, message)
 

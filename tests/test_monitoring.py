@@ -704,7 +704,7 @@ def test_alerts_fire_against_a_real_server_and_prometheus(
         ("GanserveModelVersionFailed", UNCOND): {"version": "3", "pod": POD},
         ("GanserveModelVersionFailed", BROKEN): {"version": "1", "pod": POD},
         ("GanserveModelUnavailable", BROKEN): {"severity": "critical", "pod": POD},
-        ("GanserveModelLoadFailures", COND): {"severity": "warning", "pod": POD},
+        ("GanserveModelServesStaleFile", COND): {"version": "1", "pod": POD},
     }
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     firing_at: dict[tuple[str, str], float] = {}

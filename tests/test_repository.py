@@ -229,10 +229,14 @@ async def test_broken_new_version_leaves_the_old_one_serving(  # type: ignore[no
 
 
 async def test_changed_file_swaps_and_broken_change_keeps_old_session(  # type: ignore[no-untyped-def]
-    tmp_path: Path, repo: ModelRepository
+    tmp_path: Path, repo: ModelRepository, metrics: Metrics
 ) -> None:
+    def stale() -> float | None:
+        return _value(metrics, "ganserve_model_stale", model="tiny", version="1")
+
     path = make_tiny_generator(model_path(tmp_path, "tiny", "1"), seed=0)
     await repo.start()
+    assert stale() == 0
     z = np.ones((1, 8), np.float32)
     before = await repo.get("tiny").generate(z, None)
     make_tiny_generator(path, seed=1)
@@ -241,10 +245,22 @@ async def test_changed_file_swaps_and_broken_change_keeps_old_session(  # type: 
     after = await repo.get("tiny").generate(z, None)
     assert not np.array_equal(before, after)
 
+    assert stale() == 0
+
     write_broken_file(path)
     assert (await repo.reload())["failed"] == ["tiny/1"]
     np.testing.assert_array_equal(await repo.get("tiny").generate(z, None), after)
     assert "serving the previous file" in repo.status("tiny").message
+    assert stale() == 1  # the state the log alone showed before
+    assert (await repo.reload(retry_failed=True))["failed"] == ["tiny/1"]
+    assert stale() == 1
+
+    make_tiny_generator(path, seed=2)  # fixed: the file in the folder serves again
+    assert (await repo.reload())["loaded"] == ["tiny/1"]
+    assert stale() == 0
+    path.unlink()
+    assert (await repo.reload())["removed"] == ["tiny/1"]
+    assert stale() is None  # gone with the version's other series
 
 
 async def test_removed_version_stops_taking_traffic(tmp_path: Path, repo: ModelRepository) -> None:
