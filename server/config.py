@@ -553,7 +553,8 @@ _OPTIONS: tuple[_Option, ...] = (
         "stream_stall_timeout_s",
         float,
         "a SampleStream whose client reads nothing for this long ends RESOURCE_EXHAUSTED, "
-        "freeing its place and buffer (default 120; 0: never)",
+        "freeing its place and buffer; an HTTP reply likewise (the connection is closed), "
+        "and a KServe REST body of which nothing arrives is refused (default 120; 0: never)",
     ),
     _Option(
         "workers",

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from .encode import encode_images
 from .engine import Engine
-from .errors import Cancelled, InvalidArgument
+from .errors import Cancelled, DeadlineExceeded, InvalidArgument
 from .generation import OFFLOAD_IMAGES
 from .http.errors import error_response
 from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
@@ -47,6 +47,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 # JSON bodies above this many bytes are parsed (and answers above OFFLOAD_IMAGES images
 # serialised) in a thread: the event loop keeps serving other clients meanwhile.
 _OFFLOAD_JSON_BYTES = 1 << 20
+_JSON_FIXED_BYTES = 1 << 16  # json.loads' own objects beside what the text makes
 _SMALLER_BODY = "send fewer tensors per request"
 _SMALLER_JSON = (
     "send the tensors as binary data (Triton's binary tensor extension, tritonclient's "
@@ -116,7 +117,9 @@ class _Held:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._budget = None if engine.budgets is None else engine.budgets.buffered
+        budgets = engine.budgets
+        self._budget = None if budgets is None else budgets.buffered
+        self.stall_s = 0.0 if budgets is None else budgets.stream_stall_s
         self.size = 0
 
     def take(self, size: int, what: str, buffer: str, smaller: str) -> None:
@@ -133,8 +136,29 @@ class _Held:
     def give_all(self) -> None:
         self.give(self.size)
 
+    def give_when_done(self, work: asyncio.Future[Any]) -> None:
+        """Everything held now, given back when ``work`` (a thread that cannot be
+        stopped, still using the body) ends rather than now."""
+        size, self.size = self.size, 0
 
-def json_parse_peak(body: bytes, size: int) -> int:
+        def done(task: asyncio.Future[Any]) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved: the request is gone, nobody else reads it
+            if self._budget is not None and size:
+                self._budget.release(size)
+
+        work.add_done_callback(done)
+
+    def stalled(self) -> DeadlineExceeded:
+        """The refusal of a body that stopped arriving, counted as a stalled stream."""
+        self._engine.refused("stream_stalled", "")
+        return DeadlineExceeded(
+            f"request: no part of its body arrived for {self.stall_s:g} s "
+            "(--stream-stall-timeout-s)"
+        )
+
+
+def json_parse_peak(body: bytes | bytearray, size: int) -> int:
     """An upper estimate of the memory ``json.loads`` takes for ``body[:size]``.
 
     Its Python objects cost by kind, not by bytes: a float or a short string about 35 to
@@ -143,18 +167,27 @@ def json_parse_peak(body: bytes, size: int) -> int:
     2.9-11x, objects of one key 26x, nested empty lists 39x. The estimate counts what
     makes objects (the commas between values, the brackets and braces that open
     containers) and stays above every one of those (3x-90x); a pass over the bytes
-    costs ~15 ms per 16 MiB."""
+    costs ~15 ms per 16 MiB. The text itself costs one byte a character, decoded and in
+    its strings, while all of it is ASCII; one character beyond U+FFFF (raw, or escaped
+    as a surrogate pair) makes the decoded text and its string four bytes a character
+    (measured 8x for a long string holding one emoji), hence 8 bytes a byte for any
+    other text."""
+    part = body if size == len(body) else bytes(body[:size])
+    wide = not part.isascii() or b"\\u" in part
     return (
-        2 * size
-        + 64 * body.count(b",", 0, size)
-        + 200 * body.count(b"{", 0, size)
-        + 100 * body.count(b"[", 0, size)
+        (8 if wide else 2) * size
+        + _JSON_FIXED_BYTES
+        + 64 * part.count(b",")
+        + 200 * part.count(b"{")
+        + 100 * part.count(b"[")
     )
 
 
-async def _body(request: Request, limit: int, held: _Held) -> bytes:
-    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit), each
-    part held in the buffer budget as it arrives."""
+async def _body(request: Request, limit: int, held: _Held) -> bytearray:
+    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit), held in
+    the buffer budget: its declared length at once, else each part as it arrives. A body
+    of which no part arrives for ``--stream-stall-timeout-s`` is refused
+    (DEADLINE_EXCEEDED): a stalled upload would hold its bytes without end."""
 
     def too_large(size: str) -> InvalidArgument:
         return InvalidArgument(
@@ -165,19 +198,39 @@ async def _body(request: Request, limit: int, held: _Held) -> bytes:
     length = _length(declared)
     if length is not None and length > limit:
         raise too_large(declared)
-    chunks, size = [], 0
+    if length is not None:
+        held.take(length, f"its {length}-byte body", "request body buffer", _SMALLER_BODY)
+    body = bytearray(length or 0)  # filled in place: the body's bytes once, not twice
+    size = 0
+    parts = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
+        while True:
+            try:
+                if held.stall_s:
+                    chunk = await asyncio.wait_for(parts.__anext__(), held.stall_s)
+                else:
+                    chunk = await parts.__anext__()
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise held.stalled() from None
+            if not chunk:
+                continue
+            end = size + len(chunk)
+            if end > limit:
                 raise too_large(f"more than {limit}")
-            held.take(len(chunk), "this request's body", "request body buffer", _SMALLER_BODY)
-            chunks.append(chunk)
+            if length is None:
+                held.take(len(chunk), "a part of its body", "request body buffer", _SMALLER_BODY)
+                body += chunk
+            else:  # the server (h11) holds a client to its Content-Length
+                body[size:end] = chunk
+            size = end
     except ClientDisconnect:
         # The client left mid-upload: its cancel, as a gRPC client's (CANCELLED, no
         # traceback), not a server fault that would count towards the INTERNAL ratio.
         raise Cancelled("request: the client disconnected while sending the body") from None
-    return b"".join(chunks)
+    del body[size:]
+    return body
 
 
 def _field(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
@@ -197,9 +250,11 @@ def _shape(where: str, value: Any) -> list[int]:
     return shape
 
 
-def infer_request(name: str, version: str, body: bytes, header_length: str | None) -> InferRequest:
+def infer_request(
+    name: str, version: str, body: bytes | bytearray, header_length: str | None
+) -> InferRequest:
     """An inference request body (JSON, or JSON + binary tensors) as the core's request."""
-    json_part: bytes | memoryview = body
+    json_part: bytes | bytearray | memoryview = body
     binary = memoryview(b"")
     if header_length is not None:
         split = _length(header_length)
@@ -210,7 +265,9 @@ def infer_request(name: str, version: str, body: bytes, header_length: str | Non
             )
         json_part, binary = memoryview(body)[:split], memoryview(body)[split:]
     try:
-        doc = json.loads(bytes(json_part), object_pairs_hook=_object)
+        # a whole body is read as it is (json takes bytearray), the header part copied
+        text = json_part if isinstance(json_part, bytes | bytearray) else bytes(json_part)
+        doc = json.loads(text, object_pairs_hook=_object)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting too deep: Recursion
         raise InvalidArgument(f"request: not valid JSON ({exc})") from None
     _field("request", doc, dict, "a JSON object")
@@ -346,10 +403,17 @@ def kserve_routes(core: OipCore) -> list[Route]:
                 size = len(body) if header is None else min(len(body), _length(header) or 0)
                 peak = await asyncio.to_thread(json_parse_peak, body, size)
                 held.take(peak, f"parsing its {size}-byte JSON", "memory", _SMALLER_JSON)
+                parse = asyncio.ensure_future(
+                    asyncio.to_thread(infer_request, name, version, body, header)
+                )
                 try:
-                    parsed = await asyncio.to_thread(infer_request, name, version, body, header)
-                finally:
-                    held.give(peak)
+                    parsed = await asyncio.shield(parse)
+                except asyncio.CancelledError:
+                    # The client left: the thread parses on regardless, holding the body
+                    # and its objects, so they stay in the budget until it ends.
+                    held.give_when_done(parse)
+                    raise
+                held.give(peak)
             else:  # on the loop: one at a time, at most ~90x _OFFLOAD_JSON_BYTES
                 parsed = infer_request(name, version, body, header)
         finally:

@@ -316,6 +316,13 @@ def http_outcome(
         span.set_status(Status(StatusCode.ERROR, message or str(status)))
 
 
+def client_left(span: trace.Span | None) -> None:
+    """The HTTP client of ``span`` closed its connection before an answer: there is no
+    response status to record, so the outcome is gRPC's name for it (not an error)."""
+    if span is not None and span.is_recording():
+        span.set_attribute("ganserve.status", "CANCELLED")
+
+
 def _set_model(span: trace.Span, model: str, version: str) -> None:
     if model:
         span.set_attribute("ganserve.model", model)

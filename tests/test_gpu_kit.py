@@ -260,3 +260,9 @@ def test_train_script_builds_a_model_from_the_carried_data(tmp_path: Path) -> No
         capture_output=True, text=True, env={**env, "GANSERVE_GPU_HOME": str(tmp_path / "h2")},
     )  # fmt: skip
     assert bad.returncode == 1 and "train: no data: carry the data group" in bad.stderr
+    gone = subprocess.run(
+        ["bash", str(GPU / "train.sh"), "--collect-only", "--python", sys.executable,
+         "--parts", str(tmp_path / "none")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert gone.returncode == 1 and "train: no " in gone.stderr  # a carry that went astray

@@ -168,3 +168,64 @@ def test_http_request_bodies_and_their_json_parse_count_in_the_budget(
     assert status == 200, answer[:300]
     assert answer[-z.shape[0] * 784 * 4 :] == binary[-z.shape[0] * 784 * 4 :]
     assert scrape(server)[("ganserve_buffered_bytes", ())] == 0
+
+
+def _read_status(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and body of the one response a socket gets (the server then closes)."""
+    sock.settimeout(30)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = [int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+                  if k.strip().lower() == b"content-length"]  # fmt: skip
+        if length and len(body) >= length[0]:
+            break
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_an_upload_that_stalls_is_refused_and_gives_its_bytes_back(
+    start_server, tiny_model_repo, scrape, wait_until
+) -> None:
+    """A KServe body that stops arriving holds its declared bytes in the budget only
+    until --stream-stall-timeout-s: then 504 DEADLINE_EXCEEDED, counted as a stall."""
+    server = start_server(tiny_model_repo, "--stream-stall-timeout-s", "1")
+    held = ("ganserve_buffered_bytes", ())
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(
+            b"POST /v2/models/tiny-uncond/infer HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n" + b" " * 1000
+        )
+        wait_until(lambda: scrape(server).get(held, 0) == 1_000_000, "the declared body held")
+        status, body = _read_status(sock)
+    assert status == 504, body
+    error = json.loads(body)
+    assert error["code"] == "DEADLINE_EXCEEDED" and "--stream-stall-timeout-s" in error["error"]
+    metrics = scrape(server)
+    assert metrics[held] == 0 and _rejected(metrics, "stream_stalled") == 1
+
+
+def test_a_json_parse_whose_client_left_keeps_its_bytes_until_it_ends(
+    start_server, tiny_model_repo, scrape, wait_until
+) -> None:
+    """The parse of a large JSON body runs in a thread that cannot be stopped: when its
+    client leaves, the request is cancelled but its body and parse stay in the budget
+    until the thread ends, so a second such body does not fit meanwhile."""
+    server = start_server(tiny_model_repo, "--max-buffered-bytes", str(800 * MIB))
+    held = ("ganserve_buffered_bytes", ())
+    # 2,000,000 small objects: 16 MB of JSON, ~560 MB reserved, a parse of seconds
+    body = ('{"inputs": [], "x": [' + ",".join(['{"a":1}'] * 2_000_000) + "]}").encode()
+    head = (
+        "POST /v2/models/tiny-uncond/infer HTTP/1.1\r\nHost: t\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        sock.sendall(head + body)
+        wait_until(lambda: scrape(server).get(held, 0) > 500 * MIB, "the parse's reservation")
+    cancelled = (("code", "CANCELLED"), ("method", "http_v2_infer"), ("model", ""))
+    wait_until(lambda: scrape(server).get(("ganserve_requests_total", cancelled)), "the cancel")
+    assert scrape(server)[held] > 500 * MIB, "the parse ended before the test could look"
+    status, _, answer = _infer(server.http_port, body)
+    assert status == 429, answer[:300]
+    assert "does not fit now" in json.loads(answer)["error"]
+    wait_until(lambda: scrape(server)[held] == 0, "the bytes given back", timeout=60)

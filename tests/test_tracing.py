@@ -617,3 +617,49 @@ def test_kserve_and_http_calls_continue_the_trace(traced_server, wait_until) -> 
     assert http_missing["name"] == "GET /v2/models/{name}"
     assert http_missing["attributes"]["http.response.status_code"] == 404
     assert http_missing["status"]["status_code"] == "UNSET"
+
+
+async def test_a_request_whose_client_left_is_marked_cancelled(exporter) -> None:
+    """An HTTP request cancelled because its client disconnected (no response status to
+    record) ends its span with the outcome CANCELLED, not as an error; its route was
+    cancelled and had finished its clean-up before the request ended."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from ganserve.server.http.disconnect import CancelOnDisconnect
+
+    cleaned: list[str] = []
+
+    async def slow(request: Any) -> PlainTextResponse:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            cleaned.append("route")
+        return PlainTextResponse("late")
+
+    inner = Starlette(routes=[Route("/v1/models/{name}/sample", slow, name="http_sample")])
+    app = tracing.AsgiTracing(CancelOnDisconnect(inner, {"http_sample"}, lambda s: "http_sample"))
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(0.05)  # then the client closes its connection
+        return {"type": "http.disconnect"}
+
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/models/m/sample", "headers": [],
+             "query_string": b"", "root_path": "", "scheme": "http"}  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 5)
+    assert cleaned == ["route"] and sent == []
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["ganserve.status"] == "CANCELLED"
+    assert "http.response.status_code" not in span.attributes
+    assert span.status.status_code.name != "ERROR"

@@ -61,6 +61,8 @@ command -v "$python" >/dev/null || die "no $python here (pass --python)"
 kit() { "$python" "$here/kit.py" "$@" --stash "$home/parts"; }
 if [ -d "$parts" ]; then
     kit collect --from "$parts" || die "collecting failed (see above)"
+elif [ "$mode" = collect ]; then
+    die "no $parts: carry a call folder of the kit (pack.py lists them)"
 fi
 [ "$mode" = collect ] && exit 0
 
@@ -108,13 +110,14 @@ print(f"train: PyTorch {torch.__version__} on {where}")
 EOF
 
 mkdir -p "$out/models"
-runs=$home/runs-$(date +%s) # a fresh run folder: a run is never resumed by accident
+runs=$(mktemp -d "$home/runs-XXXXXX") # a fresh run folder: a run is never resumed by accident
 status=0
 for model in "${models[@]}"; do
-    echo "== $model: ganserve build-model --device $device ${build_flags[*]}"
+    # ${a[@]+...}: an empty array under set -u fails on bash before 4.4
+    echo "== $model: ganserve build-model --device $device ${build_flags[*]+${build_flags[*]}}"
     start=$(date +%s)
     if "$vpy" -m ganserve build-model "$model" --device "$device" --data-root "$data_root" \
-        --models-dir "$out/models" --runs-dir "$runs" "${build_flags[@]}" \
+        --models-dir "$out/models" --runs-dir "$runs" ${build_flags[@]+"${build_flags[@]}"} \
         2>&1 | tee "$out/train-$model.log"; then
         echo "train: $model built in $(($(date +%s) - start)) s: $out/models/$model"
     else

@@ -19,10 +19,11 @@ request that has none, keeping that empty part for the route should it ask.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import tracing
 
 __all__ = ["CancelOnDisconnect"]
 
@@ -98,11 +99,15 @@ class CancelOnDisconnect:
             # too: that one is no client leaving.
             if not route.done() and not answered:
                 route.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await route
+                await asyncio.wait((route,))  # its clean-up done (a cancel here is ours)
+                if not route.cancelled():
+                    route.exception()  # retrieved: nobody is there to answer
+                tracing.client_left(tracing.current())
                 return
             await route  # done, or finishing after its response: its own error, if any
         finally:
-            # this task was cancelled (the server stopping): take the route along
+            # Also when this task is cancelled (the server stopping): the route goes
+            # with it, its clean-up done before the request is over.
             for task in (gone, route):
                 task.cancel()
+            await asyncio.gather(route, gone, return_exceptions=True)
