@@ -37,6 +37,7 @@ from .encode import encode_images
 from .engine import Engine
 from .errors import Cancelled, DeadlineExceeded, InvalidArgument
 from .generation import OFFLOAD_IMAGES
+from .http.budgets import reserve_reply
 from .http.errors import error_response
 from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
 from .text import quoted, whole_number
@@ -75,7 +76,9 @@ def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Aw
     async def handle(request: Request) -> Response:
         with core.track(method) as call:
             try:
-                return await fn(request, call)
+                response = await fn(request, call)
+                reserve_reply(core.engine, request.scope, response, call.model)
+                return response
             except BaseException as exc:
                 failure = core.failure(method, exc, call)
                 if failure is None:

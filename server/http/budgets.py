@@ -10,15 +10,17 @@ in front of the inference routes only, holds them to the same limits:
   most ``--max-inflight-rpcs``) at once on HTTP; more get 429 with ``Retry-After``;
 - **response bytes**: each body message reserves its bytes in the server's response
   budget (``--max-buffered-bytes``, shared with gRPC) until the server has handed it
-  to the connection; a reply that does not fit is replaced by a 429 (its headers are
+  to the connection. A handler reserves its whole reply before it returns
+  (``reserve_reply``), so one that does not fit is refused and counted there; a reply
+  that no handler reserved and that does not fit is replaced by a 429 (its headers are
   held back until its body is known, so the status can still change);
 - **a reader that takes nothing** for ``--stream-stall-timeout-s``: the connection is
   closed and its bytes given back.
 
 Refusals are counted in ``ganserve_rejected_total{reason}`` and, when no handler ran
 (the in-flight limit), in ``ganserve_requests_total`` (``RESOURCE_EXHAUSTED``, under the
-route's name); a reply refused for its bytes was counted by its handler already. Pure
-ASGI: bodies pass through.
+route's name); a reply its handler reserved is counted by its handler, refused or not.
+Pure ASGI: bodies pass through.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..budget import ServerBudgets
+from ..engine import Engine
 from ..errors import ResourceExhausted
 from ..metrics import Metrics
 from .errors import error_response
 
-__all__ = ["HttpBudgets"]
+__all__ = ["HttpBudgets", "reserve_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,26 @@ log = logging.getLogger(__name__)
 # Body pieces a reply is sent in: uvicorn waits for the client between them once its
 # socket buffer is past its high-water mark (64 KiB), so this much more stays queued.
 _PIECE = 256 * 1024
+
+
+# Scope keys: the request is held to the budgets here, and the bytes its handler has
+# reserved for its reply (``reserve_reply``), which the first body message then uses.
+_HELD = "ganserve.budgets"
+_RESERVED = "ganserve.reply_bytes"
+
+
+def reserve_reply(engine: Engine | None, scope: Scope, response: Any, model: str) -> None:
+    """Reserve ``response``'s body in the response budget from its handler, while the
+    request is still counted there: a reply that does not fit raises RESOURCE_EXHAUSTED
+    (counted as such, and in ``ganserve_rejected_total``) instead of leaving as a 429
+    after the handler has counted it OK. Only where ``HttpBudgets`` holds the request,
+    which then sends the reply on this reservation."""
+    budgets = None if engine is None else engine.budgets
+    body = getattr(response, "body", None)
+    if budgets is None or not scope.get(_HELD) or not isinstance(body, bytes | bytearray):
+        return
+    engine.reserve_now(budgets.buffered, len(body), "this reply", model)  # type: ignore[union-attr]
+    scope[_RESERVED] = scope.get(_RESERVED, 0) + len(body)
 
 
 class StalledReader(Exception):
@@ -85,6 +108,7 @@ class HttpBudgets:
             await self._refuse(scope, receive, send, route, refusal)
             return
         self.inflight += 1
+        scope[_HELD] = True
         try:
             await self.app(scope, receive, self._held(scope, receive, send, route))
         except StalledReader as exc:
@@ -94,6 +118,9 @@ class HttpBudgets:
             self.metrics.rejected_total.labels("", "stream_stalled").inc()
         finally:
             self.inflight -= 1
+            unused = scope.pop(_RESERVED, 0)  # a reply its handler reserved, never sent
+            if unused:
+                budgets.buffered.release(unused)
 
     def _held(self, scope: Scope, receive: Receive, send: Send, route: str) -> Send:
         """``send`` with each body's bytes held in the response budget until the
@@ -127,7 +154,13 @@ class HttpBudgets:
                 return
             body = message.get("body", b"")
             size = len(body)
-            if start is None:  # a later part: wait for room
+            reserved = scope.pop(_RESERVED, 0)
+            if reserved:  # its handler reserved the reply: the bytes are held already
+                if size > reserved:
+                    await buffered.acquire(size - reserved, stall or None)
+                elif size < reserved:
+                    buffered.release(reserved - size)
+            elif start is None:  # a later part: wait for room
                 await buffered.acquire(size, stall or None)
             else:  # nothing sent yet: the status can still change
                 try:

@@ -43,6 +43,7 @@ from ..plan import plan_arithmetic, plan_interpolate, plan_sample
 from ..repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
 from ..validate import check_label
 from . import pictures
+from .budgets import reserve_reply
 from .errors import error_response
 from .openapi import documented
 from .params import ARITHMETIC, INTERPOLATE, SAMPLE, VERSION, Query, parse_terms, version_of
@@ -85,7 +86,9 @@ def _endpoint(method: str) -> Callable[[Any], Any]:
         async def handle(self: RestApi, request: Request) -> Response:
             with self._calls.track(method) as call:
                 try:
-                    return await fn(self, request, call)
+                    response = await fn(self, request, call)
+                    reserve_reply(self._engine, request.scope, response, call.model)
+                    return response
                 except ServeError as exc:
                     call.code = exc.code_name
                     return error_response(
