@@ -187,10 +187,10 @@ def json_parse_peak(body: bytes | bytearray, size: int) -> int:
 
 
 async def _body(request: Request, limit: int, held: _Held) -> bytearray:
-    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit), held in
-    the buffer budget: its declared length at once, else each part as it arrives. A body
-    of which no part arrives for ``--stream-stall-timeout-s`` is refused
-    (DEADLINE_EXCEEDED): a stalled upload would hold its bytes without end."""
+    """The request body, refused beyond ``limit`` bytes (the gRPC receive limit), each part
+    held in the buffer budget as it arrives (not the declared length: headers alone
+    would pin it). A body of which no part arrives for ``--stream-stall-timeout-s`` is
+    refused (DEADLINE_EXCEEDED): a stalled upload would hold its bytes without end."""
 
     def too_large(size: str) -> InvalidArgument:
         return InvalidArgument(
@@ -201,9 +201,7 @@ async def _body(request: Request, limit: int, held: _Held) -> bytearray:
     length = _length(declared)
     if length is not None and length > limit:
         raise too_large(declared)
-    if length is not None:
-        held.take(length, f"its {length}-byte body", "request body buffer", _SMALLER_BODY)
-    body = bytearray(length or 0)  # filled in place: the body's bytes once, not twice
+    body = bytearray()  # grown in place: the body's bytes once, not its parts and a join
     size = 0
     parts = request.stream().__aiter__()
     try:
@@ -222,17 +220,13 @@ async def _body(request: Request, limit: int, held: _Held) -> bytearray:
             end = size + len(chunk)
             if end > limit:
                 raise too_large(f"more than {limit}")
-            if length is None:
-                held.take(len(chunk), "a part of its body", "request body buffer", _SMALLER_BODY)
-                body += chunk
-            else:  # the server (h11) holds a client to its Content-Length
-                body[size:end] = chunk
+            held.take(len(chunk), "a part of its body", "request body buffer", _SMALLER_BODY)
+            body += chunk
             size = end
     except ClientDisconnect:
         # The client left mid-upload: its cancel, as a gRPC client's (CANCELLED, no
         # traceback), not a server fault that would count towards the INTERNAL ratio.
         raise Cancelled("request: the client disconnected while sending the body") from None
-    del body[size:]
     return body
 
 

@@ -336,8 +336,7 @@ class ModelRepository:
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelSpecError) else f"{scan.path}: {exc!r}"
             log.error("failed to load model %s version %s: %s", scan.name, scan.version, message)
-            self._metrics.model_load_failures_total.labels(scan.name).inc()
-            return None, message
+            return None, message  # counted with the state that shows it (_failed)
         side = runner.run_single_threaded if runner.side_batches else None
         batcher = Batcher(runner.run, self._batching, self._metrics, scan.name, infer_side=side)
         await batcher.start()
@@ -408,6 +407,9 @@ class ModelRepository:
                     entry.fingerprint, entry.digest = scan.fingerprint, digest
                     if model is None:
                         self._failed(scan, entry, message, report)
+                        # after the state or gauge that explains it, never in a scrape
+                        # before them (the alert on load failures is muted by them)
+                        self._metrics.model_load_failures_total.labels(scan.name).inc()
                         continue
                     if entry.model is not None:
                         retired.append(entry.model)
@@ -557,9 +559,9 @@ class ModelRepository:
                 log.error(
                     "failed to load model %s version %s: %s", scan.name, scan.version, message
                 )
-                self._metrics.model_load_failures_total.labels(scan.name).inc()
                 entry.fingerprint = scan.fingerprint  # the next poll does not log it again
                 self._failed(scan, entry, message, report)
+                self._metrics.model_load_failures_total.labels(scan.name).inc()
                 continue
             if existing is not None and existing.digest == digest and not retry:
                 existing.fingerprint = scan.fingerprint  # touched, same bytes

@@ -4,8 +4,10 @@ and the stall timeout that closes such a connection."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -196,7 +198,7 @@ def _read_status(sock: socket.socket) -> tuple[int, bytes]:
 def test_an_upload_that_stalls_is_refused_and_gives_its_bytes_back(
     start_server, tiny_model_repo, scrape, wait_until
 ) -> None:
-    """A KServe body that stops arriving holds its declared bytes in the budget only
+    """A KServe body that stops arriving holds what arrived of it in the budget only
     until --stream-stall-timeout-s: then 504 DEADLINE_EXCEEDED, counted as a stall."""
     server = start_server(tiny_model_repo, "--stream-stall-timeout-s", "1")
     held = ("ganserve_buffered_bytes", ())
@@ -205,7 +207,7 @@ def test_an_upload_that_stalls_is_refused_and_gives_its_bytes_back(
             b"POST /v2/models/tiny-uncond/infer HTTP/1.1\r\nHost: t\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n" + b" " * 1000
         )
-        wait_until(lambda: scrape(server).get(held, 0) == 1_000_000, "the declared body held")
+        wait_until(lambda: scrape(server).get(held, 0) == 1000, "the part that arrived held")
         status, body = _read_status(sock)
     assert status == 504, body
     error = json.loads(body)
@@ -219,22 +221,70 @@ def test_a_json_parse_whose_client_left_keeps_its_bytes_until_it_ends(
 ) -> None:
     """The parse of a large JSON body runs in a thread that cannot be stopped: when its
     client leaves, the request is cancelled but its body and parse stay in the budget
-    until the thread ends, so a second such body does not fit meanwhile."""
-    server = start_server(tiny_model_repo, "--max-buffered-bytes", str(800 * MIB))
-    held = ("ganserve_buffered_bytes", ())
+    until the thread ends. The budget here holds that and half a body more, so a second
+    body is refused while it uploads, long before the first parse could end."""
+    from ganserve.server.kserve_http import json_parse_peak
+
     # 2,000,000 small objects: 16 MB of JSON, ~560 MB reserved, a parse of seconds
     body = ('{"inputs": [], "x": [' + ",".join(['{"a":1}'] * 2_000_000) + "]}").encode()
+    budget = len(body) + json_parse_peak(body, len(body)) + len(body) // 2
+    server = start_server(tiny_model_repo, "--max-buffered-bytes", str(budget))
+    held = ("ganserve_buffered_bytes", ())
     head = (
         "POST /v2/models/tiny-uncond/infer HTTP/1.1\r\nHost: t\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
         sock.sendall(head + body)
-        wait_until(lambda: scrape(server).get(held, 0) > 500 * MIB, "the parse's reservation")
+        wait_until(lambda: scrape(server).get(held, 0) > budget - len(body), "the parse's share")
     cancelled = (("code", "CANCELLED"), ("method", "http_v2_infer"), ("model", ""))
     wait_until(lambda: scrape(server).get(("ganserve_requests_total", cancelled)), "the cancel")
-    assert scrape(server)[held] > 500 * MIB, "the parse ended before the test could look"
-    status, _, answer = _infer(server.http_port, body)
+    assert scrape(server)[held] > budget - len(body), "the parse ended before the test could look"
+    with socket.create_connection(("127.0.0.1", server.http_port)) as sock:
+        # refused while it uploads: the server answers and closes mid-body
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head + body)
+        status, answer = _read_status(sock)
     assert status == 429, answer[:300]
-    assert "does not fit now" in json.loads(answer)["error"]
+    assert "a part of its body" in json.loads(answer)["error"]
     wait_until(lambda: scrape(server)[held] == 0, "the bytes given back", timeout=60)
+
+
+def test_headers_alone_hold_nothing_and_errors_keep_their_status_when_full(
+    start_server, tiny_model_repo, scrape, unread
+) -> None:
+    """A body is held as it arrives, not as declared: requests that announce the largest
+    body and send nothing hold no budget. With the budget full, an error reply keeps its
+    own status (a 404 is no 429) and a refused reply is counted once."""
+    server = start_server(
+        tiny_model_repo, "--max-buffered-bytes", str(16 * MIB), "--max-message-bytes", str(16 * MIB)
+    )
+    held = ("ganserve_buffered_bytes", ())
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", server.http_port))
+        sock.sendall(
+            b"POST /v2/models/tiny-uncond/infer HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 16777216\r\n\r\n"
+        )
+        unread.append(sock)
+    status, _, body = get(server.http_port, SMALL)
+    assert status == 200 and body.startswith(b"\x93NUMPY")
+    assert scrape(server).get(held, 0) == 0
+    ask_and_read_nothing(server.http_port, BIG, unread)  # 12.8 MB held: the budget is full
+    deadline = time.monotonic() + 20
+    while scrape(server).get(held, 0) < 12 * MIB and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for path, code in (
+        ("/v1/models/nosuch/sample?count=1", 404),
+        ("/v1/models/tiny-uncond/sample?count=many", 400),
+        (BIG, 429),
+    ):
+        status, _, body = get(server.http_port, path)
+        assert status == code, (path, body[:200])
+    metrics = scrape(server)
+    refused = [
+        v
+        for (name, labels), v in metrics.items()
+        if name == "ganserve_rejected_total" and ("reason", "buffered_bytes") in labels
+    ]
+    assert sum(refused) == 1, refused

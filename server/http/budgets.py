@@ -132,6 +132,10 @@ class HttpBudgets:
         stall = self.budgets.stream_stall_s
         start: Message | None = None
         refused = False
+        # An error reply (a status of 400 or more) goes outside the budget: its body is a
+        # short JSON message, at most one per request in flight, and with the budget full
+        # a 404 must still be a 404 (not a 429 counted twice).
+        outside = False
 
         async def forward(message: Message) -> None:
             if not stall:
@@ -143,11 +147,12 @@ class HttpBudgets:
                 raise StalledReader(stall) from None
 
         async def held(message: Message) -> None:
-            nonlocal start, refused
+            nonlocal start, refused, outside
             if refused:  # the reply was replaced by a refusal: drop the rest of it
                 return
             if message["type"] == "http.response.start":
                 start = message
+                outside = message.get("status", 200) >= 400
                 return
             if message["type"] != "http.response.body":
                 await forward(message)
@@ -155,22 +160,30 @@ class HttpBudgets:
             body = message.get("body", b"")
             size = len(body)
             reserved = scope.pop(_RESERVED, 0)
-            if reserved:  # its handler reserved the reply: the bytes are held already
-                if size > reserved:
-                    await buffered.acquire(size - reserved, stall or None)
-                elif size < reserved:
-                    buffered.release(reserved - size)
-            elif start is None:  # a later part: wait for room
-                await buffered.acquire(size, stall or None)
-            else:  # nothing sent yet: the status can still change
-                try:
-                    buffered.acquire_now(size, "this reply")
-                except ResourceExhausted as exc:
-                    refused = True
-                    # its handler has counted the request already
-                    await self._refuse(scope, receive, send, route, exc, counted=True)
-                    return
+            hold = 0  # what this message holds in the budget until it has left
             try:
+                if outside:
+                    if reserved:
+                        buffered.release(reserved)
+                elif reserved:  # its handler reserved the reply: the bytes are held already
+                    hold = reserved
+                    if size > reserved:
+                        await buffered.acquire(size - reserved, stall or None)
+                    elif size < reserved:
+                        buffered.release(reserved - size)
+                    hold = size
+                elif start is None:  # a later part: wait for room
+                    await buffered.acquire(size, stall or None)
+                    hold = size
+                else:  # nothing sent yet: the status can still change
+                    try:
+                        buffered.acquire_now(size, "this reply")
+                    except ResourceExhausted as exc:
+                        refused = True
+                        # its handler has counted the request already
+                        await self._refuse(scope, receive, send, route, exc, counted=True)
+                        return
+                    hold = size
                 if start is not None:
                     first, start = start, None
                     await forward(first)
@@ -185,7 +198,8 @@ class HttpBudgets:
                     if last:
                         break
             finally:
-                buffered.release(size)
+                if hold:
+                    buffered.release(hold)
 
         return held
 

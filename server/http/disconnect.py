@@ -83,10 +83,11 @@ class CancelOnDisconnect:
             await self.app(scope, receive, send)
             return
         listener = _Listener(receive, _has_body(scope))
-        answered = False
+        answered = started = False
 
         async def sent(message: Message) -> None:
-            nonlocal answered
+            nonlocal answered, started
+            started = True
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
                 answered = True
@@ -102,7 +103,8 @@ class CancelOnDisconnect:
                 await asyncio.wait((route,))  # its clean-up done (a cancel here is ours)
                 if not route.cancelled():
                     route.exception()  # retrieved: nobody is there to answer
-                tracing.client_left(tracing.current())
+                if not started:  # else the span has the status it started to send
+                    tracing.client_left(tracing.current())
                 return
             await route  # done, or finishing after its response: its own error, if any
         finally:
