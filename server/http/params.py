@@ -216,7 +216,8 @@ class Query:
         value = _decimal(raw)
         if value is None or not (0 < value <= MAX_TIMEOUT_S):  # False for nan
             raise InvalidArgument(
-                f"{name}: must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {quoted(raw)}"
+                f"{name}: must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}], "
+                f"got {quoted(raw)}"
             )
         return time.monotonic() + value
 
