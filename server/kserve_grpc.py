@@ -229,13 +229,20 @@ class KServeService:
         if budgets is None:
             return await self._infer(request, context, call)
         # The server's budgets, as on the other edges: calls in flight (counted apart
-        # from ganserve.v1's, up to the same limit) and the reply's bytes until the call
-        # ends (its size is known once it is made: a reply that does not fit is lost work,
-        # but memory stays bounded).
+        # from ganserve.v1's, up to the same limit), and the request's and the reply's
+        # bytes until the call ends (the reply's size is known once it is made: a reply
+        # that does not fit is lost work, but memory stays bounded).
         engine = self._core.engine
         if self._inflight >= budgets.inflight_limit:
             engine.refused("in_flight", "")
             raise budgets.inflight_refusal(self._inflight, "KServe inference calls", 1.0)
+        # The request's tensors are views of its message, held until the call ends.
+        held = request.ByteSize()
+        engine.reserve_now(
+            budgets.buffered, held, "this request", "",
+            buffer="request buffer", smaller="send fewer tensors per request",
+        )  # fmt: skip
+        when_call_ends(context)(functools.partial(budgets.buffered.release, held))
         self._inflight += 1
         try:
             response = await self._infer(request, context, call)

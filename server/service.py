@@ -60,6 +60,10 @@ __all__ = ["GeneratorService", "add_to_server", "model_info"]
 log = logging.getLogger(__name__)
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Generator"].full_name  # names the trace spans
+# A request message at least this large is held in the buffer budget while its call
+# runs (keyframe or term latents, up to --max-request-bytes); smaller ones, nearly all,
+# are bounded by the in-flight limit and cost the hot path nothing.
+_HELD_REQUEST_BYTES = 1 << 16
 
 
 def add_to_server(servicer: GeneratorService, server: aio.Server) -> None:
@@ -101,7 +105,12 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                         left, time.monotonic(), self._inflight
                     ):
                         raise self._refuse_late(left)
-                    response = await fn(self, request, context, call)
+                    held = self._hold_request(request)
+                    try:
+                        response = await fn(self, request, context, call)
+                    finally:
+                        if held:
+                            self._budgets.buffered.release(held)
                     self._budgets.call_done(time.perf_counter() - call.start, self._inflight)
                     return response
                 except BaseException as exc:
@@ -317,6 +326,18 @@ class GeneratorService(pb_grpc.GeneratorServicer):
             "as they come, or ask for smaller ones",
             "stream_stalled",
         )
+
+    def _hold_request(self, request: Any) -> int:
+        """A large request's bytes, reserved in the buffer budget for its call (0: a
+        small one, not held); RESOURCE_EXHAUSTED, counted, when they do not fit."""
+        size = request.ByteSize()
+        if size < _HELD_REQUEST_BYTES:
+            return 0
+        self._engine.reserve_now(
+            self._budgets.buffered, size, "this request", "",
+            buffer="request buffer", smaller="send fewer latents per request",
+        )  # fmt: skip
+        return size
 
     def _refuse_inflight(self) -> ResourceExhausted:
         self._engine.refused("in_flight", "")

@@ -104,6 +104,15 @@ def _sample(target: str, count: int) -> str:
     return "OK"
 
 
+def _call(target: str, request: pb.SampleRequest) -> str:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            pb_grpc.GeneratorStub(channel).Sample(request, timeout=30)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    return "OK"
+
+
 def _until(condition: Callable[[], str], want: str, timeout: float = 20.0) -> str:
     """Poll ``condition`` until its result starts with ``want`` (bounded); the last one."""
     until = time.monotonic() + timeout
@@ -193,9 +202,16 @@ def test_response_bytes_held_by_unread_streams_bound_other_calls(
     refused = _until(lambda: _sample(server.target, 2000), "RESOURCE_EXHAUSTED")
     assert refused.startswith("RESOURCE_EXHAUSTED"), refused
     assert "--max-buffered-bytes" in refused
+    # a request's own bytes: 4.2 MB of latents do not fit in the 3.9 MB left, refused
+    # before anything else is looked at (it asks for more images than allowed, too)
+    latents = pb.LatentBatch(count=131_072, dim=8, data=bytes(131_072 * 8 * 4))
+    big = pb.SampleRequest(model="tiny-uncond", count=131_072, latents=latents)
+    refused = _call(server.target, big)
+    assert refused.startswith("RESOURCE_EXHAUSTED") and "request buffer" in refused, refused
     for call in streams:
         call.cancel()
     assert _until(lambda: _sample(server.target, 2000), "OK") == "OK"
+    assert _call(server.target, big).startswith("INVALID_ARGUMENT")  # fits: looked at
     metrics = scrape(server)
     key = ("ganserve_rejected_total", (("model", "tiny-uncond"), ("reason", "buffered_bytes")))
     assert metrics[key] >= 1

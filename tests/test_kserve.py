@@ -604,8 +604,17 @@ def test_model_infer_is_held_to_the_servers_budgets(
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max-buffered-bytes" in refused.value.details()
         assert stub.ModelInfer(_raw_infer(2), timeout=30).outputs[0].shape == [2, 1, 28, 28]
+        # request bytes: a 4.2 MB message does not fit in what is left, refused before
+        # anything else is looked at (it asks for too many images too)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(_raw_infer(131_072), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "request buffer" in refused.value.details(), refused.value.details()
         stream.cancel()
         wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
+        with pytest.raises(grpc.RpcError) as too_many:  # now it fits, and is looked at
+            stub.ModelInfer(_raw_infer(131_072), timeout=30)
+        assert too_many.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     metrics = scrape(server)
     for reason in ("in_flight", "buffered_bytes"):
         model = "" if reason == "in_flight" else UNCOND
