@@ -77,18 +77,10 @@ if [ "$install" = yes ]; then
     wheels=$home/wheels
     kit assemble --group core --out "$wheels" ||
         die "the core wheels are missing: run unpack_install.sh's calls first"
-    venv=$home/venv-train
-    if [ ! -x "$venv/bin/python" ]; then
-        "$python" -m venv --system-site-packages --without-pip "$venv" || die "cannot make a venv"
-    fi
-    vpy=$venv/bin/python
-    if ! "$vpy" -m pip --version >/dev/null 2>&1; then # pip runs from its own wheel
-        pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -n 1)
-        [ -n "$pip_wheel" ] || die "no pip wheel among $wheels"
-        "$vpy" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip
-    fi
-    pip_install() { "$vpy" -m pip install -q --disable-pip-version-check --no-index \
-        --find-links "$wheels" "$@"; }
+    # shellcheck source-path=SCRIPTDIR source=venv.sh
+    . "$here/venv.sh"
+    vpy=$home/venv-train/bin/python
+    make_venv "$home/venv-train" "$python" "$wheels" --system-site-packages
     "$python" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["requirements"]))' \
         "$home/parts/manifest.json" >"$home/requirements.txt"
     pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"

@@ -87,15 +87,10 @@ if [ "$cuda_libs" != system ] && [ -n "$cuda_calls" ]; then
     fi
 fi
 
-[ -x "$venv/bin/python" ] || "$python" -m venv --without-pip "$venv" || die "cannot make a venv"
+# shellcheck source-path=SCRIPTDIR source=venv.sh
+. "$here/venv.sh"
 vpy=$venv/bin/python
-if ! "$vpy" -m pip --version >/dev/null 2>&1; then # pip runs from its own wheel
-    pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -n 1)
-    [ -n "$pip_wheel" ] || die "no pip wheel among $wheels"
-    "$vpy" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip
-fi
-pip_install() { "$vpy" -m pip install -q --disable-pip-version-check --no-index \
-    --find-links "$wheels" "$@"; }
+make_venv "$venv" "$python" "$wheels"
 manifest_field requirements >"$home/requirements.txt"
 pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"
 site=$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
