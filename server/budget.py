@@ -1,4 +1,4 @@
-"""Server-wide budgets: response bytes (and HTTP request bodies) held in memory, RPCs in
+"""Server-wide budgets: response bytes (and large requests) held in memory, RPCs in
 flight, open streams.
 
 Memory must be bounded by configuration, not by what clients do: a client that opens

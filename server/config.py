@@ -217,7 +217,7 @@ class ServerConfig:
         _check(self.max_buffered_bytes >= 0, "--max-buffered-bytes must be >= 0 (0: auto)")
         # Smaller, a request the limits accept could never be answered: refused for good
         # with RESOURCE_EXHAUSTED, the status that tells clients to retry later.
-        # HTTP request bodies are held in it too while they are read.
+        # Request bodies and large request messages are held in it too.
         _check(
             self.max_buffered_bytes == 0
             or self.max_buffered_bytes >= max(self.max_message_bytes, self.max_request_bytes),
@@ -538,7 +538,7 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option(
         "max_buffered_bytes",
         int,
-        "response bytes (and HTTP request bodies) held in memory at once, all calls "
+        "response bytes (and large requests) held in memory at once, all calls "
         "together; a call that does not fit is refused (RESOURCE_EXHAUSTED), a stream's "
         "next chunk waits; at least --max-message-bytes and --max-request-bytes "
         "(default 0: a sixteenth of RAM, 256 MiB to 2 GiB)",

@@ -138,13 +138,13 @@ class Metrics:
         )
         self.buffered_bytes = Gauge(
             "ganserve_buffered_bytes",
-            "Response bytes (reserved before the images are computed) and HTTP request "
-            "bodies held in memory now.",
+            "Response bytes (reserved before the images are computed) and large requests "
+            "held in memory now.",
             registry=r,
         )
         self.buffered_bytes_capacity = Gauge(
             "ganserve_buffered_bytes_capacity",
-            "The budget of response bytes and HTTP request bodies (--max-buffered-bytes).",
+            "The budget of response bytes and large requests (--max-buffered-bytes).",
             registry=r,
         )
         self.rejected_total = Counter(
