@@ -179,7 +179,9 @@ class ByteBudget:
         if loop is None:
             _TRIM(0)
         else:
-            loop.run_in_executor(None, _TRIM, 0)
+            # RuntimeError: the server is stopping (its executor is shut down)
+            with contextlib.suppress(RuntimeError):
+                loop.run_in_executor(None, _TRIM, 0)
 
     def _wake(self) -> None:
         while self._waiters:

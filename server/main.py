@@ -304,6 +304,15 @@ class _Server:
             stream_stall_s=cfg.stream_stall_timeout_s,
         )
         buffered = budgets.buffered
+        if buffered.capacity < cfg.max_message_bytes + cfg.max_request_bytes:
+            # A large request is held beside its reply: both at their limits would not fit.
+            log.warning(
+                "--max-buffered-bytes %d is less than --max-message-bytes + --max-request-bytes "
+                "(%d): a request near its limit whose reply is near its own is refused even "
+                "on an idle server",
+                buffered.capacity,
+                cfg.max_message_bytes + cfg.max_request_bytes,
+            )
         metrics.buffered_bytes.set_function(lambda: buffered.used)  # read at scrape time
         metrics.buffered_bytes_capacity.set(buffered.capacity)
         # One engine under every edge (gRPC, KServe, HTTP): plans to images.

@@ -130,20 +130,28 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                     if self._inflight > self._budgets.inflight_limit:
                         raise self._refuse_inflight()
                     stall = self._budgets.stream_stall_s
-                    async with contextlib.aclosing(fn(self, request, context, call)) as responses:
-                        async for response in responses:
-                            try:
-                                if stall:
-                                    await asyncio.wait_for(context.write(response), stall)
-                                else:
-                                    await context.write(response)
-                            except SendFailed:
-                                raise asyncio.CancelledError("the client left mid-send") from None
-                            except TimeoutError:
-                                raise self._refuse_stalled(call, stall) from None
-                            # gRPC has its own copy now: hold nothing while the next
-                            # chunk is computed (the budget counts one chunk a stream)
-                            response = None
+                    # a stream's request (its latents) is held as long as the stream
+                    held = self._hold_request(request)
+                    try:
+                        responses_of = fn(self, request, context, call)
+                        async with contextlib.aclosing(responses_of) as responses:
+                            async for response in responses:
+                                try:
+                                    if stall:
+                                        await asyncio.wait_for(context.write(response), stall)
+                                    else:
+                                        await context.write(response)
+                                except SendFailed:
+                                    left = "the client left mid-send"
+                                    raise asyncio.CancelledError(left) from None
+                                except TimeoutError:
+                                    raise self._refuse_stalled(call, stall) from None
+                                # gRPC has its own copy now: hold nothing while the next
+                                # chunk is computed (the budget counts one chunk a stream)
+                                response = None
+                    finally:
+                        if held:
+                            self._budgets.buffered.release(held)
                 except BaseException as exc:
                     await self._fail(method, exc, context, call)
 

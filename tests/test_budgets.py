@@ -332,3 +332,27 @@ def test_one_large_call_does_not_make_every_small_call_too_late() -> None:
     b.call_done(0.002, 4, now=t + 5.02)
     b.call_done(8.0, 4, now=t + 5.03)  # among fresh small calls
     assert b.late_s < 0.1 and not b.too_late(1.0, t + 5.04, 4)
+
+
+def test_a_streams_large_request_is_held_while_it_runs(
+    start_server, tiny_model_repo, scrape, wait_until
+) -> None:
+    """A SampleStream of explicit latents keeps its request (6.4 MB here) for as long as
+    it runs: held in the budget beside its chunk, given back when it ends. The server
+    warns at start that a budget below the message and request limits together can
+    refuse a call at both limits on an idle server."""
+    server = start_server(
+        tiny_model_repo, "--max-buffered-bytes", str(16 * MIB), "--max-message-bytes", str(16 * MIB)
+    )
+    held = ("ganserve_buffered_bytes", ())
+    n = 200_000
+    latents = pb.LatentBatch(count=n, dim=8, data=bytes(n * 8 * 4))
+    request = pb.SampleRequest(model="tiny-uncond", count=n, latents=latents, chunk_size=64)
+    size = request.ByteSize()
+    with grpc.insecure_channel(server.target) as channel:
+        stream = pb_grpc.GeneratorStub(channel).SampleStream(request)  # read nothing
+        wait_until(lambda: scrape(server).get(held, 0) >= size, "the request held", timeout=20)
+        assert scrape(server)[held] < size + MIB  # and a chunk of 64 images
+        stream.cancel()
+        wait_until(lambda: scrape(server).get(held, 0) == 0, "the bytes given back", timeout=20)
+    assert "is less than --max-message-bytes + --max-request-bytes" in server.log()

@@ -18,7 +18,8 @@ make_venv() {
         local pip_wheel
         pip_wheel=$(find "$wheels" -maxdepth 1 -name 'pip-*.whl' | head -n 1)
         [ -n "$pip_wheel" ] || die "no pip wheel among $wheels"
-        "$venv_python" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip
+        "$venv_python" "$pip_wheel/pip" install -q --no-index --find-links "$wheels" pip ||
+            die "cannot install pip into $venv"
     fi
 }
 
