@@ -133,8 +133,8 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                     # a stream's request (its latents) is held as long as the stream
                     held = self._hold_request(request)
                     try:
-                        responses_of = fn(self, request, context, call)
-                        async with contextlib.aclosing(responses_of) as responses:
+                        chunks = fn(self, request, context, call)
+                        async with contextlib.aclosing(chunks) as responses:
                             async for response in responses:
                                 try:
                                     if stall:
@@ -142,8 +142,8 @@ def _rpc(method: str, streaming: bool = False) -> Callable[[Any], Any]:
                                     else:
                                         await context.write(response)
                                 except SendFailed:
-                                    left = "the client left mid-send"
-                                    raise asyncio.CancelledError(left) from None
+                                    why = "the client left mid-send"
+                                    raise asyncio.CancelledError(why) from None
                                 except TimeoutError:
                                     raise self._refuse_stalled(call, stall) from None
                                 # gRPC has its own copy now: hold nothing while the next

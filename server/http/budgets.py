@@ -60,11 +60,12 @@ def reserve_reply(engine: Engine | None, scope: Scope, response: Any, model: str
     (counted as such, and in ``ganserve_rejected_total``) instead of leaving as a 429
     after the handler has counted it OK. Only where ``HttpBudgets`` holds the request,
     which then sends the reply on this reservation."""
-    budgets = None if engine is None else engine.budgets
     body = getattr(response, "body", None)
-    if budgets is None or not scope.get(_HELD) or not isinstance(body, bytes | bytearray):
+    if engine is None or engine.budgets is None or not scope.get(_HELD):
         return
-    engine.reserve_now(budgets.buffered, len(body), "this reply", model)  # type: ignore[union-attr]
+    if not isinstance(body, bytes | bytearray):
+        return
+    engine.reserve_now(engine.budgets.buffered, len(body), "this reply", model)
     scope[_RESERVED] = scope.get(_RESERVED, 0) + len(body)
 
 
