@@ -34,12 +34,13 @@ import numpy as np
 from ganserve import __version__
 from ganserve.contract.encodings import Encoding
 from ganserve.contract.limits import Limits
+from ganserve.contract.load_state import LoadState
 from ganserve.contract.sizes import per_image_bytes
 
 from .batcher import BatchingConfig
 from .calls import Call, CallCounter
 from .engine import Engine
-from .errors import InvalidArgument, NotFound, ServeError, Unavailable, retry_after
+from .errors import NO_RETRY, InvalidArgument, NotFound, ServeError, Unavailable, retry_after
 from .generation import check_response_size
 from .metrics import Metrics
 from .repository import LoadedModel, ModelRepository, ModelSpec, ModelStatus
@@ -228,7 +229,11 @@ class OipCore:
         call.model = status.name
         if status.spec is None:  # never loaded: its tensors are not known
             detail = f": {status.message}" if status.message else ""
-            raise Unavailable(f"model '{name}' version {status.version} is {status.state}{detail}")
+            after = NO_RETRY if status.state == LoadState.FAILED else None
+            raise Unavailable(
+                f"model '{name}' version {status.version} is {status.state}{detail}",
+                retry_after_s=after,
+            )
         return status, status.spec
 
     def model_metadata(self, name: str, version: str, call: Call) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ganserve.contract.load_state import LoadState
 from ganserve.contract.model_format import Key
 
 from .batcher import Batcher, BatchingConfig
-from .errors import InvalidArgument, NotFound, Unavailable
+from .errors import NO_RETRY, InvalidArgument, NotFound, Unavailable
 from .metrics import Metrics
 from .runtime import OrtRunner, RuntimeConfig, warmup_sizes
 from .spec import MAX_ONNX_FILE_BYTES, ModelSpec, ModelSpecError, read_spec
@@ -630,7 +630,12 @@ class ModelRepository:
         chosen, entry = self._pick(name, version)
         if entry.model is None:
             detail = f": {entry.message}" if entry.message else ""
-            raise Unavailable(f"model '{name}' version {chosen} is {entry.state}{detail}")
+            # A version that failed to load fails the same way until its file is fixed
+            # and reloaded: a retry within the client's backoff only adds latency.
+            after = NO_RETRY if entry.state == LoadState.FAILED else None
+            raise Unavailable(
+                f"model '{name}' version {chosen} is {entry.state}{detail}", retry_after_s=after
+            )
         return entry.model
 
     def status(self, name: str, version: str = "") -> ModelStatus:

@@ -636,7 +636,7 @@ def test_a_failed_model_is_503_with_the_grpc_message(tmp_path, start_server) -> 
     reply = get(proc.http_port, "/v1/models/broken/sample")
     assert (reply.status, code) == (503, "UNAVAILABLE")
     assert reply.json() == {"error": message, "code": code}
-    assert reply.headers["retry-after"] == "1"
+    assert "retry-after" not in reply.headers  # it fails alike until the file is fixed
     listed = {m["name"]: m for m in get(proc.http_port, "/v1/models").json()["models"]}
     assert listed["broken"]["state"] == "FAILED" and listed["good"]["state"] == "READY"
 

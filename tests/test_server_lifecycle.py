@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tiny_onnx import make_tiny_generator, model_path, write_broken_file
 
+from ganserve.clients import GanClient, Unavailable
 from ganserve.v1 import generator_pb2 as pb
 from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
@@ -191,6 +192,29 @@ def test_health_follows_model_readiness(tmp_path, start_server, wait_until) -> N
         assert health(channel, "ganserve.v1.Generator") == SERVING
         assert client.Sample(pb.SampleRequest(model=UNCOND, count=1)).images.count == 1
     assert proc.stop() == 0
+
+
+def test_a_model_that_failed_to_load_is_not_retried(tmp_path, start_server, scrape) -> None:
+    """A FAILED version fails the same way until its file is fixed: the server says so
+    with a negative pushback (gRFC A6), so the client's retries do not repeat the call."""
+    repo = tmp_path / "models"
+    make_tiny_generator(model_path(repo, UNCOND, "1"), latent_dim=8, name=UNCOND)
+    write_broken_file(model_path(repo, UNCOND, "2"))
+    proc = start_server(repo)
+    channel, client = stub(proc.target)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        client.Sample(pb.SampleRequest(model=UNCOND, version="2", count=1), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "version 2 is FAILED" in info.value.details()
+    assert ("grpc-retry-pushback-ms", "-1") in info.value.trailing_metadata()
+    with GanClient(proc.target, retries=4, timeout=10) as gan:
+        with pytest.raises(Unavailable) as refused:
+            gan.sample(UNCOND, count=1, version="2")
+        assert refused.value.retry_after_s is None
+        assert len(gan.sample(UNCOND, count=1).images) == 1  # version 1 serves on
+    failed = ("ganserve_requests_total", (("code", "UNAVAILABLE"), ("method", "Sample"),
+                                          ("model", UNCOND)))  # fmt: skip
+    assert scrape(proc)[failed] == 2  # one raw call, one client call: no retry
 
 
 def test_a_sighup_during_a_reload_is_not_lost(repo_copy, start_server, wait_until) -> None:

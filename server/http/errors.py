@@ -39,10 +39,10 @@ def error_response(
 ) -> JSONResponse:
     """The response for a failure with gRPC status ``code`` and ``message``;
     ``retry_after_s``: the server's estimate of when there is room (an overload refusal),
-    sent as ``Retry-After`` (whole seconds, at least 1)."""
+    sent as ``Retry-After`` (whole seconds, at least 1); negative (``NO_RETRY``): none."""
     status = HTTP_STATUS.get(code, 500)
     extra = dict(headers or {})
-    if status in (429, 503):
+    if status in (429, 503) and not (retry_after_s is not None and retry_after_s < 0):
         after = RETRY_AFTER_S if retry_after_s is None else max(1, math.ceil(retry_after_s))
         extra.setdefault("Retry-After", str(after))
     if status == 401:
