@@ -400,7 +400,9 @@ class ModelRepository:
                     if (name, "") in unread or (name, version) in unread
                 }
                 retired = self._drop_removed(on_disk, report)
-                pending = await self._changed(scans, report, retry_failed)
+                # An older version kept serving for --max-versions is re-read like any
+                # served one: a file replaced in place is picked up (or marked stale).
+                pending = await self._changed(scans + spare, report, retry_failed)
                 # Load concurrently: each load (warm-up included) is a thread.
                 results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
                 for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):

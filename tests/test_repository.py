@@ -529,6 +529,21 @@ async def test_max_versions_loads_the_newest_and_keeps_serving_through_a_broken_
         report = await repo.reload()
         assert report["failed"] == ["tiny/3"] and report["removed"] == []
         assert repo.get("tiny").spec.version == "2"
+        served = repo.get("tiny")
+
+        # Serving on, version 2 is still a served version: a file replaced in place is
+        # loaded, and a broken replacement leaves it serving its previous file, stale.
+        stale = {"model": "tiny", "version": "2"}
+        make_tiny_generator(model_path(root, "tiny", "2"), seed=22)
+        report = await repo.reload()
+        assert report["loaded"] == ["tiny/2"] and report["failed"] == []
+        assert repo.get("tiny").spec.version == "2" and repo.get("tiny") is not served
+        write_broken_file(model_path(root, "tiny", "2"))
+        assert (await repo.reload())["failed"] == ["tiny/2"]
+        assert _value(metrics, "ganserve_model_stale", **stale) == 1
+        make_tiny_generator(model_path(root, "tiny", "2"), seed=2)
+        assert (await repo.reload())["loaded"] == ["tiny/2"]
+        assert _value(metrics, "ganserve_model_stale", **stale) == 0
 
         make_tiny_generator(model_path(root, "tiny", "3"), seed=3)
         report = await repo.reload()
