@@ -261,6 +261,14 @@ class KServeService:
             is_cancelled=context.done,
             binary_default=True,
         )
+        return await _traced_response(result)
+
+
+async def _traced_response(result: InferResponse) -> pb.ModelInferResponse:
+    """:func:`infer_response`, traced as ``ganserve.encode`` (as ``Sample``'s encoding)."""
+    images = result.outputs[0].data.shape[0] if result.outputs else 0
+    raw = all(out.binary for out in result.outputs)
+    with tracing.encode_span("raw" if raw else "fp32_contents", images):
         return await infer_response(result)
 
 

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import tracing
 from .encode import encode_images
 from .engine import Engine
 from .errors import Cancelled, DeadlineExceeded, InvalidArgument
@@ -420,9 +421,10 @@ def kserve_routes(core: OipCore) -> list[Route]:
         result = await core.infer(parsed, call, binary_default=False)
         images = result.outputs[0].data.shape[0] if result.outputs else 0
         binary = all(out.binary for out in result.outputs)
-        if images >= (OFFLOAD_IMAGES if binary else _OFFLOAD_JSON_IMAGES):
-            return await asyncio.to_thread(infer_response, result)
-        return infer_response(result)
+        with tracing.encode_span("binary" if binary else "json", images):  # no-op untraced
+            if images >= (OFFLOAD_IMAGES if binary else _OFFLOAD_JSON_IMAGES):
+                return await asyncio.to_thread(infer_response, result)
+            return infer_response(result)
 
     routes = [
         Route("/v2/health/live", live, methods=["GET"], name="http_v2_live"),

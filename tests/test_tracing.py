@@ -557,8 +557,10 @@ def traceparent(span_id: int) -> str:
     return f"00-{TRACE_ID}-{span_id:016x}-01"
 
 
-def http_get(proc: Any, path: str, headers: dict[str, str]) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{proc.http_port}{path}", headers=headers)
+def http_get(proc: Any, path: str, headers: dict[str, str], body: bytes | None = None) -> int:
+    """The status of a GET (a POST of ``body`` when one is given) to ``proc``'s HTTP port."""
+    url = f"http://127.0.0.1:{proc.http_port}{path}"
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
@@ -587,6 +589,10 @@ def test_kserve_and_http_calls_continue_the_trace(traced_server, wait_until) -> 
     sample = "/v1/models/tiny-uncond/sample?count=3&seed=1"
     assert http_get(traced_server, sample, {"traceparent": traceparent(3)}) == 200
     assert http_get(traced_server, "/v2/models/nope", {"traceparent": traceparent(4)}) == 404
+    infer_json = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 8], "data": [0.5] * 8}]}
+    headers = {"traceparent": traceparent(5), "Content-Type": "application/json"}
+    infer_path = "/v2/models/tiny-uncond/infer"
+    assert http_get(traced_server, infer_path, headers, json.dumps(infer_json).encode()) == 200
 
     def child_of(parent: int) -> dict[str, Any]:
         want = hex_id(parent, 16)
@@ -600,11 +606,14 @@ def test_kserve_and_http_calls_continue_the_trace(traced_server, wait_until) -> 
         kids = find_spans(wait_until, traced_server, lambda s: s["parent_id"] == own, n)
         return sorted(k["name"] for k in kids)
 
-    grpc_infer, grpc_missing, http_sample, http_missing = (child_of(i) for i in (1, 2, 3, 4))
+    grpc_infer, grpc_missing, http_sample, http_missing, rest_infer = (
+        child_of(i) for i in (1, 2, 3, 4, 5)
+    )
     assert grpc_infer["name"] == "inference.GRPCInferenceService/ModelInfer"
     assert grpc_infer["attributes"]["ganserve.model"] == "tiny-uncond"
     assert grpc_infer["attributes"]["rpc.grpc.status_code"] == 0
-    assert names_under(grpc_infer, 2) == ["ganserve.batch", "ganserve.queue"]
+    assert names_under(grpc_infer, 3) == ["ganserve.batch", "ganserve.encode", "ganserve.queue"]
+    assert grpc_infer["attributes"]["ganserve.images"] == 2
     assert grpc_missing["name"] == "inference.GRPCInferenceService/ModelMetadata"
     assert grpc_missing["attributes"]["ganserve.status"] == "NOT_FOUND"
     assert "nope" in grpc_missing["attributes"]["ganserve.status_message"]
@@ -613,10 +622,14 @@ def test_kserve_and_http_calls_continue_the_trace(traced_server, wait_until) -> 
     assert http_sample["attributes"]["http.route"] == "/v1/models/{name}/sample"
     assert http_sample["attributes"]["http.response.status_code"] == 200
     assert http_sample["attributes"]["ganserve.model"] == "tiny-uncond"
-    assert names_under(http_sample, 2) == ["ganserve.batch", "ganserve.queue"]
+    assert names_under(http_sample, 3) == ["ganserve.batch", "ganserve.encode", "ganserve.queue"]
+    assert http_sample["attributes"]["ganserve.images"] == 3
     assert http_missing["name"] == "GET /v2/models/{name}"
     assert http_missing["attributes"]["http.response.status_code"] == 404
     assert http_missing["status"]["status_code"] == "UNSET"
+    assert rest_infer["name"] == "POST /v2/models/{name}/infer"
+    assert names_under(rest_infer, 3) == ["ganserve.batch", "ganserve.encode", "ganserve.queue"]
+    assert rest_infer["attributes"]["ganserve.images"] == 1
 
 
 async def test_a_request_whose_client_left_is_marked_cancelled(exporter) -> None:

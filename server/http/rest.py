@@ -33,6 +33,7 @@ from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
 from ganserve.v1 import generator_pb2 as pb
 
+from .. import tracing
 from ..calls import Call, CallCounter
 from ..engine import Engine
 from ..errors import InvalidArgument, ServeError, retry_after
@@ -51,6 +52,13 @@ from .params import ARITHMETIC, INTERPOLATE, SAMPLE, VERSION, Query, parse_terms
 __all__ = ["METHODS", "RestApi", "model_json"]
 
 log = logging.getLogger(__name__)
+
+
+async def _drawn(fmt: str, images: np.ndarray, draw: Callable[[], bytes]) -> bytes:
+    """``draw()``'s picture of ``images``, made in a thread and traced as
+    ``ganserve.encode`` (as gRPC's encoding is)."""
+    with tracing.encode_span(fmt, images.shape[0]):  # a no-op while tracing is off
+        return await asyncio.to_thread(draw)
 
 
 def model_json(status: ModelStatus) -> dict[str, Any]:
@@ -256,9 +264,11 @@ class RestApi:
             y = y.astype(np.float32)
         images = await self._engine.images(model, z, y, deadline, None)  # (N, C, H, W)
         if fmt == "npy":
-            body = await asyncio.to_thread(pictures.npy, images)
+            body = await _drawn(fmt, images, lambda: pictures.npy(images))
         else:
-            body = await asyncio.to_thread(lambda: pictures.grid_png(to_uint8(images), cols, scale))
+            body = await _drawn(
+                fmt, images, lambda: pictures.grid_png(to_uint8(images), cols, scale)
+            )
         return _picture(body, NPY if fmt == "npy" else PNG, spec, seed=plan.seed)
 
     @_endpoint("http_interpolate")
@@ -311,12 +321,12 @@ class RestApi:
             pictures.check_npy(self._limits, spec, plan.z.shape[0], "request fewer steps")
         images = await self._engine.images(model, plan.z, plan.y, deadline, None, "keyframes")
         if fmt == "npy":
-            body = await asyncio.to_thread(pictures.npy, images)
+            body = await _drawn(fmt, images, lambda: pictures.npy(images))
         elif fmt == "png":
-            body = await asyncio.to_thread(lambda: pictures.strip_png(to_uint8(images), scale))
+            body = await _drawn(fmt, images, lambda: pictures.strip_png(to_uint8(images), scale))
         else:
-            body = await asyncio.to_thread(
-                lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
+            body = await _drawn(
+                fmt, images, lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
             )
         return _picture(body, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec)
 
@@ -359,7 +369,7 @@ class RestApi:
             u8 = to_uint8(images)
             return pictures.equation_png(u8[1:], weights, u8[:1], scale)
 
-        return _picture(await asyncio.to_thread(draw), PNG, spec)
+        return _picture(await _drawn("png", images, draw), PNG, spec)
 
     @staticmethod
     def _truncation(query: Query, req: Any) -> None:
