@@ -90,7 +90,7 @@ protos: $(VENV)/.dev
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. --pyi_out=. \
 		protos/ganserve/v1/generator.proto protos/ganserve/kserve/v2/grpc_predict_v2.proto
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. \
-		protos/ganserve/kserve/v2/model_config.proto
+		protos/ganserve/kserve/v2/model_config.proto protos/ganserve/kserve/v2/model_statistics.proto
 
 docker:
 	docker build -t ganserve:latest .

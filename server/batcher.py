@@ -44,6 +44,7 @@ from .errors import (
 )
 from .loop_compat import has_ready_callbacks
 from .scheduling import Batch, BatchingConfig, Request, SchedulingPolicy, gone
+from .stats import ModelStats
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -97,6 +98,8 @@ class Batcher:
         self._m_rejected: dict[str, Any] = {}
         self._metrics = metrics
         metrics.queue_capacity.labels(model).set(config.max_queue_size)
+        # This version's figures for KServe's ModelStatistics (Triton's extension).
+        self.stats = ModelStats()
 
     @property
     def queue_depth(self) -> int:
@@ -237,8 +240,9 @@ class Batcher:
         if error is not None:
             raise error
         self._m_wait.observe(0.0)
+        self.stats.queued((0.0,))
         infer = _tracing.inline_infer(self._infer, z.shape[0]) if _tracing.active else None
-        out, error, seconds = self._compute(z, y, infer)
+        out, error, seconds = self._compute(z, y, infer, 1)
         self._policy.inline_ran(seconds)
         if error is not None:
             raise error
@@ -262,6 +266,7 @@ class Batcher:
                 if batch.pieces:
                     for w in batch.waits:
                         self._m_wait.observe(w)
+                    self.stats.queued(batch.waits)
                     try:
                         expect = self._run(batch)
                     finally:
@@ -322,7 +327,7 @@ class Batcher:
             y = None if first.y is None else np.concatenate([r.y[a:b] for r, a, b in pieces])  # type: ignore[index]
         if batch.beside:
             self._m_side.inc()
-        out, error, seconds = self._compute(z, y, infer)
+        out, error, seconds = self._compute(z, y, infer, len(pieces))
         if out is not None and not batch.beside:  # the main session: what inline would use
             self._policy.small_batch_ran(z.shape[0], seconds)
         deliveries: list[_Delivery] = []
@@ -356,10 +361,14 @@ class Batcher:
         return max(completed, 1)
 
     def _compute(
-        self, z: np.ndarray, y: np.ndarray | None, infer: InferFn | None = None
+        self,
+        z: np.ndarray,
+        y: np.ndarray | None,
+        infer: InferFn | None = None,
+        requests: int = 1,
     ) -> tuple[np.ndarray | None, ServeError | None, float]:
-        """Run one batch (on ``infer``, default the main one) and record its metrics:
-        (images, None, seconds) or (None, the error, seconds)."""
+        """Run one batch (on ``infer``, default the main one) for ``requests`` requests
+        and record its metrics: (images, None, seconds) or (None, the error, seconds)."""
         start = time.perf_counter()
         out: np.ndarray | None
         error: ServeError | None = None
@@ -380,6 +389,7 @@ class Batcher:
         self._m_batch.observe(batch)
         if out is not None:
             self._m_images.inc(batch)
+        self.stats.executed(batch, requests, seconds, out is not None)
         return out, error, seconds
 
     # ------------------------------------------------------------ hand-off to the loop

@@ -64,9 +64,10 @@ class CallCounter:
             return False
         call.recorded = True
         self._inflight[method].dec()
-        self._metrics.count_finished(
-            call.model, method, call.code, time.perf_counter() - call.start
-        )
+        seconds = time.perf_counter() - call.start
+        self._metrics.count_finished(call.model, method, call.code, seconds)
+        if call.held is not None:  # a call that used a version: its ModelStatistics
+            call.held.batcher.stats.finished(call.code == "OK", seconds)
         return True
 
     @contextlib.contextmanager

@@ -8,9 +8,12 @@ input, in order) or typed ``contents.fp32_contents``; the image goes back as
 asks for ``binary_data: false`` (or the request for ``binary_data_output: false``).
 
 Besides KServe's six RPCs, ``ModelConfig`` (Triton's model configuration extension,
-``model_config.proto``) is registered by hand under the same service name: perf_analyzer
-and ``get_model_config`` read a model's batch dimension from it. The token covers the
-whole service, ServerLive and ServerReady included; probes use ``grpc.health.v1``.
+``model_config.proto``) and ``ModelStatistics`` (its statistics extension,
+``model_statistics.proto``) are registered by hand under the same service name:
+perf_analyzer and ``get_model_config`` read a model's batch dimension from the first,
+``get_inference_statistics`` and perf_analyzer's server-side figures the second. The
+token covers the whole service, ServerLive and ServerReady included; probes use
+``grpc.health.v1``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from grpc import aio
 
 from ganserve.kserve.v2 import grpc_predict_v2_pb2 as pb
 from ganserve.kserve.v2 import model_config_pb2 as config_pb
+from ganserve.kserve.v2 import model_statistics_pb2 as stats_pb
 
 from . import tracing
 from .errors import InvalidArgument, pushback_trailer
@@ -51,6 +55,7 @@ METHOD_LABELS = {
     for name in (
         *pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name,
         "ModelConfig",
+        "ModelStatistics",
     )
 }
 # Typed contents fields other than fp32_contents: data of another type.
@@ -223,6 +228,13 @@ class KServeService:
         config = self._core.model_config(request.name, request.version, call)
         return json_format.ParseDict({"config": config}, config_pb.ModelConfigResponse())
 
+    @_rpc("ModelStatistics")
+    async def ModelStatistics(
+        self, request: Any, context: Any, call: Call
+    ) -> stats_pb.ModelStatisticsResponse:
+        stats = self._core.model_statistics(request.name, request.version, call)
+        return json_format.ParseDict({"model_stats": stats}, stats_pb.ModelStatisticsResponse())
+
     @_rpc("ModelInfer")
     async def ModelInfer(self, request: Any, context: Any, call: Call) -> pb.ModelInferResponse:
         budgets = self._core.engine.budgets
@@ -281,6 +293,9 @@ def add_kserve_to_server(servicer: KServeService, server: aio.Server) -> None:
         for m in service.methods
     ]
     messages.append(("ModelConfig", config_pb.ModelConfigRequest, config_pb.ModelConfigResponse))
+    messages.append(
+        ("ModelStatistics", stats_pb.ModelStatisticsRequest, stats_pb.ModelStatisticsResponse)
+    )
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, name),

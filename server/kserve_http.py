@@ -7,6 +7,7 @@
 - ``GET /v2/models/{name}[/versions/{version}]``: model metadata
 - ``GET /v2/models/{name}[/versions/{version}]/ready``: 200, 404 unknown, 503 not ready
 - ``GET /v2/models/{name}[/versions/{version}]/config``: Triton's model configuration
+- ``GET /v2/models[/{name}[/versions/{version}]]/stats``: Triton's statistics extension
 - ``POST /v2/models/{name}[/versions/{version}]/infer``: JSON tensors
   (``{"inputs": [{"name", "shape", "datatype", "data"}], "outputs": [...]}``), and
   Triton's binary tensor extension: a body of the JSON header followed by raw tensors,
@@ -67,7 +68,7 @@ Handler = Callable[[Request, Call], Awaitable[Response]]
 
 def _path(request: Request) -> tuple[str, str]:
     params = request.path_params
-    return params["name"], params.get("version", "")
+    return params.get("name", ""), params.get("version", "")
 
 
 def _endpoint(core: OipCore, method: str, fn: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -381,6 +382,11 @@ def kserve_routes(core: OipCore) -> list[Route]:
         """Triton's model configuration (read-only): the batch dimension and tensors."""
         return JSONResponse(core.model_config(*_path(request), call))
 
+    async def model_statistics(request: Request, call: Call) -> Response:
+        """Triton's statistics: per READY version (of every model, of one, or one
+        version), its counts and cumulative durations since it loaded."""
+        return JSONResponse({"model_stats": core.model_statistics(*_path(request), call)})
+
     async def model_ready(request: Request, call: Call) -> Response:
         """Open Inference Protocol: model ready (404 unknown, 503 not ready)."""
         name, version = _path(request)
@@ -433,6 +439,10 @@ def kserve_routes(core: OipCore) -> list[Route]:
     model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
     counted: list[tuple[str, Handler, str, str]] = [
         ("/v2", server_metadata, "GET", "http_v2_server_metadata"),
+        # before {model}: "stats" is not a model's name here (as in Triton)
+        ("/v2/models/stats", model_statistics, "GET", "http_v2_statistics"),
+        (f"{model}/stats", model_statistics, "GET", "http_v2_model_statistics"),
+        (f"{version}/stats", model_statistics, "GET", "http_v2_version_statistics"),
         (model, model_metadata, "GET", "http_v2_model_metadata"),
         (version, model_metadata, "GET", "http_v2_version_metadata"),
         (f"{model}/ready", model_ready, "GET", "http_v2_model_ready"),

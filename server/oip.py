@@ -71,8 +71,8 @@ SERVER_NAME = "ganserve"
 PLATFORM = "onnxruntime_onnx"  # Triton's name for an ONNX model run by ONNX Runtime
 BACKEND = "onnxruntime"
 # Triton's extension names: the binary tensor format of the REST API, and the read-only
-# ModelConfig (model_config.proto) that perf_analyzer reads.
-EXTENSIONS = ("binary_tensor_data", "model_configuration")
+# ModelConfig (model_config.proto) that perf_analyzer reads, and per-version statistics.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
 INPUT_Z, INPUT_Y, OUTPUT = "z", "y", "image"
 FP32 = "FP32"
 # |row sum - 1| accepted for a class vector: float32 blends a client computed itself.
@@ -269,6 +269,18 @@ class OipCore:
             delay_us = round(self._batching.max_queue_delay_ms * 1000)
             config["dynamic_batching"] = {"max_queue_delay_microseconds": delay_us}
         return config
+
+    def model_statistics(self, name: str, version: str, call: Call) -> list[dict[str, Any]]:
+        """Triton's statistics extension: per READY version, its figures since it
+        loaded (``stats.py``); every model's for no name, every version's for no
+        version. NotFound for an unknown model or version."""
+        models = self._repo.loaded(name, version)
+        if name:
+            call.model = name  # known: _pick raised NotFound otherwise
+        return [
+            {"name": m.spec.name, "version": m.spec.version, **m.batcher.stats.snapshot()}
+            for m in models
+        ]
 
     # ----------------------------------------------------------------- infer
 

@@ -649,6 +649,23 @@ class ModelRepository:
         plan = entry.model.runner.plan if entry.model is not None else None
         return ModelStatus(name, chosen, versions, state, entry.message, entry.spec, device, plan)
 
+    def loaded(self, name: str = "", version: str = "") -> list[LoadedModel]:
+        """The READY versions of every model (``name`` ""), of one model, or the one named
+        version, by name and version; NotFound for an unknown name or version (a version
+        on disk that is not READY is an empty list)."""
+        if version and not name:
+            raise InvalidArgument("version: give the model's name with it")
+        if version:
+            _, entry = self._pick(name, version)
+            return [entry.model] if entry.model is not None else []
+        names = [name] if name else sorted(self._models)
+        return [
+            entry.model
+            for n in names
+            for _, entry in sorted(self._versions(n).items(), key=lambda kv: version_key(kv[0]))
+            if entry.model is not None
+        ]
+
     def statuses(self) -> list[ModelStatus]:
         """One status per model (the version ``get(name)`` serves), sorted by name."""
         return [self.status(name) for name in sorted(self._models)]

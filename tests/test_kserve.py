@@ -27,6 +27,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from ganserve import __version__
 from ganserve.v1 import generator_pb2 as pb
+from ganserve.v1 import generator_pb2_grpc as pb_grpc
 
 UNCOND, COND = "tiny-uncond", "tiny-cond"
 LATENT, CLASSES = 8, 10
@@ -129,7 +130,7 @@ def test_live_ready_and_server_metadata(clients: dict[str, Any], protocol: str) 
         meta = {"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)}
     assert meta["name"] == "ganserve"
     assert meta["version"] == __version__
-    assert set(meta["extensions"]) == {"binary_tensor_data", "model_configuration"}
+    assert set(meta["extensions"]) == {"binary_tensor_data", "model_configuration", "statistics"}
 
 
 def _metadata(client: Any, protocol: str, model: str) -> dict[str, Any]:
@@ -179,6 +180,74 @@ def test_model_config_for_perf_analyzer(clients: dict[str, Any], protocol: str) 
     ]
     assert [(t["name"], dims(t)) for t in config["output"]] == [("image", [1, 28, 28])]
     assert "dynamic_batching" in config
+
+
+def _as_ints(value: Any) -> Any:
+    """A gRPC answer's JSON (uint64 as strings) with the numbers as ints, as REST has them."""
+    if isinstance(value, dict):
+        return {k: v if k in ("name", "version") else _as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_ints(v) for v in value]
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
+def _no_zeros(value: Any) -> Any:
+    """JSON without its zero numbers: what proto3's JSON of the same message leaves out."""
+    if isinstance(value, dict):
+        return {k: _no_zeros(v) for k, v in value.items() if v != 0}
+    if isinstance(value, list):
+        return [_no_zeros(v) for v in value]
+    return value
+
+
+def test_statistics_count_what_ran_on_every_protocol(tiny_model_repo, start_server) -> None:
+    """Triton's statistics extension, read by tritonclient: one version's images, batches,
+    calls by outcome, queue waits and ONNX Runtime time, from gRPC, REST and ganserve.v1
+    calls alike (one sequential client: each request is its own batch)."""
+    proc = start_server(tiny_model_repo)
+    grpc_client = tg.InferenceServerClient(proc.target)
+    http_client = th.InferenceServerClient(f"127.0.0.1:{proc.http_port}")
+    try:
+        (fresh,) = _as_ints(grpc_client.get_inference_statistics(UNCOND, as_json=True))[
+            "model_stats"
+        ]
+        assert (fresh["name"], fresh["version"]) == (UNCOND, "1")
+        assert fresh.get("inference_count", 0) == fresh.get("execution_count", 0) == 0
+        for seed in range(3):
+            _infer(grpc_client, GRPC, UNCOND, {"z": _latents(2, seed)})
+        _infer(http_client, HTTP, UNCOND, {"z": _latents(1)})
+        with grpc.insecure_channel(proc.target) as channel:
+            _sample(pb_grpc.GeneratorStub(channel), UNCOND, _latents(4))
+        with pytest.raises(InferenceServerException, match="z"):
+            _infer(grpc_client, GRPC, UNCOND, {"z": np.zeros((1, LATENT + 1), np.float32)})
+
+        (stats,) = http_client.get_inference_statistics(UNCOND, "1")["model_stats"]
+        grpc_stats = _as_ints(grpc_client.get_inference_statistics(UNCOND, "1", as_json=True))
+        assert grpc_stats["model_stats"] == [_no_zeros(stats)]  # the same on both protocols
+        assert stats["inference_count"] == 2 * 3 + 1 + 4
+        assert stats["execution_count"] == 5
+        assert stats["last_inference"] > 0
+        inference = stats["inference_stats"]
+        assert inference["success"]["count"] == 5
+        assert inference["fail"]["count"] == 1  # the wrong shape, refused before compute
+        assert inference["queue"]["count"] == inference["compute_infer"]["count"] == 5
+        assert inference["success"]["ns"] > inference["compute_infer"]["ns"] > 0
+        sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+        assert sizes == {1: 1, 2: 3, 4: 1}
+
+        every = http_client.get_inference_statistics()["model_stats"]
+        assert [(m["name"], m["version"]) for m in every] == [(COND, "1"), (UNCOND, "1")]
+        assert every[0]["inference_count"] == 0
+        meta = http_client.get_server_metadata()
+        assert "statistics" in meta["extensions"]
+        for client in (grpc_client, http_client):
+            with pytest.raises(InferenceServerException, match="no-such-model"):
+                client.get_inference_statistics("no-such-model")
+            with pytest.raises(InferenceServerException, match="no version '9'"):
+                client.get_inference_statistics(UNCOND, "9")
+    finally:
+        grpc_client.close()
+        http_client.close()
 
 
 def test_grpc_health_and_http_paths_name_the_service(server: Any) -> None:

@@ -16,6 +16,7 @@ GENERATED = (
     (PROTO, True),
     ("ganserve/kserve/v2/grpc_predict_v2.proto", True),
     ("ganserve/kserve/v2/model_config.proto", False),
+    ("ganserve/kserve/v2/model_statistics.proto", False),
 )
 
 
