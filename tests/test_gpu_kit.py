@@ -256,6 +256,18 @@ def test_train_script_builds_a_model_from_the_carried_data(tmp_path: Path) -> No
     assert (tmp_path / "out" / "models" / "mnist-mlp" / "1" / "model.onnx").stat().st_size > 0
     assert "exported" in (tmp_path / "out" / "train-mnist-mlp.log").read_text()
     assert "train: mnist-mlp built in" in run.stdout
+    # As on the GPU image, --python is itself a venv (this one), whose torch a venv made
+    # with --system-site-packages would not see: the training venv sees it, and gets the
+    # project alone (no core wheels were carried, none are needed).
+    assert sys.prefix != sys.base_prefix, "run the tests from the project's venv"
+    installed = subprocess.run(
+        ["bash", str(GPU / "train.sh"), "--python", sys.executable, "--parts", str(carried),
+         "--device", "cpu", "--dry-run", "mnist-mlp"],
+        capture_output=True, text=True, env={**env, "OUT": str(tmp_path / "out2")}, timeout=300,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    assert "train: PyTorch" in installed.stdout and "train: mnist-mlp built in" in installed.stdout
+    assert (home / "venv-train" / "bin" / "python").exists()
     bad = subprocess.run(
         ["bash", str(GPU / "train.sh"), "--no-install", "--python", sys.executable,
          "--parts", str(tmp_path / "none"), "--device", "cpu", "mnist-mlp"],

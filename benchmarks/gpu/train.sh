@@ -10,11 +10,12 @@
 # --no-install (run --python as it is, with the project importable: for a check here),
 # --parts DIR (benchmarks/gpu/parts), --data-root DIR (default: the carried data group).
 #
-# Needs the core wheels that unpack_install.sh stashed and the data group's calls
-# (pack.py packs the IDX files of ../shared/data as group data). The GPU image's python3
-# has PyTorch with CUDA but none of the project's other dependencies, and torch is far
-# too large to carry: the training venv is made from it with its site-packages visible,
-# and the core wheels installed over them. Each model is `ganserve build-model`'s, its
+# Needs the data group's calls (pack.py packs the IDX files of ../shared/data as group
+# data). The GPU image's python3 has PyTorch with CUDA, ONNX, ONNX Runtime (CPU, enough
+# for the export check and the evaluation), numpy, pillow and tqdm, and torch is far too
+# large to carry: the training venv sees python3's packages and gets only the project.
+# Should python3 lack one of them, the core wheels of unpack_install.sh's calls are
+# installed (if they were carried). Each model is `ganserve build-model`'s, its
 # runs under GANSERVE_GPU_HOME; $OUT (else GANSERVE_GPU_HOME/out) gets models/NAME (the
 # ONNX file, samples.png, the card with its figures) and train-NAME.log. Copy
 # models/NAME into the repository's models/ and commit it with the figures.
@@ -74,17 +75,41 @@ fi
 
 vpy=$python
 if [ "$install" = yes ]; then
-    wheels=$home/wheels
-    kit assemble --group core --out "$wheels" ||
-        die "the core wheels are missing: run unpack_install.sh's calls first"
-    # shellcheck source-path=SCRIPTDIR source=venv.sh
-    . "$here/venv.sh"
-    vpy=$home/venv-train/bin/python
-    make_venv "$home/venv-train" "$python" "$wheels" --system-site-packages
-    "$python" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["requirements"]))' \
-        "$home/parts/manifest.json" >"$home/requirements.txt"
-    pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"
-    pip_install --no-deps --no-build-isolation -e "$root" || die "installing the project failed"
+    # A venv made from --python that sees its packages through a .pth file: PyTorch and
+    # most of the rest are there on the GPU image. (--system-site-packages would not do:
+    # that python3 is itself a venv, and the flag shows the *base* interpreter's
+    # packages, not its own.) Only the project is installed, without dependencies.
+    venv=$home/venv-train
+    [ -x "$venv/bin/python" ] || "$python" -m venv --without-pip "$venv" || die "cannot make a venv"
+    vpy=$venv/bin/python
+    purelib=$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    "$python" -c 'import site; print("\n".join(site.getsitepackages()))' >"$purelib/ganserve-base.pth"
+    "$vpy" -m pip --version >/dev/null 2>&1 || die "$python has no pip to install the project with"
+    "$vpy" -m pip install -q --disable-pip-version-check --no-index --no-deps \
+        --no-build-isolation -e "$root" || die "installing the project failed"
+    # What training imports and --python may lack: from the stashed core wheels.
+    missing=$("$vpy" -c '
+import importlib
+
+missing = set()
+for name in ("ganserve.training.build", "onnx", "onnxruntime", "PIL", "tqdm"):
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing.add((exc.name or name).split(".")[0])
+print(" ".join(sorted(missing)))
+')
+    if [ -n "$missing" ]; then
+        wheels=$home/wheels
+        kit assemble --group core --out "$wheels" ||
+            die "$python lacks $missing: carry the core group's calls (section 2 of the README)"
+        # shellcheck source-path=SCRIPTDIR source=venv.sh
+        . "$here/venv.sh"
+        venv_python=$vpy
+        "$python" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["requirements"]))' \
+            "$home/parts/manifest.json" >"$home/requirements.txt"
+        pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"
+    fi
 fi
 
 # torch from --python's site-packages: the one thing the kit does not carry
