@@ -66,8 +66,10 @@ def _evaluate(
     n: int,
     repeats: int,
     log: Callable,
+    threads: int = 1,
 ) -> Any:
-    """Run the evaluation package if it is installed; None (with a warning) otherwise."""
+    """Run the evaluation package if it is installed; None (with a warning) otherwise.
+    ``threads``: build-model's ``--threads`` (its CPU work: ONNX Runtime and torch)."""
     try:
         from ganserve.training.card import write_model_card
         from ganserve.training.evaluate import evaluate_onnx, write_quality
@@ -80,7 +82,9 @@ def _evaluate(
         data_dir = str(default_data_dir(dataset))
     # conditional models get their classification accuracy score too (minutes): a card
     # without it would drop the figure a later evaluation without --cas left out
-    report = evaluate_onnx(onnx_path, data_dir, dataset, n=n, seed=0, repeats=repeats, cas=True)
+    report = evaluate_onnx(
+        onnx_path, data_dir, dataset, n=n, seed=0, repeats=repeats, cas=True, threads=threads
+    )
     write_quality(onnx_path, report)
     card = write_model_card(model_root, onnx_path, report)
     print(f"{model_root.name}:\n{report.table()}", flush=True)
@@ -155,5 +159,7 @@ def build_model(
     if dry_run:
         log(f"{name}: dry run, evaluation skipped")
     elif evaluate:
-        report = _evaluate(model_root, onnx_path, data_dir, cfg.dataset, eval_n, eval_repeats, log)
+        report = _evaluate(
+            model_root, onnx_path, data_dir, cfg.dataset, eval_n, eval_repeats, log, threads or 1
+        )
     return BuildResult(name, checkpoint, onnx_path, samples, diff, report)

@@ -38,10 +38,10 @@ def _guarded(command: str, handler: Callable[[argparse.Namespace], int]) -> Call
     return run
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+def _add_runtime(p: argparse.ArgumentParser, threads: str = "torch CPU threads") -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto = CUDA when present (default: %(default)s)")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help=threads)
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar, and no per-epoch JSON lines on stdout (they "
                    "still go to RUN/log.jsonl)")  # fmt: skip
@@ -324,7 +324,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
         help="disjoint seed sets of --eval-n images; figures are their mean ± sd (default 5)",
     )
     p.add_argument("--dry-run", action="store_true", help="a few steps on synthetic data")
-    _add_runtime(p)
+    _add_runtime(p, "torch CPU threads of the training, and the evaluation's (default 1)")
     p.set_defaults(func=_guarded("build-model", _build))
 
 

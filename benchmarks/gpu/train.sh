@@ -133,7 +133,9 @@ for model in "${models[@]}"; do
     # ${a[@]+...}: an empty array under set -u fails on bash before 4.4
     echo "== $model: ganserve build-model --device $device ${build_flags[*]+${build_flags[*]}}"
     start=$(date +%s)
+    # --threads: the evaluation's CPU work (ONNX Runtime, the CAS classifier) on every core
     if "$vpy" -m ganserve build-model "$model" --device "$device" --data-root "$data_root" \
+        --threads "$(nproc)" \
         --models-dir "$out/models" --runs-dir "$runs" ${build_flags[@]+"${build_flags[@]}"} \
         2>&1 | tee "$out/train-$model.log"; then
         echo "train: $model built in $(($(date +%s) - start)) s: $out/models/$model"
