@@ -317,7 +317,7 @@ def _add_interpolate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truncation", type=float, help="truncation psi > 0")
     parser.add_argument("--out", default="morph.gif", help=".gif animation, .png strip, .npy")
     parser.add_argument(
-        "--fps", type=positive_float, default=12.0, help="GIF frames per second (0.0015 to 50)"
+        "--fps", type=positive_float, default=12.0, help="GIF frames per second (0.00153 to 50)"
     )
     parser.add_argument("--boomerang", action="store_true", help="GIF plays forward then back")
     _picture_options(parser, scale=4)

@@ -8,6 +8,7 @@ the server's own implementation from ``ganserve.imaging``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -43,7 +44,9 @@ _PIL_DEFAULT_MAX_PIXELS = 89_478_485
 GIF_MAX_SIDE = 65_535
 # ... and each frame's delay in a 16-bit field of hundredths of a second.
 GIF_MAX_FRAME_MS = 655_350
-MIN_GIF_FPS = 1000 / GIF_MAX_FRAME_MS
+# The slowest pace: 1000 / GIF_MAX_FRAME_MS (0.0015259...) rounded up to the figure that
+# messages and the manual give, so that the pace they name is one that is accepted.
+MIN_GIF_FPS = 0.00153
 # The shortest frame worth writing: a delay of 1 (10 ms) or 0 is played at 100 ms by
 # browsers and most viewers, which take so short a delay for an unset one. Faster
 # paces are refused rather than quietly slowed to this.
@@ -174,7 +177,7 @@ def save_gif(
 ) -> list[Image.Image]:
     """Save frames as an animated GIF.
 
-    ``fps`` (default 12, in [``MIN_GIF_FPS``, ``MAX_GIF_FPS``] = [0.0015, 50]) or
+    ``fps`` (default 12, in [``MIN_GIF_FPS``, ``MAX_GIF_FPS``] = [0.00153, 50]) or
     ``duration`` (seconds for the whole animation, at least 20 ms a frame) set the
     pace, ValueError outside it; ``loop=0`` repeats forever; ``boomerang`` plays forward then
     back (without repeating the end frames); ``scale`` enlarges each 28 px
@@ -187,9 +190,20 @@ def save_gif(
         raise ValueError("give fps or duration, not both")
     frames_out = len(batch) + (max(0, len(batch) - 2) if boomerang else 0)
     frame_ms = gif_frame_ms(fps, duration, frames_out)  # before the frames are drawn
-    images = [to_pil(f, scale=scale) for f in batch]
-    if boomerang and len(images) > 2:
-        images = images + images[-2:0:-1]
+    order = list(range(len(batch)))
+    if boomerang and len(batch) > 2:
+        order += order[-2:0:-1]
+    # The GIF writer merges identical frames in a row into one frame of their summed
+    # delay, which must fit the 16-bit field too (a walk from a seed to itself).
+    still = _longest_still(batch, order)
+    if still * frame_ms > GIF_MAX_FRAME_MS:
+        raise ValueError(
+            f"{still} identical frames in a row make one GIF frame of {still * frame_ms / 1000:g}"
+            f" s, and a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at "
+            f"least {math.ceil(1e5 * 1000 * still / GIF_MAX_FRAME_MS) / 1e5:g}"
+        )
+    pictures = [to_pil(f, scale=scale) for f in batch]
+    images = [pictures[i] for i in order]
     # GIF timing has 10 ms resolution; frames under 20 ms were refused above.
     images[0].save(
         path,
@@ -202,6 +216,15 @@ def save_gif(
         disposal=1,
     )
     return images
+
+
+def _longest_still(batch: np.ndarray, order: list[int]) -> int:
+    """The longest run of identical frames in a row, frames ``batch[i]`` for i in ``order``."""
+    longest = run = 1
+    for a, b in itertools.pairwise(order):
+        run = run + 1 if a == b or np.array_equal(batch[a], batch[b]) else 1
+        longest = max(longest, run)
+    return longest
 
 
 def gif_frame_ms(fps: float | None = None, duration: float | None = None, frames: int = 1) -> int:
@@ -233,7 +256,7 @@ def gif_frame_ms(fps: float | None = None, duration: float | None = None, frames
     if frame_ms > GIF_MAX_FRAME_MS:
         raise ValueError(
             f"a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at least "
-            f"{MIN_GIF_FPS:.4f} (or shorten duration)"
+            f"{MIN_GIF_FPS:g} (or shorten duration)"
         )
     return frame_ms
 

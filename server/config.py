@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,10 @@ class ServerConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         config = cls(**values)
-        config.validate()
+        try:
+            config.validate()
+        except ConfigError as exc:  # its messages name flags: name the variables read
+            raise ConfigError(_named_by_source(str(exc), sources)) from None
         return config
 
     def validate(self) -> None:
@@ -295,6 +299,16 @@ class ServerConfig:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _named_by_source(message: str, sources: Mapping[str, str]) -> str:
+    """``message`` with each flag whose value came from a ``GANSERVE_*`` variable
+    replaced by that variable (``--port`` is not ``--metrics-port``'s tail)."""
+    for opt in _OPTIONS:
+        source = sources.get(opt.dest)
+        if source is not None and source != opt.flag:
+            message = re.sub(rf"(?<![\w-]){re.escape(opt.flag)}(?![\w-])", source, message)
+    return message
 
 
 def _section_rules() -> dict[str, tuple[Callable[[Any], bool], str]]:

@@ -37,7 +37,7 @@ from starlette.routing import Route
 from . import tracing
 from .encode import encode_images
 from .engine import Engine
-from .errors import Cancelled, DeadlineExceeded, InvalidArgument
+from .errors import Cancelled, DeadlineExceeded, InvalidArgument, retry_after
 from .generation import OFFLOAD_IMAGES
 from .http.budgets import reserve_reply
 from .http.errors import error_response
@@ -394,7 +394,7 @@ def kserve_routes(core: OipCore) -> list[Route]:
         if why is None:
             return JSONResponse({"name": name, "ready": True})
         call.code = why.code_name
-        return error_response(why.code_name, why.message)
+        return error_response(why.code_name, why.message, retry_after_s=retry_after(why))
 
     async def infer(request: Request, call: Call) -> Response:
         """Open Inference Protocol: inference with JSON (or binary) tensors."""

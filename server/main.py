@@ -115,7 +115,10 @@ def serve(config: ServerConfig, argv: Sequence[str] | None = None) -> int:
         import grpc_reflection.v1alpha.reflection  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        print(f"ganserve serve needs the server extra: pip install 'ganserve[server]' ({exc})")
+        print(
+            f"ganserve serve needs the server extra: pip install 'ganserve[server]' ({exc})",
+            file=sys.stderr,
+        )
         return 2
     if config.workers > 1:
         from .workers import run_workers

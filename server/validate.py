@@ -69,7 +69,10 @@ def truncation_field(req: Any) -> float | None:
     psi = float(req.truncation)
     # The floor bounds the redraw loop of the seed rule (see ganserve.seeds).
     if not (math.isfinite(psi) and psi >= MIN_TRUNCATION):
-        raise InvalidArgument(f"truncation: must be a finite number >= {MIN_TRUNCATION}, got {psi}")
+        # a float32 field: 7 digits show what was sent (0.01, not 0.009999999776482582)
+        raise InvalidArgument(
+            f"truncation: must be a finite number >= {MIN_TRUNCATION}, got {psi:.7g}"
+        )
     return psi
 
 

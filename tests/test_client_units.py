@@ -92,6 +92,25 @@ def test_save_gif_refuses_a_pace_faster_than_50_fps(tmp_path: Path) -> None:
         assert img.info["duration"] == 20
 
 
+def test_save_gif_refuses_identical_frames_that_would_merge_past_a_gif_frame(
+    tmp_path: Path,
+) -> None:
+    """Found in review: the GIF writer merges identical frames in a row into one frame
+    of their summed delay, and a walk from a seed to itself at fps 0.002 (two frames of
+    500 s) overflowed its 16-bit field: OverflowError, a traceback in the CLI."""
+    still = np.zeros((2, 28, 28), np.float32)
+    path = tmp_path / "still.gif"
+    with pytest.raises(ValueError, match=r"2 identical frames in a row .* at least 0\.00306"):
+        images.save_gif(still, path, fps=0.002)
+    with pytest.raises(ValueError, match="8190 identical frames in a row"):
+        images.save_gif(np.zeros((4096, 28, 28), np.float32), path, boomerang=True)
+    assert not path.exists()
+    images.save_gif(still, path, fps=0.00306)  # the pace the message names is accepted
+    with Image.open(path) as img:
+        assert img.info["duration"] == 653_590  # in hundredths of a second
+    images.save_gif(np.stack([still[0], still[0] + 1]), path, fps=images.MIN_GIF_FPS)
+
+
 def test_grid_size_without_making_the_grid() -> None:
     batch = np.zeros((5, 4, 3), np.uint8)
     for layout, scale in (({}, 1), ({"cols": 2, "padding": 1}, 1), ({"rows": 1, "padding": 0}, 3)):

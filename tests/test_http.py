@@ -359,7 +359,7 @@ def test_errors_have_the_grpc_status_and_message(server, grpc_stub, path, method
         (
             f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&fps=0.0001",
             400,
-            "fps: must be a finite number in [0.0015, 50]",
+            "fps: must be a finite number in [0.00153, 50]",
         ),
         (
             f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=4000&scale=20",
@@ -420,6 +420,17 @@ def test_a_label_mistake_names_the_query_parameter_however_given(server) -> None
     assert messages == {"label: model tiny-uncond is unconditional and takes no label; remove it"}
 
 
+def test_a_still_gif_too_slow_to_store_is_refused_not_a_500(server) -> None:
+    """Found in review: a walk from a seed to itself is frames the GIF writer merges into
+    one, whose summed delay overflowed (500, OverflowError in the log)."""
+    path = f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=1&steps=2&scale=1&fps=0.002"
+    reply = get(server.http_port, path)
+    assert reply.status == 400, reply.body[:200]
+    assert reply.json()["error"].startswith("fps: 2 identical frames in a row make one GIF")
+    ok = get(server.http_port, path.replace("fps=0.002", "fps=0.00306"))
+    assert ok.status == 200
+
+
 @pytest.mark.parametrize(
     ("fps", "status"), [("50", 200), ("50.5", 400), ("60", 400), ("1e9", 400), ("inf", 400)]
 )
@@ -432,7 +443,7 @@ def test_a_gif_faster_than_50_fps_is_refused_not_slowed(server, fps: str, status
         assert reply.image().info["duration"] == 20
     else:
         assert reply.json()["error"].startswith(
-            "fps: must be a finite number in [0.0015, 50] (a GIF frame lasts from 20 ms to "
+            "fps: must be a finite number in [0.00153, 50] (a GIF frame lasts from 20 ms to "
             "655.35 s), got "
         )
 
@@ -637,6 +648,8 @@ def test_a_failed_model_is_503_with_the_grpc_message(tmp_path, start_server) -> 
     assert (reply.status, code) == (503, "UNAVAILABLE")
     assert reply.json() == {"error": message, "code": code}
     assert "retry-after" not in reply.headers  # it fails alike until the file is fixed
+    ready = get(proc.http_port, "/v2/models/broken/ready")
+    assert ready.status == 503 and "retry-after" not in ready.headers
     listed = {m["name"]: m for m in get(proc.http_port, "/v1/models").json()["models"]}
     assert listed["broken"]["state"] == "FAILED" and listed["good"]["state"] == "READY"
 
@@ -885,5 +898,5 @@ def test_http_flags_and_variables(tmp_path) -> None:
     env = {"GANSERVE_MODEL_DIR": str(tmp_path), "GANSERVE_HTTP_PORT": "-1"}
     config = ServerConfig.from_sources(environ={**env, "GANSERVE_HTTP_HOST": "0.0.0.0"})
     assert (config.http_port, config.http_address, config.host) == (-1, "0.0.0.0", "127.0.0.1")
-    with pytest.raises(ConfigError, match=r"--http-port must be in \[-1, 65535\]"):
+    with pytest.raises(ConfigError, match=r"GANSERVE_HTTP_PORT must be in \[-1, 65535\]"):
         ServerConfig.from_sources(environ={**env, "GANSERVE_HTTP_PORT": "-2"})

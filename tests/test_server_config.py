@@ -101,6 +101,14 @@ def test_token_file(tmp_path: Path) -> None:
         (["--log-level", "loud"], {}, "--log-level"),
         (["--max-versions", "-1"], {}, "--max-versions must be >= 0"),
         ([], {"GANSERVE_BATCHING": "maybe"}, "GANSERVE_BATCHING"),
+        # found in review: the checks of the whole config named the flag, not the variable
+        ([], {"GANSERVE_PORT": "70000"}, r"^GANSERVE_PORT must be in \[0, 65535\]$"),
+        ([], {"GANSERVE_METRICS_PORT": "-2"}, r"^GANSERVE_METRICS_PORT must be"),
+        (
+            ["--max-buffered-bytes", str(8 << 20)],
+            {"GANSERVE_MAX_REQUEST_BYTES": str(16 << 20)},
+            r"--max-buffered-bytes .* --max-message-bytes .* GANSERVE_MAX_REQUEST_BYTES \(",
+        ),
     ],
 )
 def test_invalid_values_name_the_setting(tmp_path, argv, env, message) -> None:

@@ -106,7 +106,7 @@ INTERPOLATE = (
     TRUNCATION,
     Param("format", "string", "gif: an animation; png: the frames side by side; npy: the "
           "float32 (steps, C, H, W) frames", "gif", ("gif", "png", "npy")),
-    Param("fps", "number", "GIF frames per second, in [0.0015, 50]", 12.0),
+    Param("fps", "number", "GIF frames per second, in [0.00153, 50]", 12.0),
     Param("boomerang", "boolean", "the GIF plays forward, then back", False),
     Param("scale", "integer", "pixel enlargement of the picture", 4),
     TIMEOUT,

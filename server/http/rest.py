@@ -310,7 +310,7 @@ class RestApi:
         # come out slower than asked, or be quietly slowed to 50 fps: it is refused.
         if fps is None or not (math.isfinite(fps) and MIN_GIF_FPS <= fps <= MAX_GIF_FPS):
             raise InvalidArgument(
-                f"fps: must be a finite number in [{MIN_GIF_FPS:.4f}, {MAX_GIF_FPS:g}] (a GIF "
+                f"fps: must be a finite number in [{MIN_GIF_FPS:g}, {MAX_GIF_FPS:g}] (a GIF "
                 f"frame lasts from {GIF_MIN_FRAME_MS} ms to {GIF_MAX_FRAME_MS / 1000} s), "
                 f"got {fps:g}"
             )
@@ -325,9 +325,12 @@ class RestApi:
         elif fmt == "png":
             body = await _drawn(fmt, images, lambda: pictures.strip_png(to_uint8(images), scale))
         else:
-            body = await _drawn(
-                fmt, images, lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
-            )
+            try:
+                body = await _drawn(
+                    fmt, images, lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
+                )
+            except ValueError as exc:  # identical frames merged into one too long to store
+                raise InvalidArgument(f"fps: {exc}") from None
         return _picture(body, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec)
 
     @_endpoint("http_arithmetic")
