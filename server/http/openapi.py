@@ -26,8 +26,8 @@ def documented(params: Sequence[Param], *media: str) -> Callable[[Any], Any]:
         errors = {
             str(status): {"description": code, "content": {JSON: {"schema": ERROR_SCHEMA}}}
             for code, status in sorted(HTTP_STATUS.items(), key=lambda kv: kv[1])
-            if code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNAVAILABLE",
-                        "RESOURCE_EXHAUSTED", "INTERNAL")
+            if code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "NOT_FOUND", "UNIMPLEMENTED",
+                        "UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL", "DEADLINE_EXCEEDED")
         }  # fmt: skip
         fn.openapi = {
             "parameters": [p.schema() for p in params],

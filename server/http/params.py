@@ -87,7 +87,7 @@ SAMPLE = (
           "i % classes)"),
     Param("blend_label", "string", "conditional models: a second class, blended into the one "
           "label: y = (1 - blend) * onehot(label) + blend * onehot(blend_label)"),
-    Param("blend", "number", "weight of blend_label, in [0, 1] (default 0.5)"),
+    Param("blend", "number", "weight of blend_label, in [0, 1]", 0.5),
     TRUNCATION,
     Param("cols", "integer", "grid columns (default: as square as possible)"),
     Param("scale", "integer", "pixel enlargement of the picture", 2),

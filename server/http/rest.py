@@ -136,9 +136,9 @@ def _picture(body: bytes, media: str, spec: ModelSpec, **headers: Any) -> Respon
 def _blend(query: Query, labels: list[int], spec: ModelSpec) -> tuple[int, float] | None:
     """``blend_label`` and ``blend`` of a sample: (class, weight) or None."""
     other = query.label("blend_label", spec)
-    weight = query.number("blend")
+    weight = query.number("blend")  # its default, 0.5, when not given
     if other is None:
-        if weight is not None:
+        if query.raw("blend") is not None:
             raise InvalidArgument("blend: needs blend_label, the class to blend in")
         return None
     check_label("blend_label", other, spec)
@@ -146,7 +146,7 @@ def _blend(query: Query, labels: list[int], spec: ModelSpec) -> tuple[int, float
         raise InvalidArgument(
             f"blend_label: needs one label to blend from, got {len(labels) or 'none'}"
         )
-    weight = 0.5 if weight is None else weight
+    assert weight is not None  # the parameter's default
     if not 0.0 <= weight <= 1.0:
         raise InvalidArgument(f"blend: must be in [0, 1], got {weight}")
     return other, weight
