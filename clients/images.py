@@ -23,6 +23,7 @@ __all__ = [
     "GIF_MIN_FRAME_MS",
     "MAX_GIF_FPS",
     "MIN_GIF_FPS",
+    "GifTooSlow",
     "check_picture_size",
     "equation",
     "gif_frame_ms",
@@ -197,10 +198,11 @@ def save_gif(
     # delay, which must fit the 16-bit field too (a walk from a seed to itself).
     still = _longest_still(batch, order)
     if still * frame_ms > GIF_MAX_FRAME_MS:
-        raise ValueError(
+        pace = "shorten duration" if duration is not None else "raise fps"
+        raise GifTooSlow(
             f"{still} identical frames in a row make one GIF frame of {still * frame_ms / 1000:g}"
-            f" s, and a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: raise fps to at "
-            f"least {math.ceil(1e5 * 1000 * still / GIF_MAX_FRAME_MS) / 1e5:g}"
+            f" s, and a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: {pace} (fps at "
+            f"least {_fps_for_still(still):g})"
         )
     pictures = [to_pil(f, scale=scale) for f in batch]
     images = [pictures[i] for i in order]
@@ -216,6 +218,20 @@ def save_gif(
         disposal=1,
     )
     return images
+
+
+class GifTooSlow(ValueError):
+    """Identical frames in a row that the GIF writer would merge into one frame longer
+    than a GIF can store."""
+
+
+def _fps_for_still(still: int) -> float:
+    """The lowest pace (5 decimals, as the messages give it) at which ``still`` frames
+    of the rounded per-frame delay still fit one GIF frame."""
+    fps = math.ceil(1e5 * 1000 * still / GIF_MAX_FRAME_MS) / 1e5
+    while still * max(GIF_MIN_FRAME_MS, round(1000 / fps)) > GIF_MAX_FRAME_MS:
+        fps = round(fps + 1e-5, 5)
+    return fps
 
 
 def _longest_still(batch: np.ndarray, order: list[int]) -> int:

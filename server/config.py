@@ -159,11 +159,14 @@ class ServerConfig:
         token_file = values.pop("auth_token_file", None)
         if token_file is not None:
             if "auth_token" in values:
-                raise ConfigError("give either --auth-token or --auth-token-file, not both")
+                raise ConfigError(_named_by_source(
+                    "give either --auth-token or --auth-token-file, not both", sources
+                ))  # fmt: skip
             try:
                 values["auth_token"] = Path(token_file).read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"--auth-token-file: cannot read {token_file}: {exc}") from None
+                where = sources.get("auth_token_file", "--auth-token-file")
+                raise ConfigError(f"{where}: cannot read {token_file}: {exc}") from None
         # The core's configs are frozen and check themselves: build them whole. Their
         # messages name their fields, so each value is checked here first, by its flag.
         sections: dict[str, dict[str, Any]] = {"runtime": {}, "batching": {}}
@@ -303,11 +306,14 @@ def _check(ok: bool, message: str) -> None:
 
 def _named_by_source(message: str, sources: Mapping[str, str]) -> str:
     """``message`` with each flag whose value came from a ``GANSERVE_*`` variable
-    replaced by that variable (``--port`` is not ``--metrics-port``'s tail)."""
+    replaced by that variable. Only a flag standing as a word (at the start, or after a
+    space, "(" or ","; ``--port`` is not ``--metrics-port``'s tail) is replaced, not one
+    inside a value the message quotes (a directory named ``/tmp/--port``)."""
     for opt in _OPTIONS:
         source = sources.get(opt.dest)
         if source is not None and source != opt.flag:
-            message = re.sub(rf"(?<![\w-]){re.escape(opt.flag)}(?![\w-])", source, message)
+            flag = re.escape(opt.flag)
+            message = re.sub(rf"(?<![^\s(,]){flag}(?![\w-])", source, message)
     return message
 
 

@@ -400,29 +400,15 @@ class ModelRepository:
                     if (name, "") in unread or (name, version) in unread
                 }
                 retired = self._drop_removed(on_disk, report)
-                # An older version kept serving for --max-versions is re-read like any
-                # served one: a file replaced in place is picked up (or marked stale).
-                pending = await self._changed(scans + spare, report, retry_failed)
-                # Load concurrently: each load (warm-up included) is a thread.
-                results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
-                for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
-                    entry.fingerprint, entry.digest = scan.fingerprint, digest
-                    if model is None:
-                        self._failed(scan, entry, message, report)
-                        # after the state or gauge that explains it, never in a scrape
-                        # before them (the alert on load failures is muted by them)
-                        self._metrics.model_load_failures_total.labels(scan.name).inc()
-                        continue
-                    if entry.model is not None:
-                        retired.append(entry.model)
-                    entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
-                    entry.failed = False
-                    self._set_state(scan.name, scan.version, entry, LoadState.READY, "")
-                    self._metrics.set_rewritten_layers(
-                        scan.name, scan.version, model.runner.rewritten
-                    )
-                    report["loaded"].append(f"{scan.name}/{scan.version}")
-                retired += self._retire_spare(spare, report)
+                pending = await self._changed(scans, report, retry_failed)
+                await self._load_pending(pending, report, retired)
+                # An older version kept serving for --max-versions is retired once a newer
+                # one is READY; one that stays is re-read like any served version (a file
+                # replaced in place is loaded, or marked stale), after that decision, so
+                # that none is loaded only to be retired.
+                spare = self._retire_spare(spare, report, retired)
+                pending = await self._changed(spare, report, retry_failed)
+                await self._load_pending(pending, report, retired)
             except Exception as exc:  # a bug, not a broken file: no version stays LOADING
                 log.exception("reload failed")
                 report["error"] = [f"{type(exc).__name__}: {exc}"]
@@ -434,6 +420,31 @@ class ModelRepository:
                 await self._retire(retired)
             self._count_reload(failed=bool(report["failed"] or report.get("error")))
             return report
+
+    async def _load_pending(
+        self,
+        pending: list[tuple[_Scan, _Version, str]],
+        report: dict[str, list[str]],
+        retired: list[LoadedModel],
+    ) -> None:
+        """Load ``pending`` concurrently (each load, warm-up included, is a thread) and
+        swap each version that loads in; the sessions it replaces go to ``retired``."""
+        results = await asyncio.gather(*(self._load_version(s) for s, _, _ in pending))
+        for (scan, entry, digest), (model, message) in zip(pending, results, strict=True):
+            entry.fingerprint, entry.digest = scan.fingerprint, digest
+            if model is None:
+                self._failed(scan, entry, message, report)
+                # after the state or gauge that explains it, never in a scrape
+                # before them (the alert on load failures is muted by them)
+                self._metrics.model_load_failures_total.labels(scan.name).inc()
+                continue
+            if entry.model is not None:
+                retired.append(entry.model)
+            entry.model, entry.spec = model, model.spec  # the swap, warm before traffic
+            entry.failed = False
+            self._set_state(scan.name, scan.version, entry, LoadState.READY, "")
+            self._metrics.set_rewritten_layers(scan.name, scan.version, model.runner.rewritten)
+            report["loaded"].append(f"{scan.name}/{scan.version}")
 
     def _newest(self, scans: list[_Scan]) -> tuple[list[_Scan], list[_Scan]]:
         """The newest ``max_versions`` versions of each model on disk, to load; and the
@@ -462,10 +473,13 @@ class ModelRepository:
         self._not_loaded = left
         return kept, spare
 
-    def _retire_spare(self, spare: list[_Scan], report: dict[str, list[str]]) -> list[LoadedModel]:
-        """Retire the older versions kept by :meth:`_newest` whose model now has a READY
-        version among its newest ``max_versions``."""
-        retired = []
+    def _retire_spare(
+        self, spare: list[_Scan], report: dict[str, list[str]], retired: list[LoadedModel]
+    ) -> list[_Scan]:
+        """Retire (into ``retired``) the older versions kept by :meth:`_newest` whose
+        model now has a READY version among its newest ``max_versions``; the others,
+        still kept, are returned."""
+        kept = []
         for scan in spare:
             versions = self._models[scan.name]
             newer_ready = any(
@@ -475,7 +489,9 @@ class ModelRepository:
             )
             if newer_ready:
                 retired += self._remove(scan.name, scan.version, report)
-        return retired
+            else:
+                kept.append(scan)
+        return kept
 
     def _failed(
         self, scan: _Scan, entry: _Version, message: str, report: dict[str, list[str]]

@@ -46,9 +46,6 @@ _CPU = "CPUExecutionProvider"
 # again for every new batch size, so a batch size the warm-up missed would
 # stall its first request for a long time.
 _CUDA_OPTIONS = {"device_id": 0, "cudnn_conv_algo_search": "HEURISTIC"}
-# Models whose CUDA session fell back to the CPU: with --device auto, later loads go
-# straight to the CPU (the failure is the machine's, e.g. no cuDNN, not the model's).
-_CUDA_FAILED: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -145,8 +142,6 @@ def resolve_providers(device: str) -> list[Any]:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cpu":
-        return [_CPU]
-    if device == "auto" and _CUDA_FAILED:  # the provider failed once in this process
         return [_CPU]
     if cuda_usable():
         return [(_CUDA, dict(_CUDA_OPTIONS)), _CPU]
@@ -275,13 +270,12 @@ class OrtRunner:
         active = self._session.get_providers()
         self.device = "cuda" if active and active[0] == _CUDA else "cpu"
         if self.device == "cpu" and providers[0] != _CPU:
-            # The GPU passed the driver check but ORT still fell back (e.g. no cuDNN):
-            # fail if CUDA was demanded; for auto, load again as a CPU runner (the plan
-            # above was CUDA's: no tuning, rewrite or twin), and spare the next models
-            # the failing attempt.
+            # The GPU passed the driver check but ORT still fell back (no cuDNN, the GPU's
+            # memory full, a GPU in exclusive use): fail if CUDA was demanded; for auto,
+            # load again as a CPU runner (the plan above was CUDA's: no tuning, rewrite
+            # or twin). The next load tries CUDA again: the cause may have passed.
             if config.device == "cuda":
                 raise Unavailable(f"{self.path}: ONNX Runtime could not start its CUDA provider")
-            _CUDA_FAILED.append(str(self.path))
             log.warning("%s: CUDA provider failed to start, running on CPU", self.path)
             self.__init__(  # type: ignore[misc]
                 path, spec, replace(config, device="cpu"), side_batches, tune_sizes

@@ -109,6 +109,14 @@ def test_save_gif_refuses_identical_frames_that_would_merge_past_a_gif_frame(
     with Image.open(path) as img:
         assert img.info["duration"] == 653_590  # in hundredths of a second
     images.save_gif(np.stack([still[0], still[0] + 1]), path, fps=images.MIN_GIF_FPS)
+    # the pace named is accepted whatever the rounding to whole milliseconds (found in
+    # review: 64 frames at fps 0.05 named 0.09766, which was refused again)
+    for run in [*range(2, 40), 64, 100, 257]:
+        frames = np.zeros((run, 28, 28), np.float32)
+        with pytest.raises(images.GifTooSlow) as info:
+            images.save_gif(frames, path, fps=1000 * run / 655_350 * 0.99)
+        named = float(str(info.value).rsplit("at least ", 1)[1].rstrip(")"))
+        images.save_gif(frames, path, fps=named)
 
 
 def test_grid_size_without_making_the_grid() -> None:

@@ -268,6 +268,20 @@ def test_train_script_builds_a_model_from_the_carried_data(tmp_path: Path) -> No
     assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
     assert "train: PyTorch" in installed.stdout and "train: mnist-mlp built in" in installed.stdout
     assert (home / "venv-train" / "bin" / "python").exists()
+    # A python without the project's dependencies (nor a recent setuptools to build it
+    # with) and no core wheels carried: refused before the project's install, naming
+    # what is missing (found in review: the install failed first, unexplained).
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", str(bare)], check=True, timeout=120)
+    lacking = subprocess.run(
+        ["bash", str(GPU / "train.sh"), "--python", str(bare / "bin" / "python"),
+         "--parts", str(carried), "--device", "cpu", "--dry-run", "mnist-mlp"],
+        capture_output=True, text=True, env={**env, "GANSERVE_GPU_HOME": str(tmp_path / "h3")},
+        timeout=300,
+    )  # fmt: skip
+    assert lacking.returncode == 1, lacking.stdout[-2000:] + lacking.stderr[-2000:]
+    assert "lacks" in lacking.stderr and "onnx" in lacking.stderr
+    assert "carry the core group's calls" in lacking.stderr
     bad = subprocess.run(
         ["bash", str(GPU / "train.sh"), "--no-install", "--python", sys.executable,
          "--parts", str(tmp_path / "none"), "--device", "cpu", "mnist-mlp"],

@@ -105,6 +105,11 @@ def test_token_file(tmp_path: Path) -> None:
         ([], {"GANSERVE_PORT": "70000"}, r"^GANSERVE_PORT must be in \[0, 65535\]$"),
         ([], {"GANSERVE_METRICS_PORT": "-2"}, r"^GANSERVE_METRICS_PORT must be"),
         (
+            [],
+            {"GANSERVE_AUTH_TOKEN": "a", "GANSERVE_AUTH_TOKEN_FILE": "f"},
+            "give either GANSERVE_AUTH_TOKEN or GANSERVE_AUTH_TOKEN_FILE",
+        ),
+        (
             ["--max-buffered-bytes", str(8 << 20)],
             {"GANSERVE_MAX_REQUEST_BYTES": str(16 << 20)},
             r"--max-buffered-bytes .* --max-message-bytes .* GANSERVE_MAX_REQUEST_BYTES \(",
@@ -158,6 +163,13 @@ def test_log_level_any_case(tmp_path: Path) -> None:
         assert build(["--model-dir", str(tmp_path), "--log-level", level]).log_level == (
             level.upper()
         )
+
+
+def test_a_variable_is_named_where_it_stands_not_inside_a_value(tmp_path: Path) -> None:
+    """Found in review: the flag was replaced inside the quoted value too."""
+    env = {"GANSERVE_MODEL_DIR": str(tmp_path / "--port"), "GANSERVE_PORT": "1"}
+    with pytest.raises(ConfigError, match=r"^GANSERVE_MODEL_DIR .*/--port is not a directory$"):
+        build([], env)
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_workers_must_be_positive(tiny_model_repo) -> None:
     from ganserve.server.config import ConfigError, ServerConfig
 
     environ = {"GANSERVE_WORKERS": "0", "GANSERVE_MODEL_DIR": str(tiny_model_repo)}
-    with pytest.raises(ConfigError, match="^GANSERVE_WORKERS must be >= 1$"):
+    with pytest.raises(ConfigError, match=r"^GANSERVE_WORKERS must be >= 1$"):
         ServerConfig.from_sources(None, environ)
 
 

@@ -241,6 +241,12 @@ def assemble(manifest: dict, stash: Path, out: Path, groups: Iterable[str]) -> l
     then the whole file; returns the files. Raises :class:`KitError` naming the calls
     still to carry, or the part or file that does not match."""
     chosen = set(groups)
+    packed = {entry["group"] for entry in manifest["files"]}
+    if not chosen <= packed:  # not packed at all: nothing to carry would bring it
+        raise KitError(
+            f"group {', '.join(sorted(chosen - packed))} is not in this pack "
+            f"(it has {', '.join(sorted(packed)) or 'no group'}): pack it with pack.py"
+        )
     missing = missing_calls(manifest, stash, chosen)
     if missing:
         raise KitError(

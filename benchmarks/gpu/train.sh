@@ -85,18 +85,23 @@ if [ "$install" = yes ]; then
     purelib=$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     "$python" -c 'import site; print("\n".join(site.getsitepackages()))' >"$purelib/ganserve-base.pth"
     "$vpy" -m pip --version >/dev/null 2>&1 || die "$python has no pip to install the project with"
-    "$vpy" -m pip install -q --disable-pip-version-check --no-index --no-deps \
-        --no-build-isolation -e "$root" || die "installing the project failed"
-    # What training imports and --python may lack: from the stashed core wheels.
+    # What training imports, and the build backend the project needs, that --python may
+    # lack: from the stashed core wheels, before the project goes in.
     missing=$("$vpy" -c '
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 missing = set()
-for name in ("ganserve.training.build", "onnx", "onnxruntime", "PIL", "tqdm"):
+for name in ("onnx", "onnxruntime", "numpy", "PIL", "tqdm", "google.protobuf", "grpc"):
     try:
         importlib.import_module(name)
     except ModuleNotFoundError as exc:
         missing.add((exc.name or name).split(".")[0])
+try:  # pyproject.toml: setuptools>=77 builds the project (its license field)
+    if int(version("setuptools").split(".")[0]) < 77:
+        missing.add("setuptools")
+except PackageNotFoundError:
+    missing.add("setuptools")
 print(" ".join(sorted(missing)))
 ')
     if [ -n "$missing" ]; then
@@ -108,8 +113,11 @@ print(" ".join(sorted(missing)))
         venv_python=$vpy
         "$python" -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["requirements"]))' \
             "$home/parts/manifest.json" >"$home/requirements.txt"
-        pip_install -r "$home/requirements.txt" || die "installing the core wheels failed"
+        pip_install -r "$home/requirements.txt" "setuptools>=77" ||
+            die "installing the core wheels failed"
     fi
+    "$vpy" -m pip install -q --disable-pip-version-check --no-index --no-deps \
+        --no-build-isolation -e "$root" || die "installing the project failed"
 fi
 
 # torch from --python's site-packages: the one thing the kit does not carry
@@ -120,6 +128,7 @@ try:
     import torch
 except ImportError as exc:
     sys.exit(f"train: no PyTorch here ({exc}); its CUDA build is too large to carry")
+import ganserve.training.build  # noqa: F401  (the project and what it imports)
 if sys.argv[1] == "cuda" and not torch.cuda.is_available():
     sys.exit(f"train: PyTorch {torch.__version__} sees no CUDA device")
 where = torch.cuda.get_device_name(0) if sys.argv[1] == "cuda" else "cpu"

@@ -27,7 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ganserve.clients.images import GIF_MAX_FRAME_MS, GIF_MIN_FRAME_MS, MAX_GIF_FPS, MIN_GIF_FPS
+from ganserve.clients.images import (
+    GIF_MAX_FRAME_MS,
+    GIF_MIN_FRAME_MS,
+    MAX_GIF_FPS,
+    MIN_GIF_FPS,
+    GifTooSlow,
+)
 from ganserve.contract import labels as label_rule
 from ganserve.contract.limits import Limits
 from ganserve.imaging import to_uint8
@@ -329,7 +335,7 @@ class RestApi:
                 body = await _drawn(
                     fmt, images, lambda: pictures.gif(to_uint8(images), fps, scale, boomerang)
                 )
-            except ValueError as exc:  # identical frames merged into one too long to store
+            except GifTooSlow as exc:  # identical frames merged into one too long to store
                 raise InvalidArgument(f"fps: {exc}") from None
         return _picture(body, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec)
 
