@@ -198,11 +198,15 @@ def save_gif(
     # delay, which must fit the 16-bit field too (a walk from a seed to itself).
     still = _longest_still(batch, order)
     if still * frame_ms > GIF_MAX_FRAME_MS:
-        pace = "shorten duration" if duration is not None else "raise fps"
+        fits = _fps_for_still(still)
+        if fits is None:  # even 20 ms frames would merge past the limit
+            advice = "no pace fits: fewer identical frames in a row"
+        else:
+            pace = "shorten duration" if duration is not None else "raise fps"
+            advice = f"{pace} (fps at least {fits:g})"
         raise GifTooSlow(
             f"{still} identical frames in a row make one GIF frame of {still * frame_ms / 1000:g}"
-            f" s, and a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: {pace} (fps at "
-            f"least {_fps_for_still(still):g})"
+            f" s, and a GIF frame lasts at most {GIF_MAX_FRAME_MS / 1000} s: {advice}"
         )
     pictures = [to_pil(f, scale=scale) for f in batch]
     images = [pictures[i] for i in order]
@@ -225,11 +229,14 @@ class GifTooSlow(ValueError):
     than a GIF can store."""
 
 
-def _fps_for_still(still: int) -> float:
+def _fps_for_still(still: int) -> float | None:
     """The lowest pace (5 decimals, as the messages give it) at which ``still`` frames
-    of the rounded per-frame delay still fit one GIF frame."""
+    of the rounded per-frame delay (``gif_frame_ms``) still fit one GIF frame; None when
+    none does, not even the shortest frame's."""
+    if still * GIF_MIN_FRAME_MS > GIF_MAX_FRAME_MS:
+        return None
     fps = math.ceil(1e5 * 1000 * still / GIF_MAX_FRAME_MS) / 1e5
-    while still * max(GIF_MIN_FRAME_MS, round(1000 / fps)) > GIF_MAX_FRAME_MS:
+    while still * gif_frame_ms(fps=fps) > GIF_MAX_FRAME_MS:
         fps = round(fps + 1e-5, 5)
     return fps
 
