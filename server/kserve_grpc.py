@@ -132,7 +132,7 @@ async def infer_response(result: InferResponse) -> pb.ModelInferResponse:
     msg = pb.ModelInferResponse(
         model_name=result.model_name, model_version=result.model_version, id=result.id
     )
-    raw = all(out.binary for out in result.outputs)
+    raw = result.binary
     for out in result.outputs:
         tensor = msg.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
         if raw:  # FLOAT32 bytes, off the event loop when large, as Sample's are
@@ -278,9 +278,7 @@ class KServeService:
 
 async def _traced_response(result: InferResponse) -> pb.ModelInferResponse:
     """:func:`infer_response`, traced as ``ganserve.encode`` (as ``Sample``'s encoding)."""
-    images = result.outputs[0].data.shape[0] if result.outputs else 0
-    raw = all(out.binary for out in result.outputs)
-    with tracing.encode_span("raw" if raw else "fp32_contents", images):
+    with tracing.encode_span("raw" if result.binary else "fp32_contents", result.images):
         return await infer_response(result)
 
 

@@ -425,8 +425,7 @@ def kserve_routes(core: OipCore) -> list[Route]:
             # the handler returns (at most max_request_bytes a request)
             held.give_all()
         result = await core.infer(parsed, call, binary_default=False)
-        images = result.outputs[0].data.shape[0] if result.outputs else 0
-        binary = all(out.binary for out in result.outputs)
+        images, binary = result.images, result.binary
         with tracing.encode_span("binary" if binary else "json", images):  # no-op untraced
             if images >= (OFFLOAD_IMAGES if binary else _OFFLOAD_JSON_IMAGES):
                 return await asyncio.to_thread(infer_response, result)

@@ -131,6 +131,16 @@ class InferResponse:
     id: str
     outputs: list[OutputTensor]
 
+    @property
+    def images(self) -> int:
+        """Images answered (the batch dimension)."""
+        return self.outputs[0].data.shape[0] if self.outputs else 0
+
+    @property
+    def binary(self) -> bool:
+        """Every output goes as bytes (the spec: raw for all outputs or for none)."""
+        return all(out.binary for out in self.outputs)
+
 
 def _tensor_json(name: str, shape: Sequence[int]) -> dict[str, Any]:
     return {"name": name, "datatype": FP32, "shape": list(shape)}
