@@ -24,6 +24,7 @@ from torch import nn
 
 from ganserve.cli import main as ganserve_main
 from ganserve.server.spec import read_spec
+from ganserve.training.card import render_model_card
 from ganserve.training.config import ARCHS, LOSSES, TrainConfig
 from ganserve.training.data import DataError, load_split
 from ganserve.training.ema import EMA, recalibrate_batchnorm
@@ -34,6 +35,7 @@ from ganserve.training.recipes import RECIPES
 from ganserve.training.train import (
     TrainingDiverged,
     _check_lr_continues,
+    _Run,
     load_checkpoint,
     train,
 )
@@ -256,6 +258,46 @@ def test_two_time_scale_lr_keeps_its_ratio_while_annealing(tmp_path: Path) -> No
     assert lr_d == pytest.approx(4 * lr_g)
     same = load_checkpoint(train(tiny(tmp_path / "b", epochs=2, lr_decay_start=1), quiet=True))
     assert same["opt_d"]["param_groups"][0]["lr"] == same["opt_g"]["param_groups"][0]["lr"]
+
+
+def test_top_k_generator_steps_follow_their_schedule_and_keep_the_best_rated() -> None:
+    """--topk-gamma/--topk-min: G learns from the share max(gamma ** epoch, min) of its
+    batch that D rates most real (Sinha et al. 2020)."""
+    run = _Run(
+        TrainConfig(g_width=8, d_width=8, topk_gamma=0.5, topk_min=0.25), torch.device("cpu")
+    )
+    counts = []
+    for epoch in range(4):
+        run.epoch = epoch
+        counts.append(run.top_k_count(64))
+    assert counts == [64, 32, 16, 16]
+    out = torch.tensor([0.3, -2.0, 5.0, 1.0, -0.5, 4.0, 0.0, 2.0])
+    run.epoch = 2  # a quarter of 8: the two best
+    assert sorted(run._top_k(out).tolist()) == [4.0, 5.0]
+    plain = _Run(TrainConfig(g_width=8, d_width=8), torch.device("cpu"))
+    plain.epoch = 50
+    assert plain.top_k_count(64) == 64 and plain._top_k(out) is out
+
+
+def test_top_k_training_is_the_plain_step_until_its_share_falls(tmp_path: Path) -> None:
+    """Epoch 1 (share 1) trains exactly as without top-k; epoch 2 (share 0.5) differs."""
+    plain_1 = _weights(train(tiny(tmp_path / "a", epochs=1), quiet=True))
+    topk_1 = _weights(train(tiny(tmp_path / "b", epochs=1, topk_gamma=0.5), quiet=True))
+    assert _same(plain_1, topk_1)
+    plain_2 = _weights(train(tiny(tmp_path / "a", epochs=2), resume=True, quiet=True))
+    topk_2 = _weights(train(tiny(tmp_path / "b", epochs=2), resume=True, quiet=True))
+    assert not _same(plain_2, topk_2)
+    ckpt = tmp_path / "b" / "run" / "checkpoint.pt"
+    assert load_checkpoint(ckpt)["config"]["topk_gamma"] == 0.5
+    log = [json.loads(x) for x in (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["topk_share"] for r in log] == [1.0, 0.5]
+    assert "topk_share" not in (tmp_path / "a" / "run" / "log.jsonl").read_text()
+    out = tmp_path / "models" / "topk" / "1" / "model.onnx"
+    export_checkpoint(ckpt, out, "topk")
+    card = render_model_card(out)
+    assert "per-epoch factor: 0.5" in card and "smallest share: 0.5" in card
+    export_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt", out, "plain")
+    assert "top-k" not in render_model_card(out)
 
 
 def test_spectral_discriminator_bounds_every_weight(tmp_path: Path) -> None:
@@ -735,6 +777,9 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--real-label", "nan"], "--real-label must be a finite number"),
         (["--ema-decay", "nan"], "--ema-decay must be a finite number"),
         (["--beta1", "nan"], "--beta1 must be a finite number"),
+        (["--topk-gamma", "0"], "--topk-gamma must be in (0, 1]"),
+        (["--topk-min", "1.5"], "--topk-min must be in (0, 1]"),
+        (["--topk-min", "nan"], "--topk-min must be a finite number"),
     ],
 )
 def test_cli_rejects_bad_training_flags(

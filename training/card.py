@@ -32,6 +32,8 @@ _TRAIN_KEYS = (
     ("lr", "learning rate"),
     ("lr_decay_start", "learning rate falls linearly to 0 from epoch"),
     ("r1_gamma", "R1 penalty gamma"),
+    ("topk_gamma", "top-k G steps: share of G's images it learns from, per-epoch factor"),
+    ("topk_min", "top-k G steps: smallest share"),
     ("codes", "InfoGAN categorical code values (chosen by z; no labels used)"),
     ("code_temperature", "soft code temperature (softmax of the code's projections of z)"),
     ("ema", "exported weights are an EMA of G's"),
@@ -41,6 +43,13 @@ _TRAIN_KEYS = (
 _OPTIONAL_KEYS = frozenset(
     {"lr_decay_start", "r1_gamma", "codes", "code_temperature"}
 )  # a line only when in use
+
+
+def _in_use(cfg: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` of a training config earns a line in the card."""
+    if key in ("topk_gamma", "topk_min"):  # top-k is off while its factor is 1
+        return cfg.get("topk_gamma", 1.0) != 1.0
+    return bool(cfg[key]) or key not in _OPTIONAL_KEYS
 
 
 def _duration(seconds: Any) -> str:
@@ -234,7 +243,7 @@ def render_model_card(onnx_path: Path, report: EvalReport | None = None) -> str:
     lines += [
         f"- {label}: {_value(cfg[key])}"
         for key, label in _TRAIN_KEYS
-        if key in cfg and (cfg[key] or key not in _OPTIONAL_KEYS)
+        if key in cfg and _in_use(cfg, key)
     ]
     lines += [
         "",

@@ -123,6 +123,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gp-weight", type=float, default=10.0)
     p.add_argument("--r1", dest="r1_gamma", type=float, default=0.0, metavar="GAMMA",
                    help="R1 penalty on real images, weight GAMMA / 2 (0: off)")  # fmt: skip
+    p.add_argument("--topk-gamma", type=float, default=1.0, metavar="GAMMA",
+                   help="top-k G steps (Sinha et al. 2020): G learns from the share "
+                   "max(GAMMA ** epoch, --topk-min) of its images that D rates most real "
+                   "(default 1: all)")  # fmt: skip
+    p.add_argument("--topk-min", type=float, default=0.5, metavar="SHARE",
+                   help="the smallest share of top-k G steps, in (0, 1] (default "
+                   "%(default)s)")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/ARCH-DATASET)")
@@ -199,7 +206,8 @@ def _train(args: argparse.Namespace) -> int:
 
 # Float flags: argparse's float() takes "nan" and "inf", and NaN passes every "< 0" test.
 _FLOAT_FLAGS = ("lr", "lr_d", "beta1", "beta2", "real_label", "gp_weight", "r1_gamma",
-                "info_weight", "code_temperature", "ema_decay")  # fmt: skip
+                "info_weight", "code_temperature", "ema_decay", "topk_gamma",
+                "topk_min")  # fmt: skip
 
 
 def _check_train_values(values: dict) -> None:
@@ -225,6 +233,9 @@ def _check_train_values(values: dict) -> None:
         raise ValueError(f"--lr-d must be > 0, got {values['lr_d']}")
     if not 0 < values["real_label"] <= 1:
         raise ValueError(f"--real-label must be in (0, 1], got {values['real_label']}")
+    for key in ("topk_gamma", "topk_min"):
+        if not 0 < values[key] <= 1:
+            raise ValueError(f"{_flag(key)} must be in (0, 1], got {values[key]}")
     if not 0 <= values["ema_decay"] < 1:
         raise ValueError(f"--ema-decay must be in [0, 1), got {values['ema_decay']}")
     start = values["lr_decay_start"]

@@ -59,6 +59,11 @@ class TrainConfig:
     n_critic: int = 1  # discriminator steps per generator step
     gp_weight: float = 10.0  # wgan-gp only
     r1_gamma: float = 0.0  # > 0: R1 penalty gamma / 2 * E ||grad D(real)||^2 in D's loss
+    # Top-k generator steps (Sinha et al. 2020): G learns only from the k of its batch's
+    # images that D rates most real, k = max(topk_gamma ** epoch, topk_min) x batch;
+    # topk_gamma 1: every image (the plain GAN step).
+    topk_gamma: float = 1.0
+    topk_min: float = 0.5
     ema_decay: float = 0.999
     seed: int = 0
     out: str = "runs/run"

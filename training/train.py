@@ -296,15 +296,30 @@ class _Run:
         if g_step:
             if cfg.codes:  # ... and G is rewarded for making its code readable
                 g_out, code_logits = self.D.forward_with_code(self._augment(fake), y)
-                g_loss = loss.g_loss(g_out) + cfg.info_weight * F.cross_entropy(code_logits, code)
+                g_loss = loss.g_loss(self._top_k(g_out)) + cfg.info_weight * F.cross_entropy(
+                    code_logits, code
+                )
             else:
-                g_loss = loss.g_loss(self.D(self._augment(fake), y))
+                g_loss = loss.g_loss(self._top_k(self.D(self._augment(fake), y)))
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
             self.ema.update(self.G)
             stats["g"] = float(g_loss.detach())
         return stats
+
+    def top_k_count(self, batch: int) -> int:
+        """How many of a batch of ``batch`` generated images G learns from this epoch."""
+        cfg = self.cfg
+        share = max(cfg.topk_gamma**self.epoch, cfg.topk_min)
+        return max(1, min(batch, round(share * batch)))
+
+    def _top_k(self, out: torch.Tensor) -> torch.Tensor:
+        """D's outputs on G's images, keeping the ``top_k_count`` rated most real: the
+        gradient of the worst images points between the data's modes, where a
+        generator continuous in z must otherwise spend some of its images."""
+        k = self.top_k_count(out.size(0))
+        return out if k == out.size(0) else torch.topk(out.flatten(), k).values
 
     def _augment(self, images: torch.Tensor) -> torch.Tensor:
         return augment(images, self.cfg.augment, self.aug_rng, self.cfg.augment_shift)
@@ -472,6 +487,11 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
                     D=f"{stats['d']:.3f}", G=f"{stats.get('g', float('nan')):.3f}",
                     Dx=f"{stats['dx']:.3f}", DGz=f"{stats['dgz']:.3f}")  # fmt: skip
         bar.close()
+        if cfg.topk_gamma != 1.0:  # the share of G's images its steps learned from
+            sums["topk_share"], counts["topk_share"] = (
+                run.top_k_count(cfg.batch_size) / cfg.batch_size,
+                1,
+            )
         run.epoch += 1
         seconds = time.perf_counter() - started
         run.train_seconds += seconds
