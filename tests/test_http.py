@@ -562,6 +562,39 @@ def test_another_method_on_an_unknown_path_is_not_found(server, method: str) -> 
     assert send(server.http_port, "/", "HEAD", b"").status == 200
 
 
+def test_head_on_a_picture_checks_the_request_without_drawing_it(server, scrape) -> None:
+    """HEAD answers a picture's headers (type, model, the seed a GET of that query uses)
+    and the errors its GET would get, but runs no generator: a monitor's or a link
+    checker's HEAD costs nothing."""
+
+    def images() -> float:
+        return scrape(server).get(("ganserve_images_total", (("model", UNCOND),)), 0.0)
+
+    before = images()
+    for path, media in (
+        (f"/v1/models/{UNCOND}/sample?count=64&seed=7", "image/png"),
+        (f"/v1/models/{UNCOND}/sample?count=4&seed=7&format=npy", "application/octet-stream"),
+        (f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=8", "image/gif"),
+        (f"/v1/models/{UNCOND}/arithmetic?terms=1:1;-1:2;1:3", "image/png"),
+    ):
+        reply = send(server.http_port, path, "HEAD")
+        assert reply.status == 200, (path, reply.status)
+        assert reply.headers["content-type"] == media and reply.body == b""
+        assert reply.headers["x-ganserve-model"] == UNCOND
+        assert "content-length" not in reply.headers
+    assert (
+        send(server.http_port, f"/v1/models/{UNCOND}/sample?seed=7", "HEAD").headers[
+            "x-ganserve-seed"
+        ]
+        == "7"
+    )
+    assert send(server.http_port, f"/v1/models/{UNCOND}/sample?count=0", "HEAD").status == 400
+    assert send(server.http_port, "/v1/models/nobody/sample", "HEAD").status == 404
+    assert images() == before  # nothing was generated
+    assert get(server.http_port, f"/v1/models/{UNCOND}/sample?count=2").status == 200
+    assert images() == before + 2  # ... while a GET is counted
+
+
 def test_a_boolean_given_bare_is_true(server) -> None:
     """The one exception to "an empty value is refused": ``?boomerang`` is a flag."""
     base = f"/v1/models/{UNCOND}/interpolate?from_seed=1&to_seed=2&steps=3&scale=1"

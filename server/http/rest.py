@@ -139,6 +139,18 @@ def _picture(body: bytes, media: str, spec: ModelSpec, **headers: Any) -> Respon
     return Response(body, media_type=media, headers=extra)
 
 
+def _head(request: Request, media: str, spec: ModelSpec, **headers: Any) -> Response | None:
+    """A HEAD request's answer once its request is checked, or None for GET: the
+    headers a GET would carry, without computing the picture (a monitor or a link
+    checker that sends HEAD costs no generator run). No Content-Length: the picture's
+    size is known only once it is drawn."""
+    if request.method != "HEAD":
+        return None
+    response = _picture(b"", media, spec, **headers)
+    del response.headers["content-length"]
+    return response
+
+
 def _blend(query: Query, labels: list[int], spec: ModelSpec) -> tuple[int, float] | None:
     """``blend_label`` and ``blend`` of a sample: (class, weight) or None."""
     other = query.label("blend_label", spec)
@@ -263,6 +275,8 @@ class RestApi:
             pictures.check_grid(plan.count, spec.image_shape, cols, scale)
         else:
             pictures.check_npy(self._limits, spec, plan.count, pictures.NPY_SAMPLE_HINT)
+        if head := _head(request, NPY if fmt == "npy" else PNG, spec, seed=plan.seed):
+            return head
         z, _, y = await sample_inputs(plan, 0, plan.count)  # (N, D), y (N, C)
         if blend is not None and y is not None:
             other, weight = blend
@@ -325,6 +339,8 @@ class RestApi:
         pictures.check_frames(plan.z.shape[0], spec.image_shape, scale, fmt, boomerang)
         if fmt == "npy":
             pictures.check_npy(self._limits, spec, plan.z.shape[0], "request fewer steps")
+        if head := _head(request, {"gif": GIF, "png": PNG}.get(fmt, NPY), spec):
+            return head
         images = await self._engine.images(model, plan.z, plan.y, deadline, None, "keyframes")
         if fmt == "npy":
             body = await _drawn(fmt, images, lambda: pictures.npy(images))
@@ -370,6 +386,8 @@ class RestApi:
         )
         plan = await plan_offloaded(plan_arithmetic, req, spec, self._limits, seeds)
         pictures.check_equation(len(terms), spec.image_shape, scale)
+        if head := _head(request, PNG, spec):
+            return head
         z = plan.latents[: plan.n_images]  # (1 + T, D): the result, then each term
         images = await self._engine.images(model, z, plan.y, deadline, None, "terms")
         weights = [float(t.weight) for t in req.terms]
