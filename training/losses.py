@@ -54,11 +54,12 @@ class GANLoss:
             return 0.5 * ((fake - 1.0) ** 2).mean()
         return -fake.mean()  # hinge and wgan-gp
 
-    def score(self, out: torch.Tensor) -> float:
-        """The figure shown as D(x) / D(G(z)): a probability for bce, the raw mean otherwise."""
+    def score(self, out: torch.Tensor) -> torch.Tensor:
+        """The figure shown as D(x) / D(G(z)): a probability for bce, the raw mean
+        otherwise; a 0-d tensor on ``out``'s device (reading it as a float waits for a GPU)."""
         if self.name == "bce":
-            return float(torch.sigmoid(out.detach()).mean())
-        return float(out.detach().mean())
+            return torch.sigmoid(out.detach()).mean()
+        return out.detach().mean()
 
 
 def get_loss(name: str, real_label: float = 1.0, gp_weight: float = 10.0) -> GANLoss:
