@@ -44,6 +44,7 @@ from .grpc_compat import (
     when_call_ends,
 )
 from .oip import FP32, Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
+from .text import shown
 
 __all__ = ["METHOD_LABELS", "SERVICE_NAME", "KServeService", "add_kserve_to_server"]
 
@@ -86,7 +87,8 @@ def _typed_values(tensor: Any) -> Any:
         other = next((f for f in _OTHER_CONTENTS if len(getattr(contents, f))), None)
         if other is not None:
             raise InvalidArgument(
-                f"inputs[{tensor.name}].contents: {FP32} values go in fp32_contents, not {other}"
+                f"inputs[{shown(tensor.name)}].contents: {FP32} values go in fp32_contents, not "
+                f"{other}"
             )
     return contents.fp32_contents if len(contents.fp32_contents) else None
 
@@ -104,7 +106,8 @@ def infer_request(msg: pb.ModelInferRequest) -> InferRequest:
         values = _typed_values(tensor)
         if raw and values is not None:
             raise InvalidArgument(
-                f"inputs[{tensor.name}].contents: give raw_input_contents or contents, not both"
+                f"inputs[{shown(tensor.name)}].contents: give raw_input_contents or contents, not "
+                "both"
             )
         inputs.append(
             InputTensor(

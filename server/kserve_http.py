@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ from .generation import OFFLOAD_IMAGES
 from .http.budgets import reserve_reply
 from .http.errors import error_response
 from .oip import Call, InferRequest, InferResponse, InputTensor, OipCore, RequestedOutput
-from .text import quoted, whole_number
+from .text import quoted, shown, whole_number
 
 __all__ = ["HEADER_LENGTH", "kserve_routes"]
 
@@ -268,6 +269,11 @@ def infer_request(
         text = json_part if isinstance(json_part, bytes | bytearray) else bytes(json_part)
         doc = json.loads(text, object_pairs_hook=_object)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting too deep: Recursion
+        if "integer string conversion" in str(exc):  # Python's guard on int("9" * 5000)
+            raise InvalidArgument(
+                f"request: a number of more than {sys.get_int_max_str_digits():,} digits; "
+                "values must fit float32 (|value| <= 3.4e38)"
+            ) from None
         raise InvalidArgument(f"request: not valid JSON ({exc})") from None
     _field("request", doc, dict, "a JSON object")
     inputs, offset = [], 0
@@ -286,7 +292,7 @@ def infer_request(
             _field(f"{where}.parameters.binary_data_size", size, int, "an integer")
             if size < 0 or offset + size > len(binary):
                 raise InvalidArgument(
-                    f"inputs[{tensor.name}].parameters.binary_data_size: {size} bytes, but "
+                    f"inputs[{shown(tensor.name)}].parameters.binary_data_size: {size} bytes, but "
                     f"{len(binary) - offset} bytes of binary data are left"
                 )
             tensor.raw = binary[offset : offset + size]

@@ -353,7 +353,7 @@ class OipCore:
                     f"its inputs are {names}"
                 )
             if tensor.name in by_name:
-                raise InvalidArgument(f"inputs[{tensor.name}]: given twice")
+                raise InvalidArgument(f"inputs[{shown(tensor.name)}]: given twice")
             by_name[tensor.name] = tensor
         for name, width in expected.items():
             if name not in by_name:
@@ -372,7 +372,7 @@ class OipCore:
 
     def _tensor(self, tensor: InputTensor, width: int) -> np.ndarray:
         """One input as float32 (N, width), all values finite."""
-        where = f"inputs[{tensor.name}]"
+        where = f"inputs[{shown(tensor.name)}]"
         if tensor.datatype != FP32:
             raise InvalidArgument(
                 f"{where}.datatype: {shown(str(tensor.datatype))}, but the model takes {FP32}"
@@ -401,6 +401,12 @@ class OipCore:
                 )
         else:
             raise InvalidArgument(f"{where}: no data")
+        if tensor.values is not None and np.isinf(values).any() and not np.isnan(values).any():
+            # JSON reads 1e400 as infinity, beside its own Infinity: say both
+            raise InvalidArgument(
+                f"{where}: a value is infinite or beyond float64 (|value| > 1.8e308); "
+                "all values must be finite, within float32 (|value| <= 3.4e38)"
+            )
         finite(where, values)  # NaN or infinity as given (JSON's NaN, Infinity)
         as_float32 = values.astype(np.float32, copy=False).reshape(n, width)
         return representable(where, as_float32, "a value")  # finite, but not in float32
@@ -438,7 +444,8 @@ def _flag(where: str, params: dict[str, Any], key: str, default: bool) -> bool:
     """A boolean parameter; REST's JSON "false" (a string) must not read as true."""
     value = params.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidArgument(f"{where}: must be true or false, got {value!r}")
+        shown_value = quoted(value) if isinstance(value, str) else shown(repr(value))
+        raise InvalidArgument(f"{where}: must be true or false, got {shown_value}")
     return value
 
 
@@ -504,9 +511,24 @@ def _numbers(where: str, values: Any) -> np.ndarray:
         arr = None
     if arr is not None and arr.dtype == object:
         arr = _wide_integers(arr)
-    if arr is None or arr.dtype.kind not in "fiu":
+    # numpy reads [true, 0.5] as [1.0, 0.5]: a JSON boolean among numbers is refused
+    # as the all-boolean data is (dtype bool)
+    if arr is None or arr.dtype.kind not in "fiu" or _has_bool(values):
         raise InvalidArgument(f"{where}: data must be numbers, in row-major order")
     return arr.reshape(-1)
+
+
+def _has_bool(values: Any) -> bool:
+    """Whether nested lists ``values`` hold a bool (at C speed per list: ``map(type)``)."""
+    lists = [values]
+    while lists:
+        items = lists.pop()
+        kinds = set(map(type, items))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            lists.extend(v for v in items if type(v) is list)
+    return False
 
 
 def _wide_integers(arr: np.ndarray) -> np.ndarray | None:
@@ -528,4 +550,6 @@ def _wide_integers(arr: np.ndarray) -> np.ndarray | None:
 
 
 def _shape(shape: Sequence[Any]) -> str:
-    return "[" + ", ".join(str(d) for d in shape) + "]"
+    """A client's shape as a message shows it: at most 8 dimensions, then their count."""
+    dims = ", ".join(str(d) for d in shape[:8])
+    return f"[{dims}, ...] ({len(shape)} dimensions)" if len(shape) > 8 else f"[{dims}]"

@@ -342,6 +342,46 @@ def test_grpc_typed_contents_in_and_out(server: Any, grpc_stub: Any) -> None:
         np.testing.assert_array_equal(values.reshape(expected.shape), expected)
 
 
+def _long_text_requests() -> dict[str, Any]:
+    """gRPC requests whose errors would echo 20,000 characters of the client's text."""
+    long = "x" * 20_000
+
+    def request(name: str = "z", shape: list[int] | None = None) -> Any:
+        req = service_pb2.ModelInferRequest(model_name=UNCOND)
+        tensor = req.inputs.add(name=name, datatype="FP32", shape=shape or [1, LATENT])
+        tensor.contents.fp32_contents.extend([0.0] * LATENT)
+        return req
+
+    typed = request(long)
+    typed.inputs[0].contents.int_contents.append(1)
+    both = request(long)
+    both.raw_input_contents.append(b"\0" * 4 * LATENT)
+    flag = request()
+    flag.parameters["binary_data_output"].string_param = long
+    out_flag = request()
+    out_flag.outputs.add(name="image").parameters["binary_data"].string_param = long
+    return {
+        "a long name, contents of another type": typed,
+        "a long name, raw and typed contents": both,
+        "a long flag value": flag,
+        "a long output flag value": out_flag,
+        "a shape of 10,000 dimensions": request(shape=[1] * 10_000),
+    }
+
+
+def test_grpc_errors_echo_long_client_text_cut_and_stay_invalid_argument(server: Any) -> None:
+    """Found in review: an error that echoed 20,000 characters of a name, a parameter or
+    a shape went past gRPC's 16 KiB metadata limit and reached the client as a retryable
+    RESOURCE_EXHAUSTED instead of INVALID_ARGUMENT."""
+    with grpc.insecure_channel(server.target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for case, req in _long_text_requests().items():
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelInfer(req, timeout=10)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, info.value)
+            assert len(info.value.details()) < 400, case
+
+
 def test_http_json_tensors_as_curl_sends_them(server: Any, grpc_stub: Any) -> None:
     """Nested JSON data in, JSON data out (no binary extension), the id echoed."""
     z = _latents(2, seed=5)
@@ -512,6 +552,56 @@ def test_http_json_values_beyond_float32_say_so(server: Any, literal: bytes) -> 
         400,
         "inputs[z]: a value overflows float32 (|value| > 3.4e38); use smaller values",
     )
+
+
+@pytest.mark.parametrize(
+    ("literal", "message"),
+    [
+        (b"1e400", "inputs[z]: a value is infinite or beyond float64 (|value| > 1.8e308)"),
+        (b"-1.0e999", "inputs[z]: a value is infinite or beyond float64 (|value| > 1.8e308)"),
+        (b"9" * 5000, "request: a number of more than 4,300 digits; values must fit float32"),
+        (b"true", "inputs[z]: data must be numbers, in row-major order"),
+        (b"[false]", "inputs[z]: data must be numbers, in row-major order"),
+    ],
+    ids=["1e400", "-1e999", "5000 digits", "a boolean", "a nested boolean"],
+)
+def test_http_json_values_that_are_no_float32_are_refused_as_what_they_are(
+    server: Any, literal: bytes, message: str
+) -> None:
+    """Found in review: 1e400 read "contains NaN or infinity", 5,000 digits "not valid
+    JSON" with Python's advice on sys.set_int_max_str_digits, and a boolean among
+    numbers was taken as 1.0 or 0.0."""
+    status, error = _json_infer(server, literal)
+    assert status == 400 and error.startswith(message), error
+    assert "set_int_max_str_digits" not in error
+
+
+def test_http_json_nested_booleans_among_numbers_are_refused(server: Any) -> None:
+    z = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": [[0.5] * 7 + [False]]}
+    status, _, body = _http(server, f"/v2/models/{UNCOND}/infer", {"inputs": [z]})
+    assert (status, json.loads(body)["error"]) == (
+        400,
+        "inputs[z]: data must be numbers, in row-major order",
+    )
+    z["data"] = [[0.5] * 7 + [0]]  # the same with a number is answered
+    assert _http(server, f"/v2/models/{UNCOND}/infer", {"inputs": [z]})[0] == 200
+
+
+@pytest.mark.parametrize("where", ["name", "datatype", "output"])
+def test_http_json_lone_surrogates_are_echoed_escaped_in_a_400(server: Any, where: str) -> None:
+    """Found in review: a lone surrogate (``"\\ud800"``, valid JSON, not encodable as
+    UTF-8) in a name the error echoes made the error reply itself fail: a plain-text
+    500 for a request counted as INVALID_ARGUMENT."""
+    z = '{"name":"z","shape":[1,8],"datatype":"FP32","data":[0,0,0,0,0,0,0,0]}'
+    body = {
+        "name": '{"inputs":[' + z.replace('"z"', '"\\ud800"') + "]}",
+        "datatype": '{"inputs":[' + z.replace('"FP32"', '"\\udfff"') + "]}",
+        "output": '{"inputs":[' + z + '],"outputs":[{"name":"\\ud800"}]}',
+    }[where]
+    status, headers, raw = _http(server, f"/v2/models/{UNCOND}/infer", body.encode())
+    assert status == 400, raw
+    assert headers["content-type"] == "application/json"
+    assert "\\ud" in json.loads(raw)["error"]
 
 
 @pytest.mark.parametrize(

@@ -47,4 +47,7 @@ def error_response(
         extra.setdefault("Retry-After", str(after))
     if status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
+    # A client's JSON may spell a lone surrogate (``"\ud800"``), which a message that
+    # echoes it carries and UTF-8 cannot encode: it is sent escaped, as ``\ud800``.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=extra)
