@@ -511,11 +511,16 @@ def _numbers(where: str, values: Any) -> np.ndarray:
         arr = None
     if arr is not None and arr.dtype == object:
         arr = _wide_integers(arr)
-    # numpy reads [true, 0.5] as [1.0, 0.5]: a JSON boolean among numbers is refused
-    # as the all-boolean data is (dtype bool)
-    if arr is None or arr.dtype.kind not in "fiu" or _has_bool(values):
+    if arr is None or arr.dtype.kind not in "fiu" or _has_bool_among(arr, values):
         raise InvalidArgument(f"{where}: data must be numbers, in row-major order")
     return arr.reshape(-1)
+
+
+def _has_bool_among(arr: np.ndarray, values: Any) -> bool:
+    """numpy reads ``[true, 0.5]`` as ``[1.0, 0.5]``: whether a JSON boolean hides among
+    the numbers (the all-boolean data is refused by its dtype). Only data with a 0 or
+    a 1 can hold one, so latents are not walked value by value."""
+    return bool(((arr == 0) | (arr == 1)).any()) and _has_bool(values)
 
 
 def _has_bool(values: Any) -> bool:
