@@ -280,6 +280,13 @@ class PartFetch:
                 grpc.StatusCode.DATA_LOSS,
             )
 
+    def settled(self, reply: pb.ListModelsResponse) -> bool:
+        """Whether a restarted server's ``ListModels`` says the resume can be made: the
+        part's model is listed READY or FAILED. A server answers while it still loads
+        its models (some not listed yet, others LOADING); resuming then would fail."""
+        states = (pb.LOAD_STATE_READY, pb.LOAD_STATE_FAILED)
+        return any(m.name == self.part.model and m.state in states for m in reply.models)
+
     def resume_delay(self, exc: grpc.RpcError) -> float:
         """Seconds to wait before resuming after ``exc``; raises its typed error instead
         when the stream is not to be resumed."""
@@ -296,6 +303,10 @@ class PartFetch:
             raise from_rpc_error(exc) from exc
         delay = min(self.backoff_s, self.max_backoff_s)
         return delay if pushback is None else max(delay, pushback)
+
+
+# How often a resume asks a restarted server whether the stream's model is loaded.
+RESUME_POLL_S = 0.1
 
 
 class Deadline:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -28,7 +29,9 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import (
+    RESUME_POLL_S,
     Deadline,
+    PartFetch,
     SampleAccumulator,
     check_request_size,
     plan_sample,
@@ -346,16 +349,22 @@ class AsyncGanClient(ClientBase):
                 finally:
                     call.cancel()  # no-op after the end; stops the server when the consumer quits
                 await asyncio.sleep(deadline.wait(delay))  # then resume where it stopped
-                await self._wait_connected(deadline.wait(fetch.reconnect_s))
+                await self._wait_connected(deadline.wait(fetch.reconnect_s), fetch)
 
-    async def _wait_connected(self, seconds: float) -> None:
-        """Until a server answers, ``seconds`` at most. With wait_for_ready the probe is
-        held, not failed, while no server is connected, so a restart is waited out
-        without attempts; the resume is then one call, whatever the outcome."""
+    async def _wait_connected(self, seconds: float, fetch: PartFetch) -> None:
+        """Until a server answers with the part's model loaded (``fetch.settled``),
+        ``seconds`` at most. With wait_for_ready the probe is held, not failed, while no
+        server is connected, so a restart is waited out without attempts; the resume is
+        then one call, whatever the outcome."""
+        end = time.monotonic() + seconds
         with contextlib.suppress(grpc.RpcError):  # the resume call says what is wrong
-            await self._stub.ListModels(
-                pb.ListModelsRequest(), wait_for_ready=True, **self._call_kwargs(seconds)
-            )
+            while (left := end - time.monotonic()) > 0:
+                reply = await self._stub.ListModels(
+                    pb.ListModelsRequest(), wait_for_ready=True, **self._call_kwargs(left)
+                )
+                if fetch.settled(reply):
+                    return
+                await asyncio.sleep(min(RESUME_POLL_S, max(0.0, end - time.monotonic())))
 
     # ---------------------------------------------------- latent operations
     async def interpolate(

@@ -28,7 +28,9 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import (
+    RESUME_POLL_S,
     Deadline,
+    PartFetch,
     SampleAccumulator,
     check_request_size,
     plan_sample,
@@ -335,17 +337,23 @@ class GanClient(ClientBase):
                 finally:
                     call.cancel()  # no-op after the end; stops the server when the consumer quits
                 time.sleep(deadline.wait(delay))  # then resume the cut stream where it stopped
-                self._wait_connected(deadline.wait(fetch.reconnect_s))
+                self._wait_connected(deadline.wait(fetch.reconnect_s), fetch)
 
-    def _wait_connected(self, seconds: float) -> None:
-        """Until a server answers, ``seconds`` at most. With wait_for_ready the probe is
-        held, not failed, while no server is connected, so a restart is waited out
-        without attempts; the resume is then one call, whatever the outcome. (Not
-        grpc.channel_ready_future: its polling thread raises once the channel closes.)"""
+    def _wait_connected(self, seconds: float, fetch: PartFetch) -> None:
+        """Until a server answers with the part's model loaded (``fetch.settled``),
+        ``seconds`` at most. With wait_for_ready the probe is held, not failed, while no
+        server is connected, so a restart is waited out without attempts; the resume is
+        then one call, whatever the outcome. (Not grpc.channel_ready_future: its polling
+        thread raises once the channel closes.)"""
+        end = time.monotonic() + seconds
         with contextlib.suppress(grpc.RpcError):  # the resume call says what is wrong
-            self._stub.ListModels(
-                pb.ListModelsRequest(), wait_for_ready=True, **self._call_kwargs(seconds)
-            )
+            while (left := end - time.monotonic()) > 0:
+                reply = self._stub.ListModels(
+                    pb.ListModelsRequest(), wait_for_ready=True, **self._call_kwargs(left)
+                )
+                if fetch.settled(reply):
+                    return
+                time.sleep(min(RESUME_POLL_S, max(0.0, end - time.monotonic())))
 
     # ---------------------------------------------------- latent operations
     def interpolate(

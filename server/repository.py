@@ -305,6 +305,9 @@ class ModelRepository:
         self._models: dict[str, dict[str, _Version]] = {}
         self._lock = asyncio.Lock()
         self._started = False
+        # Until the first scan and load have ended, a name not seen yet may be a model
+        # still to come: UNAVAILABLE (retried), not NOT_FOUND (final).
+        self._first_load_done = False
         # name -> the model get(name) serves; rebuilt after every change so the
         # per-request lookup is one dict access.
         self._serving: dict[str, LoadedModel] = {}
@@ -358,7 +361,10 @@ class ModelRepository:
 
     async def start(self) -> None:
         """Load and warm every model found; broken ones become FAILED."""
-        await self.reload()
+        try:
+            await self.reload()
+        finally:
+            self._first_load_done = True
         self._started = True
 
     async def reload(self, retry_failed: bool = False) -> dict[str, list[str]]:
@@ -605,6 +611,11 @@ class ModelRepository:
 
     def _versions(self, name: str) -> dict[str, _Version]:
         versions = self._models.get(name)
+        if not versions and not self._first_load_done:
+            raise Unavailable(
+                f"model '{shown(name)}' is not loaded yet: the server is starting and "
+                "still loading its models"
+            )
         if not versions:
             available = ", ".join(sorted(self._models)) or "none"
             raise NotFound(f"model '{shown(name)}' not found; available: {available}")
@@ -614,6 +625,11 @@ class ModelRepository:
         """The named version, or the latest READY one (else the latest) for ""."""
         versions = self._versions(name)
         if version:
+            if version not in versions and not self._first_load_done:
+                raise Unavailable(
+                    f"model '{name}' version '{shown(version)}' is not loaded yet: the "
+                    "server is starting and still loading its models"
+                )
             if version not in versions:
                 available = ", ".join(sorted(versions, key=version_key))
                 policy = (

@@ -322,6 +322,23 @@ def test_retry_after_s_without_a_pushback() -> None:
     assert errors.Overloaded("queue is full").retry_after_s is None
 
 
+def test_a_resume_waits_until_the_restarted_server_lists_the_model_loaded() -> None:
+    """Found in review: a restarted server answers ListModels while it still loads its
+    models; a resume sent then failed NOT_FOUND for a model not reached yet. The resume
+    waits until the model is listed READY (or FAILED: then the call says why)."""
+    info = ModelInfo.from_proto(pb.ModelInfo(name=MODEL, latent_dim=8, image_shape=[1, 4, 4]))
+    fetch = PartFetch(pb.SampleRequest(model=MODEL, count=4, seed=1), 0, info, 3, 0.1, 2.0)
+
+    def listing(*models: tuple[str, int]) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name=n, state=s) for n, s in models])
+
+    assert not fetch.settled(listing())
+    assert not fetch.settled(listing(("other", pb.LOAD_STATE_READY)))
+    assert not fetch.settled(listing((MODEL, pb.LOAD_STATE_LOADING)))
+    assert fetch.settled(listing(("other", pb.LOAD_STATE_LOADING), (MODEL, pb.LOAD_STATE_READY)))
+    assert fetch.settled(listing((MODEL, pb.LOAD_STATE_FAILED)))
+
+
 def test_a_cut_stream_is_resumed_after_the_pushback() -> None:
     info = ModelInfo.from_proto(pb.ModelInfo(name=MODEL, latent_dim=8, image_shape=[1, 4, 4]))
     part = pb.SampleRequest(model=MODEL, count=4, seed=1)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from tiny_onnx import make_tiny_dcgan, make_tiny_generator, model_path, write_broken_file
 
+from ganserve.server import repository as repository_module
 from ganserve.server.batcher import BatchingConfig
 from ganserve.server.errors import InvalidArgument, NotFound, Unavailable
 from ganserve.server.latent import one_hot
@@ -166,6 +169,41 @@ async def test_start_serves_good_models_and_reports_broken_ones(  # type: ignore
     assert _value(metrics, "ganserve_model_load_failures_total", model="broken") == 1
     assert _value(metrics, "ganserve_model_state", model="tiny", version="2", state="READY") == 1
     assert _value(metrics, "ganserve_model_state", model="broken", version="1", state="FAILED") == 1
+
+
+async def test_names_not_seen_yet_are_unavailable_until_the_first_load_ends(
+    tmp_path: Path, repo: ModelRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: a stream resumed on a restarted server got a final NOT_FOUND for
+    a model that server had not reached yet. Until the first load has ended, a name or
+    version not seen yet may still come: UNAVAILABLE, which clients retry."""
+    make_tiny_generator(model_path(tmp_path, "tiny", "1"))
+    make_tiny_generator(model_path(tmp_path, "tiny", "2"), seed=1)
+    gate, reached = threading.Event(), threading.Event()
+    digest = repository_module._digest
+
+    def held(path: Path, *args: Any) -> str:
+        if path.parent.name == "1":  # tiny/1 is being read; tiny/2 not registered yet
+            reached.set()
+            gate.wait(10)
+        return digest(path, *args)
+
+    monkeypatch.setattr(repository_module, "_digest", held)
+    with pytest.raises(Unavailable, match="model 'tiny' is not loaded yet: the server is starting"):
+        repo.get("tiny")
+    start = asyncio.ensure_future(repo.start())
+    assert await asyncio.to_thread(reached.wait, 10)
+    with pytest.raises(Unavailable, match="model 'tiny' version '2' is not loaded yet"):
+        repo.get("tiny", "2")
+    with pytest.raises(Unavailable, match="model 'other' is not loaded yet"):
+        repo.get("other")
+    gate.set()
+    await start
+    assert repo.get("tiny", "2").spec.version == "2"
+    with pytest.raises(NotFound, match="no version '3'"):
+        repo.get("tiny", "3")
+    with pytest.raises(NotFound, match="model 'other' not found"):
+        repo.get("other")
 
 
 async def test_empty_repository_is_not_ready(repo: ModelRepository) -> None:
