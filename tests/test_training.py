@@ -779,7 +779,6 @@ def test_dry_run_with_augmentation_is_deterministic_and_changes_training(
         (["--beta1", "nan"], "--beta1 must be a finite number"),
         (["--topk-gamma", "0"], "--topk-gamma must be in (0, 1]"),
         (["--g-mapping", "-1"], "--g-mapping must be >= 0"),
-        (["--g-mapping", "2", "--g-mapping-lr", "0"], "--g-mapping-lr must be > 0"),
         (["--arch", "mlp", "--g-mapping", "2"], "--g-mapping: conv-net"),
         (["--topk-min", "1.5"], "--topk-min must be in (0, 1]"),
         (["--topk-min", "nan"], "--topk-min must be a finite number"),
@@ -927,11 +926,7 @@ def test_a_mapping_network_trains_exports_and_serves_the_same_images(tmp_path: P
     z = torch.randn(2000, 100, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert 0.7 < float(g.mapping(z).std()) < 1.3
-    ckpt = train(tiny(tmp_path, g_mapping=2, epochs=2, lr_decay_start=1), quiet=True)
-    # the mapping learns at --g-mapping-lr x G's lr (StyleGAN's 0.01), annealed alike
-    groups = load_checkpoint(ckpt)["opt_g"]["param_groups"]
-    assert len(groups) == 2 and 0 < groups[0]["lr"] < 2e-4
-    assert groups[1]["lr"] == pytest.approx(0.01 * groups[0]["lr"])
+    ckpt = train(tiny(tmp_path, g_mapping=2, epochs=1), quiet=True)
     out = tmp_path / "models" / "mapped" / "1" / "model.onnx"
     export_checkpoint(ckpt, out, "mapped")
     generator, _ = load_generator(ckpt)

@@ -99,9 +99,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--g-mapping", type=int, default=0, metavar="LAYERS",
                    help="a mapping network of LAYERS fully connected layers from z in "
                    "front of conv G (StyleGAN's, a learned prior; 0: none)")  # fmt: skip
-    p.add_argument("--g-mapping-lr", type=float, default=0.01, metavar="SCALE",
-                   help="the mapping network's lr as a multiple of G's (default "
-                   "%(default)s, StyleGAN's)")  # fmt: skip
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
     p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
@@ -154,8 +151,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # May differ on --resume (train() takes them from the command line); the rest is the run's.
 _RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
-_CONV_ONLY = ("g_width", "g_blocks", "g_mapping", "g_mapping_lr", "d_width", "d_blocks", "d_mbstd",
-              "d_spectral", "codes", "code_temperature")  # fmt: skip
+_CONV_ONLY = ("g_width", "g_blocks", "g_mapping", "d_width", "d_blocks", "d_mbstd", "d_spectral",
+              "codes", "code_temperature")  # fmt: skip
 
 
 def _flag(key: str) -> str:
@@ -212,7 +209,7 @@ def _train(args: argparse.Namespace) -> int:
 
 # Float flags: argparse's float() takes "nan" and "inf", and NaN passes every "< 0" test.
 _FLOAT_FLAGS = ("lr", "lr_d", "beta1", "beta2", "real_label", "gp_weight", "r1_gamma",
-                "info_weight", "code_temperature", "ema_decay", "topk_gamma", "g_mapping_lr",
+                "info_weight", "code_temperature", "ema_decay", "topk_gamma",
                 "topk_min")  # fmt: skip
 
 
@@ -239,8 +236,6 @@ def _check_train_values(values: dict) -> None:
         raise ValueError(f"--lr-d must be > 0, got {values['lr_d']}")
     if not 0 < values["real_label"] <= 1:
         raise ValueError(f"--real-label must be in (0, 1], got {values['real_label']}")
-    if not values["g_mapping_lr"] > 0:
-        raise ValueError(f"--g-mapping-lr must be > 0, got {values['g_mapping_lr']}")
     for key in ("topk_gamma", "topk_min"):
         if not 0 < values[key] <= 1:
             raise ValueError(f"{_flag(key)} must be in (0, 1], got {values[key]}")

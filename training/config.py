@@ -48,7 +48,6 @@ class TrainConfig:
     g_width: int = 64
     g_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv generators
     g_mapping: int = 0  # > 0: a mapping network of this many layers z -> w in conv G
-    g_mapping_lr: float = 0.01  # the mapping network's lr, as a multiple of G's
     d_width: int = 64
     d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators

@@ -166,20 +166,6 @@ def _first_detail(exc: BaseException) -> str:
     return (lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]) if lines else ""
 
 
-def _g_param_groups(g: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """G's parameters for its optimiser: a mapping network's in a group of their own at
-    ``g_mapping_lr`` x G's lr (StyleGAN's 0.01: at G's own rate the mapping moves every
-    latent at once, and G collapsed onto a few digits within 20 epochs)."""
-    mapping = getattr(g, "mapping", None)
-    if mapping is None:
-        return [{"params": list(g.parameters())}]
-    mine = {id(p) for p in mapping.parameters()}
-    rest = [p for p in g.parameters() if id(p) not in mine]
-    scale = cfg.g_mapping_lr
-    return [{"params": rest}, {"params": list(mapping.parameters()), "lr": cfg.lr * scale,
-                               "lr_scale": scale}]  # fmt: skip
-
-
 class _Run:
     """The models, optimisers and random state of one run."""
 
@@ -199,7 +185,7 @@ class _Run:
             cfg.d_spectral,
         ).to(device)  # fmt: skip
         betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(_g_param_groups(self.G, cfg), lr=cfg.lr, betas=betas)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
         self.d_lr_ratio = (cfg.lr_d or cfg.lr) / cfg.lr  # TTUR: D's lr is G's x this
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * self.d_lr_ratio, betas=betas)
         self.ema = EMA(self.G, cfg.ema_decay)
@@ -269,7 +255,7 @@ class _Run:
         """G's lr; D's is ``lr`` times the run's TTUR ratio (``--lr-d`` / ``--lr``)."""
         for opt, value in ((self.opt_g, lr), (self.opt_d, lr * self.d_lr_ratio)):
             for group in opt.param_groups:
-                group["lr"] = value * group.get("lr_scale", 1.0)
+                group["lr"] = value
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor | None, g_step: bool
