@@ -96,9 +96,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-dim", type=int, default=100)
     p.add_argument("--g-width", type=int, default=64, help="conv generator base channels")
     p.add_argument("--g-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv G")
-    p.add_argument("--g-mapping", type=int, default=0, metavar="LAYERS",
-                   help="a mapping network of LAYERS fully connected layers from z in "
-                   "front of conv G (StyleGAN's, a learned prior; 0: none)")  # fmt: skip
     p.add_argument("--d-width", type=int, default=64, help="conv discriminator base channels")
     p.add_argument("--d-blocks", type=int, default=0, help="extra 3x3 blocks at 7x7 in conv D")
     p.add_argument("--d-mbstd", action="store_true", help="minibatch-std feature in conv D")
@@ -151,8 +148,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 # May differ on --resume (train() takes them from the command line); the rest is the run's.
 _RESUMABLE = {"epochs", "sample_every", "lr_decay_start", "data_dir", "device", "threads", "out"}
-_CONV_ONLY = ("g_width", "g_blocks", "g_mapping", "d_width", "d_blocks", "d_mbstd", "d_spectral",
-              "codes", "code_temperature")  # fmt: skip
+_CONV_ONLY = ("g_width", "g_blocks", "d_width", "d_blocks", "d_mbstd", "d_spectral", "codes",
+              "code_temperature")  # fmt: skip
 
 
 def _flag(key: str) -> str:
@@ -220,7 +217,7 @@ def _check_train_values(values: dict) -> None:
     for key in ("epochs", "batch_size", "n_critic", "latent_dim", "g_width", "d_width"):
         if values[key] < 1:
             raise ValueError(f"{_flag(key)} must be >= 1, got {values[key]}")
-    for key in ("g_blocks", "g_mapping", "d_blocks", "max_steps", "sample_every", "augment_shift",
+    for key in ("g_blocks", "d_blocks", "max_steps", "sample_every", "augment_shift",
                 "gp_weight", "r1_gamma", "info_weight", "code_temperature"):  # fmt: skip
         if values[key] < 0:
             raise ValueError(f"{_flag(key)} must be >= 0, got {values[key]}")

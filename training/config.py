@@ -47,7 +47,6 @@ class TrainConfig:
     latent_dim: int = 100
     g_width: int = 64
     g_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv generators
-    g_mapping: int = 0  # > 0: a mapping network of this many layers z -> w in conv G
     d_width: int = 64
     d_blocks: int = 0  # extra 3x3 conv blocks at 7x7 in conv discriminators
     d_mbstd: bool = False  # minibatch-std feature in conv discriminators

@@ -70,7 +70,7 @@ def load_generator(checkpoint: Path | str, use_ema: bool = True) -> tuple[nn.Mod
     classes = int(ckpt["num_classes"]) or 10
     generator = build_generator(
         cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes,
-        cfg.code_temperature, cfg.g_mapping,
+        cfg.code_temperature,
     )  # fmt: skip
     if use_ema:
         load_weights(generator, ckpt["ema"]["shadow"], checkpoint, "averaged generator")

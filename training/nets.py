@@ -110,7 +110,6 @@ class ConvGenerator(nn.Module):
         blocks: int = 0,
         codes: int = 0,
         code_temperature: float = 0.0,
-        mapping: int = 0,
     ) -> None:
         super().__init__()
         if code_temperature < 0:
@@ -127,11 +126,6 @@ class ConvGenerator(nn.Module):
                 raise ValueError(f"codes must be in [2, latent_dim], got {codes}")
             # A buffer, so the checkpoint (and the exported graph) carry the exact basis.
             self.register_buffer("code_basis", code_basis(codes, latent_dim))
-        # An optional mapping network (StyleGAN's, without its normalisation of z, which
-        # would make a truncation's shorter z the same image): ``mapping`` fully
-        # connected layers z -> w of z's size. It may learn a prior that is not a
-        # Gaussian, placing less of it between the data's modes; G stays continuous in z.
-        self.mapping = _mapping_net(latent_dim, mapping) if mapping else None
         n_in = latent_dim + (embed_dim if num_classes else 0) + (embed_dim if codes else 0)
         self.fc = nn.Linear(n_in, 2 * width * 7 * 7, bias=False)
         # Optional 3x3 blocks at 7x7: without them z reaches the pixels through only two
@@ -152,12 +146,12 @@ class ConvGenerator(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        parts = [z if self.mapping is None else self.mapping(z)]  # (N, latent_dim)
+        parts = [z]  # (N, latent_dim)
         if self.embed is not None:
             if y is None:
                 raise ValueError("conditional generator needs y (N, num_classes)")
             parts.append(self.embed(y))  # (N, embed_dim)
-        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # (N, latent_dim [+ embed])
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else z  # (N, latent_dim [+ embed_dim])
         if self.code_embed is None:
             h = self.fc(x)  # (N, 2w * 49)
         else:
@@ -201,22 +195,6 @@ class ConvGenerator(nn.Module):
             return F.one_hot(self.code(z), self.codes).to(z.dtype)
         basis: torch.Tensor = self.code_basis  # type: ignore[assignment]
         return torch.softmax(z @ basis.T / self.code_temperature, dim=1)
-
-
-def _mapping_net(latent_dim: int, layers: int) -> nn.Module:
-    """``layers`` x (Linear(latent_dim, latent_dim), LeakyReLU(0.2)) (N, D) -> (N, D)."""
-    parts: list[nn.Module] = []
-    for _ in range(layers):
-        parts += [nn.Linear(latent_dim, latent_dim), nn.LeakyReLU(0.2)]
-    return nn.Sequential(*parts)
-
-
-def _mapping_init(module: nn.Module) -> None:
-    """He's initialisation for LeakyReLU(0.2), so w keeps z's scale through the layers
-    (DCGAN's N(0, 0.02) would shrink it ~7x a layer of 100 inputs)."""
-    if isinstance(module, nn.Linear):
-        nn.init.kaiming_normal_(module.weight, a=0.2, nonlinearity="leaky_relu")
-        nn.init.zeros_(module.bias)
 
 
 def code_basis(codes: int, latent_dim: int, seed: int = 20161206) -> torch.Tensor:
@@ -339,22 +317,17 @@ def build_generator(
     blocks: int = 0,
     codes: int = 0,
     code_temperature: float = 0.0,
-    mapping: int = 0,
 ) -> nn.Module:
     """The generator of ``arch``; ``num_classes`` is ignored by unconditional ones,
     ``width``, ``blocks`` (extra 3x3 blocks at 7x7), ``codes`` (InfoGAN categorical
-    code), ``code_temperature`` (0: a hard code, > 0: a soft one) and ``mapping`` (layers
-    of a mapping network in front of z) by the MLP."""
+    code) and ``code_temperature`` (0: a hard code, > 0: a soft one) by the MLP."""
     classes = _check(arch, num_classes)
     if arch == "mlp":
         return MLPGenerator(latent_dim)
     net = ConvGenerator(
-        latent_dim, classes, width, blocks=blocks, codes=codes,
-        code_temperature=code_temperature, mapping=mapping,
-    )  # fmt: skip
+        latent_dim, classes, width, blocks=blocks, codes=codes, code_temperature=code_temperature
+    )
     net.apply(_dcgan_init)
-    if net.mapping is not None:
-        net.mapping.apply(_mapping_init)
     return net
 
 

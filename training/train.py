@@ -177,7 +177,7 @@ class _Run:
         classes = max(cfg.num_classes, 10)
         self.G = build_generator(
             cfg.arch, cfg.latent_dim, classes, cfg.g_width, cfg.g_blocks, cfg.codes,
-            cfg.code_temperature, cfg.g_mapping,
+            cfg.code_temperature,
         ).to(device)  # fmt: skip
         norm = "layer" if cfg.loss == "wgan-gp" else "batch"
         self.D = build_discriminator(
