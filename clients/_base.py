@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
@@ -56,6 +58,19 @@ def _is_many(value: object) -> bool:
 def _show(value: object) -> str:
     text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_timeout(value: Any, what: str) -> float | None:
+    """A default deadline in seconds: None (none), or a number > 0 (``inf``: none);
+    ValueError otherwise, at construction rather than as a TypeError at the first call."""
+    if value is None:
+        return None
+    seconds = (
+        None if isinstance(value, bool) or not isinstance(value, numbers.Real) else float(value)
+    )
+    if seconds is None or not seconds > 0:
+        raise ValueError(f"{what} must be a number of seconds > 0 or None, got {value!r}")
+    return None if seconds == math.inf else seconds
 
 
 class ClientBase:
@@ -150,7 +165,7 @@ class ClientBase:
             retry_token_ratio=retry_token_ratio,
             extra_options=tuple(options),
         )
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout, "timeout")
         self._metadata = self._config.metadata()
         self._limits: ServerLimits | None = None
         # Shapes only (image_shape, latent_dim) are read from cached entries,
@@ -177,6 +192,8 @@ class ClientBase:
     def _call_kwargs(self, timeout: float | None, stream: bool = False) -> dict[str, Any]:
         if timeout is None and not stream:
             timeout = self.timeout
+        if timeout == math.inf:  # gRPC takes an infinite deadline as one already past
+            timeout = None
         # The current OpenTelemetry span's traceparent, if any, rides with every call.
         return {"timeout": timeout, "metadata": with_trace_context(self._metadata)}
 

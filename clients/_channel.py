@@ -53,6 +53,9 @@ DEFAULT_RETRY_TOKEN_RATIO = 0.1
 PathLike = str | os.PathLike[str]
 
 
+_MAX_MESSAGE_LIMIT = 2**31 - 1  # gRPC core reads the message size limits as a C int
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     """How to connect. ``target`` is one target string or several ``host:port``s.
@@ -103,8 +106,12 @@ class ChannelConfig:
             _check_keepalive(self.keepalive_s)
         if self.retry_max_tokens is not None:
             _check_throttling(self.retry_max_tokens, self.retry_token_ratio)
-        if self.max_message_bytes <= 0:
-            raise ValueError(f"max_message_bytes must be > 0, got {self.max_message_bytes}")
+        # gRPC core takes the limit as a C int: 2**40 would fail later as OverflowError
+        size = self.max_message_bytes
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+            raise ValueError(f"max_message_bytes must be a whole number, got {size!r}")
+        if not 0 < size <= _MAX_MESSAGE_LIMIT:
+            raise ValueError(f"max_message_bytes must be in [1, {_MAX_MESSAGE_LIMIT}], got {size}")
         if self.token is not None:
             _check_token(self.token)
 

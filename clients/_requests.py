@@ -7,6 +7,7 @@ no I/O here. Client-side checks are limited to what the proto cannot express
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -43,17 +44,38 @@ def _encoding(value: str) -> Any:  # Any: the stubs type enum fields as their ow
         raise InvalidRequest(str(exc)) from None
 
 
+def _integer(value: Any, what: str) -> int:
+    """``value`` as an int when it is one (numpy's included), else InvalidRequest:
+    ``int()`` would take 2.7 as 2, True as 1 and "3" as 3, a request not meant."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidRequest(f"{what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _real(value: Any, what: str) -> float:
+    """``value`` as a float when it is a real number, else InvalidRequest (``float()``
+    would read "0.5" and True). NaN and infinity pass: the server says what it takes."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidRequest(f"{what} must be a number, got {value!r}")
+    return float(value)
+
+
 def _ranged(value: Any, bounds: tuple[int, int], what: str) -> int:
-    """``int(value)`` if it fits the proto field, else InvalidRequest naming the field
-    (protobuf's own error names neither the field nor the range)."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{what} must be an integer, got {value!r}") from None
+    """``value`` if it is an integer that fits the proto field, else InvalidRequest
+    naming the field (protobuf's own error names neither the field nor the range)."""
+    number = _integer(value, what)
     lo, hi = bounds
     if not lo <= number <= hi:
         raise InvalidRequest(f"{what} must be in [{lo}, {hi}], got {number}")
     return number
+
+
+def _latent_array(latents: Any) -> np.ndarray:
+    """Latents as float32, InvalidRequest for what is not numbers (``[["a"]]``)."""
+    try:
+        return np.asarray(latents, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"latents must be numbers: {exc}") from None
 
 
 def sample_request(
@@ -83,14 +105,14 @@ def sample_request(
         chunk_size=_ranged(chunk_size, _UINT32, "chunk_size"),
     )
     if latents is not None:
-        req.latents.CopyFrom(encode_latents(np.asarray(latents, dtype=np.float32)))
+        req.latents.CopyFrom(encode_latents(_latent_array(latents)))
     elif seed is not None:
         req.seed = _ranged(seed, _SEED, "seed")
-    if count is not None and int(count) > _MAX_COUNT:
+    if count is not None and _integer(count, "count") > _MAX_COUNT:
         raise InvalidRequest(f"count must be at most {_MAX_COUNT}, got {count}")
     req.count = int(count) if count is not None else (req.latents.count or 1)
     if truncation is not None:
-        req.truncation = float(truncation)
+        req.truncation = _real(truncation, "truncation")
     if label is not None:
         req.labels.append(_ranged(label, _INT32, "label"))
     elif labels is not None:
@@ -122,7 +144,7 @@ def interpolate_request(
         return_latents=return_latents,
     )
     if truncation is not None:
-        req.truncation = float(truncation)
+        req.truncation = _real(truncation, "truncation")
     for i, source in enumerate(keyframes):
         frame = req.keyframes.add()
         seeds, vector = _split_source(source, f"keyframes[{i}]")
@@ -160,14 +182,14 @@ def arithmetic_request(
     if label is not None:
         req.label = _ranged(label, _INT32, "label")
     if truncation is not None:
-        req.truncation = float(truncation)
+        req.truncation = _real(truncation, "truncation")
     for i, term in enumerate(terms):
         try:
             weight, source = term
         except (TypeError, ValueError):
             raise InvalidRequest(f"terms[{i}] must be a (weight, source) pair") from None
         seeds, vector = _split_source(source, f"terms[{i}]")
-        msg = req.terms.add(weight=float(weight))
+        msg = req.terms.add(weight=_real(weight, f"terms[{i}] weight"))
         if vector is not None:
             msg.latent.values.extend(vector)
         else:

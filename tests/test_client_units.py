@@ -556,3 +556,59 @@ def test_the_accumulator_refuses_repeated_images_and_gaps() -> None:
         acc.add(_chunk(0, 2))
         whole = acc.result()
     assert whole.images[:, 0, 0, 0].tolist() == [0.0, 0.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: sample_request("m", 2.7), "count must be an integer, got 2.7"),
+        (lambda: sample_request("m", "3"), "count must be an integer, got '3'"),
+        (lambda: sample_request("m", True), "count must be an integer, got True"),
+        (lambda: sample_request("m", math.nan), "count must be an integer, got nan"),
+        (lambda: sample_request("m", math.inf), "count must be an integer, got inf"),
+        (lambda: sample_request("m", 1, seed=1.9), "seed must be an integer, got 1.9"),
+        (lambda: sample_request("m", 1, label=7.9), "label must be an integer, got 7.9"),
+        (lambda: sample_request("m", 1, label=True), "label must be an integer, got True"),
+        (lambda: sample_request("m", 1, truncation="x"), "truncation must be a number"),
+        (lambda: sample_request("m", None, latents=[["a"] * 8]), "latents must be numbers"),
+        (lambda: interpolate_request("m", [1, 2], steps=2.5), "steps must be an integer"),
+        (lambda: arithmetic_request("m", [("x", 1)]), "terms[0] weight must be a number"),
+    ],
+)
+def test_requests_refuse_what_is_not_the_number_asked_instead_of_truncating_it(
+    build, message: str
+) -> None:
+    """Found in review: count=2.7 asked for 2 images, seed=1.9 for seed 1, label=True for
+    class 1, "3" for 3; NaN, inf and "x" escaped as ValueError or OverflowError."""
+    with pytest.raises(errors.InvalidRequest, match=message.replace("[", r"\[")):
+        build()
+    # integers of numpy and floats for float fields are taken
+    req = sample_request("m", np.int64(3), seed=np.uint64(5), truncation=np.float32(0.5))
+    assert (req.count, req.seed, req.truncation) == (3, 5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": "10"}, "timeout must be a number of seconds > 0 or None, got '10'"),
+        ({"timeout": 0}, "timeout must be a number of seconds > 0"),
+        ({"timeout": math.nan}, "timeout must be a number of seconds > 0"),
+        ({"timeout": True}, "timeout must be a number of seconds > 0"),
+        ({"max_message_bytes": 2**40}, r"max_message_bytes must be in \[1, 2147483647\]"),
+        ({"max_message_bytes": 4096.5}, "max_message_bytes must be a whole number"),
+    ],
+)
+def test_client_settings_of_the_wrong_kind_are_refused_at_construction(
+    kwargs: dict, message: str
+) -> None:
+    """Found in review: timeout="10" failed as a TypeError at the first call, and
+    max_message_bytes=2**40 as an OverflowError."""
+    with pytest.raises(ValueError, match=message):
+        clients.GanClient("localhost:1", **kwargs)
+
+
+def test_an_infinite_client_timeout_is_no_deadline() -> None:
+    """gRPC takes an infinite deadline as one already past (DEADLINE_EXCEEDED at once)."""
+    with clients.GanClient("localhost:1", timeout=math.inf) as client:
+        assert client.timeout is None
+        assert client._call_kwargs(math.inf)["timeout"] is None
