@@ -115,7 +115,7 @@ def _add_sample(parser: argparse.ArgumentParser) -> None:
 
 
 def _sample(client: GanClient, args: argparse.Namespace) -> int:
-    fmt = args.format or ("npy" if args.out.endswith(".npy") else "png")
+    fmt = args.format or ("npy" if args.out.lower().endswith(".npy") else "png")
     # --timeout, when given, is one deadline for the command: the model's metadata and
     # the whole stream (gRPC's deadline is the call's, not a chunk's); unset, the
     # metadata call has the default and a large count may take long.
@@ -233,6 +233,8 @@ class _NpyOutput:
 def _check_writable(path: str, picture: bool = False) -> None:
     """Refuse an output file that could not be written, before sampling starts."""
     target = Path(path)
+    if target.is_dir():  # found after the sampling, it would waste all of it
+        raise ValueError(f"cannot write {path}: it is a directory")
     folder = target.resolve().parent
     if not folder.is_dir():
         # A bad --out, like a bad suffix: exit 2 (an OSError would be 1, "cannot write").
@@ -249,7 +251,7 @@ def _check_writable(path: str, picture: bool = False) -> None:
 
 def _temporary(target: Path) -> Path:
     """A name beside ``target`` (same folder, so the rename is atomic) that keeps its
-    suffix: PIL picks the format from it, and np.save adds none to a ``.npy``."""
+    suffix: PIL picks the format from it."""
     return target.with_name(f".{target.stem}.{os.getpid()}.part{target.suffix}")
 
 
@@ -362,7 +364,8 @@ def _interpolate(client: GanClient, args: argparse.Namespace) -> int:
                 result.images, tmp, fps=args.fps, boomerang=args.boomerang, scale=args.scale
             )
         elif suffix == ".npy":
-            np.save(tmp, result.images)
+            with open(tmp, "wb") as file:  # np.save(path) would add ".npy" to "x.NPY"
+                np.save(file, result.images)
         else:
             images.save_grid(result.images, tmp, rows=1, padding=0, scale=args.scale)
     print(f"wrote {len(result.images)} frames to {args.out}")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["call", "iterate"]
+__all__ = ["call", "iterate", "shielded"]
 
 T = TypeVar("T")
 
@@ -64,6 +65,32 @@ def call(work: Callable[[], T], cancel: Callable[[], None]) -> T:
     if outcome.error is not None:
         raise outcome.error
     return outcome.value  # type: ignore[return-value]
+
+
+def shielded(work: Callable[[], object], limit_s: float = _JOIN_S) -> None:
+    """``work()`` in a worker thread, waited for through Ctrl-C and SIGTERM (``limit_s``
+    at most). Closing a channel is such work: a second signal landing inside grpc's
+    ``Channel.close``, while the first one's clean-up runs it, left the channel half
+    closed, and the next close waited on it for ever (``timeout`` sends SIGTERM twice).
+    The first signal caught while waiting is raised once the work is done."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="ganserve-close", daemon=True).start()
+    pending: BaseException | None = None
+    end = time.monotonic() + limit_s
+    while not done.is_set() and (left := end - time.monotonic()) > 0:
+        try:
+            done.wait(left)
+        except BaseException as exc:  # KeyboardInterrupt, or SystemExit from SIGTERM
+            pending = pending or exc
+    if pending is not None:
+        raise pending
 
 
 def iterate(

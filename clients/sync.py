@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import grpc
 import numpy as np
 
+from ganserve.clients import _interruptible
 from ganserve.clients._base import ClientBase, check_label, check_labels
 from ganserve.clients._requests import (
     Source,
@@ -61,14 +62,20 @@ class GanClient(ClientBase):
     """
 
     def _open(self) -> None:
+        self._closed = False
         self._channel = self._config.channel()
         self._stub = pb_grpc.GeneratorStub(self._channel)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Close the channel; calls in flight are cancelled."""
-        self._channel.close()
+        """Close the channel; calls in flight are cancelled. Once: a second call
+        returns at once. A Ctrl-C or SIGTERM that lands while it closes waits for the
+        close to end (a channel left half closed would hang the next close)."""
+        if self._closed:
+            return
+        self._closed = True
+        _interruptible.shielded(self._channel.close)
 
     def __enter__(self) -> GanClient:
         return self

@@ -436,6 +436,43 @@ def _sigint_state(pid: int) -> str:
     )
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sample", "--model", "tiny-uncond", "--count", "4", "--out", "dir.png"),
+        ("sample", "--model", "tiny-uncond", "--count", "4", "--out", "dir.npy"),
+        ("interpolate", "--model", "tiny-uncond", *GIF, "--out", "dir.gif"),
+        ("arithmetic", "--model", "tiny-uncond", "--term", "1:seeds=1", "--out", "dir.png"),
+    ],
+)
+def test_an_output_that_is_a_directory_is_refused_before_the_server_is_asked(
+    server, scrape, tmp_path: Path, args, capsys, monkeypatch
+) -> None:
+    """Found in review: the request ran to its end, then failed (exit 1) naming the
+    temporary file it could not rename onto the directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / args[-1]).mkdir()
+    before = sample_calls(scrape, server) + generation_calls(scrape, server)
+    assert main(["--target", server.target, *args]) == 2
+    assert (
+        capsys.readouterr().err == f"ganserve: error: cannot write {args[-1]}: it is a directory\n"
+    )
+    assert sample_calls(scrape, server) + generation_calls(scrape, server) == before
+    assert [p.name for p in tmp_path.iterdir()] == [args[-1]]
+
+
+@pytest.mark.parametrize("command", ["sample", "interpolate"])
+def test_an_npy_suffix_in_capitals_writes_an_array(server, tmp_path: Path, command) -> None:
+    """Found in review: interpolate --out M.NPY failed after its work (np.save added
+    ".npy" to the temporary name, which was then renamed from a file never written) and
+    left that file behind; sample --out x.NPY was refused as an unknown picture suffix."""
+    out = tmp_path / "M.NPY"
+    extra = ("--count", "3") if command == "sample" else (*GIF, "--steps", "3")
+    ok("--target", server.target, command, "--model", "tiny-uncond", *extra, "--out", str(out))
+    assert np.load(out).shape[0] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["M.NPY"]
+
+
 def test_ctrl_c_during_a_long_stream_says_how_far_it_got(server, tmp_path: Path) -> None:
     """A real SIGINT to the CLI once its progress shows (no terminal: stderr is a pipe):
     exit 130, the stream cancelled, one line instead of a traceback, no partial file."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from ganserve.clients import _interruptible
+from ganserve.clients import GanClient, _interruptible
 
 
 def _interrupt_main_soon(after_s: float = 0.2) -> threading.Timer:
@@ -125,3 +126,34 @@ def test_iterate_raises_the_error_of_make_itself() -> None:
     consumer.join(timeout=10)
     assert not consumer.is_alive(), "the consumer still waits for an item"
     assert [str(e) for e in raised] == ["seed: must be >= 0"]
+
+
+def test_shielded_work_ends_before_a_second_ctrl_c_is_raised() -> None:
+    """Found in review: the CLI hung after two stop signals (coreutils ``timeout`` sends
+    SIGTERM twice): the second landed inside grpc's Channel.close, run by the first
+    one's clean-up, and the channel's next close waited for ever. ``shielded`` runs the
+    close in a worker and waits through signals; the first is raised once it is done."""
+    finished = threading.Event()
+
+    def close() -> None:
+        time.sleep(0.5)
+        finished.set()
+
+    timers = [_interrupt_main_soon(0.1), _interrupt_main_soon(0.2)]
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        _interruptible.shielded(close)
+    assert finished.is_set() and time.monotonic() - started >= 0.5
+    for timer in timers:
+        timer.join()
+    _interruptible.shielded(lambda: None)  # no signal: returns
+
+
+def test_a_client_closes_once() -> None:
+    """A second close (the CLI's ``with`` block after a Ctrl-C's cancel closed the
+    channel) returns at once: it waited for ever on a channel left half closed."""
+    client = GanClient("127.0.0.1:1", timeout=1)
+    client.close()
+    started = time.monotonic()
+    client.close()
+    assert time.monotonic() - started < 0.1
