@@ -9,6 +9,7 @@ asked callers to wait (gRPC's ``grpc-retry-pushback-ms`` trailing metadata).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -118,6 +119,9 @@ _BY_CODE: dict[grpc.StatusCode, type[GanServeError]] = {
 }
 
 
+_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+
+
 def from_rpc_error(error: grpc.RpcError) -> GanServeError:
     """The typed exception for a failed call (sync ``grpc.RpcError`` or ``AioRpcError``)."""
     # A sync RpcError that is also a grpc.Call carries code()/details(); be
@@ -129,6 +133,16 @@ def from_rpc_error(error: grpc.RpcError) -> GanServeError:
     if not details:  # str() of a grpc.Call is its multi-line repr, not a message
         details = f"{code.name} (no message)" if callable(code_fn) else str(error) or code.name
     cls = _BY_CODE.get(code, GanServeError)
+    too_large = _TOO_LARGE.search(details) if code == grpc.StatusCode.RESOURCE_EXHAUSTED else None
+    if too_large:
+        # gRPC's own refusal of an answer over this client's receive limit: not the
+        # server's overload (``Overloaded`` says its queue is full), and no retry mends it
+        return GanServeError(
+            f"the server's answer ({too_large[1]} bytes) is larger than this client's "
+            f"max_message_bytes ({too_large[2]}): make the client with a larger "
+            "max_message_bytes, or ask for less",
+            code,
+        )
     pushback = server_pushback_s(error)
     retry_after = pushback if pushback is not None and pushback >= 0 else None
     return cls(details, code, retry_after)

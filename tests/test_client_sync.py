@@ -25,6 +25,7 @@ from ganserve.clients import (
     AsyncGanClient,
     DeadlineExceeded,
     GanClient,
+    GanServeError,
     InvalidRequest,
     ModelNotFound,
     Overloaded,
@@ -543,3 +544,21 @@ def test_a_cut_stream_of_explicit_latents_resumes_with_the_rest_of_them(
         images = np.concatenate([ch.images for ch in got])
         assert [ch.offset for ch in got] == list(range(0, 600, 16))
         assert np.array_equal(images, c.sample(UNCOND, 600, seed=100, encoding="uint8").images)
+
+
+def test_an_answer_over_the_clients_own_limit_is_not_called_overload(server) -> None:
+    """Found in review: gRPC's refusal of an answer larger than the client's
+    max_message_bytes (RESOURCE_EXHAUSTED, made by the client) was ``Overloaded``,
+    which says the server's queue is full."""
+    with (
+        GanClient(server.target, max_message_bytes=300, timeout=10) as c,
+        pytest.raises(GanServeError) as raised,
+    ):
+        c.list_models()
+    assert not isinstance(raised.value, Overloaded)
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert re.fullmatch(
+        r"the server's answer \(\d+ bytes\) is larger than this client's max_message_bytes "
+        r"\(300\): make the client with a larger max_message_bytes, or ask for less",
+        raised.value.details,
+    ), raised.value.details
