@@ -396,7 +396,8 @@ def _add_arithmetic(parser: argparse.ArgumentParser) -> None:
     # a negative number (a private attribute, stable since Python 3.2) lets
     # `--term -1:seeds=4` through without the `--term=-1:...` spelling.
     if hasattr(parser, "_negative_number_matcher"):
-        parser._negative_number_matcher = re.compile(r"^-\d*\.?\d+(:|$)")
+        # (1, 1., .5, 1.5, with an exponent: 1e2, 2.5E-1)
+        parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?(:|$)")
     parser.add_argument(
         "--term",
         type=_term,

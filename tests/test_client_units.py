@@ -612,3 +612,13 @@ def test_an_infinite_client_timeout_is_no_deadline() -> None:
     with clients.GanClient("localhost:1", timeout=math.inf) as client:
         assert client.timeout is None
         assert client._call_kwargs(math.inf)["timeout"] is None
+
+
+@pytest.mark.parametrize("weight", ["-1", "-1.", "-.5", "-2.5", "-1e2", "-2.5E-1"])
+def test_a_negative_term_weight_is_taken_after_a_space(weight: str) -> None:
+    """Found in review: `--term -1e2:seeds=4` was "expected one argument" (argparse took
+    it for an option); only `--term=-1e2:...` worked."""
+    args = build_parser().parse_args(
+        ["arithmetic", "--model", "m", "--term", "1:seeds=1", "--term", f"{weight}:seeds=4"]
+    )
+    assert args.term[1][0] == float(weight)
