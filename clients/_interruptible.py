@@ -74,10 +74,13 @@ def shielded(work: Callable[[], object], limit_s: float = _JOIN_S) -> None:
     closed, and the next close waited on it for ever (``timeout`` sends SIGTERM twice).
     The first signal caught while waiting is raised once the work is done."""
     done = threading.Event()
+    failed: list[BaseException] = []
 
     def run() -> None:
         try:
             work()
+        except BaseException as exc:  # raised in the caller, as if the work ran there
+            failed.append(exc)
         finally:
             done.set()
 
@@ -91,6 +94,8 @@ def shielded(work: Callable[[], object], limit_s: float = _JOIN_S) -> None:
             pending = pending or exc
     if pending is not None:
         raise pending
+    if failed:
+        raise failed[0]
 
 
 def iterate(

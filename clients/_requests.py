@@ -7,7 +7,7 @@ no I/O here. Client-side checks are limited to what the proto cannot express
 
 from __future__ import annotations
 
-import numbers
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -45,19 +45,28 @@ def _encoding(value: str) -> Any:  # Any: the stubs type enum fields as their ow
 
 
 def _integer(value: Any, what: str) -> int:
-    """``value`` as an int when it is one (numpy's included), else InvalidRequest:
-    ``int()`` would take 2.7 as 2, True as 1 and "3" as 3, a request not meant."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """``value`` as an int when it is an integer (``operator.index``: Python's and
+    numpy's integers, a 0-d integer array, a one-element integer tensor), else
+    InvalidRequest: ``int()`` would take 2.7 as 2, True as 1 and "3" as 3, a request not
+    meant. A float is refused even when whole (3.0), as ``range`` refuses it."""
+    if isinstance(value, bool | np.bool_):
         raise InvalidRequest(f"{what} must be an integer, got {value!r}")
-    return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidRequest(f"{what} must be an integer, got {value!r}") from None
 
 
 def _real(value: Any, what: str) -> float:
-    """``value`` as a float when it is a real number, else InvalidRequest (``float()``
-    would read "0.5" and True). NaN and infinity pass: the server says what it takes."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    """``value`` as a float when it is a number (anything with ``__float__``: numpy's,
+    ``Decimal``, a one-element tensor), else InvalidRequest: ``float()`` would read
+    "0.5" and True. NaN and infinity pass: the server says what it takes."""
+    if isinstance(value, str | bytes | bool | np.bool_) or not hasattr(value, "__float__"):
         raise InvalidRequest(f"{what} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidRequest(f"{what} must be a number, got {value!r} ({exc})") from None
 
 
 def _ranged(value: Any, bounds: tuple[int, int], what: str) -> int:
@@ -71,10 +80,14 @@ def _ranged(value: Any, bounds: tuple[int, int], what: str) -> int:
 
 
 def _latent_array(latents: Any) -> np.ndarray:
-    """Latents as float32, InvalidRequest for what is not numbers (``[["a"]]``)."""
+    """Latents as float32, InvalidRequest for what is not numbers (``[["a"]]``,
+    ``[["0.5"]]``, booleans; an integer beyond float64)."""
     try:
-        return np.asarray(latents, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+        given = np.asarray(latents)
+        if given.dtype.kind not in "fiu":
+            raise ValueError(f"got values of numpy kind {given.dtype.kind!r}")
+        return given.astype(np.float32)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRequest(f"latents must be numbers: {exc}") from None
 
 

@@ -19,6 +19,7 @@ here before sending, with the server's words.
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -283,7 +284,10 @@ class PartFetch:
     def settled(self, reply: pb.ListModelsResponse) -> bool:
         """Whether a restarted server's ``ListModels`` says the resume can be made: the
         part's model is listed READY or FAILED. A server answers while it still loads
-        its models (some not listed yet, others LOADING); resuming then would fail."""
+        its models (some not listed yet, others LOADING); resuming then would fail.
+        ``ListModels`` shows each model's default version only; a pinned version is
+        settled with it, since a server's first load makes every version it loaded
+        READY (or FAILED) at once."""
         states = (pb.LOAD_STATE_READY, pb.LOAD_STATE_FAILED)
         return any(m.name == self.part.model and m.state in states for m in reply.models)
 
@@ -305,8 +309,18 @@ class PartFetch:
         return delay if pushback is None else max(delay, pushback)
 
 
-# How often a resume asks a restarted server whether the stream's model is loaded.
-RESUME_POLL_S = 0.1
+# How often a resume asks a restarted server whether the stream's model is loaded: the
+# first wait, then 1.5 x longer each time up to the last (many cut streams would
+# otherwise ask a loading server ten times a second each).
+RESUME_POLL_S = (0.1, 1.0)
+
+
+def resume_polls() -> Iterator[float]:
+    """The waits between a resume's ``ListModels`` calls, with 10 % jitter."""
+    wait, longest = RESUME_POLL_S
+    while True:
+        yield wait * random.uniform(0.9, 1.1)
+        wait = min(wait * 1.5, longest)
 
 
 class Deadline:

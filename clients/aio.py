@@ -29,12 +29,12 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import (
-    RESUME_POLL_S,
     Deadline,
     PartFetch,
     SampleAccumulator,
     check_request_size,
     plan_sample,
+    resume_polls,
     split_sample,
 )
 from ganserve.clients.errors import typed_errors
@@ -357,6 +357,7 @@ class AsyncGanClient(ClientBase):
         server is connected, so a restart is waited out without attempts; the resume is
         then one call, whatever the outcome."""
         end = time.monotonic() + seconds
+        polls = resume_polls()
         with contextlib.suppress(grpc.RpcError):  # the resume call says what is wrong
             while (left := end - time.monotonic()) > 0:
                 reply = await self._stub.ListModels(
@@ -364,7 +365,7 @@ class AsyncGanClient(ClientBase):
                 )
                 if fetch.settled(reply):
                     return
-                await asyncio.sleep(min(RESUME_POLL_S, max(0.0, end - time.monotonic())))
+                await asyncio.sleep(min(next(polls), max(0.0, end - time.monotonic())))
 
     # ---------------------------------------------------- latent operations
     async def interpolate(

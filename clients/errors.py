@@ -119,7 +119,9 @@ _BY_CODE: dict[grpc.StatusCode, type[GanServeError]] = {
 }
 
 
-_TOO_LARGE = re.compile(r"Received message larger than max \((\d+) vs\. (\d+)\)")
+# gRPC core's words when the client itself refuses an answer over its receive limit (a
+# server's refusal of a request says "SERVER: ...", or nothing before "Received")
+_TOO_LARGE = re.compile(r"CLIENT: Received message larger than max \((\d+) vs\. (\d+)\)")
 
 
 def from_rpc_error(error: grpc.RpcError) -> GanServeError:

@@ -29,12 +29,12 @@ from ganserve.clients._requests import (
     sample_request,
 )
 from ganserve.clients._sampling import (
-    RESUME_POLL_S,
     Deadline,
     PartFetch,
     SampleAccumulator,
     check_request_size,
     plan_sample,
+    resume_polls,
     split_sample,
 )
 from ganserve.clients.errors import typed_errors
@@ -353,6 +353,7 @@ class GanClient(ClientBase):
         then one call, whatever the outcome. (Not grpc.channel_ready_future: its polling
         thread raises once the channel closes.)"""
         end = time.monotonic() + seconds
+        polls = resume_polls()
         with contextlib.suppress(grpc.RpcError):  # the resume call says what is wrong
             while (left := end - time.monotonic()) > 0:
                 reply = self._stub.ListModels(
@@ -360,7 +361,7 @@ class GanClient(ClientBase):
                 )
                 if fetch.settled(reply):
                     return
-                time.sleep(min(RESUME_POLL_S, max(0.0, end - time.monotonic())))
+                time.sleep(min(next(polls), max(0.0, end - time.monotonic())))
 
     # ---------------------------------------------------- latent operations
     def interpolate(

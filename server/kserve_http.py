@@ -271,8 +271,8 @@ def infer_request(
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting too deep: Recursion
         if "integer string conversion" in str(exc):  # Python's guard on int("9" * 5000)
             raise InvalidArgument(
-                f"request: a number of more than {sys.get_int_max_str_digits():,} digits; "
-                "values must fit float32 (|value| <= 3.4e38)"
+                f"request: a number of more than {sys.get_int_max_str_digits():,} digits, "
+                "which is not read (a tensor's values must fit float32, |value| <= 3.4e38)"
             ) from None
         raise InvalidArgument(f"request: not valid JSON ({exc})") from None
     _field("request", doc, dict, "a JSON object")

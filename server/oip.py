@@ -401,7 +401,12 @@ class OipCore:
                 )
         else:
             raise InvalidArgument(f"{where}: no data")
-        if tensor.values is not None and np.isinf(values).any() and not np.isnan(values).any():
+        if (
+            tensor.values is not None
+            and not np.isfinite(values).all()
+            and np.isinf(values).any()
+            and not np.isnan(values).any()
+        ):
             # JSON reads 1e400 as infinity, beside its own Infinity: say both
             raise InvalidArgument(
                 f"{where}: a value is infinite or beyond float64 (|value| > 1.8e308); "
@@ -525,6 +530,8 @@ def _has_bool_among(arr: np.ndarray, values: Any) -> bool:
 
 def _has_bool(values: Any) -> bool:
     """Whether nested lists ``values`` hold a bool (at C speed per list: ``map(type)``)."""
+    if not isinstance(values, list):  # JSON's bare number (or bool) for data
+        return type(values) is bool
     lists = [values]
     while lists:
         items = lists.pop()

@@ -627,7 +627,7 @@ class ModelRepository:
         if version:
             if version not in versions and not self._first_load_done:
                 raise Unavailable(
-                    f"model '{name}' version '{shown(version)}' is not loaded yet: the "
+                    f"model '{shown(name)}' version '{shown(version)}' is not loaded yet: the "
                     "server is starting and still loading its models"
                 )
             if version not in versions:

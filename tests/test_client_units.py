@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -569,6 +570,10 @@ def test_the_accumulator_refuses_repeated_images_and_gaps() -> None:
         (lambda: sample_request("m", 1, seed=1.9), "seed must be an integer, got 1.9"),
         (lambda: sample_request("m", 1, label=7.9), "label must be an integer, got 7.9"),
         (lambda: sample_request("m", 1, label=True), "label must be an integer, got True"),
+        (lambda: sample_request("m", 3.0), "count must be an integer, got 3.0"),
+        (lambda: sample_request("m", None, latents=[["0.5"] * 8]), "latents must be numbers"),
+        (lambda: sample_request("m", None, latents=[[True] * 8]), "latents must be numbers"),
+        (lambda: sample_request("m", None, latents=[[10**400] * 8]), "latents must be numbers"),
         (lambda: sample_request("m", 1, truncation="x"), "truncation must be a number"),
         (lambda: sample_request("m", None, latents=[["a"] * 8]), "latents must be numbers"),
         (lambda: interpolate_request("m", [1, 2], steps=2.5), "steps must be an integer"),
@@ -582,9 +587,11 @@ def test_requests_refuse_what_is_not_the_number_asked_instead_of_truncating_it(
     class 1, "3" for 3; NaN, inf and "x" escaped as ValueError or OverflowError."""
     with pytest.raises(errors.InvalidRequest, match=message.replace("[", r"\[")):
         build()
-    # integers of numpy and floats for float fields are taken
-    req = sample_request("m", np.int64(3), seed=np.uint64(5), truncation=np.float32(0.5))
+    # integers of numpy (0-d arrays too) and numbers for float fields are taken
+    req = sample_request("m", np.int64(3), seed=np.array(5), truncation=Decimal("0.5"))
     assert (req.count, req.seed, req.truncation) == (3, 5, 0.5)
+    req = sample_request("m", 2, label=np.uint8(7), truncation=np.float32(0.5))
+    assert (list(req.labels), req.truncation) == ([7], 0.5)
 
 
 @pytest.mark.parametrize(

@@ -582,12 +582,11 @@ def test_head_on_a_picture_checks_the_request_without_drawing_it(server, scrape)
         assert reply.headers["content-type"] == media and reply.body == b""
         assert reply.headers["x-ganserve-model"] == UNCOND
         assert "content-length" not in reply.headers
-    assert (
-        send(server.http_port, f"/v1/models/{UNCOND}/sample?seed=7", "HEAD").headers[
-            "x-ganserve-seed"
-        ]
-        == "7"
-    )
+    seeded = send(server.http_port, f"/v1/models/{UNCOND}/sample?seed=7", "HEAD")
+    assert seeded.headers["x-ganserve-seed"] == "7"
+    # no seed given: the random one HEAD would draw is not the one a GET will use
+    unseeded = send(server.http_port, f"/v1/models/{UNCOND}/sample", "HEAD")
+    assert unseeded.status == 200 and "x-ganserve-seed" not in unseeded.headers
     assert send(server.http_port, f"/v1/models/{UNCOND}/sample?count=0", "HEAD").status == 400
     assert send(server.http_port, "/v1/models/nobody/sample", "HEAD").status == 404
     assert images() == before  # nothing was generated

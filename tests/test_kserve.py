@@ -559,7 +559,7 @@ def test_http_json_values_beyond_float32_say_so(server: Any, literal: bytes) -> 
     [
         (b"1e400", "inputs[z]: a value is infinite or beyond float64 (|value| > 1.8e308)"),
         (b"-1.0e999", "inputs[z]: a value is infinite or beyond float64 (|value| > 1.8e308)"),
-        (b"9" * 5000, "request: a number of more than 4,300 digits; values must fit float32"),
+        (b"9" * 5000, "request: a number of more than 4,300 digits, which is not read"),
         (b"true", "inputs[z]: data must be numbers, in row-major order"),
         (b"[false]", "inputs[z]: data must be numbers, in row-major order"),
     ],
@@ -574,6 +574,15 @@ def test_http_json_values_that_are_no_float32_are_refused_as_what_they_are(
     status, error = _json_infer(server, literal)
     assert status == 400 and error.startswith(message), error
     assert "set_int_max_str_digits" not in error
+
+
+def test_http_json_data_that_is_one_bare_number_is_a_400(server: Any) -> None:
+    """Found in review: ``"data": 1`` (a number, not a list) went through the boolean
+    check as a list and failed as a 500."""
+    for data in (1, 0, 1.0, True):
+        z = {"name": "z", "shape": [1, 8], "datatype": "FP32", "data": data}
+        status, _, body = _http(server, f"/v2/models/{UNCOND}/infer", {"inputs": [z]})
+        assert status == 400, (data, body)
 
 
 def test_http_json_nested_booleans_among_numbers_are_refused(server: Any) -> None:

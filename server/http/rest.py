@@ -275,7 +275,8 @@ class RestApi:
             pictures.check_grid(plan.count, spec.image_shape, cols, scale)
         else:
             pictures.check_npy(self._limits, spec, plan.count, pictures.NPY_SAMPLE_HINT)
-        if head := _head(request, NPY if fmt == "npy" else PNG, spec, seed=plan.seed):
+        given = plan.seed if seed is not None else None  # a random one no GET would use
+        if head := _head(request, NPY if fmt == "npy" else PNG, spec, seed=given):
             return head
         z, _, y = await sample_inputs(plan, 0, plan.count)  # (N, D), y (N, C)
         if blend is not None and y is not None:
