@@ -461,7 +461,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
     # Reading a loss as a float waits for the GPU to finish the step: on CUDA the losses
     # are read (and checked, and shown) every 10th batch; the epoch's means are summed on
     # the device, so they stay exact. On the CPU reading costs nothing: every batch.
-    check_every = 1 if device.type == "cpu" else 10
+    check_every = 1 if device.type == "cpu" else 10  # a divisor of the bar's 10
     out.mkdir(parents=True, exist_ok=True)
     if ckpt is not None:
         _trim_log(out / "log.jsonl", run.epoch)
@@ -496,7 +496,7 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
                 _check_finite(now, run.epoch + 1, i + 1)
                 # a loss that was not finite at a batch not read here (CUDA) is in the sums
                 _check_finite({k: float(sums[k]) for k in now}, run.epoch + 1, i + 1, "by ")
-            if i % 10 == 0:
+            if i % 10 == 0:  # read above: check_every divides 10
                 bar.set_postfix(
                     D=f"{now['d']:.3f}", G=f"{now.get('g', float('nan')):.3f}",
                     Dx=f"{now['dx']:.3f}", DGz=f"{now['dgz']:.3f}")  # fmt: skip
