@@ -55,6 +55,7 @@ def _app(tmp_path: Path) -> tuple[Any, Any]:
 
     metrics = Metrics()
     repo = ModelRepository(tmp_path, RuntimeConfig(tuning="off"), BatchingConfig(), metrics)
+    asyncio.run(repo.start())  # loaded (nothing): an unknown model is NOT_FOUND, not "starting"
     core = OipCore(repo, metrics, Limits())
     app = create_app(
         repo, metrics, Limits(), auth_token=None, extra_routes=kserve_http.kserve_routes(core)
