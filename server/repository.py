@@ -286,6 +286,14 @@ def _digest(path: Path, extras: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+def _still_starting(what: str) -> Unavailable:
+    """``what`` (a model or version not seen yet) before the first load has ended: it
+    may still come, so UNAVAILABLE (retried), not NOT_FOUND (final)."""
+    return Unavailable(
+        f"{what} is not loaded yet: the server is starting and still loading its models"
+    )
+
+
 class ModelRepository:
     """All model versions under ``root``; see the module docstring."""
 
@@ -612,10 +620,7 @@ class ModelRepository:
     def _versions(self, name: str) -> dict[str, _Version]:
         versions = self._models.get(name)
         if not versions and not self._first_load_done:
-            raise Unavailable(
-                f"model '{shown(name)}' is not loaded yet: the server is starting and "
-                "still loading its models"
-            )
+            raise _still_starting(f"model '{shown(name)}'")
         if not versions:
             available = ", ".join(sorted(self._models)) or "none"
             raise NotFound(f"model '{shown(name)}' not found; available: {available}")
@@ -626,10 +631,7 @@ class ModelRepository:
         versions = self._versions(name)
         if version:
             if version not in versions and not self._first_load_done:
-                raise Unavailable(
-                    f"model '{shown(name)}' version '{shown(version)}' is not loaded yet: the "
-                    "server is starting and still loading its models"
-                )
+                raise _still_starting(f"model '{shown(name)}' version '{shown(version)}'")
             if version not in versions:
                 available = ", ".join(sorted(versions, key=version_key))
                 policy = (

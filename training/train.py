@@ -494,20 +494,19 @@ def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> Path:
             if i % check_every == 0 or i == steps - 1:
                 now = {k: float(v) for k, v in stats.items()}
                 _check_finite(now, run.epoch + 1, i + 1)
-                # a loss that was not finite at a batch not read here (CUDA) is in the sums
-                _check_finite({k: float(sums[k]) for k in now}, run.epoch + 1, i + 1, "by ")
+                if check_every > 1:  # a loss not finite at a batch not read here is in the sums
+                    _check_finite({k: float(sums[k]) for k in now}, run.epoch + 1, i + 1, "by ")
             if i % 10 == 0:  # read above: check_every divides 10
                 bar.set_postfix(
                     D=f"{now['d']:.3f}", G=f"{now.get('g', float('nan')):.3f}",
                     Dx=f"{now['dx']:.3f}", DGz=f"{now['dgz']:.3f}")  # fmt: skip
         bar.close()
+        means = {k: round(float(sums[k]) / counts[k], 5) for k in sums}
         if cfg.topk_gamma != 1.0:  # the share of G's images its steps learned from
-            share = run.top_k_count(cfg.batch_size) / cfg.batch_size
-            sums["topk_share"], counts["topk_share"] = torch.tensor(share, dtype=torch.float64), 1
+            means["topk_share"] = round(run.top_k_count(cfg.batch_size) / cfg.batch_size, 5)
         run.epoch += 1
         seconds = time.perf_counter() - started
         run.train_seconds += seconds
-        means = {k: round(float(sums[k]) / counts[k], 5) for k in sums}
         record = {"epoch": run.epoch, **means, "epoch_seconds": round(seconds, 2),
                   "train_seconds": round(run.train_seconds, 2)}  # fmt: skip
         if cfg.sample_every and (run.epoch % cfg.sample_every == 0 or run.epoch == cfg.epochs):
